@@ -1,0 +1,77 @@
+//! The composition root: settings in, a ready [`AppState`] out. `main` and
+//! the end-to-end tests build the server through the same function, so the
+//! tests run the wiring that production runs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use migration::{Migrator, MigratorTrait};
+use pantheon_domain::{Clock, SessionService, SystemClock, TurnPolicy, TurnService};
+use pantheon_infrastructure::auth::TokenVerifier;
+use pantheon_infrastructure::db::{
+    self, DatabaseProbe, SeaOrmSessionRepository, SeaOrmTurnRepository,
+};
+use pantheon_infrastructure::provider::BuiltinProvider;
+use pantheon_infrastructure::settings::Settings;
+use thiserror::Error;
+
+use crate::state::AppState;
+
+/// Why the server could not start.
+#[derive(Debug, Error)]
+pub enum StartError {
+    /// The database could not be reached.
+    #[error("cannot connect to the database: {0}")]
+    Database(String),
+    /// Pending migrations failed.
+    #[error("cannot apply migrations: {0}")]
+    Migration(String),
+    /// A setting could not be used.
+    #[error("{0}")]
+    Settings(String),
+}
+
+/// Connects, migrates (when `database.auto_migrate`), and wires the services.
+///
+/// # Errors
+/// [`StartError`] when a dependency cannot be reached or set up.
+pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> Result<AppState, StartError> {
+    let conn = db::connect(&settings.database)
+        .await
+        .map_err(|e| StartError::Database(e.to_string()))?;
+    if settings.database.auto_migrate {
+        Migrator::up(&conn, None)
+            .await
+            .map_err(|e| StartError::Migration(e.to_string()))?;
+    }
+    let provider = Arc::new(BuiltinProvider::new(Duration::from_millis(
+        settings.provider.builtin.chunk_delay_ms,
+    )));
+    let policy = TurnPolicy {
+        max_duration: Duration::from_secs(settings.turns.max_duration_secs),
+    };
+    let verifier = TokenVerifier::new(&settings.auth).map_err(|e| {
+        StartError::Settings(format!("configuration error: auth.jwt_public_key: {e}"))
+    })?;
+    Ok(AppState {
+        sessions: SessionService::new(
+            Arc::new(SeaOrmSessionRepository::new(conn.clone())),
+            clock.clone(),
+        ),
+        turns: TurnService::new(
+            Arc::new(SeaOrmTurnRepository::new(conn.clone())),
+            provider,
+            clock,
+            policy,
+        ),
+        verifier: Arc::new(verifier),
+        database: DatabaseProbe::new(conn),
+        max_input_chars: settings.turns.max_input_chars,
+        limiter: "none",
+    })
+}
+
+/// The production clock.
+pub fn system_clock() -> Arc<dyn Clock> {
+    Arc::new(SystemClock)
+}

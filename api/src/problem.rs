@@ -1,0 +1,138 @@
+//! RFC 9457 problem details: the one shape of every error response.
+//!
+//! Handlers and extractors return an [`ApiError`](crate::error::ApiError),
+//! whose response carries a [`Problem`] as an extension and no body; the
+//! [`render_problems`] middleware then writes the body with the request id.
+//! Responses that axum makes itself (unknown route, wrong method, body over
+//! the limit) get a problem body for their status the same way, so no error
+//! ever leaves as plain text.
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value};
+
+/// The media type of problem bodies.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// A problem, before the request id is known.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// The problem type URI; `urn:pantheon:problem:<code>` unless a
+    /// registered type fits.
+    pub type_uri: String,
+    /// A stable snake_case key clients can switch on.
+    pub code: &'static str,
+    /// A short, status-level summary.
+    pub title: String,
+    /// What happened, for a human; never internal detail.
+    pub detail: String,
+    /// Extension members (`errors`, `turn`, …).
+    pub extensions: Map<String, Value>,
+}
+
+impl Problem {
+    /// A problem of our own namespace.
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            type_uri: format!("urn:pantheon:problem:{code}"),
+            code,
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            detail: detail.into(),
+            extensions: Map::new(),
+        }
+    }
+
+    /// Adds an extension member.
+    pub fn with(mut self, key: &str, value: Value) -> Self {
+        self.extensions.insert(key.to_owned(), value);
+        self
+    }
+
+    /// The problem for a bare error status produced outside our handlers.
+    pub fn for_status(status: StatusCode) -> Self {
+        let (code, detail) = match status {
+            StatusCode::NOT_FOUND => ("route_not_found", "No such route."),
+            StatusCode::METHOD_NOT_ALLOWED => (
+                "method_not_allowed",
+                "The method is not allowed on this route; see the Allow header.",
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                ("payload_too_large", "The request body is too large.")
+            }
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => (
+                "unsupported_media_type",
+                "The request body must be application/json.",
+            ),
+            StatusCode::REQUEST_TIMEOUT => ("request_timeout", "The request took too long."),
+            s if s.is_server_error() => ("internal_error", "An internal error occurred."),
+            _ => ("bad_request", "The request could not be processed."),
+        };
+        Self::new(status, code, detail)
+    }
+
+    /// The JSON body, with the request id.
+    pub fn to_body(&self, request_id: Option<&str>) -> Value {
+        let mut body = Map::new();
+        body.insert("type".into(), self.type_uri.clone().into());
+        body.insert("title".into(), self.title.clone().into());
+        body.insert("status".into(), self.status.as_u16().into());
+        body.insert("detail".into(), self.detail.clone().into());
+        body.insert("code".into(), self.code.into());
+        for (k, v) in &self.extensions {
+            body.insert(k.clone(), v.clone());
+        }
+        body.insert(
+            "request_id".into(),
+            request_id.map_or(Value::Null, Value::from),
+        );
+        Value::Object(body)
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let mut response = self.status.into_response();
+        response.extensions_mut().insert(self);
+        response
+    }
+}
+
+/// Writes problem bodies (see the module doc). Runs inside the request-id
+/// layer, so the id is already on the request.
+pub async fn render_problems(request: Request, next: Next) -> Response {
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
+    if is_problem {
+        return response;
+    }
+    let (mut parts, _) = response.into_parts();
+    let problem = parts
+        .extensions
+        .remove::<Problem>()
+        .unwrap_or_else(|| Problem::for_status(status));
+    parts.status = problem.status;
+    parts
+        .headers
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let body = problem.to_body(request_id.as_deref()).to_string();
+    Response::from_parts(parts, Body::from(body))
+}

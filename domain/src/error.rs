@@ -1,0 +1,98 @@
+//! The errors of the domain. Adapters convert their own errors (`DbErr`,
+//! HTTP client errors) into these at the seam, so the API maps one closed set
+//! of cases to statuses.
+
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::turn::Turn;
+
+/// Input that breaks a rule of the product; nothing was changed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{field}: {message}")]
+pub struct ValidationError {
+    /// The offending field, as the client named it.
+    pub field: &'static str,
+    /// What is wrong with it, for a human.
+    pub message: String,
+}
+
+impl ValidationError {
+    /// A validation error on `field`.
+    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+/// The storage behind a repository failed. The message is for logs only.
+#[derive(Debug, Clone, Error)]
+pub enum StorageError {
+    /// The database could not be reached or timed out.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// Any other database failure.
+    #[error("storage failure: {0}")]
+    Other(String),
+}
+
+/// A model provider failed to produce a reply.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ProviderError {
+    /// The provider answered with an error or broke off its reply.
+    #[error("provider failed: {0}")]
+    Failed(String),
+    /// The provider took longer than allowed.
+    #[error("provider timed out")]
+    Timeout,
+    /// The provider is temporarily out of capacity.
+    #[error("provider unavailable")]
+    Unavailable {
+        /// How long the provider asked us to wait, when it said.
+        retry_after: Option<Duration>,
+    },
+}
+
+impl ProviderError {
+    /// The stable problem code recorded on a turn this error ended.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Failed(_) => "upstream_error",
+            Self::Timeout => "upstream_timeout",
+            Self::Unavailable { .. } => "upstream_unavailable",
+        }
+    }
+}
+
+/// How a session or turn operation can fail.
+#[derive(Debug, Error)]
+pub enum TurnError {
+    /// The session does not exist or belongs to someone else (the two are
+    /// indistinguishable on purpose: no enumeration).
+    #[error("session not found")]
+    SessionNotFound,
+    /// The turn does not exist in that session of the caller's.
+    #[error("turn not found")]
+    TurnNotFound,
+    /// The request broke a rule of the product.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// The database failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The provider failed; the turn was persisted as `failed` with whatever
+    /// output it had produced.
+    #[error("turn {} failed: {source}", turn.id)]
+    Provider {
+        /// The failed turn, as persisted.
+        turn: Box<Turn>,
+        /// Why the provider failed.
+        source: ProviderError,
+    },
+    /// A bug or a lost task; the cause is in the message, for logs only.
+    #[error("internal error: {0}")]
+    Internal(String),
+}

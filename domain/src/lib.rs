@@ -1,0 +1,27 @@
+//! Pantheon's domain: the chat entities, the ports the adapters implement, the
+//! errors a turn can end in, and the services that order the work of a request.
+//!
+//! Nothing here knows HTTP, SQL or Redis: the `api` crate adapts requests to
+//! these types and the `infrastructure` crate implements the ports, so the
+//! rules of the product (the order of work of a turn, what counts as valid
+//! input, what a failed reply leaves behind) live in one place and are tested
+//! without a server.
+
+pub mod clock;
+pub mod error;
+pub mod ids;
+pub mod page;
+pub mod ports;
+pub mod session;
+pub mod session_service;
+pub mod turn;
+pub mod turn_service;
+
+pub use clock::{Clock, SystemClock};
+pub use error::{ProviderError, StorageError, TurnError, ValidationError};
+pub use ids::{Caller, SessionId, TurnId, UserId};
+pub use page::{Page, PageRequest};
+pub use session::{NewSession, Session};
+pub use session_service::SessionService;
+pub use turn::{FinishReason, NewTurn, Turn, TurnEnd, TurnFailure, TurnStatus, Usage};
+pub use turn_service::{TurnPolicy, TurnService};

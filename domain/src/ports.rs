@@ -1,0 +1,150 @@
+//! The ports: what the domain needs from the outside world, named as domain
+//! nouns. Adapters (SeaORM repositories, model providers) live in
+//! `infrastructure` and are named by technology.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+
+use crate::error::{ProviderError, StorageError};
+use crate::ids::{SessionId, TurnId, UserId};
+use crate::page::{Page, PageRequest};
+use crate::session::{NewSession, Session};
+use crate::turn::{FinishReason, Turn, TurnEnd, Usage};
+
+/// Persistence of sessions. Every read and write is scoped to the owner: a
+/// session of another user behaves exactly as a missing one.
+#[async_trait]
+pub trait SessionRepository: Send + Sync + std::fmt::Debug {
+    /// Creates a session (and its owner's user row when it is the first).
+    ///
+    /// # Errors
+    /// [`StorageError`] when the database fails.
+    async fn create(
+        &self,
+        user: &UserId,
+        id: SessionId,
+        new: &NewSession,
+        now: DateTime<Utc>,
+    ) -> Result<Session, StorageError>;
+
+    /// The owner's sessions, newest first.
+    ///
+    /// # Errors
+    /// [`StorageError`] when the database fails.
+    async fn list(
+        &self,
+        user: &UserId,
+        page: PageRequest<SessionId>,
+    ) -> Result<Page<Session>, StorageError>;
+
+    /// One session of the owner's, or `None`.
+    ///
+    /// # Errors
+    /// [`StorageError`] when the database fails.
+    async fn get(&self, user: &UserId, id: SessionId) -> Result<Option<Session>, StorageError>;
+
+    /// Deletes a session of the owner's with all its turns; `false` when
+    /// there was none.
+    ///
+    /// # Errors
+    /// [`StorageError`] when the database fails.
+    async fn delete(&self, user: &UserId, id: SessionId) -> Result<bool, StorageError>;
+}
+
+/// What [`TurnRepository::begin`] needs to commit a turn.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TurnStart<'a> {
+    /// The caller, who must own the session.
+    pub user: &'a UserId,
+    /// The session the turn goes into.
+    pub session_id: SessionId,
+    /// The new turn's id.
+    pub turn_id: TurnId,
+    /// The validated input.
+    pub input: &'a str,
+    /// The commit time.
+    pub now: DateTime<Utc>,
+}
+
+/// Persistence of turns.
+#[async_trait]
+pub trait TurnRepository: Send + Sync + std::fmt::Debug {
+    /// Commits a new `in_progress` turn with the next `seq` of its session,
+    /// atomically with the ownership check; `None` when the session is not
+    /// the caller's. Safe under any number of concurrent calls for one
+    /// session: no two turns get the same `seq` and none is dropped.
+    ///
+    /// # Errors
+    /// [`StorageError`] when the database fails; nothing is written then.
+    async fn begin(&self, start: TurnStart<'_>) -> Result<Option<Turn>, StorageError>;
+
+    /// Writes how a turn ended and returns it as persisted.
+    ///
+    /// # Errors
+    /// [`StorageError`] when the database fails or the turn is gone (its
+    /// session was deleted meanwhile).
+    async fn finish(&self, id: TurnId, end: TurnEnd) -> Result<Turn, StorageError>;
+
+    /// The turns of a session of the caller's in `seq` order; `None` when the
+    /// session is not the caller's.
+    ///
+    /// # Errors
+    /// [`StorageError`] when the database fails.
+    async fn list(
+        &self,
+        user: &UserId,
+        session: SessionId,
+        page: PageRequest<i64>,
+    ) -> Result<Option<Page<Turn>>, StorageError>;
+
+    /// One turn of a session of the caller's, or `None`.
+    ///
+    /// # Errors
+    /// [`StorageError`] when the database fails.
+    async fn get(
+        &self,
+        user: &UserId,
+        session: SessionId,
+        turn: TurnId,
+    ) -> Result<Option<Turn>, StorageError>;
+}
+
+/// What a provider is asked to reply to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyRequest {
+    /// The session, for providers that keep context.
+    pub session_id: SessionId,
+    /// The user's input.
+    pub input: String,
+}
+
+/// One item of a reply stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplyEvent {
+    /// A chunk of the reply's text.
+    Delta(String),
+    /// The reply is over. A stream that ends without this is taken as a
+    /// normal stop with unknown usage.
+    Finished {
+        /// Why it ended.
+        finish_reason: FinishReason,
+        /// Token usage, when the provider reports it.
+        usage: Option<Usage>,
+    },
+}
+
+/// A reply as it is produced; an `Err` item ends it.
+pub type ReplyStream = BoxStream<'static, Result<ReplyEvent, ProviderError>>;
+
+/// A model provider.
+#[async_trait]
+pub trait ModelProvider: Send + Sync + std::fmt::Debug {
+    /// Starts a reply. Failures known before the first chunk (refused,
+    /// unreachable, timed out) are returned here; later ones arrive as an
+    /// `Err` item of the stream.
+    ///
+    /// # Errors
+    /// [`ProviderError`] when the reply cannot be started.
+    async fn reply(&self, request: ReplyRequest) -> Result<ReplyStream, ProviderError>;
+}

@@ -1,0 +1,71 @@
+//! Session use cases: open, list, read and delete a caller's sessions.
+
+use std::sync::Arc;
+
+use crate::clock::Clock;
+use crate::error::TurnError;
+use crate::ids::{Caller, SessionId};
+use crate::page::{Page, PageRequest};
+use crate::ports::SessionRepository;
+use crate::session::{NewSession, Session};
+
+/// Session operations, always scoped to the caller.
+#[derive(Debug, Clone)]
+pub struct SessionService {
+    sessions: Arc<dyn SessionRepository>,
+    clock: Arc<dyn Clock>,
+}
+
+impl SessionService {
+    /// A service over a repository and a clock.
+    pub fn new(sessions: Arc<dyn SessionRepository>, clock: Arc<dyn Clock>) -> Self {
+        Self { sessions, clock }
+    }
+
+    /// Opens a session for the caller.
+    ///
+    /// # Errors
+    /// [`TurnError::Storage`] when the database fails.
+    pub async fn create(&self, caller: &Caller, new: NewSession) -> Result<Session, TurnError> {
+        let now = self.clock.now_micros();
+        Ok(self
+            .sessions
+            .create(&caller.user, SessionId::new(), &new, now)
+            .await?)
+    }
+
+    /// The caller's sessions, newest first.
+    ///
+    /// # Errors
+    /// [`TurnError::Storage`] when the database fails.
+    pub async fn list(
+        &self,
+        caller: &Caller,
+        page: PageRequest<SessionId>,
+    ) -> Result<Page<Session>, TurnError> {
+        Ok(self.sessions.list(&caller.user, page).await?)
+    }
+
+    /// One of the caller's sessions.
+    ///
+    /// # Errors
+    /// [`TurnError::SessionNotFound`] when it is missing or not the caller's.
+    pub async fn get(&self, caller: &Caller, id: SessionId) -> Result<Session, TurnError> {
+        self.sessions
+            .get(&caller.user, id)
+            .await?
+            .ok_or(TurnError::SessionNotFound)
+    }
+
+    /// Deletes one of the caller's sessions and its turns.
+    ///
+    /// # Errors
+    /// [`TurnError::SessionNotFound`] when it is missing or not the caller's.
+    pub async fn delete(&self, caller: &Caller, id: SessionId) -> Result<(), TurnError> {
+        if self.sessions.delete(&caller.user, id).await? {
+            Ok(())
+        } else {
+            Err(TurnError::SessionNotFound)
+        }
+    }
+}

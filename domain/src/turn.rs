@@ -1,0 +1,215 @@
+//! Turns: one exchange of a session, the user's input and the assistant's
+//! output, with the status it ended in.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ValidationError;
+use crate::ids::{SessionId, TurnId};
+
+/// Where a turn is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TurnStatus {
+    /// Committed with its input; the reply is being generated.
+    InProgress,
+    /// The reply is complete.
+    Completed,
+    /// Cut short by a shutdown or a crash; the output is partial.
+    Incomplete,
+    /// The provider failed; the output is partial.
+    Failed,
+    /// Stopped on purpose (client gone with `on_disconnect = cancel`).
+    Cancelled,
+}
+
+impl TurnStatus {
+    /// The stored and serialized name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InProgress => "in_progress",
+            Self::Completed => "completed",
+            Self::Incomplete => "incomplete",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(raw: &str) -> Option<Self> {
+        [
+            Self::InProgress,
+            Self::Completed,
+            Self::Incomplete,
+            Self::Failed,
+            Self::Cancelled,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == raw)
+    }
+}
+
+/// Why the reply ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// The model finished its reply.
+    Stop,
+    /// The model hit its output limit.
+    Length,
+    /// The turn was cancelled.
+    Cancelled,
+    /// The provider failed.
+    Error,
+}
+
+impl FinishReason {
+    /// The stored and serialized name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Length => "length",
+            Self::Cancelled => "cancelled",
+            Self::Error => "error",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(raw: &str) -> Option<Self> {
+        [Self::Stop, Self::Length, Self::Cancelled, Self::Error]
+            .into_iter()
+            .find(|s| s.as_str() == raw)
+    }
+}
+
+/// Token usage as reported by the provider (never estimated).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Tokens of the prompt.
+    pub input_tokens: i64,
+    /// Tokens of the reply.
+    pub output_tokens: i64,
+    /// Their sum, as the provider reported it.
+    pub total_tokens: i64,
+}
+
+/// Why a turn failed, kept with the turn so a later `GET` can explain it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TurnFailure {
+    /// The stable problem code (`upstream_error`, `upstream_timeout`, …).
+    pub code: String,
+    /// A human explanation with no internal detail.
+    pub detail: String,
+}
+
+/// One exchange of a session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Turn {
+    /// Its id.
+    pub id: TurnId,
+    /// The session it belongs to.
+    pub session_id: SessionId,
+    /// Its position in the session: 1, 2, 3…
+    pub seq: i64,
+    /// The user's input.
+    pub input: String,
+    /// The reply, partial while in progress or when cut short.
+    pub output: String,
+    /// Where it is in its life.
+    pub status: TurnStatus,
+    /// Why the reply ended, once it has.
+    pub finish_reason: Option<FinishReason>,
+    /// Token usage, when the provider reported it.
+    pub usage: Option<Usage>,
+    /// Why it failed, when it did.
+    pub error: Option<TurnFailure>,
+    /// When it was committed.
+    pub created_at: DateTime<Utc>,
+    /// When it reached a final status.
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+/// How a turn ended: everything [`crate::ports::TurnRepository::finish`]
+/// writes in its one statement.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TurnEnd {
+    /// The reply produced, whole or partial.
+    pub output: String,
+    /// The final status (never `in_progress`).
+    pub status: TurnStatus,
+    /// Why the reply ended.
+    pub finish_reason: FinishReason,
+    /// Token usage, when reported.
+    pub usage: Option<Usage>,
+    /// Why it failed, when it did.
+    pub error: Option<TurnFailure>,
+    /// When it ended.
+    pub completed_at: DateTime<Utc>,
+}
+
+/// A validated turn submission.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTurn {
+    input: String,
+}
+
+impl NewTurn {
+    /// Validates the input: not blank, at most `max_chars` characters
+    /// (Unicode scalar values, as a user would count them).
+    ///
+    /// # Errors
+    /// [`ValidationError`] on `input`.
+    pub fn parse(input: String, max_chars: usize) -> Result<Self, ValidationError> {
+        if input.trim().is_empty() {
+            return Err(ValidationError::new("input", "must not be blank"));
+        }
+        if input.chars().count() > max_chars {
+            return Err(ValidationError::new(
+                "input",
+                format!("must be at most {max_chars} characters"),
+            ));
+        }
+        Ok(Self { input })
+    }
+
+    /// The input text.
+    pub fn input(&self) -> &str {
+        &self.input
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_rules() {
+        assert!(NewTurn::parse(" \n\t".into(), 10).is_err());
+        assert!(
+            NewTurn::parse("é".repeat(10), 10).is_ok(),
+            "counts characters, not bytes"
+        );
+        assert!(NewTurn::parse("a".repeat(11), 10).is_err());
+    }
+
+    #[test]
+    fn status_names_round_trip() {
+        for s in [
+            TurnStatus::InProgress,
+            TurnStatus::Completed,
+            TurnStatus::Incomplete,
+            TurnStatus::Failed,
+            TurnStatus::Cancelled,
+        ] {
+            assert_eq!(TurnStatus::parse(s.as_str()), Some(s));
+        }
+        for f in [
+            FinishReason::Stop,
+            FinishReason::Length,
+            FinishReason::Cancelled,
+            FinishReason::Error,
+        ] {
+            assert_eq!(FinishReason::parse(f.as_str()), Some(f));
+        }
+    }
+}

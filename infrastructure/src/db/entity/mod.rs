@@ -1,0 +1,6 @@
+//! SeaORM entities, one module a table. They mirror the migrations and stay
+//! inside this crate's adapters: the domain has its own types.
+
+pub mod session;
+pub mod turn;
+pub mod user;

@@ -1,0 +1,12 @@
+//! Storage on SeaORM: the connection pool and the repositories, the same
+//! code on PostgreSQL and SQLite.
+
+mod connect;
+pub mod entity;
+mod error;
+mod session_repository;
+mod turn_repository;
+
+pub use connect::{DatabaseProbe, connect, is_sqlite};
+pub use session_repository::SeaOrmSessionRepository;
+pub use turn_repository::SeaOrmTurnRepository;

@@ -1,0 +1,203 @@
+//! [`TurnRepository`] on SeaORM.
+//!
+//! A JSON turn costs three statements and two commits: the `seq` bump (which
+//! also checks ownership) and the insert in one transaction, then one update
+//! with the outcome.
+
+use async_trait::async_trait;
+use pantheon_domain::ports::{TurnRepository, TurnStart};
+use pantheon_domain::turn::TurnEnd;
+use pantheon_domain::{
+    FinishReason, Page, PageRequest, SessionId, StorageError, Turn, TurnFailure, TurnId,
+    TurnStatus, Usage, UserId,
+};
+use sea_orm::sea_query::{Expr, ExprTrait, Query};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, TransactionTrait,
+};
+
+use super::entity::{session, turn};
+use super::error::storage;
+
+/// Turns in the `turns` table; ownership is checked through `sessions`.
+#[derive(Debug, Clone)]
+pub struct SeaOrmTurnRepository {
+    db: DatabaseConnection,
+}
+
+impl SeaOrmTurnRepository {
+    /// A repository on a pool.
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+}
+
+fn corrupt(what: &str, value: &str) -> StorageError {
+    StorageError::Other(format!("unreadable {what} in turns: {value:?}"))
+}
+
+fn turn_from_row(row: turn::Model) -> Result<Turn, StorageError> {
+    let status = TurnStatus::parse(&row.status).ok_or_else(|| corrupt("status", &row.status))?;
+    let finish_reason = row
+        .finish_reason
+        .as_deref()
+        .map(|r| FinishReason::parse(r).ok_or_else(|| corrupt("finish_reason", r)))
+        .transpose()?;
+    let usage = match (row.input_tokens, row.output_tokens, row.total_tokens) {
+        (Some(input_tokens), Some(output_tokens), Some(total_tokens)) => Some(Usage {
+            input_tokens,
+            output_tokens,
+            total_tokens,
+        }),
+        _ => None,
+    };
+    let error = row.error_code.map(|code| TurnFailure {
+        code,
+        detail: row.error_detail.unwrap_or_default(),
+    });
+    Ok(Turn {
+        id: TurnId::from(row.id),
+        session_id: SessionId::from(row.session_id),
+        seq: row.seq,
+        input: row.input,
+        output: row.output,
+        status,
+        finish_reason,
+        usage,
+        error,
+        created_at: row.created_at,
+        completed_at: row.completed_at,
+    })
+}
+
+#[async_trait]
+impl TurnRepository for SeaOrmTurnRepository {
+    async fn begin(&self, start: TurnStart<'_>) -> Result<Option<Turn>, StorageError> {
+        let txn = self.db.begin().await.map_err(storage)?;
+        // One statement checks ownership and allocates the seq: the row lock
+        // it takes serializes concurrent turns of one session, so seqs are
+        // gap-free and unique without retries (SPEC §7).
+        let bumped = session::Entity::update_many()
+            .col_expr(
+                session::Column::TurnCount,
+                Expr::col(session::Column::TurnCount).add(1),
+            )
+            .col_expr(session::Column::UpdatedAt, Expr::value(start.now))
+            .filter(session::Column::Id.eq(start.session_id.as_uuid()))
+            .filter(session::Column::UserId.eq(start.user.as_str()))
+            .exec_with_returning(&txn)
+            .await
+            .map_err(storage)?;
+        let Some(session) = bumped.into_iter().next() else {
+            txn.rollback().await.map_err(storage)?;
+            return Ok(None);
+        };
+        let row = turn::Model {
+            id: start.turn_id.as_uuid(),
+            session_id: start.session_id.as_uuid(),
+            seq: session.turn_count,
+            input: start.input.to_owned(),
+            output: String::new(),
+            status: TurnStatus::InProgress.as_str().to_owned(),
+            finish_reason: None,
+            input_tokens: None,
+            output_tokens: None,
+            total_tokens: None,
+            error_code: None,
+            error_detail: None,
+            created_at: start.now,
+            completed_at: None,
+        };
+        turn::Entity::insert(turn::ActiveModel::from(row.clone()))
+            .exec_without_returning(&txn)
+            .await
+            .map_err(storage)?;
+        txn.commit().await.map_err(storage)?;
+        turn_from_row(row).map(Some)
+    }
+
+    async fn finish(&self, id: TurnId, end: TurnEnd) -> Result<Turn, StorageError> {
+        let usage = end.usage;
+        let error = end.error;
+        let update = turn::ActiveModel {
+            output: Set(end.output),
+            status: Set(end.status.as_str().to_owned()),
+            finish_reason: Set(Some(end.finish_reason.as_str().to_owned())),
+            input_tokens: Set(usage.map(|u| u.input_tokens)),
+            output_tokens: Set(usage.map(|u| u.output_tokens)),
+            total_tokens: Set(usage.map(|u| u.total_tokens)),
+            error_code: Set(error.as_ref().map(|e| e.code.clone())),
+            error_detail: Set(error.map(|e| e.detail)),
+            completed_at: Set(Some(end.completed_at)),
+            ..Default::default()
+        };
+        let rows = turn::Entity::update_many()
+            .set(update)
+            .filter(turn::Column::Id.eq(id.as_uuid()))
+            .exec_with_returning(&self.db)
+            .await
+            .map_err(storage)?;
+        let row = rows
+            .into_iter()
+            .next()
+            .ok_or_else(|| StorageError::Other(format!("turn {id} vanished before it finished")))?;
+        turn_from_row(row)
+    }
+
+    async fn list(
+        &self,
+        user: &UserId,
+        session_id: SessionId,
+        page: PageRequest<i64>,
+    ) -> Result<Option<Page<Turn>>, StorageError> {
+        let owned = session::Entity::find_by_id(session_id.as_uuid())
+            .filter(session::Column::UserId.eq(user.as_str()))
+            .select_only()
+            .column(session::Column::Id)
+            .into_tuple::<uuid::Uuid>()
+            .one(&self.db)
+            .await
+            .map_err(storage)?;
+        if owned.is_none() {
+            return Ok(None);
+        }
+        let mut query =
+            turn::Entity::find().filter(turn::Column::SessionId.eq(session_id.as_uuid()));
+        if let Some(after) = page.after {
+            query = query.filter(turn::Column::Seq.gt(after));
+        }
+        let rows = query
+            .order_by_asc(turn::Column::Seq)
+            .limit(page.limit + 1)
+            .all(&self.db)
+            .await
+            .map_err(storage)?;
+        let turns = rows
+            .into_iter()
+            .map(turn_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(Page::from_overfetch(turns, page.limit)))
+    }
+
+    async fn get(
+        &self,
+        user: &UserId,
+        session_id: SessionId,
+        turn_id: TurnId,
+    ) -> Result<Option<Turn>, StorageError> {
+        let owned_session = Query::select()
+            .column(session::Column::Id)
+            .from(session::Entity)
+            .and_where(session::Column::Id.eq(session_id.as_uuid()))
+            .and_where(session::Column::UserId.eq(user.as_str()))
+            .to_owned();
+        turn::Entity::find_by_id(turn_id.as_uuid())
+            .filter(turn::Column::SessionId.in_subquery(owned_session))
+            .one(&self.db)
+            .await
+            .map_err(storage)?
+            .map(turn_from_row)
+            .transpose()
+    }
+}

@@ -1,0 +1,13 @@
+//! Pantheon's adapters: how the domain's ports meet the outside world.
+//!
+//! - [`settings`]: the typed configuration, loaded and validated once;
+//! - [`db`]: the SeaORM connection and the repositories on PostgreSQL/SQLite;
+//! - [`auth`]: bearer-token verification and minting;
+//! - [`provider`]: model providers.
+
+pub mod auth;
+pub mod db;
+pub mod provider;
+pub mod settings;
+
+pub use settings::{Settings, SettingsError};

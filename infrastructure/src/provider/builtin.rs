@@ -1,0 +1,75 @@
+//! The `builtin` provider: deterministic and offline, for local runs, tests
+//! and benchmarks. It echoes the input back as a short reply, one word a
+//! chunk, with an optional pause before each chunk.
+//!
+//! An input containing [`FAIL_MARKER`] makes it fail halfway through its
+//! reply, so the failure path (partial output persisted, `failed` status)
+//! can be exercised end to end.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use pantheon_domain::ports::{ModelProvider, ReplyEvent, ReplyRequest, ReplyStream};
+use pantheon_domain::{FinishReason, ProviderError, Usage};
+
+/// Inputs containing this fail mid-reply.
+pub const FAIL_MARKER: &str = "[[builtin:fail]]";
+
+/// The offline provider.
+#[derive(Debug, Clone, Default)]
+pub struct BuiltinProvider {
+    chunk_delay: Duration,
+}
+
+impl BuiltinProvider {
+    /// A provider pausing `chunk_delay` before each chunk.
+    pub fn new(chunk_delay: Duration) -> Self {
+        Self { chunk_delay }
+    }
+
+    /// The reply to `input`, as its chunks.
+    pub fn chunks(input: &str) -> Vec<String> {
+        let words: Vec<&str> = input.split_whitespace().collect();
+        let mut chunks = vec!["You said:".to_owned()];
+        chunks.extend(words.iter().map(|w| format!(" {w}")));
+        chunks
+    }
+}
+
+#[async_trait]
+impl ModelProvider for BuiltinProvider {
+    async fn reply(&self, request: ReplyRequest) -> Result<ReplyStream, ProviderError> {
+        let chunks = Self::chunks(&request.input);
+        let fail_at = request
+            .input
+            .contains(FAIL_MARKER)
+            .then_some(chunks.len() / 2);
+        let usage = Usage {
+            input_tokens: request.input.split_whitespace().count() as i64,
+            output_tokens: chunks.len() as i64,
+            total_tokens: (request.input.split_whitespace().count() + chunks.len()) as i64,
+        };
+        let delay = self.chunk_delay;
+        let deltas = futures::stream::iter(chunks.into_iter().enumerate()).then(
+            move |(i, chunk)| async move {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                match fail_at {
+                    Some(at) if i == at => {
+                        Err(ProviderError::Failed("builtin failure marker".into()))
+                    }
+                    _ => Ok(ReplyEvent::Delta(chunk)),
+                }
+            },
+        );
+        let finished = futures::stream::once(async move {
+            Ok(ReplyEvent::Finished {
+                finish_reason: FinishReason::Stop,
+                usage: Some(usage),
+            })
+        });
+        Ok(deltas.chain(finished).boxed())
+    }
+}

@@ -1,0 +1,206 @@
+//! Reading the layers into [`Settings`]. The sources are a value so tests can
+//! load from a map instead of the process environment.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use config::{Config, Environment, File, FileFormat};
+use thiserror::Error;
+
+use super::Settings;
+
+/// The prefix of Pantheon's environment variables.
+const ENV_PREFIX: &str = "PANTHEON";
+
+/// A setting that cannot be used; the start stops with this one line.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum SettingsError {
+    /// A key holds a value Pantheon refuses.
+    #[error("configuration error: {key}: {message}")]
+    Invalid {
+        /// The dotted key (`auth.jwt_secret`).
+        key: String,
+        /// What is wrong, for a human.
+        message: String,
+    },
+    /// A layer could not be read or does not fit the settings' shape.
+    #[error("configuration error: {0}")]
+    Unreadable(String),
+}
+
+impl SettingsError {
+    pub(super) fn invalid(key: &str, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            key: key.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Where settings come from.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// An optional TOML file (`pantheon.toml`).
+    pub toml_file: Option<PathBuf>,
+    /// An optional dotenv file (`.env`), below the environment.
+    pub dotenv_file: Option<PathBuf>,
+    /// The environment variables.
+    pub env: HashMap<String, String>,
+}
+
+impl Sources {
+    /// `pantheon.toml` and `.env` in the working directory, and the process
+    /// environment.
+    pub fn from_process() -> Self {
+        Self {
+            toml_file: Some(PathBuf::from("pantheon.toml")),
+            dotenv_file: Some(PathBuf::from(".env")),
+            env: std::env::vars().collect(),
+        }
+    }
+
+    /// Only the given variables: no files.
+    pub fn from_env(env: impl IntoIterator<Item = (String, String)>) -> Self {
+        Self {
+            toml_file: None,
+            dotenv_file: None,
+            env: env.into_iter().collect(),
+        }
+    }
+
+    /// Merges the layers and validates the result.
+    ///
+    /// # Errors
+    /// [`SettingsError`] for an unreadable layer or a bad value.
+    pub fn load(&self) -> Result<Settings, SettingsError> {
+        let mut builder = Config::builder();
+        if let Some(path) = self.toml_file.as_ref().filter(|p| p.exists()) {
+            builder = builder.add_source(File::from(path.as_path()).format(FileFormat::Toml));
+        }
+        let settings: Settings = builder
+            .add_source(
+                Environment::with_prefix(ENV_PREFIX)
+                    .prefix_separator("__")
+                    .separator("__")
+                    .ignore_empty(true)
+                    .try_parsing(true)
+                    .source(Some(self.environment()?.into_iter().collect())),
+            )
+            .build()
+            .and_then(Config::try_deserialize)
+            .map_err(|e| SettingsError::Unreadable(e.to_string()))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// The variables in force: `.env` below the real environment, and the
+    /// plain `DATABASE_URL` standing in for `PANTHEON__DATABASE__URL` when
+    /// that one is not given.
+    fn environment(&self) -> Result<HashMap<String, String>, SettingsError> {
+        let mut env = HashMap::new();
+        if let Some(path) = self.dotenv_file.as_ref().filter(|p| p.exists()) {
+            let entries = dotenvy::from_path_iter(path)
+                .map_err(|e| SettingsError::Unreadable(format!("{}: {e}", path.display())))?;
+            for entry in entries {
+                let (key, value) = entry
+                    .map_err(|e| SettingsError::Unreadable(format!("{}: {e}", path.display())))?;
+                env.insert(key, value);
+            }
+        }
+        env.extend(self.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let pantheon_url = format!("{ENV_PREFIX}__DATABASE__URL");
+        if !env.get(&pantheon_url).is_some_and(|v| !v.is_empty()) {
+            if let Some(url) = env.get("DATABASE_URL").filter(|v| !v.is_empty()).cloned() {
+                env.insert(pantheon_url, url);
+            }
+        }
+        Ok(env)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::{Fallback, ProviderKind};
+
+    fn load(vars: &[(&str, &str)]) -> Result<Settings, SettingsError> {
+        Sources::from_env(vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))).load()
+    }
+
+    #[test]
+    fn defaults_load_and_match_the_spec() {
+        let s = load(&[]).unwrap_or_default();
+        assert_eq!(s, Settings::default());
+        assert_eq!(s.server.addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.database.url, "sqlite://pantheon.db?mode=rwc");
+        assert_eq!((s.rate_limit.per_minute, s.rate_limit.per_hour), (20, 300));
+        assert_eq!(s.rate_limit.fallback, Fallback::Allow);
+        assert_eq!(s.provider.kind, ProviderKind::Builtin);
+    }
+
+    #[test]
+    fn environment_overrides_with_double_underscores() {
+        let s = load(&[
+            ("PANTHEON__RATE_LIMIT__PER_MINUTE", "5"),
+            ("PANTHEON__RATE_LIMIT__TIERS__PRO__PER_MINUTE", "50"),
+            ("PANTHEON__RATE_LIMIT__TIERS__PRO__PER_HOUR", "900"),
+        ]);
+        let s = s.map_err(|e| e.to_string());
+        assert_eq!(s.as_ref().map(|s| s.rate_limit.per_minute), Ok(5));
+        assert_eq!(
+            s.map(|s| s.rate_limit.tiers.get("pro").map(|t| t.per_hour)),
+            Ok(Some(900))
+        );
+    }
+
+    #[test]
+    fn database_url_precedence() {
+        let plain = load(&[("DATABASE_URL", "postgres://a@localhost/plain")]);
+        assert_eq!(
+            plain.map(|s| s.database.url),
+            Ok("postgres://a@localhost/plain".into())
+        );
+        let both = load(&[
+            ("DATABASE_URL", "postgres://a@localhost/plain"),
+            ("PANTHEON__DATABASE__URL", "postgres://a@localhost/prefixed"),
+        ]);
+        assert_eq!(
+            both.map(|s| s.database.url),
+            Ok("postgres://a@localhost/prefixed".into())
+        );
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            ("PANTHEON__AUTH__JWT_SECRET", "short", "auth.jwt_secret"),
+            ("PANTHEON__PROVIDER__KIND", "sorcery", "provider.kind"),
+            ("PANTHEON__DATABASE__URL", "not a url", "database.url"),
+            ("PANTHEON__REDIS__URL", "http://x", "redis.url"),
+            (
+                "PANTHEON__RATE_LIMIT__PER_MINUTE",
+                "0",
+                "rate_limit.per_minute",
+            ),
+            ("PANTHEON__SERVER__ADDR", "nowhere", "server.addr"),
+        ];
+        for (var, value, key) in cases {
+            let err = load(&[(var, value)])
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                err.contains(key),
+                "{var}={value}: {err:?} should name {key}"
+            );
+        }
+    }
+
+    #[test]
+    fn production_refuses_the_development_secret() {
+        let err = load(&[("PANTHEON__APP__ENV", "production")])
+            .err()
+            .map(|e| e.to_string());
+        assert!(err.unwrap_or_default().contains("auth.jwt_secret"));
+    }
+}

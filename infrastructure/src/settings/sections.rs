@@ -1,0 +1,307 @@
+//! The sections of [`super::Settings`], each with its defaults.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+
+/// The development JWT secret: usable out of the box, refused when
+/// `app.env = production`.
+pub const DEVELOPMENT_JWT_SECRET: &str = "pantheon-development-secret-do-not-use-in-production";
+
+/// `app.env`: production refuses development defaults.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AppEnv {
+    /// Local runs: development defaults allowed.
+    #[default]
+    Development,
+    /// Deployed: development defaults refused.
+    Production,
+}
+
+/// `app.*`
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AppSettings {
+    /// `app.env`
+    pub env: AppEnv,
+}
+
+/// `server.*`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// `server.addr`: where to listen.
+    pub addr: SocketAddr,
+    /// `server.shutdown_grace_secs`: how long in-flight work may finish
+    /// after SIGTERM.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+/// `database.*`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `database.url`: `postgres://…` or `sqlite://…`.
+    pub url: String,
+    /// `database.max_connections`: unset sizes the pool for the machine.
+    pub max_connections: Option<u32>,
+    /// `database.auto_migrate`: apply pending migrations at start.
+    pub auto_migrate: bool,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://pantheon.db?mode=rwc".into(),
+            max_connections: None,
+            auto_migrate: true,
+        }
+    }
+}
+
+/// `redis.*`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSettings {
+    /// `redis.url`: unset means the in-process limiter.
+    pub url: Option<String>,
+    /// `redis.timeout_ms`: the longest a limiter call may take.
+    pub timeout_ms: u64,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            timeout_ms: 50,
+        }
+    }
+}
+
+/// `auth.jwt_algorithm`: the one algorithm tokens may use.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+pub enum JwtAlgorithm {
+    /// HMAC-SHA256 with `auth.jwt_secret`.
+    #[default]
+    HS256,
+    /// RSA with `auth.jwt_public_key`.
+    RS256,
+    /// ECDSA P-256 with `auth.jwt_public_key`.
+    ES256,
+    /// Ed25519 with `auth.jwt_public_key`.
+    EdDSA,
+}
+
+/// `auth.*`
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// `auth.jwt_secret`: the HS256 key, at least 32 bytes.
+    pub jwt_secret: String,
+    /// `auth.jwt_algorithm`
+    pub jwt_algorithm: JwtAlgorithm,
+    /// `auth.jwt_public_key`: PEM, for the asymmetric algorithms.
+    pub jwt_public_key: Option<String>,
+    /// `auth.issuer`: the required `iss`, when set.
+    pub issuer: Option<String>,
+    /// `auth.audience`: the required `aud`, when set.
+    pub audience: Option<String>,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            jwt_secret: DEVELOPMENT_JWT_SECRET.into(),
+            jwt_algorithm: JwtAlgorithm::HS256,
+            jwt_public_key: None,
+            issuer: None,
+            audience: None,
+        }
+    }
+}
+
+/// Hand-written so the secret never reaches a log line.
+impl std::fmt::Debug for AuthSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthSettings")
+            .field("jwt_secret", &"<redacted>")
+            .field("jwt_algorithm", &self.jwt_algorithm)
+            .field(
+                "jwt_public_key",
+                &self.jwt_public_key.as_ref().map(|_| "<pem>"),
+            )
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish()
+    }
+}
+
+/// `rate_limit.mode`
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitMode {
+    /// Refuse over-limit turns.
+    #[default]
+    Enforce,
+    /// Decide fully, never refuse; report what would have been refused.
+    Shadow,
+}
+
+/// `rate_limit.fallback`: how a check is answered while Redis is failing.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Fallback {
+    /// Skip the check and warn.
+    #[default]
+    Allow,
+    /// Use the in-process limiter (per instance).
+    Local,
+    /// Refuse with `503`.
+    Deny,
+}
+
+/// A pair of limits.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TierLimits {
+    /// Turns per minute.
+    pub per_minute: u32,
+    /// Turns per hour.
+    pub per_hour: u32,
+}
+
+/// `rate_limit.*`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitSettings {
+    /// `rate_limit.enabled`
+    pub enabled: bool,
+    /// `rate_limit.mode`
+    pub mode: LimitMode,
+    /// `rate_limit.fallback`
+    pub fallback: Fallback,
+    /// `rate_limit.per_minute`
+    pub per_minute: u32,
+    /// `rate_limit.per_hour`
+    pub per_hour: u32,
+    /// `rate_limit.tiers.<name>`
+    pub tiers: BTreeMap<String, TierLimits>,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            mode: LimitMode::Enforce,
+            fallback: Fallback::Allow,
+            per_minute: 20,
+            per_hour: 300,
+            tiers: BTreeMap::new(),
+        }
+    }
+}
+
+/// `turns.on_disconnect`
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDisconnect {
+    /// Finish and persist the reply.
+    #[default]
+    Continue,
+    /// Stop the provider; persist the partial output as `cancelled`.
+    Cancel,
+}
+
+/// `turns.*`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TurnSettings {
+    /// `turns.max_input_chars`
+    pub max_input_chars: usize,
+    /// `turns.keep_alive_secs`
+    pub keep_alive_secs: u64,
+    /// `turns.on_disconnect`
+    pub on_disconnect: OnDisconnect,
+    /// `turns.max_duration_secs`
+    pub max_duration_secs: u64,
+}
+
+impl Default for TurnSettings {
+    fn default() -> Self {
+        Self {
+            max_input_chars: 32_000,
+            keep_alive_secs: 15,
+            on_disconnect: OnDisconnect::Continue,
+            max_duration_secs: 300,
+        }
+    }
+}
+
+/// `provider.kind`
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// The offline, deterministic provider.
+    #[default]
+    Builtin,
+    /// An OpenAI-compatible upstream (not in this build yet).
+    Openai,
+}
+
+/// `provider.builtin.*`
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BuiltinProviderSettings {
+    /// `provider.builtin.chunk_delay_ms`: a pause before each chunk.
+    pub chunk_delay_ms: u64,
+}
+
+/// `provider.*`
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProviderSettings {
+    /// `provider.kind`
+    pub kind: ProviderKind,
+    /// `provider.builtin.*`
+    pub builtin: BuiltinProviderSettings,
+}
+
+/// `log.format`
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object a line.
+    Json,
+}
+
+/// `log.*`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// `log.level`: an `EnvFilter` directive (`info`, `pantheon=debug,info`…).
+    pub level: String,
+    /// `log.format`: unset means `json` in production, `pretty` elsewhere.
+    pub format: Option<LogFormat>,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: None,
+        }
+    }
+}

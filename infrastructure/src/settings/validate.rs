@@ -1,0 +1,109 @@
+//! Checks that need more than a type: the start stops on the first bad key,
+//! with a message naming it.
+
+use std::str::FromStr;
+
+use sea_orm::sqlx::postgres::PgConnectOptions;
+use sea_orm::sqlx::sqlite::SqliteConnectOptions;
+
+use super::load::SettingsError;
+use super::{AppEnv, DEVELOPMENT_JWT_SECRET, JwtAlgorithm, ProviderKind, Settings};
+
+/// HS256 keys shorter than this are guessable (RFC 7518 §3.2).
+const MIN_SECRET_BYTES: usize = 32;
+
+impl Settings {
+    /// Validates what the types cannot express.
+    ///
+    /// # Errors
+    /// [`SettingsError::Invalid`] naming the first bad key.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        self.validate_auth()?;
+        validate_database_url(&self.database.url)?;
+        if let Some(url) = &self.redis.url {
+            let schemes = ["redis://", "rediss://", "redis+unix://", "unix://"];
+            if !schemes.iter().any(|s| url.starts_with(s)) || url.len() <= "redis://".len() {
+                return Err(SettingsError::invalid(
+                    "redis.url",
+                    "must be a redis://, rediss:// or unix:// URL",
+                ));
+            }
+        }
+        let positive = [
+            ("redis.timeout_ms", self.redis.timeout_ms),
+            (
+                "rate_limit.per_minute",
+                u64::from(self.rate_limit.per_minute),
+            ),
+            ("rate_limit.per_hour", u64::from(self.rate_limit.per_hour)),
+            ("turns.max_input_chars", self.turns.max_input_chars as u64),
+            ("turns.keep_alive_secs", self.turns.keep_alive_secs),
+            ("turns.max_duration_secs", self.turns.max_duration_secs),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(SettingsError::invalid(key, "must be at least 1"));
+            }
+        }
+        for (tier, limits) in &self.rate_limit.tiers {
+            if limits.per_minute == 0 || limits.per_hour == 0 {
+                return Err(SettingsError::invalid(
+                    &format!("rate_limit.tiers.{tier}"),
+                    "limits must be at least 1",
+                ));
+            }
+        }
+        if self.database.max_connections == Some(0) {
+            return Err(SettingsError::invalid(
+                "database.max_connections",
+                "must be at least 1",
+            ));
+        }
+        if self.provider.kind == ProviderKind::Openai {
+            return Err(SettingsError::invalid(
+                "provider.kind",
+                "`openai` is not available in this build yet; use `builtin`",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_auth(&self) -> Result<(), SettingsError> {
+        let auth = &self.auth;
+        match auth.jwt_algorithm {
+            JwtAlgorithm::HS256 => {
+                if auth.jwt_secret.len() < MIN_SECRET_BYTES {
+                    return Err(SettingsError::invalid(
+                        "auth.jwt_secret",
+                        format!("must be at least {MIN_SECRET_BYTES} bytes"),
+                    ));
+                }
+                if self.app.env == AppEnv::Production && auth.jwt_secret == DEVELOPMENT_JWT_SECRET {
+                    return Err(SettingsError::invalid(
+                        "auth.jwt_secret",
+                        "the development secret is refused when app.env = production",
+                    ));
+                }
+            }
+            JwtAlgorithm::RS256 | JwtAlgorithm::ES256 | JwtAlgorithm::EdDSA => {
+                crate::auth::decoding_key(auth)
+                    .map_err(|message| SettingsError::invalid("auth.jwt_public_key", message))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn validate_database_url(url: &str) -> Result<(), SettingsError> {
+    let parsed = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        PgConnectOptions::from_str(url).map(drop)
+    } else if url.starts_with("sqlite:") {
+        SqliteConnectOptions::from_str(url).map(drop)
+    } else {
+        return Err(SettingsError::invalid(
+            "database.url",
+            "must be a postgres:// or sqlite: URL",
+        ));
+    };
+    parsed.map_err(|e| SettingsError::invalid("database.url", format!("cannot be parsed: {e}")))
+}

@@ -1,0 +1,18 @@
+//! Pantheon's schema, as SeaORM migrations that run unchanged on PostgreSQL
+//! and SQLite. The server applies them at start (`database.auto_migrate`);
+//! the `migration` binary runs them on its own.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261127_000001_create_chat_tables;
+
+/// Every migration, in order.
+#[derive(Debug)]
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261127_000001_create_chat_tables::Migration)]
+    }
+}

@@ -10,6 +10,7 @@
 pub mod clock;
 pub mod error;
 pub mod ids;
+pub mod limiter;
 pub mod page;
 pub mod ports;
 pub mod session;

@@ -1,1 +1,187 @@
-//! placeholder
+//! Test support: [`spawn_app`] starts the real server, wired by the same
+//! [`pantheon_api::build`] as production, on a random loopback port, over a
+//! database of its own (a fresh PostgreSQL database or SQLite file), so every
+//! test can run in parallel with the others.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod db;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pantheon_domain::{Clock, SystemClock};
+use pantheon_infrastructure::Settings;
+use pantheon_infrastructure::auth::TokenMinter;
+use reqwest::{Client, RequestBuilder, Response};
+use sea_orm::DatabaseConnection;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use db::{Backend, TestDatabase};
+
+/// A running server and what a test needs to talk to it and look behind it.
+#[derive(Debug)]
+pub struct TestApp {
+    /// `http://127.0.0.1:<port>`.
+    pub address: String,
+    /// A plain HTTP client.
+    pub client: Client,
+    /// A connection to the server's database, for asserting what it holds.
+    pub db: DatabaseConnection,
+    /// The settings the server runs with.
+    pub settings: Settings,
+    database: TestDatabase,
+    minter: TokenMinter,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<()>>,
+}
+
+/// Starts a server on `backend` with default settings.
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, |_| {}).await
+}
+
+/// Starts a server on `backend` after `adjust` has changed the settings.
+pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Settings)) -> TestApp {
+    let database = TestDatabase::create(backend).await;
+    let mut settings = Settings::default();
+    settings.database.url = database.url.clone();
+    settings.server.addr = "127.0.0.1:0".parse().unwrap();
+    settings.auth.jwt_secret = format!("test-secret-{}", uuid::Uuid::new_v4());
+    adjust(&mut settings);
+    settings.validate().expect("test settings are valid");
+    spawn_with_settings(database, settings, Arc::new(SystemClock)).await
+}
+
+async fn spawn_with_settings(database: TestDatabase, settings: Settings, clock: Arc<dyn Clock>) -> TestApp {
+    let state = pantheon_api::build(&settings, clock).await.expect("the app builds");
+    let listener = tokio::net::TcpListener::bind(settings.server.addr).await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let (shutdown, stop) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        pantheon_api::serve(listener, state, async {
+            let _ = stop.await;
+        })
+        .await
+        .unwrap();
+    });
+    let db = database.connect().await;
+    let minter = TokenMinter::new(&settings.auth).unwrap();
+    TestApp {
+        address,
+        client: Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
+        db,
+        settings,
+        database,
+        minter,
+        shutdown: Some(shutdown),
+        server: Some(server),
+    }
+}
+
+impl TestApp {
+    /// A valid token for `user`.
+    pub fn token(&self, user: &str) -> String {
+        self.minter.mint(user, None, Duration::from_secs(3600)).unwrap()
+    }
+
+    /// A fresh user id and a token for it.
+    pub fn new_user(&self) -> (String, String) {
+        let user = format!("user-{}", uuid::Uuid::new_v4());
+        let token = self.token(&user);
+        (user, token)
+    }
+
+    /// The absolute URL of a path.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    /// A request with the bearer token.
+    pub fn request(&self, method: reqwest::Method, path: &str, token: &str) -> RequestBuilder {
+        self.client.request(method, self.url(path)).bearer_auth(token)
+    }
+
+    /// Creates a session and returns its body.
+    pub async fn create_session(&self, token: &str) -> Value {
+        let response = self
+            .request(reqwest::Method::POST, "/api/v1/sessions", token)
+            .json(&json!({ "title": "test" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        response.json().await.unwrap()
+    }
+
+    /// Submits a turn.
+    pub async fn submit_turn(&self, token: &str, session_id: &str, input: &str) -> Response {
+        self.request(reqwest::Method::POST, &format!("/api/v1/sessions/{session_id}/turns"), token)
+            .json(&json!({ "input": input }))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Rows in `table`.
+    pub async fn count(&self, table: &str) -> i64 {
+        db::count(&self.db, table).await
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.unwrap();
+        }
+    }
+
+    /// The test database (kept alive as long as the app).
+    pub fn database(&self) -> &TestDatabase {
+        &self.database
+    }
+}
+
+/// Reads a response as JSON, asserting its status and content type first.
+pub async fn expect_json(response: Response, status: u16) -> Value {
+    let got = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body = response.text().await.unwrap();
+    assert_eq!(got, status, "unexpected status; body: {body}");
+    assert!(content_type.contains("json"), "content type {content_type:?}, body {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Reads a problem response, asserting its status, media type, code and
+/// the members every problem has.
+pub async fn expect_problem(response: Response, status: u16, code: &str) -> Value {
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let request_id = response
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body = expect_json(response, status).await;
+    assert_eq!(content_type, "application/problem+json");
+    assert_eq!(body["status"], status, "{body}");
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(body["type"], format!("urn:pantheon:problem:{code}"), "{body}");
+    assert!(body["title"].is_string() && body["detail"].is_string(), "{body}");
+    assert_eq!(body["request_id"], request_id.as_str(), "{body}");
+    body
+}

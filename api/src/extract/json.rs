@@ -8,9 +8,14 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
 use axum::http::{StatusCode, header};
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use crate::error::ApiError;
 use crate::problem::Problem;
+
+fn schema_violation(detail: impl Into<String>) -> ApiError {
+    ApiError::new(Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", detail))
+}
 
 /// A JSON body that must be present.
 #[derive(Debug)]
@@ -49,7 +54,15 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        Ok(Self(Json::<T>::from_request(req, state).await?.0))
+        // Parsed as a `Value` first: serde would otherwise accept `["hi"]`
+        // for a one-field struct, and our bodies are objects.
+        let Json(value) = Json::<Value>::from_request(req, state).await?;
+        if !value.is_object() {
+            return Err(schema_violation("The request body must be a JSON object."));
+        }
+        serde_path_to_error::deserialize(value)
+            .map(Self)
+            .map_err(|e| schema_violation(format!("Invalid request body: {e}")))
     }
 }
 

@@ -4,4 +4,4 @@
 
 mod builtin;
 
-pub use builtin::BuiltinProvider;
+pub use builtin::{BuiltinProvider, FAIL_MARKER};

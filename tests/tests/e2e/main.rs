@@ -1,0 +1,31 @@
+//! End-to-end tests: real HTTP against a real server on a random port, on
+//! PostgreSQL and (for everything that touches storage) SQLite.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+/// Runs a storage-touching test body (`async fn name(Backend)`) once per
+/// database, as `name::postgres` and `name::sqlite`.
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$name(pantheon_tests::Backend::Postgres).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name(pantheon_tests::Backend::Sqlite).await
+                }
+            }
+        )*
+    };
+}
+
+mod auth;
+mod bad_input;
+mod http_surface;
+mod migrations;
+mod ownership;
+mod sessions;
+mod turns;

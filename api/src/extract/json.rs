@@ -14,7 +14,11 @@ use crate::error::ApiError;
 use crate::problem::Problem;
 
 fn schema_violation(detail: impl Into<String>) -> ApiError {
-    ApiError::new(Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", detail))
+    ApiError::new(Problem::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+        detail,
+    ))
 }
 
 /// A JSON body that must be present.

@@ -149,20 +149,15 @@ pub(super) mod tests {
     /// Counts of a `w`-ms window read at `from`, as read at the later `to` if
     /// nothing is admitted: one boundary crossed turns current into previous,
     /// two or more clear both.
-    pub(in crate::limiter) fn advance(
-        w: i64,
-        counts: WindowCounts,
-        from: i64,
-        to: i64,
-    ) -> WindowCounts {
+    pub(crate) fn advance(w: i64, c: WindowCounts, from: i64, to: i64) -> WindowCounts {
         match to.div_euclid(w) - from.div_euclid(w) {
-            0 => counts,
-            1 => wc(0, counts.current),
+            0 => c,
+            1 => wc(0, c.current),
             _ => WindowCounts::default(),
         }
     }
 
-    pub(in crate::limiter) fn wc(current: u64, previous: u64) -> WindowCounts {
+    pub(crate) fn wc(current: u64, previous: u64) -> WindowCounts {
         WindowCounts { current, previous }
     }
 

@@ -109,10 +109,9 @@ impl Sources {
         }
         env.extend(self.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         let pantheon_url = format!("{ENV_PREFIX}__DATABASE__URL");
-        if !env.get(&pantheon_url).is_some_and(|v| !v.is_empty()) {
-            if let Some(url) = env.get("DATABASE_URL").filter(|v| !v.is_empty()).cloned() {
-                env.insert(pantheon_url, url);
-            }
+        let plain = env.get("DATABASE_URL").filter(|v| !v.is_empty()).cloned();
+        if let Some(url) = plain.filter(|_| env.get(&pantheon_url).is_none_or(|v| v.is_empty())) {
+            env.insert(pantheon_url, url);
         }
         Ok(env)
     }

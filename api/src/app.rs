@@ -11,6 +11,7 @@ use pantheon_infrastructure::auth::TokenVerifier;
 use pantheon_infrastructure::db::{
     self, DatabaseProbe, SeaOrmSessionRepository, SeaOrmTurnRepository,
 };
+use pantheon_infrastructure::limiter::{limit_table, spawn_limiter};
 use pantheon_infrastructure::provider::BuiltinProvider;
 use pantheon_infrastructure::settings::Settings;
 use thiserror::Error;
@@ -36,23 +37,20 @@ pub enum StartError {
 /// # Errors
 /// [`StartError`] when a dependency cannot be reached or set up.
 pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> Result<AppState, StartError> {
-    let conn = db::connect(&settings.database)
-        .await
-        .map_err(|e| StartError::Database(e.to_string()))?;
+    let conn =
+        db::connect(&settings.database).await.map_err(|e| StartError::Database(e.to_string()))?;
     if settings.database.auto_migrate {
-        Migrator::up(&conn, None)
-            .await
-            .map_err(|e| StartError::Migration(e.to_string()))?;
+        Migrator::up(&conn, None).await.map_err(|e| StartError::Migration(e.to_string()))?;
     }
     let provider = Arc::new(BuiltinProvider::new(Duration::from_millis(
         settings.provider.builtin.chunk_delay_ms,
     )));
-    let policy = TurnPolicy {
-        max_duration: Duration::from_secs(settings.turns.max_duration_secs),
-    };
-    let verifier = TokenVerifier::new(&settings.auth).map_err(|e| {
-        StartError::Settings(format!("configuration error: auth.jwt_public_key: {e}"))
-    })?;
+    let policy = TurnPolicy { max_duration: Duration::from_secs(settings.turns.max_duration_secs) };
+    let limiter = spawn_limiter(settings, clock.clone()).await;
+    let verifier =
+        TokenVerifier::new(&settings.auth, limit_table(&settings.rate_limit)).map_err(|e| {
+            StartError::Settings(format!("configuration error: auth.jwt_public_key: {e}"))
+        })?;
     Ok(AppState {
         sessions: SessionService::new(
             Arc::new(SeaOrmSessionRepository::new(conn.clone())),
@@ -63,11 +61,11 @@ pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> Result<AppStat
             provider,
             clock,
             policy,
+            limiter,
         ),
         verifier: Arc::new(verifier),
         database: DatabaseProbe::new(conn),
         max_input_chars: settings.turns.max_input_chars,
-        limiter: "none",
     })
 }
 

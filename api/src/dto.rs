@@ -133,10 +133,7 @@ pub struct ListBody<T> {
 impl<T> ListBody<T> {
     /// Builds the body from a domain page; `cursor_of` names the last item.
     pub fn new<D>(page: Page<D>, cursor_of: impl Fn(&D) -> String, body: impl Fn(D) -> T) -> Self {
-        let next_cursor = page
-            .has_more
-            .then(|| page.items.last().map(&cursor_of))
-            .flatten();
+        let next_cursor = page.has_more.then(|| page.items.last().map(&cursor_of)).flatten();
         Self {
             has_more: page.has_more,
             next_cursor,
@@ -163,17 +160,11 @@ fn encode_cursor(tag: &str, key: &str) -> String {
 
 fn decode_cursor(tag: &str, cursor: &str) -> Option<String> {
     let raw = URL_SAFE_NO_PAD.decode(cursor).ok()?;
-    String::from_utf8(raw)
-        .ok()?
-        .strip_prefix(tag)
-        .map(str::to_owned)
+    String::from_utf8(raw).ok()?.strip_prefix(tag).map(str::to_owned)
 }
 
 fn invalid_cursor() -> ApiError {
-    ApiError::bad_request(
-        "invalid_cursor",
-        "The `after` cursor is not one this list issued.",
-    )
+    ApiError::bad_request("invalid_cursor", "The `after` cursor is not one this list issued.")
 }
 
 impl ListQuery {
@@ -197,15 +188,10 @@ impl ListQuery {
             None => None,
             Some(c) => {
                 let key = decode_cursor(SESSION_CURSOR, c).ok_or_else(invalid_cursor)?;
-                Some(SessionId::from(
-                    Uuid::parse_str(&key).map_err(|_| invalid_cursor())?,
-                ))
+                Some(SessionId::from(Uuid::parse_str(&key).map_err(|_| invalid_cursor())?))
             }
         };
-        Ok(PageRequest {
-            limit: self.limit()?,
-            after,
-        })
+        Ok(PageRequest { limit: self.limit()?, after })
     }
 
     /// The page of turns asked for.
@@ -220,10 +206,7 @@ impl ListQuery {
                 Some(key.parse::<i64>().map_err(|_| invalid_cursor())?)
             }
         };
-        Ok(PageRequest {
-            limit: self.limit()?,
-            after,
-        })
+        Ok(PageRequest { limit: self.limit()?, after })
     }
 }
 

@@ -2,28 +2,26 @@
 //! domain's errors to statuses, headers and problem bodies. Server-side
 //! causes are logged here, once, and never sent to the client.
 
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use pantheon_domain::{ProviderError, StorageError, TurnError, ValidationError};
 use serde_json::json;
 
 use crate::dto::TurnBody;
 use crate::problem::Problem;
+use crate::rate_limit;
 
 /// A failed request.
 #[derive(Debug)]
 pub struct ApiError {
     problem: Box<Problem>,
-    retry_after: Option<u64>,
+    headers: HeaderMap,
 }
 
 impl ApiError {
     /// An error with the given problem.
     pub fn new(problem: Problem) -> Self {
-        Self {
-            problem: Box::new(problem),
-            retry_after: None,
-        }
+        Self { problem: Box::new(problem), headers: HeaderMap::new() }
     }
 
     /// `400` with a code of its own (`malformed_json`, `invalid_path`, …).
@@ -59,15 +57,8 @@ impl ApiError {
 impl From<ValidationError> for ApiError {
     fn from(error: ValidationError) -> Self {
         Self::new(
-            Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "validation_failed",
-                error.to_string(),
-            )
-            .with(
-                "errors",
-                json!([{ "field": error.field, "message": error.message }]),
-            ),
+            Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", error.to_string())
+                .with("errors", json!([{ "field": error.field, "message": error.message }])),
         )
     }
 }
@@ -82,7 +73,7 @@ impl From<StorageError> for ApiError {
                     "storage_unavailable",
                     "The service is temporarily unable to reach its storage.",
                 ));
-                e.retry_after = Some(1);
+                e.headers.insert(header::RETRY_AFTER, HeaderValue::from(1));
                 e
             }
             StorageError::Other(_) => Self::internal(&error),
@@ -108,33 +99,30 @@ impl From<TurnError> for ApiError {
                 "session_not_found",
                 "No such session.",
             )),
-            TurnError::TurnNotFound => Self::new(Problem::new(
-                StatusCode::NOT_FOUND,
-                "turn_not_found",
-                "No such turn.",
-            )),
+            TurnError::TurnNotFound => {
+                Self::new(Problem::new(StatusCode::NOT_FOUND, "turn_not_found", "No such turn."))
+            }
             TurnError::Invalid(e) => e.into(),
             TurnError::Storage(e) => e.into(),
             TurnError::Provider { turn, source } => {
                 tracing::warn!(turn.id = %turn.id, error = %source, "turn failed at the provider");
-                let retry_after = match &source {
-                    ProviderError::Unavailable { retry_after } => {
-                        retry_after.map(|d| d.as_secs().max(1))
-                    }
-                    _ => None,
-                };
+                let mut headers = HeaderMap::new();
+                if let ProviderError::Unavailable { retry_after: Some(wait) } = &source {
+                    headers.insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs().max(1)));
+                }
                 let body = TurnBody::from(*turn);
-                let detail = body
-                    .error
-                    .as_ref()
-                    .map(|e| e.detail.clone())
-                    .unwrap_or_default();
+                let detail = body.error.as_ref().map(|e| e.detail.clone()).unwrap_or_default();
                 let problem = Problem::new(provider_status(source.code()), source.code(), detail)
                     .with("turn", serde_json::to_value(&body).unwrap_or_default());
-                Self {
-                    problem: Box::new(problem),
-                    retry_after,
-                }
+                Self { problem: Box::new(problem), headers }
+            }
+            TurnError::RateLimited(denial) => {
+                let (problem, headers) = rate_limit::too_many_requests(&denial);
+                Self { problem: Box::new(problem), headers }
+            }
+            TurnError::LimiterUnavailable => {
+                let (problem, headers) = rate_limit::limiter_unavailable();
+                Self { problem: Box::new(problem), headers }
             }
             TurnError::Internal(cause) => Self::internal(&cause),
         }
@@ -144,17 +132,13 @@ impl From<TurnError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let unauthenticated = self.problem.status == StatusCode::UNAUTHORIZED;
-        let retry_after = self.retry_after;
+        let headers = self.headers;
         let mut response = (*self.problem).into_response();
+        response.headers_mut().extend(headers);
         if unauthenticated {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        if let Some(secs) = retry_after {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }

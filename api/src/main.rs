@@ -59,10 +59,7 @@ fn run_server(settings: Settings) -> ExitCode {
     if let Err(e) = telemetry::init(&settings) {
         return fail(&e);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };

@@ -65,10 +65,9 @@ impl Problem {
             StatusCode::PAYLOAD_TOO_LARGE => {
                 ("payload_too_large", "The request body is too large.")
             }
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => (
-                "unsupported_media_type",
-                "The request body must be application/json.",
-            ),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                ("unsupported_media_type", "The request body must be application/json.")
+            }
             StatusCode::REQUEST_TIMEOUT => ("request_timeout", "The request took too long."),
             s if s.is_server_error() => ("internal_error", "An internal error occurred."),
             _ => ("bad_request", "The request could not be processed."),
@@ -87,10 +86,7 @@ impl Problem {
         for (k, v) in &self.extensions {
             body.insert(k.clone(), v.clone());
         }
-        body.insert(
-            "request_id".into(),
-            request_id.map_or(Value::Null, Value::from),
-        );
+        body.insert("request_id".into(), request_id.map_or(Value::Null, Value::from));
         Value::Object(body)
     }
 }
@@ -106,11 +102,8 @@ impl IntoResponse for Problem {
 /// Writes problem bodies (see the module doc). Runs inside the request-id
 /// layer, so the id is already on the request.
 pub async fn render_problems(request: Request, next: Next) -> Response {
-    let request_id = request
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let request_id =
+        request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let response = next.run(request).await;
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) {
@@ -124,14 +117,10 @@ pub async fn render_problems(request: Request, next: Next) -> Response {
         return response;
     }
     let (mut parts, _) = response.into_parts();
-    let problem = parts
-        .extensions
-        .remove::<Problem>()
-        .unwrap_or_else(|| Problem::for_status(status));
+    let problem =
+        parts.extensions.remove::<Problem>().unwrap_or_else(|| Problem::for_status(status));
     parts.status = problem.status;
-    parts
-        .headers
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
     parts.headers.remove(header::CONTENT_LENGTH);
     let body = problem.to_body(request_id.as_deref()).to_string();
     Response::from_parts(parts, Body::from(body))

@@ -19,6 +19,4 @@ pub struct AppState {
     pub database: DatabaseProbe,
     /// `turns.max_input_chars`, checked while parsing the body.
     pub max_input_chars: usize,
-    /// The name of the limiter backend, reported by `/readyz`.
-    pub limiter: &'static str,
 }

@@ -35,15 +35,10 @@ pub struct RequestSpan;
 
 impl<B> MakeSpan<B> for RequestSpan {
     fn make_span(&mut self, request: &Request<B>) -> Span {
-        let route = request
-            .extensions()
-            .get::<MatchedPath>()
-            .map_or("<unmatched>", MatchedPath::as_str);
-        let request_id = request
-            .headers()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
+        let route =
+            request.extensions().get::<MatchedPath>().map_or("<unmatched>", MatchedPath::as_str);
+        let request_id =
+            request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
         tracing::info_span!("request", method = %request.method(), route, request_id)
     }
 }
@@ -65,8 +60,5 @@ impl<B> OnResponse<B> for ResponseLine {
 /// The tracing layer of the router.
 pub fn http_trace_layer()
 -> TraceLayer<SharedClassifier<ServerErrorsAsFailures>, RequestSpan, (), ResponseLine> {
-    TraceLayer::new_for_http()
-        .make_span_with(RequestSpan)
-        .on_request(())
-        .on_response(ResponseLine)
+    TraceLayer::new_for_http().make_span_with(RequestSpan).on_request(()).on_response(ResponseLine)
 }

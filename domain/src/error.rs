@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use crate::limiter::Denial;
 use crate::turn::Turn;
 
 /// Input that breaks a rule of the product; nothing was changed.
@@ -21,10 +22,7 @@ pub struct ValidationError {
 impl ValidationError {
     /// A validation error on `field`.
     pub fn new(field: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            field,
-            message: message.into(),
-        }
+        Self { field, message: message.into() }
     }
 }
 
@@ -77,6 +75,12 @@ pub enum TurnError {
     /// The turn does not exist in that session of the caller's.
     #[error("turn not found")]
     TurnNotFound,
+    /// The caller is over a turn limit; nothing was looked up or written.
+    #[error("rate limited until {}", .0.retry_at_ms)]
+    RateLimited(Box<Denial>),
+    /// The limiter cannot decide and `rate_limit.fallback = deny`.
+    #[error("rate limiter unavailable")]
+    LimiterUnavailable,
     /// The request broke a rule of the product.
     #[error(transparent)]
     Invalid(#[from] ValidationError),

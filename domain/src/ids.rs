@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::error::ValidationError;
+use crate::limiter::Limits;
 
 /// The longest user id accepted (the JWT `sub`).
 pub const MAX_USER_ID_LEN: usize = 128;
@@ -105,6 +106,9 @@ pub struct Caller {
     pub user: UserId,
     /// The limit tier named by the token's `tier` claim, if any.
     pub tier: Option<String>,
+    /// The turn limits of that tier, resolved at authentication so the
+    /// check needs no lookup.
+    pub limits: Limits,
 }
 
 #[cfg(test)]

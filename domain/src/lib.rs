@@ -18,11 +18,11 @@ pub mod session_service;
 pub mod turn;
 pub mod turn_service;
 
-pub use clock::{Clock, SystemClock};
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{ProviderError, StorageError, TurnError, ValidationError};
 pub use ids::{Caller, SessionId, TurnId, UserId};
 pub use page::{Page, PageRequest};
 pub use session::{NewSession, Session};
 pub use session_service::SessionService;
 pub use turn::{FinishReason, NewTurn, Turn, TurnEnd, TurnFailure, TurnStatus, Usage};
-pub use turn_service::{TurnPolicy, TurnService};
+pub use turn_service::{Submitted, TurnPolicy, TurnService};

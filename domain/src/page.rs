@@ -32,10 +32,7 @@ impl<T> Page<T> {
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
         let has_more = rows.len() > limit;
         rows.truncate(limit);
-        Self {
-            items: rows,
-            has_more,
-        }
+        Self { items: rows, has_more }
     }
 }
 

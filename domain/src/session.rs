@@ -39,10 +39,7 @@ impl NewSession {
     /// [`ValidationError`] on `title` when it is too long.
     pub fn parse(title: Option<String>) -> Result<Self, ValidationError> {
         let title = title.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty());
-        if title
-            .as_ref()
-            .is_some_and(|t| t.chars().count() > MAX_TITLE_CHARS)
-        {
+        if title.as_ref().is_some_and(|t| t.chars().count() > MAX_TITLE_CHARS) {
             return Err(ValidationError::new(
                 "title",
                 format!("must be at most {MAX_TITLE_CHARS} characters"),
@@ -63,14 +60,8 @@ mod tests {
 
     #[test]
     fn blank_title_is_none_and_long_title_is_refused() {
-        assert_eq!(
-            NewSession::parse(Some("  ".into())).map(|s| s.title),
-            Ok(None)
-        );
+        assert_eq!(NewSession::parse(Some("  ".into())).map(|s| s.title), Ok(None));
         assert!(NewSession::parse(Some("x".repeat(201))).is_err());
-        assert_eq!(
-            NewSession::parse(Some(" hi ".into())).map(|s| s.title),
-            Ok(Some("hi".into()))
-        );
+        assert_eq!(NewSession::parse(Some(" hi ".into())).map(|s| s.title), Ok(Some("hi".into())));
     }
 }

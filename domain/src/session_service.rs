@@ -28,10 +28,7 @@ impl SessionService {
     /// [`TurnError::Storage`] when the database fails.
     pub async fn create(&self, caller: &Caller, new: NewSession) -> Result<Session, TurnError> {
         let now = self.clock.now_micros();
-        Ok(self
-            .sessions
-            .create(&caller.user, SessionId::new(), &new, now)
-            .await?)
+        Ok(self.sessions.create(&caller.user, SessionId::new(), &new, now).await?)
     }
 
     /// The caller's sessions, newest first.
@@ -51,10 +48,7 @@ impl SessionService {
     /// # Errors
     /// [`TurnError::SessionNotFound`] when it is missing or not the caller's.
     pub async fn get(&self, caller: &Caller, id: SessionId) -> Result<Session, TurnError> {
-        self.sessions
-            .get(&caller.user, id)
-            .await?
-            .ok_or(TurnError::SessionNotFound)
+        self.sessions.get(&caller.user, id).await?.ok_or(TurnError::SessionNotFound)
     }
 
     /// Deletes one of the caller's sessions and its turns.

@@ -37,15 +37,9 @@ impl TurnStatus {
 
     /// Parses a stored name.
     pub fn parse(raw: &str) -> Option<Self> {
-        [
-            Self::InProgress,
-            Self::Completed,
-            Self::Incomplete,
-            Self::Failed,
-            Self::Cancelled,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == raw)
+        [Self::InProgress, Self::Completed, Self::Incomplete, Self::Failed, Self::Cancelled]
+            .into_iter()
+            .find(|s| s.as_str() == raw)
     }
 }
 
@@ -185,10 +179,7 @@ mod tests {
     #[test]
     fn input_rules() {
         assert!(NewTurn::parse(" \n\t".into(), 10).is_err());
-        assert!(
-            NewTurn::parse("é".repeat(10), 10).is_ok(),
-            "counts characters, not bytes"
-        );
+        assert!(NewTurn::parse("é".repeat(10), 10).is_ok(), "counts characters, not bytes");
         assert!(NewTurn::parse("a".repeat(11), 10).is_err());
     }
 
@@ -203,12 +194,9 @@ mod tests {
         ] {
             assert_eq!(TurnStatus::parse(s.as_str()), Some(s));
         }
-        for f in [
-            FinishReason::Stop,
-            FinishReason::Length,
-            FinishReason::Cancelled,
-            FinishReason::Error,
-        ] {
+        for f in
+            [FinishReason::Stop, FinishReason::Length, FinishReason::Cancelled, FinishReason::Error]
+        {
             assert_eq!(FinishReason::parse(f.as_str()), Some(f));
         }
     }

@@ -9,6 +9,7 @@ use futures::StreamExt;
 use crate::clock::Clock;
 use crate::error::{ProviderError, TurnError};
 use crate::ids::{Caller, SessionId, TurnId, UserId};
+use crate::limiter::{Decision, LimiterHandle, LimiterState, RateLimitStatus};
 use crate::page::{Page, PageRequest};
 use crate::ports::{ModelProvider, ReplyEvent, ReplyRequest, TurnRepository, TurnStart};
 use crate::turn::{FinishReason, NewTurn, Turn, TurnEnd, TurnFailure, TurnStatus, Usage};
@@ -20,6 +21,15 @@ pub struct TurnPolicy {
     pub max_duration: Duration,
 }
 
+/// A turn that was admitted and completed, with the usage to report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Submitted {
+    /// The completed turn, as persisted.
+    pub turn: Turn,
+    /// The caller's usage after this turn; `None` when the check was skipped.
+    pub rate_limit: Option<RateLimitStatus>,
+}
+
 /// Submits and reads turns.
 #[derive(Debug, Clone)]
 pub struct TurnService {
@@ -27,6 +37,8 @@ pub struct TurnService {
     provider: Arc<dyn ModelProvider>,
     clock: Arc<dyn Clock>,
     policy: TurnPolicy,
+    /// `None` when `rate_limit.enabled = false`.
+    limiter: Option<LimiterHandle>,
 }
 
 impl TurnService {
@@ -36,13 +48,39 @@ impl TurnService {
         provider: Arc<dyn ModelProvider>,
         clock: Arc<dyn Clock>,
         policy: TurnPolicy,
+        limiter: Option<LimiterHandle>,
     ) -> Self {
-        Self {
-            turns,
-            provider,
-            clock,
-            policy,
+        Self { turns, provider, clock, policy, limiter }
+    }
+
+    /// Asks the limiter whether the caller may submit a turn now, counting
+    /// it when so. Both turn endpoints call this first, before any
+    /// repository call, so a refusal costs no database work.
+    ///
+    /// # Errors
+    /// - [`TurnError::RateLimited`]: over a limit; retry at the denial's `retry_at_ms`.
+    /// - [`TurnError::LimiterUnavailable`]: the store is down and the fallback is `deny`.
+    pub async fn admit(&self, caller: &Caller) -> Result<Option<RateLimitStatus>, TurnError> {
+        let Some(limiter) = &self.limiter else {
+            return Ok(None);
+        };
+        match limiter.check(caller.user.clone(), caller.limits).await {
+            Decision::Admitted(status) => Ok(Some(status)),
+            Decision::Skipped(_) => Ok(None),
+            Decision::Limited(denial) => Err(TurnError::RateLimited(Box::new(denial))),
+            Decision::Unavailable(_) => Err(TurnError::LimiterUnavailable),
         }
+    }
+
+    /// The caller's current usage, counting nothing; `None` when the limiter
+    /// is off or cannot tell.
+    pub async fn rate_limit_status(&self, caller: &Caller) -> Option<RateLimitStatus> {
+        self.limiter.as_ref()?.peek(caller.user.clone(), caller.limits).await
+    }
+
+    /// The limiter's state, `None` when rate limiting is off.
+    pub fn limiter_state(&self) -> Option<LimiterState> {
+        self.limiter.as_ref().map(LimiterHandle::state)
     }
 
     /// Submits a turn and waits for its reply.
@@ -52,6 +90,8 @@ impl TurnService {
     /// must still be completed and persisted.
     ///
     /// # Errors
+    /// - [`TurnError::RateLimited`], [`TurnError::LimiterUnavailable`]: refused
+    ///   before anything was looked up or written.
     /// - [`TurnError::SessionNotFound`]: not the caller's session; nothing written.
     /// - [`TurnError::Provider`]: the reply failed; the turn is persisted `failed`.
     /// - [`TurnError::Storage`]: the database failed.
@@ -60,15 +100,14 @@ impl TurnService {
         caller: &Caller,
         session_id: SessionId,
         new: NewTurn,
-    ) -> Result<Turn, TurnError> {
-        // Rate-limit check (issue #3): it goes here, before any repository
-        // call, so a refused request costs no database work.
-
+    ) -> Result<Submitted, TurnError> {
+        let rate_limit = self.admit(caller).await?;
         let service = self.clone();
         let user = caller.user.clone();
-        tokio::spawn(async move { service.run(user, session_id, new).await })
+        let turn = tokio::spawn(async move { service.run(user, session_id, new).await })
             .await
-            .map_err(|e| TurnError::Internal(format!("turn task lost: {e}")))?
+            .map_err(|e| TurnError::Internal(format!("turn task lost: {e}")))??;
+        Ok(Submitted { turn, rate_limit })
     }
 
     /// One turn of a session of the caller's, also while in progress.
@@ -81,10 +120,7 @@ impl TurnService {
         session_id: SessionId,
         turn_id: TurnId,
     ) -> Result<Turn, TurnError> {
-        self.turns
-            .get(&caller.user, session_id, turn_id)
-            .await?
-            .ok_or(TurnError::TurnNotFound)
+        self.turns.get(&caller.user, session_id, turn_id).await?.ok_or(TurnError::TurnNotFound)
     }
 
     /// The turns of a session of the caller's, in `seq` order.
@@ -97,10 +133,7 @@ impl TurnService {
         session_id: SessionId,
         page: PageRequest<i64>,
     ) -> Result<Page<Turn>, TurnError> {
-        self.turns
-            .list(&caller.user, session_id, page)
-            .await?
-            .ok_or(TurnError::SessionNotFound)
+        self.turns.list(&caller.user, session_id, page).await?.ok_or(TurnError::SessionNotFound)
     }
 
     async fn run(
@@ -116,29 +149,19 @@ impl TurnService {
             input: new.input(),
             now: self.clock.now_micros(),
         };
-        let turn = self
-            .turns
-            .begin(start)
-            .await?
-            .ok_or(TurnError::SessionNotFound)?;
+        let turn = self.turns.begin(start).await?.ok_or(TurnError::SessionNotFound)?;
         let (end, failure) = self.generate(&turn).await;
         let turn = self.turns.finish(turn.id, end).await?;
         match failure {
             None => Ok(turn),
-            Some(source) => Err(TurnError::Provider {
-                turn: Box::new(turn),
-                source,
-            }),
+            Some(source) => Err(TurnError::Provider { turn: Box::new(turn), source }),
         }
     }
 
     /// Collects the provider's reply, bounded by the policy's duration.
     /// Returns how the turn ended and, when it failed, why.
     async fn generate(&self, turn: &Turn) -> (TurnEnd, Option<ProviderError>) {
-        let request = ReplyRequest {
-            session_id: turn.session_id,
-            input: turn.input.clone(),
-        };
+        let request = ReplyRequest { session_id: turn.session_id, input: turn.input.clone() };
         let mut output = String::new();
         let collected = tokio::time::timeout(
             self.policy.max_duration,
@@ -161,10 +184,8 @@ impl TurnService {
             ),
             Err(error) => {
                 tracing::warn!(turn.id = %turn.id, error = %error, "provider failed");
-                let failure = TurnFailure {
-                    code: error.code().to_owned(),
-                    detail: failure_detail(&error),
-                };
+                let failure =
+                    TurnFailure { code: error.code().to_owned(), detail: failure_detail(&error) };
                 (
                     TurnEnd {
                         output,
@@ -192,10 +213,7 @@ async fn collect_reply(
     while let Some(event) = stream.next().await {
         match event? {
             ReplyEvent::Delta(delta) => output.push_str(&delta),
-            ReplyEvent::Finished {
-                finish_reason,
-                usage,
-            } => return Ok((finish_reason, usage)),
+            ReplyEvent::Finished { finish_reason, usage } => return Ok((finish_reason, usage)),
         }
     }
     Ok((FinishReason::Stop, None))

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use pantheon_domain::limiter::LimitTable;
 use pantheon_domain::{Caller, UserId};
 use serde::{Deserialize, Serialize};
 
@@ -76,22 +77,22 @@ pub fn decoding_key(auth: &AuthSettings) -> Result<DecodingKey, String> {
 pub struct TokenVerifier {
     key: DecodingKey,
     validation: Validation,
+    limits: LimitTable,
 }
 
 impl std::fmt::Debug for TokenVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenVerifier")
-            .field("algorithms", &self.validation.algorithms)
-            .finish()
+        f.debug_struct("TokenVerifier").field("algorithms", &self.validation.algorithms).finish()
     }
 }
 
 impl TokenVerifier {
-    /// A verifier for the configured algorithm, key, issuer and audience.
+    /// A verifier for the configured algorithm, key, issuer and audience;
+    /// `limits` resolves each token's tier to its turn limits.
     ///
     /// # Errors
     /// A message when the key cannot be used (settings validation reports it first).
-    pub fn new(auth: &AuthSettings) -> Result<Self, String> {
+    pub fn new(auth: &AuthSettings, limits: LimitTable) -> Result<Self, String> {
         let mut validation = Validation::new(algorithm(auth.jwt_algorithm));
         validation.leeway = CLOCK_SKEW_SECS;
         validation.validate_nbf = true;
@@ -103,10 +104,7 @@ impl TokenVerifier {
         if let Some(iss) = &auth.issuer {
             validation.set_issuer(&[iss]);
         }
-        Ok(Self {
-            key: decoding_key(auth)?,
-            validation,
-        })
+        Ok(Self { key: decoding_key(auth)?, validation, limits })
     }
 
     /// Verifies a token and returns who it names.
@@ -118,10 +116,8 @@ impl TokenVerifier {
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| TokenRefused(e.to_string()))?;
         let user = UserId::parse(&data.claims.sub).map_err(|e| TokenRefused(e.to_string()))?;
-        Ok(Caller {
-            user,
-            tier: data.claims.tier,
-        })
+        let limits = self.limits.resolve(data.claims.tier.as_deref());
+        Ok(Caller { user, tier: data.claims.tier, limits })
     }
 }
 
@@ -148,7 +144,7 @@ impl TokenMinter {
     pub fn new(auth: &AuthSettings) -> Result<Self, String> {
         if auth.jwt_algorithm != JwtAlgorithm::HS256 {
             return Err(
-                "minting needs auth.jwt_algorithm = HS256 (Pantheon holds no private key)".into(),
+                "minting needs auth.jwt_algorithm = HS256 (Pantheon holds no private key)".into()
             );
         }
         Ok(Self {

@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod db;
+pub mod limiter;
 pub mod provider;
 pub mod settings;
 

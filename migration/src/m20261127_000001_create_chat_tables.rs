@@ -135,14 +135,10 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        for table in [
-            Turns::Table.into_iden(),
-            Sessions::Table.into_iden(),
-            Users::Table.into_iden(),
-        ] {
-            manager
-                .drop_table(Table::drop().table(table).to_owned())
-                .await?;
+        for table in
+            [Turns::Table.into_iden(), Sessions::Table.into_iden(), Users::Table.into_iden()]
+        {
+            manager.drop_table(Table::drop().table(table).to_owned()).await?;
         }
         Ok(())
     }

@@ -36,23 +36,12 @@ impl TestDatabase {
         let name = format!("pantheon_test_{}", uuid::Uuid::new_v4().simple());
         match backend {
             Backend::Postgres => {
-                let admin = Database::connect(admin_url())
-                    .await
-                    .expect("PostgreSQL is reachable");
-                admin
-                    .execute_unprepared(&format!("CREATE DATABASE {name}"))
-                    .await
-                    .unwrap();
+                let admin = Database::connect(admin_url()).await.expect("PostgreSQL is reachable");
+                admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await.unwrap();
                 admin.close().await.unwrap();
                 let base = admin_url();
-                let server = base
-                    .rsplit_once('/')
-                    .map_or(base.as_str(), |(server, _)| server);
-                Self {
-                    url: format!("{server}/{name}"),
-                    backend,
-                    sqlite_path: None,
-                }
+                let server = base.rsplit_once('/').map_or(base.as_str(), |(server, _)| server);
+                Self { url: format!("{server}/{name}"), backend, sqlite_path: None }
             }
             Backend::Sqlite => {
                 let path = std::env::temp_dir().join(format!("{name}.db"));

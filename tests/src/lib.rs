@@ -60,12 +60,8 @@ async fn spawn_with_settings(
     settings: Settings,
     clock: Arc<dyn Clock>,
 ) -> TestApp {
-    let state = pantheon_api::build(&settings, clock)
-        .await
-        .expect("the app builds");
-    let listener = tokio::net::TcpListener::bind(settings.server.addr)
-        .await
-        .unwrap();
+    let state = pantheon_api::build(&settings, clock).await.expect("the app builds");
+    let listener = tokio::net::TcpListener::bind(settings.server.addr).await.unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());
     let (shutdown, stop) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
@@ -79,10 +75,7 @@ async fn spawn_with_settings(
     let minter = TokenMinter::new(&settings.auth).unwrap();
     TestApp {
         address,
-        client: Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap(),
+        client: Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
         db,
         settings,
         database,
@@ -95,9 +88,7 @@ async fn spawn_with_settings(
 impl TestApp {
     /// A valid token for `user`.
     pub fn token(&self, user: &str) -> String {
-        self.minter
-            .mint(user, None, Duration::from_secs(3600))
-            .unwrap()
+        self.minter.mint(user, None, Duration::from_secs(3600)).unwrap()
     }
 
     /// A fresh user id and a token for it.
@@ -114,9 +105,7 @@ impl TestApp {
 
     /// A request with the bearer token.
     pub fn request(&self, method: reqwest::Method, path: &str, token: &str) -> RequestBuilder {
-        self.client
-            .request(method, self.url(path))
-            .bearer_auth(token)
+        self.client.request(method, self.url(path)).bearer_auth(token)
     }
 
     /// Creates a session and returns its body.
@@ -133,15 +122,11 @@ impl TestApp {
 
     /// Submits a turn.
     pub async fn submit_turn(&self, token: &str, session_id: &str, input: &str) -> Response {
-        self.request(
-            reqwest::Method::POST,
-            &format!("/api/v1/sessions/{session_id}/turns"),
-            token,
-        )
-        .json(&json!({ "input": input }))
-        .send()
-        .await
-        .unwrap()
+        self.request(reqwest::Method::POST, &format!("/api/v1/sessions/{session_id}/turns"), token)
+            .json(&json!({ "input": input }))
+            .send()
+            .await
+            .unwrap()
     }
 
     /// Rows in `table`.
@@ -176,10 +161,7 @@ pub async fn expect_json(response: Response, status: u16) -> Value {
         .to_owned();
     let body = response.text().await.unwrap();
     assert_eq!(got, status, "unexpected status; body: {body}");
-    assert!(
-        content_type.contains("json"),
-        "content type {content_type:?}, body {body}"
-    );
+    assert!(content_type.contains("json"), "content type {content_type:?}, body {body}");
     serde_json::from_str(&body).unwrap()
 }
 
@@ -202,15 +184,8 @@ pub async fn expect_problem(response: Response, status: u16, code: &str) -> Valu
     assert_eq!(content_type, "application/problem+json");
     assert_eq!(body["status"], status, "{body}");
     assert_eq!(body["code"], code, "{body}");
-    assert_eq!(
-        body["type"],
-        format!("urn:pantheon:problem:{code}"),
-        "{body}"
-    );
-    assert!(
-        body["title"].is_string() && body["detail"].is_string(),
-        "{body}"
-    );
+    assert_eq!(body["type"], format!("urn:pantheon:problem:{code}"), "{body}");
+    assert!(body["title"].is_string() && body["detail"].is_string(), "{body}");
     assert_eq!(body["request_id"], request_id.as_str(), "{body}");
     body
 }

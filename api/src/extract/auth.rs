@@ -24,13 +24,9 @@ impl FromRequestParts<AppState> for Authenticated {
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, token)| token.trim())
             .ok_or_else(ApiError::unauthenticated)?;
-        state
-            .verifier
-            .verify(token)
-            .map(Authenticated)
-            .map_err(|refused| {
-                tracing::debug!(reason = %refused, "bearer token refused");
-                ApiError::unauthenticated()
-            })
+        state.verifier.verify(token).map(Authenticated).map_err(|refused| {
+            tracing::debug!(reason = %refused, "bearer token refused");
+            ApiError::unauthenticated()
+        })
     }
 }

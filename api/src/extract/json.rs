@@ -14,11 +14,7 @@ use crate::error::ApiError;
 use crate::problem::Problem;
 
 fn schema_violation(detail: impl Into<String>) -> ApiError {
-    ApiError::new(Problem::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_failed",
-        detail,
-    ))
+    ApiError::new(Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", detail))
 }
 
 /// A JSON body that must be present.
@@ -28,11 +24,9 @@ pub struct ApiJson<T>(pub T);
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         let problem = match &rejection {
-            JsonRejection::JsonDataError(e) => Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "validation_failed",
-                e.body_text(),
-            ),
+            JsonRejection::JsonDataError(e) => {
+                Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", e.body_text())
+            }
             JsonRejection::JsonSyntaxError(e) => {
                 Problem::new(StatusCode::BAD_REQUEST, "malformed_json", e.body_text())
             }

@@ -18,15 +18,12 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        Path::<T>::from_request_parts(parts, state)
-            .await
-            .map(|Path(v)| Self(v))
-            .map_err(|e| {
-                ApiError::bad_request(
-                    "invalid_path",
-                    format!("Malformed path parameter: {}", e.body_text()),
-                )
-            })
+        Path::<T>::from_request_parts(parts, state).await.map(|Path(v)| Self(v)).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_path",
+                format!("Malformed path parameter: {}", e.body_text()),
+            )
+        })
     }
 }
 

@@ -18,9 +18,8 @@ pub async fn healthz() -> Json<Value> {
 /// never fails readiness: a degraded limiter still serves turns.
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     if state.database.is_reachable().await {
-        Ok(Json(
-            json!({ "status": "ready", "database": "ok", "limiter": state.limiter }),
-        ))
+        let limiter = state.turns.limiter_state().map_or("disabled", |s| s.as_str());
+        Ok(Json(json!({ "status": "ready", "database": "ok", "limiter": limiter })))
     } else {
         tracing::warn!("readiness: database unreachable");
         Err(ApiError::new(

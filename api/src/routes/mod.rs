@@ -2,6 +2,7 @@
 //! response passes through (request id, tracing, problem bodies, body limit).
 
 mod health;
+mod rate_limit;
 mod sessions;
 mod turns;
 
@@ -28,22 +29,14 @@ fn body_limit(max_input_chars: usize) -> usize {
 pub fn router(state: AppState) -> Router {
     let limit = body_limit(state.max_input_chars);
     let api = Router::new()
-        .route(
-            "/sessions",
-            post(sessions::create_session).get(sessions::list_sessions),
-        )
+        .route("/sessions", post(sessions::create_session).get(sessions::list_sessions))
         .route(
             "/sessions/{session_id}",
             get(sessions::get_session).delete(sessions::delete_session),
         )
-        .route(
-            "/sessions/{session_id}/turns",
-            post(turns::submit_turn).get(turns::list_turns),
-        )
-        .route(
-            "/sessions/{session_id}/turns/{turn_id}",
-            get(turns::get_turn),
-        );
+        .route("/sessions/{session_id}/turns", post(turns::submit_turn).get(turns::list_turns))
+        .route("/sessions/{session_id}/turns/{turn_id}", get(turns::get_turn))
+        .route("/rate-limit", get(rate_limit::rate_limit_status));
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

@@ -20,11 +20,7 @@ pub async fn create_session(
     let new = NewSession::parse(body.title)?;
     let session = state.sessions.create(&caller, new).await?;
     let location = format!("/api/v1/sessions/{}", session.id);
-    Ok((
-        StatusCode::CREATED,
-        [(header::LOCATION, location)],
-        Json(SessionBody::from(session)),
-    )
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(SessionBody::from(session)))
         .into_response())
 }
 

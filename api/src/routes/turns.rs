@@ -2,13 +2,15 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use pantheon_domain::{NewTurn, SessionId, TurnId};
+use pantheon_domain::limiter::RateLimitStatus;
+use pantheon_domain::{Caller, NewTurn, SessionId, TurnId};
 
 use crate::dto::{ListBody, ListQuery, SubmitTurnRequest, TurnBody, turn_cursor};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery, Authenticated};
+use crate::rate_limit;
 use crate::state::AppState;
 
 /// `POST /api/v1/sessions/{session_id}/turns`
@@ -19,14 +21,26 @@ pub async fn submit_turn(
     ApiJson(body): ApiJson<SubmitTurnRequest>,
 ) -> Result<Response, ApiError> {
     let new = NewTurn::parse(body.input, state.max_input_chars)?;
-    let turn = state.turns.submit(&caller, session_id, new).await?;
+    let submitted = state.turns.submit(&caller, session_id, new).await?;
+    let turn = submitted.turn;
     let location = format!("/api/v1/sessions/{}/turns/{}", turn.session_id, turn.id);
-    Ok((
-        StatusCode::CREATED,
-        [(header::LOCATION, location)],
-        Json(TurnBody::from(turn)),
-    )
-        .into_response())
+    let mut headers = rate_limit_headers(&state, &caller, submitted.rate_limit.as_ref());
+    if let Ok(location) = HeaderValue::from_str(&location) {
+        headers.insert(header::LOCATION, location);
+    }
+    Ok((StatusCode::CREATED, headers, Json(TurnBody::from(turn))).into_response())
+}
+
+/// The rate-limit headers of an admitted turn; none when limiting is off.
+pub fn rate_limit_headers(
+    state: &AppState,
+    caller: &Caller,
+    status: Option<&RateLimitStatus>,
+) -> HeaderMap {
+    match state.turns.limiter_state() {
+        Some(_) => rate_limit::headers(caller.limits, status),
+        None => HeaderMap::new(),
+    }
 }
 
 /// `GET /api/v1/sessions/{session_id}/turns`
@@ -36,10 +50,7 @@ pub async fn list_turns(
     ApiPath(session_id): ApiPath<SessionId>,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<ListBody<TurnBody>>, ApiError> {
-    let page = state
-        .turns
-        .list(&caller, session_id, query.turns()?)
-        .await?;
+    let page = state.turns.list(&caller, session_id, query.turns()?).await?;
     Ok(Json(ListBody::new(page, turn_cursor, TurnBody::from)))
 }
 
@@ -49,7 +60,5 @@ pub async fn get_turn(
     Authenticated(caller): Authenticated,
     ApiPath((session_id, turn_id)): ApiPath<(SessionId, TurnId)>,
 ) -> Result<Json<TurnBody>, ApiError> {
-    Ok(Json(
-        state.turns.get(&caller, session_id, turn_id).await?.into(),
-    ))
+    Ok(Json(state.turns.get(&caller, session_id, turn_id).await?.into()))
 }

@@ -102,17 +102,8 @@ pub fn decide(limits: Limits, counts: Counts, now_ms: i64) -> Verdict {
         .filter(|&w| !fits(w, limits.limit(w), counts.get(w), now_ms))
         .collect();
     if violated.is_empty() {
-        let usage = Window::ALL.map(|window| {
-            let limit = limits.limit(window);
-            let after = counts.get(window).incremented();
-            WindowUsage {
-                window,
-                limit,
-                remaining: remaining(window, limit, after, now_ms),
-                reset_ms: wait_ms(window, limit, after, now_ms),
-            }
-        });
-        return Verdict::Admitted { usage };
+        let after = Counts { minute: counts.minute.incremented(), hour: counts.hour.incremented() };
+        return Verdict::Admitted { usage: usage(limits, after, now_ms) };
     }
     // Each window's fit is monotone in time with frozen counts, so both fit
     // from the later of the two waits on.
@@ -131,11 +122,23 @@ pub fn decide(limits: Limits, counts: Counts, now_ms: i64) -> Verdict {
             reset_ms: retry_at_ms.saturating_sub(now_ms),
         }
     });
-    Verdict::Limited {
-        usage,
-        violated,
-        retry_at_ms,
-    }
+    Verdict::Limited { usage, violated, retry_at_ms }
+}
+
+/// What `counts` leave of each window at `now_ms`, minute first: the
+/// remaining turns and the wait until one more fits. Serves admitted
+/// responses (with the incremented counts) and read-only peeks.
+pub fn usage(limits: Limits, counts: Counts, now_ms: i64) -> [WindowUsage; 2] {
+    Window::ALL.map(|window| {
+        let limit = limits.limit(window);
+        let counts = counts.get(window);
+        WindowUsage {
+            window,
+            limit,
+            remaining: remaining(window, limit, counts, now_ms),
+            reset_ms: wait_ms(window, limit, counts, now_ms),
+        }
+    })
 }
 
 /// The `Retry-After` header value for a refusal: whole seconds until
@@ -156,10 +159,7 @@ mod tests {
     const NOW: i64 = 472_222 * 3_600_000 + 3_030_000;
 
     fn limits(per_minute: u32, per_hour: u32) -> Limits {
-        Limits {
-            per_minute,
-            per_hour,
-        }
+        Limits { per_minute, per_hour }
     }
 
     fn counts(minute: WindowCounts, hour: WindowCounts) -> Counts {
@@ -177,12 +177,7 @@ mod tests {
     /// `remaining` and `reset_ms` pointing at `retry_at_ms`, and that the same
     /// request is refused 1 ms before `retry_at_ms` and admitted at it.
     fn assert_limited(limits: Limits, c: Counts, violated: &[Window], remaining: [u64; 2]) -> i64 {
-        let Verdict::Limited {
-            usage,
-            violated: v,
-            retry_at_ms,
-        } = decide(limits, c, NOW)
-        else {
+        let Verdict::Limited { usage, violated: v, retry_at_ms } = decide(limits, c, NOW) else {
             panic!("expected a refusal for {c:?}");
         };
         assert_eq!(v, violated);
@@ -198,14 +193,9 @@ mod tests {
         assert_eq!((NOW % 60_000, NOW % 3_600_000), (30_000, 3_030_000));
         let verdict = decide(limits(5, 100), counts(wc(2, 0), wc(10, 20)), NOW);
         assert!(verdict.is_admitted());
-        let usage = verdict
-            .usage()
-            .map(|u| (u.window, u.limit, u.remaining, u.reset_ms));
+        let usage = verdict.usage().map(|u| (u.window, u.limit, u.remaining, u.reset_ms));
         // Hour: floor((100·W − 20·570 000) / W) − 11 = 96 − 11 = 85.
-        assert_eq!(
-            usage,
-            [(Window::Minute, 5, 2, 0), (Window::Hour, 100, 85, 0)]
-        );
+        assert_eq!(usage, [(Window::Minute, 5, 2, 0), (Window::Hour, 100, 85, 0)]);
     }
 
     #[test]
@@ -238,19 +228,13 @@ mod tests {
         let hour_wait = wait_ms(Window::Hour, 100, c.hour, NOW);
         assert_eq!((minute_wait, hour_wait), (42_000, 606_000));
         let both = [Window::Minute, Window::Hour];
-        assert_eq!(
-            assert_limited(limits(5, 100), c, &both, [0, 0]),
-            NOW + hour_wait
-        );
+        assert_eq!(assert_limited(limits(5, 100), c, &both, [0, 0]), NOW + hour_wait);
         // With the minute binding later, the minute's wait is the one taken.
         let c = counts(wc(5, 0), wc(97, 13));
         let minute_wait = wait_ms(Window::Minute, 5, c.minute, NOW);
         let hour_wait = wait_ms(Window::Hour, 100, c.hour, NOW);
         assert_eq!((minute_wait, hour_wait), (42_000, 16_154));
-        assert_eq!(
-            assert_limited(limits(5, 100), c, &both, [0, 0]),
-            NOW + minute_wait
-        );
+        assert_eq!(assert_limited(limits(5, 100), c, &both, [0, 0]), NOW + minute_wait);
     }
 
     #[test]

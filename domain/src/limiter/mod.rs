@@ -1,13 +1,24 @@
-//! The per-user sliding-window rate limiter's decision, as a pure function:
-//! given a user's limits and the minute and hour counts read at one instant,
-//! whether the next request is admitted, what the `RateLimit` headers report,
-//! and when a refused client may retry. This module owns the arithmetic only;
-//! reading and incrementing the counts atomically is the store adapter's job,
-//! and it must follow the same contract (integer milliseconds, window index
-//! `now_ms / W`, the weighted-previous-window estimate) so both agree.
+//! The per-user sliding-window rate limiter, domain side.
+//!
+//! - `window` and `decision`: the decision as a pure function — given a
+//!   user's limits and the minute and hour counts read at one instant,
+//!   whether the next request is admitted, what the `RateLimit` headers
+//!   report, and when a refused client may retry. Every backend (the Redis
+//!   script's atomic fits-and-increment, the in-process counters, the
+//!   over-limit cache) follows this same arithmetic: integer milliseconds,
+//!   window index `now_ms / W`, the weighted-previous-window estimate.
+//! - `protocol` and `handle`: the port — the messages the limiter task
+//!   answers and the cloneable handle that sends them.
 
 mod decision;
+mod handle;
+mod protocol;
 mod window;
 
-pub use decision::{Counts, Limits, Verdict, WindowUsage, decide, retry_after_secs};
+pub use decision::{Counts, Limits, Verdict, WindowUsage, decide, retry_after_secs, usage};
+pub use handle::{HandleOptions, LimiterHandle, LimiterShared, limiter_channel};
+pub use protocol::{
+    Decision, Denial, Fallback, LimitTable, LimiterCommand, LimiterState, Mode, RateLimitStatus,
+    SkipReason,
+};
 pub use window::{Window, WindowCounts, fits, remaining, wait_ms, window_index};

@@ -55,10 +55,7 @@ pub struct WindowCounts {
 impl WindowCounts {
     /// The counts after admitting one more request in the current window.
     pub fn incremented(self) -> Self {
-        Self {
-            current: self.current.saturating_add(1),
-            ..self
-        }
+        Self { current: self.current.saturating_add(1), ..self }
     }
 }
 
@@ -120,11 +117,7 @@ pub(super) fn wait_w(w: i64, limit: u32, counts: WindowCounts, e: i64) -> i64 {
     let [c, p, l] = widen(limit, counts);
     let d = if c < l {
         // Fits at the latest at the next boundary, where the estimate is c+1.
-        if p == 0 {
-            0
-        } else {
-            (w - e - (l - c - 1) * w / p).max(0)
-        }
+        if p == 0 { 0 } else { (w - e - (l - c - 1) * w / p).max(0) }
     } else if l == 0 {
         return i64::MAX;
     } else {
@@ -170,10 +163,7 @@ pub(super) mod tests {
     fn window_lengths_names_and_indexes_match_the_contract() {
         let (m, h) = (Window::Minute, Window::Hour);
         assert_eq!((m.millis(), m.seconds(), m.name()), (60_000, 60, "minute"));
-        assert_eq!(
-            (h.millis(), h.seconds(), h.name()),
-            (3_600_000, 3600, "hour")
-        );
+        assert_eq!((h.millis(), h.seconds(), h.name()), (3_600_000, 3600, "hour"));
         let indexes =
             [(m, 119_999), (m, 120_000), (h, 3_599_999), (m, -1)].map(|(w, t)| window_index(w, t));
         assert_eq!(indexes, [1, 2, 0, -1]);
@@ -243,10 +233,7 @@ pub(super) mod tests {
                 let at = now + wait_ms(window, l, counts, now);
                 assert!(fits(window, l, advance(w, counts, now, at), at), "{case}");
                 if at > now {
-                    assert!(
-                        !fits(window, l, advance(w, counts, now, at - 1), at - 1),
-                        "{case}"
-                    );
+                    assert!(!fits(window, l, advance(w, counts, now, at - 1), at - 1), "{case}");
                 }
             }
         }

@@ -61,9 +61,6 @@ impl DatabaseProbe {
     /// Whether a ping succeeds within a second: a readiness check must answer
     /// promptly even when the database hangs.
     pub async fn is_reachable(&self) -> bool {
-        matches!(
-            tokio::time::timeout(Duration::from_secs(1), self.db.ping()).await,
-            Ok(Ok(()))
-        )
+        matches!(tokio::time::timeout(Duration::from_secs(1), self.db.ping()).await, Ok(Ok(())))
     }
 }

@@ -48,14 +48,11 @@ impl SessionRepository for SeaOrmSessionRepository {
     ) -> Result<Session, StorageError> {
         // The user row exists only as the sessions' owner; inserting it on
         // first sight keeps identity free of any sign-up step.
-        user::Entity::insert(user::ActiveModel {
-            id: Set(user.to_string()),
-            created_at: Set(now),
-        })
-        .on_conflict(OnConflict::column(user::Column::Id).do_nothing().to_owned())
-        .exec_without_returning(&self.db)
-        .await
-        .map_err(storage)?;
+        user::Entity::insert(user::ActiveModel { id: Set(user.to_string()), created_at: Set(now) })
+            .on_conflict(OnConflict::column(user::Column::Id).do_nothing().to_owned())
+            .exec_without_returning(&self.db)
+            .await
+            .map_err(storage)?;
         let row = session::Model {
             id: id.as_uuid(),
             user_id: user.to_string(),
@@ -86,10 +83,7 @@ impl SessionRepository for SeaOrmSessionRepository {
             .all(&self.db)
             .await
             .map_err(storage)?;
-        let sessions = rows
-            .into_iter()
-            .map(session_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
+        let sessions = rows.into_iter().map(session_from_row).collect::<Result<Vec<_>, _>>()?;
         Ok(Page::from_overfetch(sessions, page.limit))
     }
 

@@ -45,17 +45,14 @@ fn turn_from_row(row: turn::Model) -> Result<Turn, StorageError> {
         .map(|r| FinishReason::parse(r).ok_or_else(|| corrupt("finish_reason", r)))
         .transpose()?;
     let usage = match (row.input_tokens, row.output_tokens, row.total_tokens) {
-        (Some(input_tokens), Some(output_tokens), Some(total_tokens)) => Some(Usage {
-            input_tokens,
-            output_tokens,
-            total_tokens,
-        }),
+        (Some(input_tokens), Some(output_tokens), Some(total_tokens)) => {
+            Some(Usage { input_tokens, output_tokens, total_tokens })
+        }
         _ => None,
     };
-    let error = row.error_code.map(|code| TurnFailure {
-        code,
-        detail: row.error_detail.unwrap_or_default(),
-    });
+    let error = row
+        .error_code
+        .map(|code| TurnFailure { code, detail: row.error_detail.unwrap_or_default() });
     Ok(Turn {
         id: TurnId::from(row.id),
         session_id: SessionId::from(row.session_id),
@@ -79,10 +76,7 @@ impl TurnRepository for SeaOrmTurnRepository {
         // it takes serializes concurrent turns of one session, so seqs are
         // gap-free and unique without retries (SPEC §7).
         let bumped = session::Entity::update_many()
-            .col_expr(
-                session::Column::TurnCount,
-                Expr::col(session::Column::TurnCount).add(1),
-            )
+            .col_expr(session::Column::TurnCount, Expr::col(session::Column::TurnCount).add(1))
             .col_expr(session::Column::UpdatedAt, Expr::value(start.now))
             .filter(session::Column::Id.eq(start.session_id.as_uuid()))
             .filter(session::Column::UserId.eq(start.user.as_str()))
@@ -173,10 +167,7 @@ impl TurnRepository for SeaOrmTurnRepository {
             .all(&self.db)
             .await
             .map_err(storage)?;
-        let turns = rows
-            .into_iter()
-            .map(turn_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
+        let turns = rows.into_iter().map(turn_from_row).collect::<Result<Vec<_>, _>>()?;
         Ok(Some(Page::from_overfetch(turns, page.limit)))
     }
 

@@ -41,10 +41,7 @@ impl BuiltinProvider {
 impl ModelProvider for BuiltinProvider {
     async fn reply(&self, request: ReplyRequest) -> Result<ReplyStream, ProviderError> {
         let chunks = Self::chunks(&request.input);
-        let fail_at = request
-            .input
-            .contains(FAIL_MARKER)
-            .then_some(chunks.len() / 2);
+        let fail_at = request.input.contains(FAIL_MARKER).then_some(chunks.len() / 2);
         let usage = Usage {
             input_tokens: request.input.split_whitespace().count() as i64,
             output_tokens: chunks.len() as i64,
@@ -65,10 +62,7 @@ impl ModelProvider for BuiltinProvider {
             },
         );
         let finished = futures::stream::once(async move {
-            Ok(ReplyEvent::Finished {
-                finish_reason: FinishReason::Stop,
-                usage: Some(usage),
-            })
+            Ok(ReplyEvent::Finished { finish_reason: FinishReason::Stop, usage: Some(usage) })
         });
         Ok(deltas.chain(finished).boxed())
     }

@@ -30,10 +30,7 @@ pub enum SettingsError {
 
 impl SettingsError {
     pub(super) fn invalid(key: &str, message: impl Into<String>) -> Self {
-        Self::Invalid {
-            key: key.to_owned(),
-            message: message.into(),
-        }
+        Self::Invalid { key: key.to_owned(), message: message.into() }
     }
 }
 
@@ -61,11 +58,7 @@ impl Sources {
 
     /// Only the given variables: no files.
     pub fn from_env(env: impl IntoIterator<Item = (String, String)>) -> Self {
-        Self {
-            toml_file: None,
-            dotenv_file: None,
-            env: env.into_iter().collect(),
-        }
+        Self { toml_file: None, dotenv_file: None, env: env.into_iter().collect() }
     }
 
     /// Merges the layers and validates the result.
@@ -146,27 +139,18 @@ mod tests {
         ]);
         let s = s.map_err(|e| e.to_string());
         assert_eq!(s.as_ref().map(|s| s.rate_limit.per_minute), Ok(5));
-        assert_eq!(
-            s.map(|s| s.rate_limit.tiers.get("pro").map(|t| t.per_hour)),
-            Ok(Some(900))
-        );
+        assert_eq!(s.map(|s| s.rate_limit.tiers.get("pro").map(|t| t.per_hour)), Ok(Some(900)));
     }
 
     #[test]
     fn database_url_precedence() {
         let plain = load(&[("DATABASE_URL", "postgres://a@localhost/plain")]);
-        assert_eq!(
-            plain.map(|s| s.database.url),
-            Ok("postgres://a@localhost/plain".into())
-        );
+        assert_eq!(plain.map(|s| s.database.url), Ok("postgres://a@localhost/plain".into()));
         let both = load(&[
             ("DATABASE_URL", "postgres://a@localhost/plain"),
             ("PANTHEON__DATABASE__URL", "postgres://a@localhost/prefixed"),
         ]);
-        assert_eq!(
-            both.map(|s| s.database.url),
-            Ok("postgres://a@localhost/prefixed".into())
-        );
+        assert_eq!(both.map(|s| s.database.url), Ok("postgres://a@localhost/prefixed".into()));
     }
 
     #[test]
@@ -176,30 +160,18 @@ mod tests {
             ("PANTHEON__PROVIDER__KIND", "sorcery", "provider.kind"),
             ("PANTHEON__DATABASE__URL", "not a url", "database.url"),
             ("PANTHEON__REDIS__URL", "http://x", "redis.url"),
-            (
-                "PANTHEON__RATE_LIMIT__PER_MINUTE",
-                "0",
-                "rate_limit.per_minute",
-            ),
+            ("PANTHEON__RATE_LIMIT__PER_MINUTE", "0", "rate_limit.per_minute"),
             ("PANTHEON__SERVER__ADDR", "nowhere", "server.addr"),
         ];
         for (var, value, key) in cases {
-            let err = load(&[(var, value)])
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default();
-            assert!(
-                err.contains(key),
-                "{var}={value}: {err:?} should name {key}"
-            );
+            let err = load(&[(var, value)]).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains(key), "{var}={value}: {err:?} should name {key}");
         }
     }
 
     #[test]
     fn production_refuses_the_development_secret() {
-        let err = load(&[("PANTHEON__APP__ENV", "production")])
-            .err()
-            .map(|e| e.to_string());
+        let err = load(&[("PANTHEON__APP__ENV", "production")]).err().map(|e| e.to_string());
         assert!(err.unwrap_or_default().contains("auth.jwt_secret"));
     }
 }

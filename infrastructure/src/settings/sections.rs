@@ -41,10 +41,7 @@ pub struct ServerSettings {
 
 impl Default for ServerSettings {
     fn default() -> Self {
-        Self {
-            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            shutdown_grace_secs: 30,
-        }
+        Self { addr: SocketAddr::from(([127, 0, 0, 1], 8080)), shutdown_grace_secs: 30 }
     }
 }
 
@@ -82,10 +79,7 @@ pub struct RedisSettings {
 
 impl Default for RedisSettings {
     fn default() -> Self {
-        Self {
-            url: None,
-            timeout_ms: 50,
-        }
+        Self { url: None, timeout_ms: 50 }
     }
 }
 
@@ -137,10 +131,7 @@ impl std::fmt::Debug for AuthSettings {
         f.debug_struct("AuthSettings")
             .field("jwt_secret", &"<redacted>")
             .field("jwt_algorithm", &self.jwt_algorithm)
-            .field(
-                "jwt_public_key",
-                &self.jwt_public_key.as_ref().map(|_| "<pem>"),
-            )
+            .field("jwt_public_key", &self.jwt_public_key.as_ref().map(|_| "<pem>"))
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
             .finish()
@@ -299,9 +290,6 @@ pub struct LogSettings {
 
 impl Default for LogSettings {
     fn default() -> Self {
-        Self {
-            level: "info".into(),
-            format: None,
-        }
+        Self { level: "info".into(), format: None }
     }
 }

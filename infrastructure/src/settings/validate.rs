@@ -22,19 +22,19 @@ impl Settings {
         validate_database_url(&self.database.url)?;
         if let Some(url) = &self.redis.url {
             let schemes = ["redis://", "rediss://", "redis+unix://", "unix://"];
-            if !schemes.iter().any(|s| url.starts_with(s)) || url.len() <= "redis://".len() {
+            if !schemes.iter().any(|s| url.starts_with(s)) {
                 return Err(SettingsError::invalid(
                     "redis.url",
                     "must be a redis://, rediss:// or unix:// URL",
                 ));
             }
+            redis::Client::open(url.as_str()).map_err(|e| {
+                SettingsError::invalid("redis.url", format!("cannot be parsed: {e}"))
+            })?;
         }
         let positive = [
             ("redis.timeout_ms", self.redis.timeout_ms),
-            (
-                "rate_limit.per_minute",
-                u64::from(self.rate_limit.per_minute),
-            ),
+            ("rate_limit.per_minute", u64::from(self.rate_limit.per_minute)),
             ("rate_limit.per_hour", u64::from(self.rate_limit.per_hour)),
             ("turns.max_input_chars", self.turns.max_input_chars as u64),
             ("turns.keep_alive_secs", self.turns.keep_alive_secs),
@@ -54,10 +54,7 @@ impl Settings {
             }
         }
         if self.database.max_connections == Some(0) {
-            return Err(SettingsError::invalid(
-                "database.max_connections",
-                "must be at least 1",
-            ));
+            return Err(SettingsError::invalid("database.max_connections", "must be at least 1"));
         }
         if self.provider.kind == ProviderKind::Openai {
             return Err(SettingsError::invalid(
@@ -100,10 +97,7 @@ fn validate_database_url(url: &str) -> Result<(), SettingsError> {
     } else if url.starts_with("sqlite:") {
         SqliteConnectOptions::from_str(url).map(drop)
     } else {
-        return Err(SettingsError::invalid(
-            "database.url",
-            "must be a postgres:// or sqlite: URL",
-        ));
+        return Err(SettingsError::invalid("database.url", "must be a postgres:// or sqlite: URL"));
     };
     parsed.map_err(|e| SettingsError::invalid("database.url", format!("cannot be parsed: {e}")))
 }

@@ -12,12 +12,8 @@ fn now() -> u64 {
 }
 
 fn sign(alg: Algorithm, secret: &str, claims: &Value) -> String {
-    jsonwebtoken::encode(
-        &Header::new(alg),
-        claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
+    jsonwebtoken::encode(&Header::new(alg), claims, &EncodingKey::from_secret(secret.as_bytes()))
+        .unwrap()
 }
 
 fn unsigned(claims: &Value) -> String {
@@ -33,29 +29,19 @@ async fn every_bad_token_is_401_with_www_authenticate_and_no_hint() {
     let valid_claims = json!({ "sub": "alice", "exp": now() + 600 });
     let cases: Vec<(&str, Option<String>)> = vec![
         ("missing", None),
-        (
-            "not a bearer scheme",
-            Some(format!("Basic {}", URL_SAFE_NO_PAD.encode("alice:pw"))),
-        ),
+        ("not a bearer scheme", Some(format!("Basic {}", URL_SAFE_NO_PAD.encode("alice:pw")))),
         ("malformed", Some("Bearer not.a.jwt".into())),
         ("empty", Some("Bearer ".into())),
         (
             "expired",
             Some(format!(
                 "Bearer {}",
-                sign(
-                    Algorithm::HS256,
-                    &secret,
-                    &json!({"sub": "alice", "exp": now() - 3600})
-                )
+                sign(Algorithm::HS256, &secret, &json!({"sub": "alice", "exp": now() - 3600}))
             )),
         ),
         (
             "no exp",
-            Some(format!(
-                "Bearer {}",
-                sign(Algorithm::HS256, &secret, &json!({"sub": "alice"}))
-            )),
+            Some(format!("Bearer {}", sign(Algorithm::HS256, &secret, &json!({"sub": "alice"})))),
         ),
         (
             "not yet valid",
@@ -72,44 +58,26 @@ async fn every_bad_token_is_401_with_www_authenticate_and_no_hint() {
             "wrong key",
             Some(format!(
                 "Bearer {}",
-                sign(
-                    Algorithm::HS256,
-                    "another-secret-that-is-long-enough-000",
-                    &valid_claims
-                )
+                sign(Algorithm::HS256, "another-secret-that-is-long-enough-000", &valid_claims)
             )),
         ),
-        (
-            "alg none",
-            Some(format!("Bearer {}", unsigned(&valid_claims))),
-        ),
+        ("alg none", Some(format!("Bearer {}", unsigned(&valid_claims)))),
         (
             "disallowed algorithm",
-            Some(format!(
-                "Bearer {}",
-                sign(Algorithm::HS512, &secret, &valid_claims)
-            )),
+            Some(format!("Bearer {}", sign(Algorithm::HS512, &secret, &valid_claims))),
         ),
         (
             "sub with a space",
             Some(format!(
                 "Bearer {}",
-                sign(
-                    Algorithm::HS256,
-                    &secret,
-                    &json!({"sub": "al ice", "exp": now() + 600})
-                )
+                sign(Algorithm::HS256, &secret, &json!({"sub": "al ice", "exp": now() + 600}))
             )),
         ),
         (
             "sub with braces",
             Some(format!(
                 "Bearer {}",
-                sign(
-                    Algorithm::HS256,
-                    &secret,
-                    &json!({"sub": "a{b}", "exp": now() + 600})
-                )
+                sign(Algorithm::HS256, &secret, &json!({"sub": "a{b}", "exp": now() + 600}))
             )),
         ),
         (
@@ -132,10 +100,7 @@ async fn every_bad_token_is_401_with_www_authenticate_and_no_hint() {
         }
         let response = request.send().await.unwrap();
         assert_eq!(
-            response
-                .headers()
-                .get("www-authenticate")
-                .map(|v| v.to_str().unwrap()),
+            response.headers().get("www-authenticate").map(|v| v.to_str().unwrap()),
             Some("Bearer"),
             "{name}"
         );
@@ -143,21 +108,11 @@ async fn every_bad_token_is_401_with_www_authenticate_and_no_hint() {
         details.push(problem["detail"].as_str().unwrap().to_owned());
     }
     details.dedup();
-    assert_eq!(
-        details.len(),
-        1,
-        "the body never says which check failed: {details:?}"
-    );
+    assert_eq!(details.len(), 1, "the body never says which check failed: {details:?}");
     assert_eq!(app.count("users").await, 0);
 
     let good = sign(Algorithm::HS256, &secret, &valid_claims);
-    let ok = app
-        .client
-        .get(app.url("/api/v1/sessions"))
-        .bearer_auth(good)
-        .send()
-        .await
-        .unwrap();
+    let ok = app.client.get(app.url("/api/v1/sessions")).bearer_auth(good).send().await.unwrap();
     expect_json(ok, 200).await;
 }
 
@@ -176,23 +131,13 @@ async fn issuer_and_audience_are_checked_when_configured() {
     wrong_aud["aud"] = "other".into();
     for (claims, status) in [(&base, 200), (&wrong_iss, 401), (&wrong_aud, 401)] {
         let token = sign(Algorithm::HS256, &secret, claims);
-        let response = app
-            .client
-            .get(app.url("/api/v1/sessions"))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap();
+        let response =
+            app.client.get(app.url("/api/v1/sessions")).bearer_auth(token).send().await.unwrap();
         assert_eq!(response.status(), status, "{claims}");
     }
     // Tokens minted by `pantheon token` carry the configured iss and aud.
     let minted = app.token("alice");
-    let response = app
-        .client
-        .get(app.url("/api/v1/sessions"))
-        .bearer_auth(minted)
-        .send()
-        .await
-        .unwrap();
+    let response =
+        app.client.get(app.url("/api/v1/sessions")).bearer_auth(minted).send().await.unwrap();
     assert_eq!(response.status(), 200);
 }

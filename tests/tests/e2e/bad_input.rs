@@ -24,36 +24,19 @@ fn case(
     status: u16,
     code: &'static str,
 ) -> Case {
-    Case {
-        name,
-        path: path.to_owned(),
-        content_type,
-        body: body.into(),
-        status,
-        code,
-    }
+    Case { name, path: path.to_owned(), content_type, body: body.into(), status, code }
 }
 
 async fn each_bad_turn_request_gets_its_status_and_writes_nothing(backend: Backend) {
     let app = spawn_app_with(backend, |s| s.turns.max_input_chars = 100).await;
     let (_, token) = app.new_user();
-    let session = app.create_session(&token).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let session = app.create_session(&token).await["id"].as_str().unwrap().to_owned();
     let path = format!("/api/v1/sessions/{session}/turns");
     let json = "application/json";
     let oversized = format!(r#"{{"input": "{}"}}"#, "a".repeat(100 * 6 + 5000));
     let bad_id = "/api/v1/sessions/not-a-uuid/turns";
     let cases = [
-        case(
-            "malformed JSON",
-            &path,
-            Some(json),
-            r#"{"input": "#,
-            400,
-            "malformed_json",
-        ),
+        case("malformed JSON", &path, Some(json), r#"{"input": "#, 400, "malformed_json"),
         case(
             "wrong content type",
             &path,
@@ -62,46 +45,11 @@ async fn each_bad_turn_request_gets_its_status_and_writes_nothing(backend: Backe
             415,
             "unsupported_media_type",
         ),
-        case(
-            "no content type",
-            &path,
-            None,
-            r#"{"input": "hi"}"#,
-            415,
-            "unsupported_media_type",
-        ),
-        case(
-            "missing input",
-            &path,
-            Some(json),
-            "{}",
-            422,
-            "validation_failed",
-        ),
-        case(
-            "null input",
-            &path,
-            Some(json),
-            r#"{"input": null}"#,
-            422,
-            "validation_failed",
-        ),
-        case(
-            "input not a string",
-            &path,
-            Some(json),
-            r#"{"input": 42}"#,
-            422,
-            "validation_failed",
-        ),
-        case(
-            "blank input",
-            &path,
-            Some(json),
-            r#"{"input": " \n\t "}"#,
-            422,
-            "validation_failed",
-        ),
+        case("no content type", &path, None, r#"{"input": "hi"}"#, 415, "unsupported_media_type"),
+        case("missing input", &path, Some(json), "{}", 422, "validation_failed"),
+        case("null input", &path, Some(json), r#"{"input": null}"#, 422, "validation_failed"),
+        case("input not a string", &path, Some(json), r#"{"input": 42}"#, 422, "validation_failed"),
+        case("blank input", &path, Some(json), r#"{"input": " \n\t "}"#, 422, "validation_failed"),
         case(
             "input over the limit",
             &path,
@@ -118,40 +66,11 @@ async fn each_bad_turn_request_gets_its_status_and_writes_nothing(backend: Backe
             422,
             "validation_failed",
         ),
-        case(
-            "not an object",
-            &path,
-            Some(json),
-            r#"["hi"]"#,
-            422,
-            "validation_failed",
-        ),
-        case(
-            "oversized body",
-            &path,
-            Some(json),
-            oversized,
-            413,
-            "payload_too_large",
-        ),
-        case(
-            "malformed session id",
-            bad_id,
-            Some(json),
-            r#"{"input": "hi"}"#,
-            400,
-            "invalid_path",
-        ),
+        case("not an object", &path, Some(json), r#"["hi"]"#, 422, "validation_failed"),
+        case("oversized body", &path, Some(json), oversized, 413, "payload_too_large"),
+        case("malformed session id", bad_id, Some(json), r#"{"input": "hi"}"#, 400, "invalid_path"),
     ];
-    for Case {
-        name,
-        path,
-        content_type,
-        body,
-        status,
-        code,
-    } in cases
-    {
+    for Case { name, path, content_type, body, status, code } in cases {
         let mut request = app.request(Method::POST, &path, &token).body(body);
         if let Some(content_type) = content_type {
             request = request.header("content-type", content_type);
@@ -166,16 +85,8 @@ async fn each_bad_turn_request_gets_its_status_and_writes_nothing(backend: Backe
         }
     }
     let exactly_at_limit = app.submit_turn(&token, &session, &"é".repeat(100)).await;
-    assert_eq!(
-        exactly_at_limit.status(),
-        201,
-        "the limit counts characters, not bytes"
-    );
-    assert_eq!(
-        app.count("turns").await,
-        1,
-        "only the valid turn was written"
-    );
+    assert_eq!(exactly_at_limit.status(), 201, "the limit counts characters, not bytes");
+    assert_eq!(app.count("turns").await, 1, "only the valid turn was written");
 
     let title = app
         .request(Method::POST, "/api/v1/sessions", &token)

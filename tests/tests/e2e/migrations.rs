@@ -15,15 +15,12 @@ async fn tables(db: &sea_orm::DatabaseConnection) -> Vec<String> {
             "SELECT table_name::text AS t FROM information_schema.tables WHERE table_schema = 'public' AND table_name IN ('users','sessions','turns') ORDER BY table_name"
         }
     };
-    db.query_all_raw(sea_orm::Statement::from_string(
-        db.get_database_backend(),
-        sql,
-    ))
-    .await
-    .unwrap()
-    .into_iter()
-    .map(|row| row.try_get::<String>("", "t").unwrap())
-    .collect()
+    db.query_all_raw(sea_orm::Statement::from_string(db.get_database_backend(), sql))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| row.try_get::<String>("", "t").unwrap())
+        .collect()
 }
 
 async fn migrations_go_up_down_to_zero_and_up_again(backend: Backend) {
@@ -33,26 +30,13 @@ async fn migrations_go_up_down_to_zero_and_up_again(backend: Backend) {
 
     Migrator::up(&db, None).await.unwrap();
     assert_eq!(tables(&db).await, ["sessions", "turns", "users"]);
-    assert_eq!(
-        Migrator::get_applied_migrations(&db).await.unwrap().len(),
-        all
-    );
+    assert_eq!(Migrator::get_applied_migrations(&db).await.unwrap().len(), all);
 
     Migrator::down(&db, None).await.unwrap();
     assert!(tables(&db).await.is_empty());
-    assert!(
-        Migrator::get_applied_migrations(&db)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(Migrator::get_applied_migrations(&db).await.unwrap().is_empty());
 
     Migrator::up(&db, None).await.unwrap();
     assert_eq!(tables(&db).await, ["sessions", "turns", "users"]);
-    assert!(
-        Migrator::get_pending_migrations(&db)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(Migrator::get_pending_migrations(&db).await.unwrap().is_empty());
 }

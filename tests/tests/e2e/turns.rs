@@ -15,10 +15,7 @@ on_both_databases!(
 async fn a_turn_is_persisted_completed_with_seq_one_and_listed_in_order(backend: Backend) {
     let app = spawn_app(backend).await;
     let (_, token) = app.new_user();
-    let session = app.create_session(&token).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let session = app.create_session(&token).await["id"].as_str().unwrap().to_owned();
 
     let response = app.submit_turn(&token, &session, "hello pantheon").await;
     let location = response.headers()["location"].to_str().unwrap().to_owned();
@@ -32,51 +29,26 @@ async fn a_turn_is_persisted_completed_with_seq_one_and_listed_in_order(backend:
     assert!(turn["error"].is_null() && turn["completed_at"].is_string());
     assert_eq!(
         location,
-        format!(
-            "/api/v1/sessions/{session}/turns/{}",
-            turn["id"].as_str().unwrap()
-        )
+        format!("/api/v1/sessions/{session}/turns/{}", turn["id"].as_str().unwrap())
     );
 
-    let read = expect_json(
-        app.request(Method::GET, &location, &token)
-            .send()
-            .await
-            .unwrap(),
-        200,
-    )
-    .await;
+    let read =
+        expect_json(app.request(Method::GET, &location, &token).send().await.unwrap(), 200).await;
     assert_eq!(read, turn, "the persisted turn is the one answered");
 
     for input in ["second", "third"] {
         assert_eq!(app.submit_turn(&token, &session, input).await.status(), 201);
     }
     let path = format!("/api/v1/sessions/{session}/turns?limit=2");
-    let first = expect_json(
-        app.request(Method::GET, &path, &token)
-            .send()
-            .await
-            .unwrap(),
-        200,
-    )
-    .await;
-    let seqs: Vec<i64> = first["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["seq"].as_i64().unwrap())
-        .collect();
+    let first =
+        expect_json(app.request(Method::GET, &path, &token).send().await.unwrap(), 200).await;
+    let seqs: Vec<i64> =
+        first["data"].as_array().unwrap().iter().map(|t| t["seq"].as_i64().unwrap()).collect();
     assert_eq!(seqs, [1, 2]);
     assert_eq!(first["has_more"], true);
     let next = format!("{path}&after={}", first["next_cursor"].as_str().unwrap());
-    let second = expect_json(
-        app.request(Method::GET, &next, &token)
-            .send()
-            .await
-            .unwrap(),
-        200,
-    )
-    .await;
+    let second =
+        expect_json(app.request(Method::GET, &next, &token).send().await.unwrap(), 200).await;
     assert_eq!(second["data"][0]["seq"], 3);
     assert_eq!(second["data"][0]["input"], "third");
     assert_eq!(second["has_more"], false);
@@ -95,10 +67,7 @@ async fn a_turn_is_persisted_completed_with_seq_one_and_listed_in_order(backend:
 async fn twenty_concurrent_turns_get_seqs_one_to_twenty(backend: Backend) {
     let app = spawn_app(backend).await;
     let (_, token) = app.new_user();
-    let session = app.create_session(&token).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let session = app.create_session(&token).await["id"].as_str().unwrap().to_owned();
 
     let submissions = (0..20).map(|i| {
         let (app, token, session) = (&app, &token, &session);
@@ -112,11 +81,7 @@ async fn twenty_concurrent_turns_get_seqs_one_to_twenty(backend: Backend) {
         assert!(seqs.insert(turn["seq"].as_i64().unwrap()), "duplicate seq");
         inputs.insert(turn["input"].as_str().unwrap().to_owned());
     }
-    assert_eq!(
-        seqs,
-        (1..=20).collect::<BTreeSet<i64>>(),
-        "seq 1..20, no gap"
-    );
+    assert_eq!(seqs, (1..=20).collect::<BTreeSet<i64>>(), "seq 1..20, no gap");
     assert_eq!(inputs.len(), 20, "no turn dropped");
     assert_eq!(app.count("turns").await, 20);
 }
@@ -124,39 +89,21 @@ async fn twenty_concurrent_turns_get_seqs_one_to_twenty(backend: Backend) {
 async fn a_provider_failure_persists_the_turn_failed_and_answers_502(backend: Backend) {
     let app = spawn_app(backend).await;
     let (_, token) = app.new_user();
-    let session = app.create_session(&token).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let session = app.create_session(&token).await["id"].as_str().unwrap().to_owned();
 
     let input = format!("one two three four {FAIL_MARKER}");
-    let problem = expect_problem(
-        app.submit_turn(&token, &session, &input).await,
-        502,
-        "upstream_error",
-    )
-    .await;
+    let problem =
+        expect_problem(app.submit_turn(&token, &session, &input).await, 502, "upstream_error")
+            .await;
     let turn = &problem["turn"];
     assert_eq!(turn["status"], "failed");
     assert_eq!(turn["finish_reason"], "error");
-    assert_eq!(
-        turn["output"], "You said: one two",
-        "the partial output is kept"
-    );
+    assert_eq!(turn["output"], "You said: one two", "the partial output is kept");
     assert_eq!(turn["error"]["code"], "upstream_error");
     assert_eq!(turn["error"]["status"], 502);
 
-    let path = format!(
-        "/api/v1/sessions/{session}/turns/{}",
-        turn["id"].as_str().unwrap()
-    );
-    let stored = expect_json(
-        app.request(Method::GET, &path, &token)
-            .send()
-            .await
-            .unwrap(),
-        200,
-    )
-    .await;
+    let path = format!("/api/v1/sessions/{session}/turns/{}", turn["id"].as_str().unwrap());
+    let stored =
+        expect_json(app.request(Method::GET, &path, &token).send().await.unwrap(), 200).await;
     assert_eq!(&stored, turn);
 }

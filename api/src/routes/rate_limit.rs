@@ -1,0 +1,43 @@
+//! `GET /api/v1/rate-limit`: the caller's usage per window. A peek: it
+//! counts nothing and creates no key.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use serde_json::{Value, json};
+
+use crate::extract::Authenticated;
+use crate::routes::turns::rate_limit_headers;
+use crate::state::AppState;
+
+/// `GET /api/v1/rate-limit`
+pub async fn rate_limit_status(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+) -> (HeaderMap, Json<Value>) {
+    let Some(limiter) = state.turns.limiter_state() else {
+        return (HeaderMap::new(), Json(json!({ "enabled": false, "windows": [] })));
+    };
+    let status = state.turns.rate_limit_status(&caller).await;
+    let windows = status.as_ref().map(|s| {
+        s.usage
+            .iter()
+            .map(|u| {
+                json!({
+                    "window": u.window.name(),
+                    "limit": u.limit,
+                    "window_seconds": u.window.seconds(),
+                    "remaining": u.remaining,
+                    "reset_seconds": (u.reset_ms.max(0) + 999) / 1000,
+                })
+            })
+            .collect::<Vec<_>>()
+    });
+    let body = json!({
+        "enabled": true,
+        "tier": caller.tier,
+        "limiter": limiter.as_str(),
+        "windows": windows,
+    });
+    (rate_limit_headers(&state, &caller, status.as_ref()), Json(body))
+}

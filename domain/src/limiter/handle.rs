@@ -1,0 +1,126 @@
+//! [`LimiterHandle`]: the cloneable front of the limiter task. A check is a
+//! message over a bounded mailbox with a `oneshot` reply; a full mailbox or
+//! a late reply is answered by the fallback at once, so the limiter can
+//! slow a turn by at most its `wait`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::decision::Limits;
+use super::protocol::{
+    Decision, Fallback, LimiterCommand, LimiterState, Mode, RateLimitStatus, SkipReason,
+};
+use crate::ids::UserId;
+
+/// How the handle answers when the task cannot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandleOptions {
+    /// `rate_limit.fallback`.
+    pub fallback: Fallback,
+    /// `rate_limit.mode`.
+    pub mode: Mode,
+    /// The longest a caller waits for the task's answer.
+    pub wait: Duration,
+}
+
+/// What the task shares with its handles for reporting.
+#[derive(Debug, Default)]
+pub struct LimiterShared {
+    state: AtomicU8,
+    shadow_refusals: AtomicU64,
+}
+
+impl LimiterShared {
+    /// Publishes the task's state.
+    pub fn set_state(&self, state: LimiterState) {
+        let code = match state {
+            LimiterState::InProcess => 0,
+            LimiterState::Healthy => 1,
+            LimiterState::Degraded => 2,
+        };
+        self.state.store(code, Ordering::Relaxed);
+    }
+
+    /// The task's last published state.
+    pub fn state(&self) -> LimiterState {
+        match self.state.load(Ordering::Relaxed) {
+            1 => LimiterState::Healthy,
+            2 => LimiterState::Degraded,
+            _ => LimiterState::InProcess,
+        }
+    }
+}
+
+/// The cloneable handle every request uses.
+#[derive(Debug, Clone)]
+pub struct LimiterHandle {
+    sender: mpsc::Sender<LimiterCommand>,
+    options: HandleOptions,
+    shared: Arc<LimiterShared>,
+}
+
+/// Creates a handle and the mailbox its task reads, holding at most
+/// `capacity` waiting commands.
+pub fn limiter_channel(
+    capacity: usize,
+    options: HandleOptions,
+) -> (LimiterHandle, mpsc::Receiver<LimiterCommand>, Arc<LimiterShared>) {
+    let (sender, mailbox) = mpsc::channel(capacity.max(1));
+    let shared = Arc::new(LimiterShared::default());
+    (LimiterHandle { sender, options, shared: shared.clone() }, mailbox, shared)
+}
+
+impl LimiterHandle {
+    /// Decides on one turn of `user`. Never fails: trouble is answered by the
+    /// fallback, and shadow mode turns refusals into admissions (counted).
+    pub async fn check(&self, user: UserId, limits: Limits) -> Decision {
+        let (respond_to, reply) = oneshot::channel();
+        let command = LimiterCommand::Check { user: user.clone(), limits, respond_to };
+        // A full mailbox is overload: answer now rather than queue.
+        let decision = if self.sender.try_send(command).is_err() {
+            self.fallback(SkipReason::Overloaded)
+        } else {
+            match tokio::time::timeout(self.options.wait, reply).await {
+                Ok(Ok(decision)) => decision,
+                _ => self.fallback(SkipReason::StoreUnavailable),
+            }
+        };
+        match decision {
+            Decision::Limited(denial) if self.options.mode == Mode::Shadow => {
+                self.shared.shadow_refusals.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(user.id = %user, retry_at_ms = denial.retry_at_ms, "shadow mode: would have refused");
+                Decision::Admitted(RateLimitStatus { limits: denial.limits, usage: denial.usage })
+            }
+            other => other,
+        }
+    }
+
+    /// Reports `user`'s usage without counting; `None` when unknown.
+    pub async fn peek(&self, user: UserId, limits: Limits) -> Option<RateLimitStatus> {
+        let (respond_to, reply) = oneshot::channel();
+        self.sender.try_send(LimiterCommand::Peek { user, limits, respond_to }).ok()?;
+        tokio::time::timeout(self.options.wait, reply).await.ok()?.ok()?
+    }
+
+    /// The limiter's current state.
+    pub fn state(&self) -> LimiterState {
+        self.shared.state()
+    }
+
+    /// How many refusals shadow mode has let through.
+    pub fn shadow_refusals(&self) -> u64 {
+        self.shared.shadow_refusals.load(Ordering::Relaxed)
+    }
+
+    fn fallback(&self, reason: SkipReason) -> Decision {
+        match self.options.fallback {
+            Fallback::Deny => Decision::Unavailable(reason),
+            // The local counters live in the task; a caller it cannot answer
+            // in time is let through.
+            Fallback::Allow | Fallback::Local => Decision::Skipped(reason),
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! The limiter port: the messages the limiter task answers and what its
+//! answers mean. The task itself (Redis or in-process) lives in
+//! `infrastructure`; the domain only speaks this protocol through
+//! [`LimiterHandle`](super::LimiterHandle).
+
+use std::collections::HashMap;
+
+use tokio::sync::oneshot;
+
+use super::decision::{Limits, WindowUsage};
+use super::window::Window;
+use crate::ids::UserId;
+
+/// A request to the limiter task.
+#[derive(Debug)]
+pub enum LimiterCommand {
+    /// Decide on one turn and count it when admitted.
+    Check {
+        /// Whose turn.
+        user: UserId,
+        /// The caller's limits (from the token's tier).
+        limits: Limits,
+        /// Where the answer goes.
+        respond_to: oneshot::Sender<Decision>,
+    },
+    /// Report usage without counting anything or creating any key.
+    Peek {
+        /// Whose usage.
+        user: UserId,
+        /// The caller's limits.
+        limits: Limits,
+        /// Where the answer goes; `None` when the store cannot be read.
+        respond_to: oneshot::Sender<Option<RateLimitStatus>>,
+    },
+}
+
+/// Usage to report in `RateLimit` headers, minute first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimitStatus {
+    /// The limits in force.
+    pub limits: Limits,
+    /// Per-window usage.
+    pub usage: [WindowUsage; 2],
+}
+
+/// A refusal with everything the `429` needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    /// The limits in force.
+    pub limits: Limits,
+    /// Per-window usage (counts unchanged), minute first.
+    pub usage: [WindowUsage; 2],
+    /// The windows the request did not fit, minute first.
+    pub violated: Vec<Window>,
+    /// The earliest instant (ms since the epoch) the same request fits.
+    pub retry_at_ms: i64,
+    /// When the decision was made (ms since the epoch).
+    pub now_ms: i64,
+}
+
+impl Denial {
+    /// The violated window that binds `retry_at` (the one with the longest
+    /// wait; the hour when both bind, since it is the larger promise).
+    pub fn binding_window(&self) -> Window {
+        self.violated.last().copied().unwrap_or(Window::Minute)
+    }
+}
+
+/// Why a check was not made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipReason {
+    /// `rate_limit.enabled = false`.
+    Disabled,
+    /// The store failed, timed out, or is known to be down.
+    StoreUnavailable,
+    /// The limiter's mailbox was full: overload is answered at once.
+    Overloaded,
+}
+
+/// The limiter's answer to a check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Admitted and counted.
+    Admitted(RateLimitStatus),
+    /// Refused; nothing was counted.
+    Limited(Denial),
+    /// Not checked (fallback `allow`): admit, report no usage.
+    Skipped(SkipReason),
+    /// Not checked (fallback `deny`): refuse with `503`.
+    Unavailable(SkipReason),
+}
+
+/// `rate_limit.fallback`: how a check is answered when the store fails.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Fallback {
+    /// Skip the check, warn.
+    #[default]
+    Allow,
+    /// Use the in-process counters (per instance).
+    Local,
+    /// Refuse with `503`.
+    Deny,
+}
+
+/// `rate_limit.mode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// Refuse over-limit turns.
+    #[default]
+    Enforce,
+    /// Decide fully but never refuse; count what would have been refused.
+    Shadow,
+}
+
+/// The limits of each tier, resolved once per request at authentication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitTable {
+    default: Limits,
+    tiers: HashMap<String, Limits>,
+}
+
+impl LimitTable {
+    /// A table with default limits and named tiers.
+    pub fn new(default: Limits, tiers: HashMap<String, Limits>) -> Self {
+        Self { default, tiers }
+    }
+
+    /// The limits for a token's `tier` claim; an unknown or absent tier gets
+    /// the default limits.
+    pub fn resolve(&self, tier: Option<&str>) -> Limits {
+        tier.and_then(|t| self.tiers.get(t)).copied().unwrap_or(self.default)
+    }
+}
+
+/// The limiter's health, mirrored for readiness reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimiterState {
+    /// Counting in this process only (no Redis configured).
+    InProcess,
+    /// Redis answers.
+    Healthy,
+    /// Redis is failing; checks are answered by the fallback while a probe
+    /// with backoff waits for it to come back.
+    Degraded,
+}
+
+impl LimiterState {
+    /// The name reported by `/readyz`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InProcess => "in_process",
+            Self::Healthy => "healthy",
+            Self::Degraded => "degraded",
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! The Redis key layout: `ratelimit:{<user_id>}:turns:<bucket>:<window_index>`.
+//! The braces are literal, a Redis Cluster hash tag: one user's keys share a
+//! slot, so the script may touch all four.
+
+use pantheon_domain::UserId;
+use pantheon_domain::limiter::{Window, window_index};
+
+/// The key of `user`'s counter for the window `index` of `window`.
+pub fn counter_key(user: &UserId, window: Window, index: i64) -> String {
+    format!("ratelimit:{{{user}}}:turns:{}:{index}", window.name())
+}
+
+/// The four keys a check reads at `now_ms`: minute current and previous,
+/// hour current and previous (the script's `KEYS` order).
+pub fn check_keys(user: &UserId, now_ms: i64) -> [String; 4] {
+    let minute = window_index(Window::Minute, now_ms);
+    let hour = window_index(Window::Hour, now_ms);
+    [
+        counter_key(user, Window::Minute, minute),
+        counter_key(user, Window::Minute, minute - 1),
+        counter_key(user, Window::Hour, hour),
+        counter_key(user, Window::Hour, hour - 1),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_the_documented_layout() {
+        let user = UserId::parse("alice").unwrap_or_else(|_| unreachable!());
+        let keys = check_keys(&user, 3_600_000 + 61_000);
+        assert_eq!(keys[0], "ratelimit:{alice}:turns:minute:61");
+        assert_eq!(keys[1], "ratelimit:{alice}:turns:minute:60");
+        assert_eq!(keys[2], "ratelimit:{alice}:turns:hour:1");
+        assert_eq!(keys[3], "ratelimit:{alice}:turns:hour:0");
+    }
+}

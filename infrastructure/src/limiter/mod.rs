@@ -1,0 +1,85 @@
+//! The limiter actor and its backends (SPEC §5).
+//!
+//! [`spawn_limiter`] starts the task that owns the Redis connection (or the
+//! in-process counters when no Redis is configured) and returns the
+//! domain's [`LimiterHandle`]; everything else talks to it through that.
+
+mod actor;
+mod cache;
+mod health;
+pub mod keys;
+mod memory;
+mod redis_link;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pantheon_domain::Clock;
+use pantheon_domain::limiter::{
+    Fallback, HandleOptions, LimitTable, LimiterHandle, LimiterState, Limits, Mode, limiter_channel,
+};
+
+pub use actor::{LimiterActor, RedisLink};
+pub use redis_link::CHECK_SCRIPT;
+
+use crate::settings::{self, Settings};
+
+/// Waiting checks the mailbox holds; past this, callers get the fallback at
+/// once (overload is not queued).
+const MAILBOX: usize = 4096;
+
+/// The limits of every tier, from the settings.
+pub fn limit_table(settings: &settings::RateLimitSettings) -> LimitTable {
+    let limits = |per_minute, per_hour| Limits { per_minute, per_hour };
+    let tiers: HashMap<String, Limits> = settings
+        .tiers
+        .iter()
+        .map(|(name, t)| (name.clone(), limits(t.per_minute, t.per_hour)))
+        .collect();
+    LimitTable::new(limits(settings.per_minute, settings.per_hour), tiers)
+}
+
+fn fallback(setting: settings::Fallback) -> Fallback {
+    match setting {
+        settings::Fallback::Allow => Fallback::Allow,
+        settings::Fallback::Local => Fallback::Local,
+        settings::Fallback::Deny => Fallback::Deny,
+    }
+}
+
+/// Starts the limiter task for the settings; `None` when rate limiting is
+/// disabled. Never fails: a Redis that is down (or a URL it cannot use)
+/// starts the limiter degraded.
+pub async fn spawn_limiter(settings: &Settings, clock: Arc<dyn Clock>) -> Option<LimiterHandle> {
+    if !settings.rate_limit.enabled {
+        return None;
+    }
+    let timeout = Duration::from_millis(settings.redis.timeout_ms);
+    let fallback = fallback(settings.rate_limit.fallback);
+    let mode = match settings.rate_limit.mode {
+        settings::LimitMode::Enforce => Mode::Enforce,
+        settings::LimitMode::Shadow => Mode::Shadow,
+    };
+    // The handle waits a little longer than a Redis call may take, so the
+    // actor's own timeout answers first and the handle's is only a backstop.
+    let wait = timeout + (timeout / 2).max(Duration::from_millis(20));
+    let (handle, mailbox, shared) =
+        limiter_channel(MAILBOX, HandleOptions { fallback, mode, wait });
+    let redis = match &settings.redis.url {
+        None => {
+            shared.set_state(LimiterState::InProcess);
+            None
+        }
+        Some(url) => match redis::Client::open(url.as_str()) {
+            Ok(client) => Some(RedisLink::start(client, timeout, fallback, shared).await),
+            Err(e) => {
+                tracing::error!(error = %e, "redis.url cannot be used; limiting in process");
+                shared.set_state(LimiterState::InProcess);
+                None
+            }
+        },
+    };
+    tokio::spawn(LimiterActor::new(mailbox, clock, fallback, redis).run());
+    Some(handle)
+}

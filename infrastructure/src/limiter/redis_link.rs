@@ -1,0 +1,146 @@
+//! The Redis side of the actor: connecting (with the script loaded) and
+//! sending one batch of checks and peeks as one pipeline.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pantheon_domain::UserId;
+use pantheon_domain::limiter::{Counts, Limits, Window, WindowCounts};
+use redis::aio::MultiplexedConnection;
+use redis::{
+    AsyncConnectionConfig, Client, ErrorKind, Pipeline, RedisError, RedisResult, Script,
+    ServerErrorKind, Value,
+};
+
+use super::keys::check_keys;
+
+/// The check-then-increment script.
+pub const CHECK_SCRIPT: &str = include_str!("check.lua");
+
+/// What a batch carries to Redis and back.
+#[derive(Debug)]
+pub enum Pending<C, P> {
+    /// A check: `reply` answers the caller.
+    Check { user: UserId, limits: Limits, now_ms: i64, reply: C },
+    /// A peek.
+    Peek { user: UserId, limits: Limits, now_ms: i64, reply: P },
+}
+
+/// A check's answer from the script: whether it admitted, and the counts
+/// it read before incrementing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScriptReply {
+    /// The script incremented the counters.
+    pub admitted: bool,
+    /// The counts as read.
+    pub counts: Counts,
+}
+
+/// Opens a multiplexed connection and loads the script, both bounded by
+/// `timeout` (connect gets a little more: a TCP handshake is not a command).
+///
+/// # Errors
+/// The [`RedisError`] of the connect or load (a timeout is an I/O error).
+pub async fn connect(
+    client: &Client,
+    script: &Script,
+    timeout: Duration,
+) -> RedisResult<MultiplexedConnection> {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout.max(Duration::from_millis(250))))
+        .set_response_timeout(Some(timeout));
+    let mut conn = client.get_multiplexed_async_connection_with_config(&config).await?;
+    script.load_async(&mut conn).await?;
+    Ok(conn)
+}
+
+fn is_noscript(result: &RedisResult<Value>) -> bool {
+    matches!(result, Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript))
+}
+
+fn pipeline<C, P>(script: &Script, batch: &[Pending<C, P>]) -> Pipeline {
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    for pending in batch {
+        match pending {
+            Pending::Check { user, limits, now_ms, .. } => {
+                let mut cmd = redis::cmd("EVALSHA");
+                cmd.arg(script.get_hash()).arg(4).arg(&check_keys(user, *now_ms));
+                for window in Window::ALL {
+                    cmd.arg(limits.limit(window))
+                        .arg(window.millis())
+                        .arg(now_ms.rem_euclid(window.millis()));
+                }
+                pipe.add_command(cmd);
+            }
+            Pending::Peek { user, now_ms, .. } => {
+                pipe.add_command(redis::cmd("MGET").arg(&check_keys(user, *now_ms)).to_owned());
+            }
+        }
+    }
+    pipe
+}
+
+/// Sends `batch` as one pipeline and returns it with one result per item.
+/// A `NOSCRIPT` (Redis restarted or `SCRIPT FLUSH`) reloads the script and
+/// resends once: it is not an outage. The whole exchange is bounded by
+/// `timeout`.
+pub async fn run_batch<C, P>(
+    mut conn: MultiplexedConnection,
+    script: Arc<Script>,
+    batch: Vec<Pending<C, P>>,
+    timeout: Duration,
+) -> (Vec<Pending<C, P>>, Result<Vec<RedisResult<Value>>, RedisError>) {
+    let exchange = async {
+        let pipe = pipeline(&script, &batch);
+        let results: Vec<RedisResult<Value>> = pipe.query_async(&mut conn).await?;
+        if results.iter().any(is_noscript) {
+            script.load_async(&mut conn).await?;
+            return pipe.query_async(&mut conn).await;
+        }
+        Ok(results)
+    };
+    let outcome = match tokio::time::timeout(timeout, exchange).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "Redis call exceeded redis.timeout_ms",
+        ))),
+    };
+    (batch, outcome)
+}
+
+/// Parses the script's `{admitted, mc, mp, hc, hp}`.
+///
+/// # Errors
+/// A message when the reply has another shape.
+pub fn parse_check(value: Value) -> Result<ScriptReply, String> {
+    let fields: Vec<i64> = redis::from_redis_value(value).map_err(|e| e.to_string())?;
+    let [admitted, mc, mp, hc, hp] = fields[..] else {
+        return Err(format!("script returned {} fields, expected 5", fields.len()));
+    };
+    let count = |n: i64| u64::try_from(n).unwrap_or(0);
+    Ok(ScriptReply {
+        admitted: admitted == 1,
+        counts: Counts {
+            minute: WindowCounts { current: count(mc), previous: count(mp) },
+            hour: WindowCounts { current: count(hc), previous: count(hp) },
+        },
+    })
+}
+
+/// Parses an `MGET` of the four keys.
+///
+/// # Errors
+/// A message when the reply has another shape.
+pub fn parse_peek(value: Value) -> Result<Counts, String> {
+    let fields: Vec<Option<u64>> = redis::from_redis_value(value).map_err(|e| e.to_string())?;
+    let [mc, mp, hc, hp] = fields[..] else {
+        return Err(format!("MGET returned {} values, expected 4", fields.len()));
+    };
+    let n = |v: Option<u64>| v.unwrap_or(0);
+    Ok(Counts {
+        minute: WindowCounts { current: n(mc), previous: n(mp) },
+        hour: WindowCounts { current: n(hc), previous: n(hp) },
+    })
+}

@@ -45,6 +45,16 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 
 /// Starts a server on `backend` after `adjust` has changed the settings.
 pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn_app_with_clock(backend, adjust, Arc::new(SystemClock)).await
+}
+
+/// Starts a server whose clock the test controls (limiter windows, retry
+/// times), after `adjust` has changed the settings.
+pub async fn spawn_app_with_clock(
+    backend: Backend,
+    adjust: impl FnOnce(&mut Settings),
+    clock: Arc<dyn Clock>,
+) -> TestApp {
     let database = TestDatabase::create(backend).await;
     let mut settings = Settings::default();
     settings.database.url = database.url.clone();
@@ -52,7 +62,7 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Settings)
     settings.auth.jwt_secret = format!("test-secret-{}", uuid::Uuid::new_v4());
     adjust(&mut settings);
     settings.validate().expect("test settings are valid");
-    spawn_with_settings(database, settings, Arc::new(SystemClock)).await
+    spawn_with_settings(database, settings, clock).await
 }
 
 async fn spawn_with_settings(
@@ -89,6 +99,11 @@ impl TestApp {
     /// A valid token for `user`.
     pub fn token(&self, user: &str) -> String {
         self.minter.mint(user, None, Duration::from_secs(3600)).unwrap()
+    }
+
+    /// A valid token for `user` in `tier`.
+    pub fn token_with_tier(&self, user: &str, tier: &str) -> String {
+        self.minter.mint(user, Some(tier), Duration::from_secs(3600)).unwrap()
     }
 
     /// A fresh user id and a token for it.

@@ -6,6 +6,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod db;
+pub mod headers;
+pub mod limiter;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -25,6 +25,7 @@ macro_rules! on_both_databases {
 mod auth;
 mod bad_input;
 mod http_surface;
+mod limiter_actor;
 mod migrations;
 mod ownership;
 mod sessions;

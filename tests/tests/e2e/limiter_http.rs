@@ -1,0 +1,199 @@
+//! The rate-limit contract over HTTP (SPEC §5): the original system's
+//! cases, the `429` exactly, headers parsed as Structured Fields, refusals
+//! that touch no storage, tiers, shadow mode and the peek.
+
+use std::sync::Arc;
+
+use pantheon_domain::ManualClock;
+use pantheon_infrastructure::Settings;
+use pantheon_infrastructure::settings::{LimitMode, TierLimits};
+use pantheon_tests::headers::sf_header;
+use pantheon_tests::limiter::redis_url;
+use pantheon_tests::{Backend, TestApp, expect_json, spawn_app_with_clock};
+use reqwest::Method;
+use serde_json::Value;
+
+/// 42 s into a minute, 10 min into an hour.
+const NOW: i64 = 493_100 * 3_600_000 + 600_000 + 42_000;
+
+async fn app_with(backend: Backend, per_minute: u32, per_hour: u32, adjust: impl FnOnce(&mut Settings)) -> (TestApp, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::at(NOW));
+    let app = spawn_app_with_clock(
+        backend,
+        |s| {
+            s.redis.url = Some(redis_url());
+            s.redis.timeout_ms = 2_000;
+            s.rate_limit.per_minute = per_minute;
+            s.rate_limit.per_hour = per_hour;
+            adjust(s);
+        },
+        clock.clone(),
+    )
+    .await;
+    (app, clock)
+}
+
+/// Asserts the `429` of SPEC §5 and returns its body.
+async fn expect_rate_limited(response: reqwest::Response, window: &str, limit: i64) -> Value {
+    let retry_after: i64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let policy = sf_header(&response, "ratelimit-policy").expect("RateLimit-Policy");
+    let usage = sf_header(&response, "ratelimit").expect("RateLimit");
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    let body = expect_json(response, 429).await;
+    assert_eq!(body["type"], "https://iana.org/assignments/http-problem-types#quota-exceeded");
+    assert_eq!(body["code"], "rate_limited");
+    assert_eq!(body["title"], "Too Many Requests");
+    assert_eq!(body["window"], window);
+    assert_eq!(body["limit"], limit);
+    assert_eq!(body["retry_after_seconds"], retry_after);
+    assert!(retry_after >= 1);
+    assert!(body["violated-policies"].as_array().unwrap().iter().any(|w| w == window));
+    assert!(body["detail"].as_str().unwrap().contains(&format!("retry in {retry_after} s")));
+    // The headers agree with the body.
+    assert_eq!(policy[window]["q"], limit);
+    assert_eq!(policy["minute"]["w"], 60);
+    assert_eq!(policy["hour"]["w"], 3600);
+    assert_eq!(usage[window]["r"], body["remaining"].as_i64().unwrap());
+    assert_eq!(usage[window]["t"], retry_after);
+    let retry_at = chrono::DateTime::parse_from_rfc3339(body["retry_at"].as_str().unwrap()).unwrap();
+    let wait_ms = retry_at.timestamp_millis() - NOW;
+    assert!(wait_ms > 0 && (wait_ms + 999) / 1000 == retry_after, "Retry-After is ceil(retry_at − now)");
+    body
+}
+
+#[tokio::test]
+async fn below_the_limit_a_turn_is_201_with_its_usage() {
+    let (app, _) = app_with(Backend::Sqlite, 3, 100, |_| {}).await;
+    let (_, token) = app.new_user();
+    let session = app.create_session(&token).await["id"].as_str().unwrap().to_owned();
+    let response = app.submit_turn(&token, &session, "hi").await;
+    let usage = sf_header(&response, "ratelimit").expect("an admitted turn reports its usage");
+    let policy = sf_header(&response, "ratelimit-policy").expect("and the policy");
+    expect_json(response, 201).await;
+    assert_eq!((usage["minute"]["r"], usage["hour"]["r"]), (2, 99));
+    assert_eq!((policy["minute"]["q"], policy["hour"]["q"]), (3, 100));
+}
+
+#[tokio::test]
+async fn the_minute_limit_answers_429_with_retry_after() {
+    let (app, clock) = app_with(Backend::Postgres, 3, 100, |_| {}).await;
+    let (_, token) = app.new_user();
+    let session = app.create_session(&token).await["id"].as_str().unwrap().to_owned();
+    for _ in 0..3 {
+        assert_eq!(app.submit_turn(&token, &session, "hi").await.status(), 201);
+    }
+    let body = expect_rate_limited(app.submit_turn(&token, &session, "hi").await, "minute", 3).await;
+    assert_eq!(body["violated-policies"], serde_json::json!(["minute"]));
+    assert_eq!(app.count("turns").await, 3);
+
+    let retry_at = chrono::DateTime::parse_from_rfc3339(body["retry_at"].as_str().unwrap()).unwrap();
+    clock.set(retry_at.timestamp_millis());
+    assert_eq!(app.submit_turn(&token, &session, "hi").await.status(), 201, "a client that waits is admitted");
+}
+
+#[tokio::test]
+async fn the_hour_limit_answers_429() {
+    let (app, _) = app_with(Backend::Sqlite, 100, 2, |_| {}).await;
+    let (_, token) = app.new_user();
+    let session = app.create_session(&token).await["id"].as_str().unwrap().to_owned();
+    for _ in 0..2 {
+        assert_eq!(app.submit_turn(&token, &session, "hi").await.status(), 201);
+    }
+    expect_rate_limited(app.submit_turn(&token, &session, "hi").await, "hour", 2).await;
+}
+
+#[tokio::test]
+async fn a_refusal_writes_nothing_and_never_looks_the_session_up() {
+    let (app, _) = app_with(Backend::Postgres, 1, 100, |_| {}).await;
+    let (_, token) = app.new_user();
+    let session = app.create_session(&token).await["id"].as_str().unwrap().to_owned();
+    assert_eq!(app.submit_turn(&token, &session, "hi").await.status(), 201);
+    let before = (app.count("sessions").await, app.count("turns").await);
+    let nowhere = uuid::Uuid::new_v4().to_string();
+    let response = app.submit_turn(&token, &nowhere, "hi").await;
+    expect_rate_limited(response, "minute", 1).await;
+    assert_eq!((app.count("sessions").await, app.count("turns").await), before);
+    let turn_count = expect_json(
+        app.request(Method::GET, &format!("/api/v1/sessions/{session}"), &token).send().await.unwrap(),
+        200,
+    )
+    .await["turn_count"]
+        .clone();
+    assert_eq!(turn_count, 1, "no seq was allocated for the refused turn");
+}
+
+#[tokio::test]
+async fn a_higher_tier_token_is_admitted_on_its_very_next_request() {
+    let (app, _) = app_with(Backend::Sqlite, 1, 100, |s| {
+        s.rate_limit.tiers.insert("pro".into(), TierLimits { per_minute: 5, per_hour: 500 });
+    })
+    .await;
+    let (user, token) = app.new_user();
+    let session = app.create_session(&token).await["id"].as_str().unwrap().to_owned();
+    assert_eq!(app.submit_turn(&token, &session, "hi").await.status(), 201);
+    assert_eq!(app.submit_turn(&token, &session, "hi").await.status(), 429);
+    let pro = app.token_with_tier(&user, "pro");
+    let response = app.submit_turn(&pro, &session, "hi").await;
+    let policy = sf_header(&response, "ratelimit-policy").unwrap();
+    expect_json(response, 201).await;
+    assert_eq!(policy["minute"]["q"], 5);
+}
+
+#[tokio::test]
+async fn shadow_mode_never_refuses_but_reports_the_usage() {
+    let (app, _) = app_with(Backend::Sqlite, 1, 100, |s| s.rate_limit.mode = LimitMode::Shadow).await;
+    let (_, token) = app.new_user();
+    let session = app.create_session(&token).await["id"].as_str().unwrap().to_owned();
+    for _ in 0..3 {
+        let response = app.submit_turn(&token, &session, "hi").await;
+        let usage = sf_header(&response, "ratelimit").unwrap();
+        expect_json(response, 201).await;
+        assert_eq!(usage["minute"]["r"], 0);
+    }
+    assert_eq!(app.count("turns").await, 3);
+}
+
+#[tokio::test]
+async fn the_peek_reports_usage_and_consumes_nothing() {
+    let (app, _) = app_with(Backend::Sqlite, 3, 100, |_| {}).await;
+    let (_, token) = app.new_user();
+    let session = app.create_session(&token).await["id"].as_str().unwrap().to_owned();
+    assert_eq!(app.submit_turn(&token, &session, "hi").await.status(), 201);
+    for _ in 0..5 {
+        let response = app.request(Method::GET, "/api/v1/rate-limit", &token).send().await.unwrap();
+        let usage = sf_header(&response, "ratelimit").unwrap();
+        let body = expect_json(response, 200).await;
+        assert_eq!(usage["minute"]["r"], 2);
+        assert_eq!(body["windows"][0]["window"], "minute");
+        assert_eq!(body["windows"][0]["remaining"], 2);
+        assert_eq!(body["windows"][1]["remaining"], 99);
+        assert_eq!(body["limiter"], "healthy");
+    }
+    assert_eq!(app.submit_turn(&token, &session, "hi").await.status(), 201, "peeks consumed nothing");
+}
+
+#[tokio::test]
+async fn with_limiting_disabled_no_rate_limit_headers_are_sent() {
+    let (app, _) = app_with(Backend::Sqlite, 1, 1, |s| s.rate_limit.enabled = false).await;
+    let (_, token) = app.new_user();
+    let session = app.create_session(&token).await["id"].as_str().unwrap().to_owned();
+    for _ in 0..3 {
+        let response = app.submit_turn(&token, &session, "hi").await;
+        assert!(response.headers().get("ratelimit").is_none());
+        assert!(response.headers().get("ratelimit-policy").is_none());
+        expect_json(response, 201).await;
+    }
+}
+
+#[tokio::test]
+async fn the_in_process_limiter_serves_the_same_contract() {
+    let (app, _) = app_with(Backend::Sqlite, 2, 100, |s| s.redis.url = None).await;
+    let (_, token) = app.new_user();
+    let session = app.create_session(&token).await["id"].as_str().unwrap().to_owned();
+    for _ in 0..2 {
+        assert_eq!(app.submit_turn(&token, &session, "hi").await.status(), 201);
+    }
+    expect_rate_limited(app.submit_turn(&token, &session, "hi").await, "minute", 2).await;
+    let ready = expect_json(app.client.get(app.url("/readyz")).send().await.unwrap(), 200).await;
+    assert_eq!(ready["limiter"], "in_process");
+}

@@ -19,7 +19,9 @@ pub fn parse_sf_list(header: &str) -> PolicyList {
             let params = item
                 .params
                 .iter()
-                .map(|(k, v)| (k.as_str().to_owned(), i64::from(v.as_integer().expect("integer parameter"))))
+                .map(|(k, v)| {
+                    (k.as_str().to_owned(), i64::from(v.as_integer().expect("integer parameter")))
+                })
                 .collect();
             (name, params)
         })

@@ -8,6 +8,7 @@
 pub mod db;
 pub mod headers;
 pub mod limiter;
+pub mod redis_server;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -196,12 +196,7 @@ impl LimiterActor {
     /// Fans a pipeline's results out to the callers and updates health.
     fn settle(&mut self, batch: Batch, outcome: Result<Vec<RedisResult<Value>>, RedisError>) {
         let results = match outcome {
-            Ok(results) => {
-                if let Some(redis) = &mut self.redis {
-                    redis.health.record_success();
-                }
-                results
-            }
+            Ok(results) => results,
             Err(error) => {
                 self.failed(&error.to_string());
                 for pending in batch {
@@ -210,6 +205,9 @@ impl LimiterActor {
                 return;
             }
         };
+        // Error replies inside a pipeline count as one failed call, like a
+        // pipeline that failed whole.
+        let mut item_error: Option<String> = None;
         for (pending, result) in batch.into_iter().zip(results) {
             match (pending, result) {
                 (Pending::Check { user, limits, now_ms, reply }, Ok(value)) => {
@@ -241,19 +239,27 @@ impl LimiterActor {
                     let _ = reply.send(status);
                 }
                 (pending, Err(error)) => {
-                    self.failed(&error.to_string());
+                    item_error.get_or_insert_with(|| error.to_string());
                     self.answer_by_fallback(pending);
+                }
+            }
+        }
+        match item_error {
+            Some(error) => self.failed(&error),
+            None => {
+                if let Some(redis) = &mut self.redis {
+                    redis.health.record_success();
                 }
             }
         }
     }
 
     fn failed(&mut self, error: &str) {
-        if let Some(redis) = &mut self.redis {
-            if redis.health.record_failure(error) {
-                // The connection may be broken for good; the probe makes a new one.
-                redis.conn = None;
-            }
+        if let Some(redis) = &mut self.redis
+            && redis.health.record_failure(error)
+        {
+            // The connection may be broken for good; the probe makes a new one.
+            redis.conn = None;
         }
     }
 

@@ -58,7 +58,10 @@ fn is_noscript(result: &RedisResult<Value>) -> bool {
     matches!(result, Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript))
 }
 
-fn pipeline<C, P>(script: &Script, batch: &[Pending<C, P>]) -> Pipeline {
+fn pipeline<'a, C: 'a, P: 'a>(
+    script: &Script,
+    batch: impl IntoIterator<Item = &'a Pending<C, P>>,
+) -> Pipeline {
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
     for pending in batch {
@@ -92,11 +95,20 @@ pub async fn run_batch<C, P>(
     timeout: Duration,
 ) -> (Vec<Pending<C, P>>, Result<Vec<RedisResult<Value>>, RedisError>) {
     let exchange = async {
-        let pipe = pipeline(&script, &batch);
-        let results: Vec<RedisResult<Value>> = pipe.query_async(&mut conn).await?;
-        if results.iter().any(is_noscript) {
+        let mut results: Vec<RedisResult<Value>> =
+            pipeline(&script, &batch).query_async(&mut conn).await?;
+        let missing: Vec<usize> =
+            (0..results.len()).filter(|&i| is_noscript(&results[i])).collect();
+        if !missing.is_empty() {
+            // A pipeline is not atomic: checks before a `SCRIPT FLUSH` ran and
+            // counted, so only the ones that found no script are sent again.
             script.load_async(&mut conn).await?;
-            return pipe.query_async(&mut conn).await;
+            let again = missing.iter().filter_map(|&i| batch.get(i));
+            let retried: Vec<RedisResult<Value>> =
+                pipeline(&script, again).query_async(&mut conn).await?;
+            for (i, result) in missing.into_iter().zip(retried) {
+                results[i] = result;
+            }
         }
         Ok(results)
     };

@@ -34,7 +34,12 @@ fn is_admitted(decision: &Decision) -> bool {
 /// first), then that the refusal is exact: at `retry_at − 1` refused by the
 /// cache and, on a fresh actor with an empty cache, by Redis; at `retry_at`
 /// admitted.
-async fn assert_exact_retry(limits: Limits, start_ms: i64, expected_admissions: usize, violated: &[Window]) -> Denial {
+async fn assert_exact_retry(
+    limits: Limits,
+    start_ms: i64,
+    expected_admissions: usize,
+    violated: &[Window],
+) -> Denial {
     let clock = Arc::new(ManualClock::at(start_ms));
     let cached = redis_limiter(clock.clone()).await;
     let user = unique_user("exact");
@@ -73,7 +78,8 @@ async fn an_hour_bound_refusal_is_exact() {
 
 #[tokio::test]
 async fn a_refusal_bound_by_both_windows_is_exact() {
-    let refused = assert_exact_retry(limits(3, 3), T0 + 5_000, 3, &[Window::Minute, Window::Hour]).await;
+    let refused =
+        assert_exact_retry(limits(3, 3), T0 + 5_000, 3, &[Window::Minute, Window::Hour]).await;
     // The hour is the later of the two waits.
     assert_eq!(refused.retry_at_ms, T0 + 5_000 + (HOUR - 5_000) + HOUR - 2 * HOUR / 3);
 }
@@ -97,7 +103,10 @@ async fn the_window_boundary_moves_the_count_into_the_previous_window() {
     assert!(!is_admitted(&limiter.check(user.clone(), l).await), "59,999: still the same window");
     clock.set(T0 + 60_000);
     // e = 0 of the next window: the previous count weighs in full (2·W + W > 2·W).
-    assert!(!is_admitted(&limiter.check(user.clone(), l).await), "60,000: previous window at full weight");
+    assert!(
+        !is_admitted(&limiter.check(user.clone(), l).await),
+        "60,000: previous window at full weight"
+    );
 }
 
 /// The previous window's share at e = 0, W/2 and W − 1 with p = 10, L = 10:
@@ -201,8 +210,16 @@ async fn five_hundred_concurrent_checks_admit_exactly_the_limit() {
     let one = redis_limiter(clock.clone()).await;
     assert_eq!(admitted_among(&[one], 500, limits(20, 1_000)).await, 20);
 
-    let three = [redis_limiter(clock.clone()).await, redis_limiter(clock.clone()).await, redis_limiter(clock.clone()).await];
-    assert_eq!(admitted_among(&three, 500, limits(20, 1_000)).await, 20, "three instances, one Redis");
+    let three = [
+        redis_limiter(clock.clone()).await,
+        redis_limiter(clock.clone()).await,
+        redis_limiter(clock.clone()).await,
+    ];
+    assert_eq!(
+        admitted_among(&three, 500, limits(20, 1_000)).await,
+        20,
+        "three instances, one Redis"
+    );
 }
 
 /// A tiny deterministic generator (xorshift), so a failure is reproducible

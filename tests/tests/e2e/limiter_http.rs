@@ -16,7 +16,12 @@ use serde_json::Value;
 /// 42 s into a minute, 10 min into an hour.
 const NOW: i64 = 493_100 * 3_600_000 + 600_000 + 42_000;
 
-async fn app_with(backend: Backend, per_minute: u32, per_hour: u32, adjust: impl FnOnce(&mut Settings)) -> (TestApp, Arc<ManualClock>) {
+async fn app_with(
+    backend: Backend,
+    per_minute: u32,
+    per_hour: u32,
+    adjust: impl FnOnce(&mut Settings),
+) -> (TestApp, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::at(NOW));
     let app = spawn_app_with_clock(
         backend,
@@ -55,9 +60,13 @@ async fn expect_rate_limited(response: reqwest::Response, window: &str, limit: i
     assert_eq!(policy["hour"]["w"], 3600);
     assert_eq!(usage[window]["r"], body["remaining"].as_i64().unwrap());
     assert_eq!(usage[window]["t"], retry_after);
-    let retry_at = chrono::DateTime::parse_from_rfc3339(body["retry_at"].as_str().unwrap()).unwrap();
+    let retry_at =
+        chrono::DateTime::parse_from_rfc3339(body["retry_at"].as_str().unwrap()).unwrap();
     let wait_ms = retry_at.timestamp_millis() - NOW;
-    assert!(wait_ms > 0 && (wait_ms + 999) / 1000 == retry_after, "Retry-After is ceil(retry_at − now)");
+    assert!(
+        wait_ms > 0 && (wait_ms + 999) / 1000 == retry_after,
+        "Retry-After is ceil(retry_at − now)"
+    );
     body
 }
 
@@ -82,13 +91,19 @@ async fn the_minute_limit_answers_429_with_retry_after() {
     for _ in 0..3 {
         assert_eq!(app.submit_turn(&token, &session, "hi").await.status(), 201);
     }
-    let body = expect_rate_limited(app.submit_turn(&token, &session, "hi").await, "minute", 3).await;
+    let body =
+        expect_rate_limited(app.submit_turn(&token, &session, "hi").await, "minute", 3).await;
     assert_eq!(body["violated-policies"], serde_json::json!(["minute"]));
     assert_eq!(app.count("turns").await, 3);
 
-    let retry_at = chrono::DateTime::parse_from_rfc3339(body["retry_at"].as_str().unwrap()).unwrap();
+    let retry_at =
+        chrono::DateTime::parse_from_rfc3339(body["retry_at"].as_str().unwrap()).unwrap();
     clock.set(retry_at.timestamp_millis());
-    assert_eq!(app.submit_turn(&token, &session, "hi").await.status(), 201, "a client that waits is admitted");
+    assert_eq!(
+        app.submit_turn(&token, &session, "hi").await.status(),
+        201,
+        "a client that waits is admitted"
+    );
 }
 
 #[tokio::test]
@@ -114,7 +129,10 @@ async fn a_refusal_writes_nothing_and_never_looks_the_session_up() {
     expect_rate_limited(response, "minute", 1).await;
     assert_eq!((app.count("sessions").await, app.count("turns").await), before);
     let turn_count = expect_json(
-        app.request(Method::GET, &format!("/api/v1/sessions/{session}"), &token).send().await.unwrap(),
+        app.request(Method::GET, &format!("/api/v1/sessions/{session}"), &token)
+            .send()
+            .await
+            .unwrap(),
         200,
     )
     .await["turn_count"]
@@ -141,7 +159,8 @@ async fn a_higher_tier_token_is_admitted_on_its_very_next_request() {
 
 #[tokio::test]
 async fn shadow_mode_never_refuses_but_reports_the_usage() {
-    let (app, _) = app_with(Backend::Sqlite, 1, 100, |s| s.rate_limit.mode = LimitMode::Shadow).await;
+    let (app, _) =
+        app_with(Backend::Sqlite, 1, 100, |s| s.rate_limit.mode = LimitMode::Shadow).await;
     let (_, token) = app.new_user();
     let session = app.create_session(&token).await["id"].as_str().unwrap().to_owned();
     for _ in 0..3 {
@@ -169,7 +188,11 @@ async fn the_peek_reports_usage_and_consumes_nothing() {
         assert_eq!(body["windows"][1]["remaining"], 99);
         assert_eq!(body["limiter"], "healthy");
     }
-    assert_eq!(app.submit_turn(&token, &session, "hi").await.status(), 201, "peeks consumed nothing");
+    assert_eq!(
+        app.submit_turn(&token, &session, "hi").await.status(),
+        201,
+        "peeks consumed nothing"
+    );
 }
 
 #[tokio::test]

@@ -26,6 +26,7 @@ mod auth;
 mod bad_input;
 mod http_surface;
 mod limiter_actor;
+mod limiter_faults;
 mod limiter_http;
 mod migrations;
 mod ownership;

@@ -51,22 +51,42 @@ pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> Result<AppStat
         TokenVerifier::new(&settings.auth, limit_table(&settings.rate_limit)).map_err(|e| {
             StartError::Settings(format!("configuration error: auth.jwt_public_key: {e}"))
         })?;
+    let turns = TurnService::new(
+        Arc::new(SeaOrmTurnRepository::new(conn.clone())),
+        provider,
+        clock.clone(),
+        policy,
+        limiter,
+    );
+    spawn_stale_sweep(turns.clone(), policy.max_duration);
     Ok(AppState {
         sessions: SessionService::new(
             Arc::new(SeaOrmSessionRepository::new(conn.clone())),
             clock.clone(),
         ),
-        turns: TurnService::new(
-            Arc::new(SeaOrmTurnRepository::new(conn.clone())),
-            provider,
-            clock,
-            policy,
-            limiter,
-        ),
+        turns,
         verifier: Arc::new(verifier),
         database: DatabaseProbe::new(conn),
         max_input_chars: settings.turns.max_input_chars,
+        keep_alive: Duration::from_secs(settings.turns.keep_alive_secs),
+        on_disconnect: settings.turns.on_disconnect,
+        shutdown_grace: Duration::from_secs(settings.server.shutdown_grace_secs),
     })
+}
+
+/// Ends turns that a crashed instance left `in_progress`: once at start,
+/// then every `max_duration` (at least a minute).
+fn spawn_stale_sweep(turns: TurnService, max_duration: Duration) {
+    let every = max_duration.max(Duration::from_secs(60));
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(every);
+        loop {
+            interval.tick().await;
+            if let Err(error) = turns.sweep_stale().await {
+                tracing::warn!(error = %error, "sweeping abandoned turns failed");
+            }
+        }
+    });
 }
 
 /// The production clock.

@@ -124,6 +124,24 @@ impl From<TurnError> for ApiError {
                 let (problem, headers) = rate_limit::limiter_unavailable();
                 Self { problem: Box::new(problem), headers }
             }
+            TurnError::Interrupted { turn } => {
+                let problem = Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "turn_interrupted",
+                    "The server shut down before the reply was complete.",
+                )
+                .with("turn", serde_json::to_value(TurnBody::from(*turn)).unwrap_or_default());
+                Self::new(problem)
+            }
+            TurnError::ShuttingDown => {
+                let mut e = Self::new(Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "shutting_down",
+                    "The server is shutting down; retry shortly.",
+                ));
+                e.headers.insert(header::RETRY_AFTER, HeaderValue::from(1));
+                e
+            }
             TurnError::Internal(cause) => Self::internal(&cause),
         }
     }

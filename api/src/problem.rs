@@ -75,7 +75,8 @@ impl Problem {
         Self::new(status, code, detail)
     }
 
-    /// The JSON body, with the request id.
+    /// The JSON body, with the request id when there is one (a problem
+    /// embedded in an event or a turn has none of its own).
     pub fn to_body(&self, request_id: Option<&str>) -> Value {
         let mut body = Map::new();
         body.insert("type".into(), self.type_uri.clone().into());
@@ -86,7 +87,9 @@ impl Problem {
         for (k, v) in &self.extensions {
             body.insert(k.clone(), v.clone());
         }
-        body.insert("request_id".into(), request_id.map_or(Value::Null, Value::from));
+        if let Some(id) = request_id {
+            body.insert("request_id".into(), id.into());
+        }
         Value::Object(body)
     }
 }

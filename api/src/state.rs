@@ -1,10 +1,12 @@
 //! What every handler can reach: the services and the token verifier.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use pantheon_domain::{SessionService, TurnService};
 use pantheon_infrastructure::auth::TokenVerifier;
 use pantheon_infrastructure::db::DatabaseProbe;
+use pantheon_infrastructure::settings::OnDisconnect;
 
 /// Shared, cheaply cloned application state.
 #[derive(Debug, Clone)]
@@ -19,4 +21,10 @@ pub struct AppState {
     pub database: DatabaseProbe,
     /// `turns.max_input_chars`, checked while parsing the body.
     pub max_input_chars: usize,
+    /// `turns.keep_alive_secs`: the comment interval of a silent stream.
+    pub keep_alive: Duration,
+    /// `turns.on_disconnect`.
+    pub on_disconnect: OnDisconnect,
+    /// `server.shutdown_grace_secs`.
+    pub shutdown_grace: Duration,
 }

@@ -96,6 +96,15 @@ pub enum TurnError {
         /// Why the provider failed.
         source: ProviderError,
     },
+    /// The turn was cut short by a shutdown; persisted `incomplete`.
+    #[error("turn {} interrupted by shutdown", turn.id)]
+    Interrupted {
+        /// The turn, as persisted.
+        turn: Box<Turn>,
+    },
+    /// The process is shutting down and takes no new turns.
+    #[error("shutting down")]
+    ShuttingDown,
     /// A bug or a lost task; the cause is in the message, for logs only.
     #[error("internal error: {0}")]
     Internal(String),

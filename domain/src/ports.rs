@@ -86,6 +86,17 @@ pub trait TurnRepository: Send + Sync + std::fmt::Debug {
     /// session was deleted meanwhile).
     async fn finish(&self, id: TurnId, end: TurnEnd) -> Result<Turn, StorageError>;
 
+    /// Marks every `in_progress` turn created before `cutoff` as
+    /// `incomplete` (ended at `now`); returns how many.
+    ///
+    /// # Errors
+    /// [`StorageError`] when the database fails.
+    async fn expire_stale(
+        &self,
+        cutoff: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StorageError>;
+
     /// The turns of a session of the caller's in `seq` order; `None` when the
     /// session is not the caller's.
     ///

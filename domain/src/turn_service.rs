@@ -1,18 +1,28 @@
 //! The turn use case: the order of work of SPEC §4 in one place, shared by
-//! the JSON and (later) the streaming endpoint.
+//! the JSON and the streaming endpoint — limiter first, then the session
+//! (owned by the caller) and the `in_progress` commit, then the reply in a
+//! task of its own.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::clock::Clock;
-use crate::error::{ProviderError, TurnError};
-use crate::ids::{Caller, SessionId, TurnId, UserId};
+use crate::error::TurnError;
+use crate::ids::{Caller, SessionId, TurnId};
 use crate::limiter::{Decision, LimiterHandle, LimiterState, RateLimitStatus};
+use crate::live::LiveOutputs;
 use crate::page::{Page, PageRequest};
-use crate::ports::{ModelProvider, ReplyEvent, ReplyRequest, TurnRepository, TurnStart};
-use crate::turn::{FinishReason, NewTurn, Turn, TurnEnd, TurnFailure, TurnStatus, Usage};
+use crate::ports::{ModelProvider, TurnRepository, TurnStart};
+use crate::turn::{NewTurn, Turn, TurnStatus};
+use crate::turn_run::{ABORT_WAIT, TurnRun};
+
+/// Deltas buffered between the generating task and a slow reader.
+const EVENT_BUFFER: usize = 64;
 
 /// Tunables of the turn path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,15 +40,26 @@ pub struct Submitted {
     pub rate_limit: Option<RateLimitStatus>,
 }
 
+/// The generating tasks of this process, for graceful shutdown.
+#[derive(Debug, Default)]
+pub(crate) struct Lifecycle {
+    tracker: TaskTracker,
+    /// Cancelled when the shutdown grace is over: tasks persist `incomplete`.
+    pub(crate) abort: CancellationToken,
+    closing: AtomicBool,
+}
+
 /// Submits and reads turns.
 #[derive(Debug, Clone)]
 pub struct TurnService {
-    turns: Arc<dyn TurnRepository>,
-    provider: Arc<dyn ModelProvider>,
-    clock: Arc<dyn Clock>,
-    policy: TurnPolicy,
+    pub(crate) turns: Arc<dyn TurnRepository>,
+    pub(crate) provider: Arc<dyn ModelProvider>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) policy: TurnPolicy,
     /// `None` when `rate_limit.enabled = false`.
     limiter: Option<LimiterHandle>,
+    pub(crate) live: LiveOutputs,
+    pub(crate) lifecycle: Arc<Lifecycle>,
 }
 
 impl TurnService {
@@ -50,7 +71,15 @@ impl TurnService {
         policy: TurnPolicy,
         limiter: Option<LimiterHandle>,
     ) -> Self {
-        Self { turns, provider, clock, policy, limiter }
+        Self {
+            turns,
+            provider,
+            clock,
+            policy,
+            limiter,
+            live: LiveOutputs::default(),
+            lifecycle: Arc::default(),
+        }
     }
 
     /// Asks the limiter whether the caller may submit a turn now, counting
@@ -83,34 +112,82 @@ impl TurnService {
         self.limiter.as_ref().map(LimiterHandle::state)
     }
 
-    /// Submits a turn and waits for its reply.
+    /// Starts a turn: the limiter, then the session lookup and the commit of
+    /// the `in_progress` turn, then the reply in a task of its own. Everything
+    /// that can refuse the turn is decided before this returns.
     ///
-    /// The work runs in its own task: the HTTP server drops a handler's
-    /// future when the client hangs up, and a turn committed `in_progress`
-    /// must still be completed and persisted.
+    /// The commit itself runs in that task too: the HTTP server drops a
+    /// handler's future when the client hangs up, and a committed turn must
+    /// never be left without its generation.
     ///
     /// # Errors
     /// - [`TurnError::RateLimited`], [`TurnError::LimiterUnavailable`]: refused
     ///   before anything was looked up or written.
     /// - [`TurnError::SessionNotFound`]: not the caller's session; nothing written.
-    /// - [`TurnError::Provider`]: the reply failed; the turn is persisted `failed`.
+    /// - [`TurnError::ShuttingDown`]: the process is draining.
     /// - [`TurnError::Storage`]: the database failed.
+    pub async fn start(
+        &self,
+        caller: &Caller,
+        session_id: SessionId,
+        new: NewTurn,
+    ) -> Result<TurnRun, TurnError> {
+        if self.lifecycle.closing.load(Ordering::SeqCst) {
+            return Err(TurnError::ShuttingDown);
+        }
+        let rate_limit = self.admit(caller).await?;
+        let (committed, begun) = oneshot::channel();
+        let (events, receiver) = mpsc::channel(EVENT_BUFFER);
+        let cancel = CancellationToken::new();
+        let service = self.clone();
+        let user = caller.user.clone();
+        let task_cancel = cancel.clone();
+        self.lifecycle.tracker.spawn(async move {
+            let start = TurnStart {
+                user: &user,
+                session_id,
+                turn_id: TurnId::new(),
+                input: new.input(),
+                now: service.clock.now_micros(),
+            };
+            let turn = match service.turns.begin(start).await {
+                Ok(Some(turn)) => turn,
+                Ok(None) => {
+                    let _ = committed.send(Err(TurnError::SessionNotFound));
+                    return;
+                }
+                Err(error) => {
+                    let _ = committed.send(Err(error.into()));
+                    return;
+                }
+            };
+            let _ = committed.send(Ok(turn.clone()));
+            service.drive(turn, events, task_cancel).await;
+        });
+        let turn = begun.await.map_err(|_| TurnError::Internal("turn task lost".into()))??;
+        Ok(TurnRun::new(turn, rate_limit, receiver, cancel))
+    }
+
+    /// Submits a turn and waits for its reply.
+    ///
+    /// # Errors
+    /// Those of [`TurnService::start`], and how the turn did not complete:
+    /// [`TurnError::Provider`] (persisted `failed`), [`TurnError::Interrupted`]
+    /// (persisted `incomplete` at shutdown), [`TurnError::Storage`].
     pub async fn submit(
         &self,
         caller: &Caller,
         session_id: SessionId,
         new: NewTurn,
     ) -> Result<Submitted, TurnError> {
-        let rate_limit = self.admit(caller).await?;
-        let service = self.clone();
-        let user = caller.user.clone();
-        let turn = tokio::spawn(async move { service.run(user, session_id, new).await })
-            .await
-            .map_err(|e| TurnError::Internal(format!("turn task lost: {e}")))??;
+        let run = self.start(caller, session_id, new).await?;
+        let rate_limit = run.rate_limit;
+        let turn = run.outcome().await?;
         Ok(Submitted { turn, rate_limit })
     }
 
-    /// One turn of a session of the caller's, also while in progress.
+    /// One turn of a session of the caller's, also while in progress (with
+    /// its partial output, when it is generated in this process).
     ///
     /// # Errors
     /// [`TurnError::TurnNotFound`] when the turn (or the session) is not the caller's.
@@ -120,7 +197,17 @@ impl TurnService {
         session_id: SessionId,
         turn_id: TurnId,
     ) -> Result<Turn, TurnError> {
-        self.turns.get(&caller.user, session_id, turn_id).await?.ok_or(TurnError::TurnNotFound)
+        let mut turn = self
+            .turns
+            .get(&caller.user, session_id, turn_id)
+            .await?
+            .ok_or(TurnError::TurnNotFound)?;
+        if turn.status == TurnStatus::InProgress
+            && let Some(output) = self.live.get(turn.id)
+        {
+            turn.output = output;
+        }
+        Ok(turn)
     }
 
     /// The turns of a session of the caller's, in `seq` order.
@@ -136,95 +223,38 @@ impl TurnService {
         self.turns.list(&caller.user, session_id, page).await?.ok_or(TurnError::SessionNotFound)
     }
 
-    async fn run(
-        &self,
-        user: UserId,
-        session_id: SessionId,
-        new: NewTurn,
-    ) -> Result<Turn, TurnError> {
-        let start = TurnStart {
-            user: &user,
-            session_id,
-            turn_id: TurnId::new(),
-            input: new.input(),
-            now: self.clock.now_micros(),
-        };
-        let turn = self.turns.begin(start).await?.ok_or(TurnError::SessionNotFound)?;
-        let (end, failure) = self.generate(&turn).await;
-        let turn = self.turns.finish(turn.id, end).await?;
-        match failure {
-            None => Ok(turn),
-            Some(source) => Err(TurnError::Provider { turn: Box::new(turn), source }),
+    /// Marks turns left `in_progress` by a crashed instance as `incomplete`:
+    /// any older than the longest a turn may take (plus a minute of slack
+    /// for clock skew between instances) cannot be alive anywhere.
+    ///
+    /// # Errors
+    /// [`TurnError::Storage`] when the database fails.
+    pub async fn sweep_stale(&self) -> Result<u64, TurnError> {
+        let now = self.clock.now_micros();
+        let bound = chrono::Duration::from_std(self.policy.max_duration + Duration::from_secs(60))
+            .unwrap_or(chrono::Duration::MAX);
+        let swept = self.turns.expire_stale(now - bound, now).await?;
+        if swept > 0 {
+            tracing::warn!(turns = swept, "marked turns abandoned in progress as incomplete");
         }
+        Ok(swept)
     }
 
-    /// Collects the provider's reply, bounded by the policy's duration.
-    /// Returns how the turn ended and, when it failed, why.
-    async fn generate(&self, turn: &Turn) -> (TurnEnd, Option<ProviderError>) {
-        let request = ReplyRequest { session_id: turn.session_id, input: turn.input.clone() };
-        let mut output = String::new();
-        let collected = tokio::time::timeout(
-            self.policy.max_duration,
-            collect_reply(self.provider.as_ref(), request, &mut output),
-        )
-        .await
-        .unwrap_or(Err(ProviderError::Timeout));
-        let completed_at = self.clock.now_micros();
-        match collected {
-            Ok((finish_reason, usage)) => (
-                TurnEnd {
-                    output,
-                    status: TurnStatus::Completed,
-                    finish_reason,
-                    usage,
-                    error: None,
-                    completed_at,
-                },
-                None,
-            ),
-            Err(error) => {
-                tracing::warn!(turn.id = %turn.id, error = %error, "provider failed");
-                let failure =
-                    TurnFailure { code: error.code().to_owned(), detail: failure_detail(&error) };
-                (
-                    TurnEnd {
-                        output,
-                        status: TurnStatus::Failed,
-                        finish_reason: FinishReason::Error,
-                        usage: None,
-                        error: Some(failure),
-                        completed_at,
-                    },
-                    Some(error),
-                )
+    /// Graceful shutdown: refuses new turns, lets running ones finish within
+    /// `grace`, then ends the rest as `incomplete` (their streams get their
+    /// terminal event) and waits for them to be persisted.
+    pub async fn drain(&self, grace: Duration) {
+        self.lifecycle.closing.store(true, Ordering::SeqCst);
+        self.lifecycle.tracker.close();
+        if tokio::time::timeout(grace, self.lifecycle.tracker.wait()).await.is_err() {
+            tracing::warn!(
+                turns = self.lifecycle.tracker.len(),
+                "shutdown grace over; ending the remaining turns as incomplete"
+            );
+            self.lifecycle.abort.cancel();
+            if tokio::time::timeout(ABORT_WAIT, self.lifecycle.tracker.wait()).await.is_err() {
+                tracing::error!("turns still running after the abort wait");
             }
         }
     }
-}
-
-/// Appends the reply's deltas to `output` until it finishes or fails; what
-/// was appended before a failure stays, as the turn's partial output.
-async fn collect_reply(
-    provider: &dyn ModelProvider,
-    request: ReplyRequest,
-    output: &mut String,
-) -> Result<(FinishReason, Option<Usage>), ProviderError> {
-    let mut stream = provider.reply(request).await?;
-    while let Some(event) = stream.next().await {
-        match event? {
-            ReplyEvent::Delta(delta) => output.push_str(&delta),
-            ReplyEvent::Finished { finish_reason, usage } => return Ok((finish_reason, usage)),
-        }
-    }
-    Ok((FinishReason::Stop, None))
-}
-
-/// The public explanation of a provider failure: no upstream detail leaks.
-fn failure_detail(error: &ProviderError) -> String {
-    match error {
-        ProviderError::Failed(_) => "The model provider failed to complete the reply.",
-        ProviderError::Timeout => "The model provider did not complete the reply in time.",
-        ProviderError::Unavailable { .. } => "The model provider is temporarily unavailable.",
-    }
-    .to_owned()
 }

@@ -5,6 +5,7 @@
 pub use sea_orm_migration::prelude::*;
 
 mod m20261127_000001_create_chat_tables;
+mod m20261128_000002_index_turns_in_progress;
 
 /// Every migration, in order.
 #[derive(Debug)]
@@ -13,6 +14,9 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261127_000001_create_chat_tables::Migration)]
+        vec![
+            Box::new(m20261127_000001_create_chat_tables::Migration),
+            Box::new(m20261128_000002_index_turns_in_progress::Migration),
+        ]
     }
 }

@@ -4,6 +4,7 @@
 mod health;
 mod rate_limit;
 mod sessions;
+mod stream;
 mod turns;
 
 use axum::Router;
@@ -35,6 +36,7 @@ pub fn router(state: AppState) -> Router {
             get(sessions::get_session).delete(sessions::delete_session),
         )
         .route("/sessions/{session_id}/turns", post(turns::submit_turn).get(turns::list_turns))
+        .route("/sessions/{session_id}/turns/stream", post(stream::stream_turn))
         .route("/sessions/{session_id}/turns/{turn_id}", get(turns::get_turn))
         .route("/rate-limit", get(rate_limit::rate_limit_status));
     Router::new()

@@ -5,6 +5,7 @@
 //! with the outcome.
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use pantheon_domain::ports::{TurnRepository, TurnStart};
 use pantheon_domain::turn::TurnEnd;
 use pantheon_domain::{
@@ -137,6 +138,23 @@ impl TurnRepository for SeaOrmTurnRepository {
             .next()
             .ok_or_else(|| StorageError::Other(format!("turn {id} vanished before it finished")))?;
         turn_from_row(row)
+    }
+
+    async fn expire_stale(
+        &self,
+        cutoff: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StorageError> {
+        let result = turn::Entity::update_many()
+            .col_expr(turn::Column::Status, Expr::value(TurnStatus::Incomplete.as_str()))
+            .col_expr(turn::Column::FinishReason, Expr::value(FinishReason::Cancelled.as_str()))
+            .col_expr(turn::Column::CompletedAt, Expr::value(now))
+            .filter(turn::Column::Status.eq(TurnStatus::InProgress.as_str()))
+            .filter(turn::Column::CreatedAt.lt(cutoff))
+            .exec(&self.db)
+            .await
+            .map_err(storage)?;
+        Ok(result.rows_affected)
     }
 
     async fn list(

@@ -1,0 +1,131 @@
+//! A turn's events as Server-Sent Events (SPEC §4 "Streaming"): named
+//! events, one-line JSON `data` with `type` and `seq` (from 0), `id:
+//! <turn_id>:<seq>`, exactly one terminal event, then a clean end. No item
+//! is ever an `Err`: that would cut the connection without a terminal event.
+
+use std::convert::Infallible;
+
+use axum::http::StatusCode;
+use axum::response::sse::Event;
+use futures::Stream;
+use pantheon_domain::{Turn, TurnError, TurnEvent, TurnId, TurnRun};
+use serde_json::{Map, Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::dto::TurnBody;
+use crate::error::provider_status;
+use crate::problem::Problem;
+
+/// Cancels the turn when the stream is dropped before its terminal event
+/// (the client left), if `turns.on_disconnect = cancel`.
+struct DisconnectGuard {
+    token: CancellationToken,
+    armed: bool,
+}
+
+impl DisconnectGuard {
+    /// The terminal event is out: leaving now is not a disconnect.
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for DisconnectGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            tracing::info!("stream client left; cancelling its turn");
+            self.token.cancel();
+        }
+    }
+}
+
+/// Numbers the events of one stream.
+struct Events {
+    turn_id: TurnId,
+    seq: u64,
+}
+
+impl Events {
+    fn next(&mut self, name: &'static str, fields: Value) -> Event {
+        let mut data = Map::new();
+        data.insert("type".into(), name.into());
+        data.insert("seq".into(), self.seq.into());
+        if let Value::Object(fields) = fields {
+            data.extend(fields);
+        }
+        let event = Event::default()
+            .event(name)
+            .id(format!("{}:{}", self.turn_id, self.seq))
+            .data(Value::Object(data).to_string());
+        self.seq += 1;
+        event
+    }
+}
+
+fn error_object(status: StatusCode, code: &'static str, detail: String) -> Value {
+    Problem::new(status, code, detail).to_body(None)
+}
+
+/// The terminal event for how the turn ended.
+fn terminal(events: &mut Events, started: &Turn, outcome: Result<Turn, TurnError>) -> Event {
+    let (turn, error) = match outcome {
+        Ok(turn) => return events.next("turn.completed", json!({ "turn": TurnBody::from(turn) })),
+        Err(TurnError::Provider { turn, source }) => {
+            let detail = turn.error.as_ref().map(|e| e.detail.clone()).unwrap_or_default();
+            (*turn, error_object(provider_status(source.code()), source.code(), detail))
+        }
+        Err(TurnError::Interrupted { turn }) => (
+            *turn,
+            error_object(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "turn_interrupted",
+                "The server shut down before the reply was complete.".into(),
+            ),
+        ),
+        Err(other) => {
+            tracing::error!(turn.id = %started.id, error = %other, "turn ended without a persisted outcome");
+            (
+                started.clone(),
+                error_object(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal_error",
+                    "An internal error occurred.".into(),
+                ),
+            )
+        }
+    };
+    events.next("turn.failed", json!({ "turn": TurnBody::from(turn), "error": error }))
+}
+
+/// The event stream of a started turn.
+pub fn turn_events(
+    mut run: TurnRun,
+    cancel_on_disconnect: bool,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    let guard = DisconnectGuard { token: run.canceller(), armed: cancel_on_disconnect };
+    let mut events = Events { turn_id: run.turn.id, seq: 0 };
+    async_stream::stream! {
+        // Moved in whole, so it lives (and fires on drop) with the stream.
+        let mut guard = guard;
+        let started = run.turn.clone();
+        yield Ok(events.next("turn.created", json!({ "turn": TurnBody::from(started.clone()) })));
+        loop {
+            match run.events.recv().await {
+                Some(TurnEvent::Delta(delta)) => {
+                    yield Ok(events.next("turn.delta", json!({ "turn_id": started.id, "delta": delta })));
+                }
+                Some(TurnEvent::Finished(outcome)) => {
+                    guard.disarm();
+                    yield Ok(terminal(&mut events, &started, outcome));
+                    break;
+                }
+                None => {
+                    guard.disarm();
+                    let lost = Err(TurnError::Internal("the turn task ended without an outcome".into()));
+                    yield Ok(terminal(&mut events, &started, lost));
+                    break;
+                }
+            }
+        }
+    }
+}

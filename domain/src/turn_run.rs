@@ -1,0 +1,206 @@
+//! A turn being generated: the task that drives the provider, records the
+//! reply and persists how it ended, and the [`TurnRun`] its caller holds.
+//!
+//! The task, not the request, owns the work: a client that hangs up drops
+//! the `TurnRun` (its event receiver), and the task carries on, unless the
+//! caller cancels it on purpose (`turns.on_disconnect = cancel`).
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{ProviderError, TurnError};
+use crate::limiter::RateLimitStatus;
+use crate::ports::{ReplyEvent, ReplyRequest};
+use crate::turn::{FinishReason, Turn, TurnEnd, TurnFailure, TurnStatus, Usage};
+use crate::turn_service::TurnService;
+
+/// What a run reports while it generates.
+#[derive(Debug)]
+pub enum TurnEvent {
+    /// A chunk of the reply.
+    Delta(String),
+    /// The end: the turn as persisted, or why it did not complete
+    /// ([`TurnError::Provider`] and [`TurnError::Interrupted`] carry the turn).
+    Finished(Result<Turn, TurnError>),
+}
+
+/// An admitted turn, committed `in_progress`, whose reply is being generated.
+#[derive(Debug)]
+pub struct TurnRun {
+    /// The turn as committed.
+    pub turn: Turn,
+    /// The caller's usage after this turn; `None` when the check was skipped.
+    pub rate_limit: Option<RateLimitStatus>,
+    /// Deltas, then exactly one [`TurnEvent::Finished`].
+    pub events: mpsc::Receiver<TurnEvent>,
+    cancel: CancellationToken,
+}
+
+impl TurnRun {
+    pub(crate) fn new(
+        turn: Turn,
+        rate_limit: Option<RateLimitStatus>,
+        events: mpsc::Receiver<TurnEvent>,
+        cancel: CancellationToken,
+    ) -> Self {
+        Self { turn, rate_limit, events, cancel }
+    }
+
+    /// A token that stops the provider and persists the partial output as
+    /// `cancelled` when cancelled.
+    pub fn canceller(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// Waits for the end, ignoring deltas.
+    ///
+    /// # Errors
+    /// How the turn did not complete (see [`TurnEvent::Finished`]).
+    pub async fn outcome(mut self) -> Result<Turn, TurnError> {
+        while let Some(event) = self.events.recv().await {
+            if let TurnEvent::Finished(outcome) = event {
+                return outcome;
+            }
+        }
+        Err(TurnError::Internal("the turn task ended without an outcome".into()))
+    }
+}
+
+/// How generation ended, before it is persisted.
+enum Ending {
+    Completed(FinishReason, Option<Usage>),
+    Failed(ProviderError),
+    Cancelled,
+    ShutDown,
+}
+
+/// Why the provider stopped early, besides its own failure.
+enum Stop {
+    Provider(ProviderError),
+    Cancelled,
+    ShutDown,
+}
+
+impl From<ProviderError> for Stop {
+    fn from(error: ProviderError) -> Self {
+        Self::Provider(error)
+    }
+}
+
+impl TurnService {
+    /// Generates the reply of `turn`, sends its events, and persists how it
+    /// ended. Runs in its own (tracked) task.
+    pub(crate) async fn drive(
+        self,
+        turn: Turn,
+        events: mpsc::Sender<TurnEvent>,
+        cancel: CancellationToken,
+    ) {
+        let live = self.live.track(turn.id);
+        let mut output = String::new();
+        let deadline = tokio::time::sleep(self.policy.max_duration);
+        tokio::pin!(deadline);
+        let abort = self.lifecycle.abort.clone();
+        let stopped = |reason: Option<Stop>| match reason {
+            Some(Stop::Provider(e)) => Ending::Failed(e),
+            Some(Stop::Cancelled) => Ending::Cancelled,
+            Some(Stop::ShutDown) | None => Ending::ShutDown,
+        };
+        let request = ReplyRequest { session_id: turn.session_id, input: turn.input.clone() };
+        let opened = tokio::select! {
+            opened = self.provider.reply(request) => opened.map_err(Stop::from),
+            () = cancel.cancelled() => Err(Stop::Cancelled),
+            () = abort.cancelled() => Err(Stop::ShutDown),
+            () = &mut deadline => Err(Stop::Provider(ProviderError::Timeout)),
+        };
+        let ending = match opened {
+            Err(stop) => stopped(Some(stop)),
+            Ok(mut stream) => loop {
+                let item = tokio::select! {
+                    item = stream.next() => item,
+                    () = cancel.cancelled() => break Ending::Cancelled,
+                    () = abort.cancelled() => break Ending::ShutDown,
+                    () = &mut deadline => break Ending::Failed(ProviderError::Timeout),
+                };
+                match item {
+                    Some(Ok(ReplyEvent::Delta(delta))) => {
+                        output.push_str(&delta);
+                        live.append(&delta);
+                        // A receiver gone means the client left; the turn goes on.
+                        let _ = events.send(TurnEvent::Delta(delta)).await;
+                    }
+                    Some(Ok(ReplyEvent::Finished { finish_reason, usage })) => {
+                        break Ending::Completed(finish_reason, usage);
+                    }
+                    Some(Err(error)) => break Ending::Failed(error),
+                    None => break Ending::Completed(FinishReason::Stop, None),
+                }
+            },
+        };
+        let outcome = self.persist(&turn, output, ending).await;
+        drop(live);
+        let _ = events.send(TurnEvent::Finished(outcome)).await;
+    }
+
+    async fn persist(
+        &self,
+        turn: &Turn,
+        output: String,
+        ending: Ending,
+    ) -> Result<Turn, TurnError> {
+        let completed_at = self.clock.now_micros();
+        let end = |status, finish_reason, usage, error| TurnEnd {
+            output,
+            status,
+            finish_reason,
+            usage,
+            error,
+            completed_at,
+        };
+        let (end, failure) = match ending {
+            Ending::Completed(reason, usage) => {
+                (end(TurnStatus::Completed, reason, usage, None), None)
+            }
+            Ending::Failed(error) => {
+                tracing::warn!(turn.id = %turn.id, error = %error, "provider failed");
+                let failure =
+                    TurnFailure { code: error.code().to_owned(), detail: failure_detail(&error) };
+                (
+                    end(TurnStatus::Failed, FinishReason::Error, None, Some(failure)),
+                    Some(Err(error)),
+                )
+            }
+            Ending::Cancelled => {
+                (end(TurnStatus::Cancelled, FinishReason::Cancelled, None, None), None)
+            }
+            Ending::ShutDown => {
+                (end(TurnStatus::Incomplete, FinishReason::Cancelled, None, None), Some(Ok(())))
+            }
+        };
+        let persisted = self.turns.finish(turn.id, end).await.map_err(|e| {
+            tracing::error!(turn.id = %turn.id, error = %e, "could not persist the end of a turn");
+            TurnError::from(e)
+        })?;
+        match failure {
+            None => Ok(persisted),
+            Some(Err(source)) => Err(TurnError::Provider { turn: Box::new(persisted), source }),
+            Some(Ok(())) => Err(TurnError::Interrupted { turn: Box::new(persisted) }),
+        }
+    }
+}
+
+/// The public explanation of a provider failure: no upstream detail leaks.
+fn failure_detail(error: &ProviderError) -> String {
+    match error {
+        ProviderError::Failed(_) => "The model provider failed to complete the reply.",
+        ProviderError::Timeout => "The model provider did not complete the reply in time.",
+        ProviderError::Unavailable { .. } => "The model provider is temporarily unavailable.",
+    }
+    .to_owned()
+}
+
+/// How long [`TurnService::drain`] waits for aborted turns to persist.
+pub(crate) const ABORT_WAIT: Duration = Duration::from_secs(10);

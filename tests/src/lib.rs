@@ -9,6 +9,7 @@ pub mod db;
 pub mod headers;
 pub mod limiter;
 pub mod redis_server;
+pub mod sse;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -31,4 +31,6 @@ mod limiter_http;
 mod migrations;
 mod ownership;
 mod sessions;
+mod shutdown;
+mod streaming;
 mod turns;

@@ -58,7 +58,7 @@ pub fn headers(limits: Limits, status: Option<&RateLimitStatus>) -> HeaderMap {
 /// The `429` for a denial, with its headers.
 pub fn too_many_requests(denial: &Denial) -> (Problem, HeaderMap) {
     let retry_after = retry_after_secs(denial.retry_at_ms, denial.now_ms);
-    let window = denial.binding_window();
+    let window = denial.binding;
     let usage = denial.usage.iter().find(|u| u.window == window).copied();
     let limit = denial.limits.limit(window);
     let retry_at = DateTime::from_timestamp_millis(denial.retry_at_ms)

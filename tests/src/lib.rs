@@ -169,15 +169,15 @@ impl TestApp {
     }
 }
 
+/// A response header as text, empty when absent.
+pub fn header(response: &Response, name: &str) -> String {
+    response.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned()
+}
+
 /// Reads a response as JSON, asserting its status and content type first.
 pub async fn expect_json(response: Response, status: u16) -> Value {
     let got = response.status().as_u16();
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let content_type = header(&response, "content-type");
     let body = response.text().await.unwrap();
     assert_eq!(got, status, "unexpected status; body: {body}");
     assert!(content_type.contains("json"), "content type {content_type:?}, body {body}");
@@ -187,18 +187,8 @@ pub async fn expect_json(response: Response, status: u16) -> Value {
 /// Reads a problem response, asserting its status, media type, code and
 /// the members every problem has.
 pub async fn expect_problem(response: Response, status: u16, code: &str) -> Value {
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let request_id = response
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let content_type = header(&response, "content-type");
+    let request_id = header(&response, "x-request-id");
     let body = expect_json(response, status).await;
     assert_eq!(content_type, "application/problem+json");
     assert_eq!(body["status"], status, "{body}");

@@ -76,6 +76,9 @@ pub enum Verdict {
         /// The earliest instant (ms since the epoch) at which the same request
         /// fits both windows, if nothing else is admitted meanwhile.
         retry_at_ms: i64,
+        /// The violated window whose wait sets `retry_at_ms` (the later one
+        /// when both do).
+        binding: Window,
     },
 }
 
@@ -107,11 +110,12 @@ pub fn decide(limits: Limits, counts: Counts, now_ms: i64) -> Verdict {
     }
     // Each window's fit is monotone in time with frozen counts, so both fit
     // from the later of the two waits on.
-    let wait = Window::ALL
-        .map(|w| wait_ms(w, limits.limit(w), counts.get(w), now_ms))
+    let (wait, binding) = Window::ALL
+        .map(|w| (wait_ms(w, limits.limit(w), counts.get(w), now_ms), w))
         .into_iter()
-        .max()
-        .unwrap_or(0);
+        .filter(|(_, w)| violated.contains(w))
+        .max_by_key(|&(wait, w)| (wait, w == Window::Hour))
+        .unwrap_or((0, Window::Minute));
     let retry_at_ms = now_ms.saturating_add(wait);
     let usage = Window::ALL.map(|window| {
         let limit = limits.limit(window);
@@ -122,7 +126,7 @@ pub fn decide(limits: Limits, counts: Counts, now_ms: i64) -> Verdict {
             reset_ms: retry_at_ms.saturating_sub(now_ms),
         }
     });
-    Verdict::Limited { usage, violated, retry_at_ms }
+    Verdict::Limited { usage, violated, retry_at_ms, binding }
 }
 
 /// What `counts` leave of each window at `now_ms`, minute first: the
@@ -177,7 +181,7 @@ mod tests {
     /// `remaining` and `reset_ms` pointing at `retry_at_ms`, and that the same
     /// request is refused 1 ms before `retry_at_ms` and admitted at it.
     fn assert_limited(limits: Limits, c: Counts, violated: &[Window], remaining: [u64; 2]) -> i64 {
-        let Verdict::Limited { usage, violated: v, retry_at_ms } = decide(limits, c, NOW) else {
+        let Verdict::Limited { usage, violated: v, retry_at_ms, .. } = decide(limits, c, NOW) else {
             panic!("expected a refusal for {c:?}");
         };
         assert_eq!(v, violated);

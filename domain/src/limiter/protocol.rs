@@ -54,16 +54,10 @@ pub struct Denial {
     pub violated: Vec<Window>,
     /// The earliest instant (ms since the epoch) the same request fits.
     pub retry_at_ms: i64,
+    /// The violated window whose wait sets `retry_at_ms`.
+    pub binding: Window,
     /// When the decision was made (ms since the epoch).
     pub now_ms: i64,
-}
-
-impl Denial {
-    /// The violated window that binds `retry_at` (the one with the longest
-    /// wait; the hour when both bind, since it is the larger promise).
-    pub fn binding_window(&self) -> Window {
-        self.violated.last().copied().unwrap_or(Window::Minute)
-    }
 }
 
 /// Why a check was not made.

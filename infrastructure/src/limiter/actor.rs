@@ -323,8 +323,8 @@ impl LimiterActor {
     ) -> Decision {
         match verdict {
             Verdict::Admitted { usage } => Decision::Admitted(RateLimitStatus { limits, usage }),
-            Verdict::Limited { usage, violated, retry_at_ms } => {
-                let denial = Denial { limits, usage, violated, retry_at_ms, now_ms };
+            Verdict::Limited { usage, violated, retry_at_ms, binding } => {
+                let denial = Denial { limits, usage, violated, retry_at_ms, binding, now_ms };
                 self.cache.insert(user, &denial);
                 Decision::Limited(denial)
             }

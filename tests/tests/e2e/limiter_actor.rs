@@ -80,7 +80,8 @@ async fn an_hour_bound_refusal_is_exact() {
 async fn a_refusal_bound_by_both_windows_is_exact() {
     let refused =
         assert_exact_retry(limits(3, 3), T0 + 5_000, 3, &[Window::Minute, Window::Hour]).await;
-    // The hour is the later of the two waits.
+    // The hour is the later of the two waits, so it binds.
+    assert_eq!(refused.binding, Window::Hour);
     assert_eq!(refused.retry_at_ms, T0 + 5_000 + (HOUR - 5_000) + HOUR - 2 * HOUR / 3);
 }
 

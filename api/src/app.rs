@@ -6,14 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
+use pantheon_domain::ports::ModelProvider;
 use pantheon_domain::{Clock, SessionService, SystemClock, TurnPolicy, TurnService};
 use pantheon_infrastructure::auth::TokenVerifier;
 use pantheon_infrastructure::db::{
     self, DatabaseProbe, SeaOrmSessionRepository, SeaOrmTurnRepository,
 };
 use pantheon_infrastructure::limiter::{limit_table, spawn_limiter};
-use pantheon_infrastructure::provider::BuiltinProvider;
-use pantheon_infrastructure::settings::Settings;
+use pantheon_infrastructure::provider::{BuiltinProvider, OpenAiProvider};
+use pantheon_infrastructure::settings::{ProviderKind, ProviderSettings, Settings};
 use thiserror::Error;
 
 use crate::state::AppState;
@@ -42,9 +43,7 @@ pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> Result<AppStat
     if settings.database.auto_migrate {
         Migrator::up(&conn, None).await.map_err(|e| StartError::Migration(e.to_string()))?;
     }
-    let provider = Arc::new(BuiltinProvider::new(Duration::from_millis(
-        settings.provider.builtin.chunk_delay_ms,
-    )));
+    let provider = model_provider(&settings.provider)?;
     let policy = TurnPolicy { max_duration: Duration::from_secs(settings.turns.max_duration_secs) };
     let limiter = spawn_limiter(settings, clock.clone()).await;
     let verifier =
@@ -71,6 +70,20 @@ pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> Result<AppStat
         keep_alive: Duration::from_secs(settings.turns.keep_alive_secs),
         on_disconnect: settings.turns.on_disconnect,
         shutdown_grace: Duration::from_secs(settings.server.shutdown_grace_secs),
+    })
+}
+
+/// The provider `provider.kind` names, built once: the `openai` one holds
+/// the process's one HTTP client (connection pool).
+fn model_provider(settings: &ProviderSettings) -> Result<Arc<dyn ModelProvider>, StartError> {
+    Ok(match settings.kind {
+        ProviderKind::Builtin => {
+            Arc::new(BuiltinProvider::new(Duration::from_millis(settings.builtin.chunk_delay_ms)))
+        }
+        ProviderKind::Openai => Arc::new(
+            OpenAiProvider::new(&settings.openai)
+                .map_err(|e| StartError::Settings(e.to_string()))?,
+        ),
     })
 }
 

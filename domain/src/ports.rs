@@ -119,6 +119,24 @@ pub trait TurnRepository: Send + Sync + std::fmt::Debug {
         session: SessionId,
         turn: TurnId,
     ) -> Result<Option<Turn>, StorageError>;
+
+    /// The last `limit` `completed` turns of a session with a `seq` below
+    /// `before_seq`, oldest first: the context of the turn `before_seq`.
+    /// Not scoped to a user: the caller has just committed that turn into
+    /// the session, which checked ownership. The default keeps no history
+    /// (for stores that cannot serve it, and test doubles).
+    ///
+    /// # Errors
+    /// [`StorageError`] when the database fails.
+    async fn completed_before(
+        &self,
+        session: SessionId,
+        before_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<Turn>, StorageError> {
+        let _ = (session, before_seq, limit);
+        Ok(Vec::new())
+    }
 }
 
 /// What a provider is asked to reply to.
@@ -128,6 +146,9 @@ pub struct ReplyRequest {
     pub session_id: SessionId,
     /// The user's input.
     pub input: String,
+    /// Earlier completed turns of the session as `(input, output)`, oldest
+    /// first; at most [`ModelProvider::context_turns`] of them.
+    pub history: Vec<(String, String)>,
 }
 
 /// One item of a reply stream.
@@ -158,4 +179,10 @@ pub trait ModelProvider: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// [`ProviderError`] when the reply cannot be started.
     async fn reply(&self, request: ReplyRequest) -> Result<ReplyStream, ProviderError>;
+
+    /// How many earlier completed turns [`ReplyRequest::history`] should
+    /// carry. The default, 0, costs no query.
+    fn context_turns(&self) -> usize {
+        0
+    }
 }

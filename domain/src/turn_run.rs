@@ -109,9 +109,14 @@ impl TurnService {
             Some(Stop::Cancelled) => Ending::Cancelled,
             Some(Stop::ShutDown) | None => Ending::ShutDown,
         };
-        let request = ReplyRequest { session_id: turn.session_id, input: turn.input.clone() };
+        let open = async {
+            let history = self.history(&turn).await;
+            let request =
+                ReplyRequest { session_id: turn.session_id, input: turn.input.clone(), history };
+            self.provider.reply(request).await
+        };
         let opened = tokio::select! {
-            opened = self.provider.reply(request) => opened.map_err(Stop::from),
+            opened = open => opened.map_err(Stop::from),
             () = cancel.cancelled() => Err(Stop::Cancelled),
             () = abort.cancelled() => Err(Stop::ShutDown),
             () = &mut deadline => Err(Stop::Provider(ProviderError::Timeout)),
@@ -143,6 +148,22 @@ impl TurnService {
         let outcome = self.persist(&turn, output, ending).await;
         drop(live);
         let _ = events.send(TurnEvent::Finished(outcome)).await;
+    }
+
+    /// The earlier completed turns the provider wants as context; none
+    /// (logged) when storage fails: a reply without history beats no reply.
+    async fn history(&self, turn: &Turn) -> Vec<(String, String)> {
+        let wanted = self.provider.context_turns();
+        if wanted == 0 {
+            return Vec::new();
+        }
+        match self.turns.completed_before(turn.session_id, turn.seq, wanted).await {
+            Ok(turns) => turns.into_iter().map(|t| (t.input, t.output)).collect(),
+            Err(error) => {
+                tracing::warn!(turn.id = %turn.id, error = %error, "no history for the provider");
+                Vec::new()
+            }
+        }
     }
 
     async fn persist(

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod db;
+pub mod fake_openai;
 pub mod headers;
 pub mod limiter;
 pub mod redis_server;

@@ -181,7 +181,8 @@ mod tests {
     /// `remaining` and `reset_ms` pointing at `retry_at_ms`, and that the same
     /// request is refused 1 ms before `retry_at_ms` and admitted at it.
     fn assert_limited(limits: Limits, c: Counts, violated: &[Window], remaining: [u64; 2]) -> i64 {
-        let Verdict::Limited { usage, violated: v, retry_at_ms, .. } = decide(limits, c, NOW) else {
+        let Verdict::Limited { usage, violated: v, retry_at_ms, .. } = decide(limits, c, NOW)
+        else {
             panic!("expected a refusal for {c:?}");
         };
         assert_eq!(v, violated);

@@ -2,7 +2,8 @@
 //!
 //! A JSON turn costs three statements and two commits: the `seq` bump (which
 //! also checks ownership) and the insert in one transaction, then one update
-//! with the outcome.
+//! with the outcome. A provider that wants history (`context_turns > 0`)
+//! adds one indexed read.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -208,5 +209,24 @@ impl TurnRepository for SeaOrmTurnRepository {
             .map_err(storage)?
             .map(turn_from_row)
             .transpose()
+    }
+
+    async fn completed_before(
+        &self,
+        session_id: SessionId,
+        before_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<Turn>, StorageError> {
+        // Walks the unique (session_id, seq) index backwards from `before_seq`.
+        let rows = turn::Entity::find()
+            .filter(turn::Column::SessionId.eq(session_id.as_uuid()))
+            .filter(turn::Column::Seq.lt(before_seq))
+            .filter(turn::Column::Status.eq(TurnStatus::Completed.as_str()))
+            .order_by_desc(turn::Column::Seq)
+            .limit(u64::try_from(limit).unwrap_or(u64::MAX))
+            .all(&self.db)
+            .await
+            .map_err(storage)?;
+        rows.into_iter().rev().map(turn_from_row).collect()
     }
 }

@@ -7,10 +7,12 @@
 //! `pantheon` CLI and the migration CLI resolve the database the same way.
 
 mod load;
+mod provider;
 mod sections;
 mod validate;
 
 pub use load::{SettingsError, Sources};
+pub use provider::*;
 pub use sections::*;
 
 use serde::Deserialize;

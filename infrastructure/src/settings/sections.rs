@@ -239,35 +239,6 @@ impl Default for TurnSettings {
     }
 }
 
-/// `provider.kind`
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum ProviderKind {
-    /// The offline, deterministic provider.
-    #[default]
-    Builtin,
-    /// An OpenAI-compatible upstream (not in this build yet).
-    Openai,
-}
-
-/// `provider.builtin.*`
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct BuiltinProviderSettings {
-    /// `provider.builtin.chunk_delay_ms`: a pause before each chunk.
-    pub chunk_delay_ms: u64,
-}
-
-/// `provider.*`
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct ProviderSettings {
-    /// `provider.kind`
-    pub kind: ProviderKind,
-    /// `provider.builtin.*`
-    pub builtin: BuiltinProviderSettings,
-}
-
 /// `log.format`
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]

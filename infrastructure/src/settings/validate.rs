@@ -57,10 +57,10 @@ impl Settings {
             return Err(SettingsError::invalid("database.max_connections", "must be at least 1"));
         }
         if self.provider.kind == ProviderKind::Openai {
-            return Err(SettingsError::invalid(
-                "provider.kind",
-                "`openai` is not available in this build yet; use `builtin`",
-            ));
+            self.provider
+                .openai
+                .check()
+                .map_err(|(key, message)| SettingsError::invalid(key, message))?;
         }
         Ok(())
     }

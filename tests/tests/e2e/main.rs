@@ -29,6 +29,7 @@ mod limiter_actor;
 mod limiter_faults;
 mod limiter_http;
 mod migrations;
+mod openai_provider;
 mod ownership;
 mod sessions;
 mod shutdown;

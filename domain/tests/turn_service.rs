@@ -1,0 +1,246 @@
+//! `TurnService` with in-memory fakes: the order of work and the ways a
+//! turn ends, without a database or a server. Time is paused and moved by
+//! tokio, never slept through.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use pantheon_domain::limiter::{
+    Decision, Denial, Fallback, HandleOptions, LimiterCommand, Limits, Mode, Window, WindowUsage,
+    limiter_channel,
+};
+use pantheon_domain::ports::{
+    ModelProvider, ReplyEvent, ReplyRequest, ReplyStream, TurnRepository, TurnStart,
+};
+use pantheon_domain::turn::TurnEnd;
+use pantheon_domain::{
+    Caller, FinishReason, NewTurn, Page, PageRequest, ProviderError, SessionId, StorageError,
+    SystemClock, Turn, TurnError, TurnId, TurnPolicy, TurnService, TurnStatus, UserId,
+};
+
+/// Turns in memory, every call counted.
+#[derive(Debug, Default)]
+struct FakeTurns {
+    owner: Mutex<HashMap<SessionId, UserId>>,
+    turns: Mutex<HashMap<TurnId, Turn>>,
+    calls: AtomicUsize,
+}
+
+#[async_trait]
+impl TurnRepository for FakeTurns {
+    async fn begin(&self, start: TurnStart<'_>) -> Result<Option<Turn>, StorageError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.owner.lock().unwrap().get(&start.session_id) != Some(start.user) {
+            return Ok(None);
+        }
+        let turn = Turn {
+            id: start.turn_id,
+            session_id: start.session_id,
+            seq: self.turns.lock().unwrap().len() as i64 + 1,
+            input: start.input.to_owned(),
+            output: String::new(),
+            status: TurnStatus::InProgress,
+            finish_reason: None,
+            usage: None,
+            error: None,
+            created_at: start.now,
+            completed_at: None,
+        };
+        self.turns.lock().unwrap().insert(turn.id, turn.clone());
+        Ok(Some(turn))
+    }
+
+    async fn finish(&self, id: TurnId, end: TurnEnd) -> Result<Turn, StorageError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let mut turns = self.turns.lock().unwrap();
+        let turn = turns.get_mut(&id).ok_or_else(|| StorageError::Other("gone".into()))?;
+        turn.output = end.output;
+        turn.status = end.status;
+        turn.finish_reason = Some(end.finish_reason);
+        turn.usage = end.usage;
+        turn.error = end.error;
+        turn.completed_at = Some(end.completed_at);
+        Ok(turn.clone())
+    }
+
+    async fn expire_stale(&self, _: DateTime<Utc>, _: DateTime<Utc>) -> Result<u64, StorageError> {
+        Ok(0)
+    }
+
+    async fn list(
+        &self,
+        _: &UserId,
+        _: SessionId,
+        _: PageRequest<i64>,
+    ) -> Result<Option<Page<Turn>>, StorageError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Ok(None)
+    }
+
+    async fn get(
+        &self,
+        _: &UserId,
+        _: SessionId,
+        id: TurnId,
+    ) -> Result<Option<Turn>, StorageError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Ok(self.turns.lock().unwrap().get(&id).cloned())
+    }
+
+    async fn completed_before(
+        &self,
+        _: SessionId,
+        _: i64,
+        _: usize,
+    ) -> Result<Vec<Turn>, StorageError> {
+        Ok(Vec::new())
+    }
+}
+
+/// Replies `chunks` words, pausing `delay` before each.
+#[derive(Debug)]
+struct SlowProvider {
+    chunks: usize,
+    delay: Duration,
+}
+
+#[async_trait]
+impl ModelProvider for SlowProvider {
+    async fn reply(&self, _: ReplyRequest) -> Result<ReplyStream, ProviderError> {
+        let delay = self.delay;
+        let deltas = futures::stream::iter(0..self.chunks).then(move |i| async move {
+            tokio::time::sleep(delay).await;
+            Ok(ReplyEvent::Delta(format!("w{i} ")))
+        });
+        let done = futures::stream::once(async {
+            Ok(ReplyEvent::Finished { finish_reason: FinishReason::Stop, usage: None })
+        });
+        Ok(deltas.chain(done).boxed())
+    }
+}
+
+const LIMITS: Limits = Limits { per_minute: 1, per_hour: 1 };
+
+fn caller() -> Caller {
+    Caller { user: UserId::parse("alice").unwrap(), tier: None, limits: LIMITS }
+}
+
+/// A ten-line limiter over the real protocol, answering every check alike.
+fn fake_limiter(answer: Decision) -> pantheon_domain::limiter::LimiterHandle {
+    let options = HandleOptions {
+        fallback: Fallback::Allow,
+        mode: Mode::Enforce,
+        wait: Duration::from_secs(1),
+    };
+    let (handle, mut mailbox, _) = limiter_channel(8, options);
+    tokio::spawn(async move {
+        while let Some(command) = mailbox.recv().await {
+            if let LimiterCommand::Check { respond_to, .. } = command {
+                let _ = respond_to.send(answer.clone());
+            }
+        }
+    });
+    handle
+}
+
+fn service(
+    turns: Arc<FakeTurns>,
+    provider: SlowProvider,
+    max: Duration,
+    limiter: Option<Decision>,
+) -> (TurnService, SessionId) {
+    let session = SessionId::new();
+    turns.owner.lock().unwrap().insert(session, caller().user);
+    let limiter = limiter.map(fake_limiter);
+    let policy = TurnPolicy { max_duration: max };
+    (TurnService::new(turns, Arc::new(provider), Arc::new(SystemClock), policy, limiter), session)
+}
+
+fn input() -> NewTurn {
+    NewTurn::parse("hello".into(), 100).unwrap()
+}
+
+#[tokio::test]
+async fn a_refused_turn_never_reaches_the_repository() {
+    let usage = [Window::Minute, Window::Hour].map(|window| WindowUsage {
+        window,
+        limit: 1,
+        remaining: 0,
+        reset_ms: 1_000,
+    });
+    let denial = Denial {
+        limits: LIMITS,
+        usage,
+        violated: vec![Window::Minute],
+        retry_at_ms: 1_000,
+        binding: Window::Minute,
+        now_ms: 0,
+    };
+    let turns = Arc::new(FakeTurns::default());
+    let provider = SlowProvider { chunks: 1, delay: Duration::ZERO };
+    let (service, _) =
+        service(turns.clone(), provider, Duration::from_secs(5), Some(Decision::Limited(denial)));
+    let result = service.submit(&caller(), SessionId::new(), input()).await;
+    assert!(matches!(result, Err(TurnError::RateLimited(_))), "{result:?}");
+    assert_eq!(
+        turns.calls.load(Ordering::SeqCst),
+        0,
+        "no repository call before the limiter says yes"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reply_slower_than_the_maximum_duration_fails_with_its_partial_output() {
+    let turns = Arc::new(FakeTurns::default());
+    let provider = SlowProvider { chunks: 10, delay: Duration::from_secs(1) };
+    let (service, session) = service(turns, provider, Duration::from_millis(3_500), None);
+    match service.submit(&caller(), session, input()).await {
+        Err(TurnError::Provider { turn, source: ProviderError::Timeout }) => {
+            assert_eq!(turn.status, TurnStatus::Failed);
+            assert_eq!(turn.output, "w0 w1 w2 ", "what came before the deadline is kept");
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn drain_lets_short_turns_finish_and_ends_long_ones_incomplete() {
+    let turns = Arc::new(FakeTurns::default());
+    let provider = SlowProvider { chunks: 100, delay: Duration::from_secs(1) };
+    let (service, session) = service(turns, provider, Duration::from_secs(3_600), None);
+    let run = service.start(&caller(), session, input()).await.unwrap();
+    service.drain(Duration::from_secs(5)).await;
+    match run.outcome().await {
+        Err(TurnError::Interrupted { turn }) => {
+            assert_eq!(turn.status, TurnStatus::Incomplete);
+            assert!(turn.output.starts_with("w0 w1 w2 w3 "), "{}", turn.output);
+        }
+        other => panic!("expected an interrupted turn, got {other:?}"),
+    }
+    let late = service.start(&caller(), session, input()).await;
+    assert!(matches!(late, Err(TurnError::ShuttingDown)), "no new turns while draining");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_run_persists_its_partial_output_as_cancelled() {
+    let turns = Arc::new(FakeTurns::default());
+    let provider = SlowProvider { chunks: 100, delay: Duration::from_secs(1) };
+    let (service, session) = service(turns.clone(), provider, Duration::from_secs(3_600), None);
+    let mut run = service.start(&caller(), session, input()).await.unwrap();
+    let id = run.turn.id;
+    for _ in 0..2 {
+        run.events.recv().await.unwrap();
+    }
+    run.canceller().cancel();
+    let ended = run.outcome().await.unwrap();
+    assert_eq!(ended.status, TurnStatus::Cancelled);
+    assert_eq!(ended.output, "w0 w1 ");
+    assert_eq!(turns.turns.lock().unwrap()[&id].status, TurnStatus::Cancelled);
+}

@@ -1,0 +1,170 @@
+//! The `openai` provider: any OpenAI-compatible `/chat/completions` upstream
+//! (OpenAI itself, vLLM, Ollama, LiteLLM…), asked with `stream: true`.
+//!
+//! Why it is built this way:
+//! - one [`reqwest::Client`] — one connection pool — for the process, made
+//!   once at wiring and shared by every turn;
+//! - every wait is bounded: connecting (`connect_timeout_ms`), the response
+//!   head (`first_byte_timeout_ms`), each silence in the body
+//!   (`idle_timeout_ms`); the whole reply by `turns.max_duration_secs` in
+//!   the domain;
+//! - what goes wrong before the body starts is returned by
+//!   [`ModelProvider::reply`] (its own status: `502`, `503` or `504`); what
+//!   goes wrong later is an `Err` item of the stream ([`stream`]);
+//! - the returned stream owns the response: dropping it (a cancelled turn)
+//!   drops the connection, and nothing goes on reading in the background;
+//! - the API key only ever travels as a header marked sensitive, and
+//!   upstream text that reaches a log has it scrubbed ([`failure`]).
+
+mod failure;
+mod stream;
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pantheon_domain::ProviderError;
+use pantheon_domain::ports::{ModelProvider, ReplyRequest, ReplyStream};
+use reqwest::header::{self, HeaderValue};
+use reqwest::{Client, Url};
+use serde::Serialize;
+
+use crate::settings::{OpenAiProviderSettings, SettingsError};
+use failure::Secret;
+
+/// How long idle pooled connections are kept for the next turn.
+const POOL_IDLE: Duration = Duration::from_secs(60);
+
+/// An OpenAI-compatible upstream.
+#[derive(Debug, Clone)]
+pub struct OpenAiProvider {
+    client: Client,
+    endpoint: Url,
+    api_key: Option<Secret>,
+    model: String,
+    system_prompt: Option<String>,
+    context_turns: usize,
+    first_byte_timeout: Duration,
+    idle_timeout: Duration,
+    max_output_tokens: Option<u32>,
+}
+
+impl OpenAiProvider {
+    /// The provider for validated settings, with its HTTP client.
+    ///
+    /// # Errors
+    /// [`SettingsError`] naming the key when a setting cannot be used or the
+    /// client cannot be built (no TLS backend).
+    pub fn new(settings: &OpenAiProviderSettings) -> Result<Self, SettingsError> {
+        let invalid =
+            |key: &str, message: String| SettingsError::Invalid { key: key.to_owned(), message };
+        let endpoint =
+            settings.chat_completions_url().map_err(|m| invalid("provider.openai.base_url", m))?;
+        let model = settings.model.clone().filter(|m| !m.trim().is_empty()).ok_or_else(|| {
+            invalid("provider.openai.model", "is required when provider.kind = openai".into())
+        })?;
+        let api_key = match settings.api_key.clone() {
+            None => None,
+            Some(key) => Some(Secret::new(key).ok_or_else(|| {
+                invalid("provider.openai.api_key", "cannot be sent as a header".into())
+            })?),
+        };
+        let client = Client::builder()
+            .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
+            .pool_idle_timeout(POOL_IDLE)
+            .user_agent(concat!("pantheon/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| {
+                invalid("provider.openai", format!("cannot build the HTTP client: {e}"))
+            })?;
+        Ok(Self {
+            client,
+            endpoint,
+            api_key,
+            model,
+            system_prompt: settings.system_prompt.clone().filter(|p| !p.trim().is_empty()),
+            context_turns: settings.context_turns,
+            first_byte_timeout: Duration::from_millis(settings.first_byte_timeout_ms),
+            idle_timeout: Duration::from_millis(settings.idle_timeout_ms),
+            max_output_tokens: settings.max_output_tokens,
+        })
+    }
+
+    /// The request body: system prompt, history pairs, then the new input.
+    fn body<'a>(&'a self, request: &'a ReplyRequest) -> ChatRequest<'a> {
+        let mut messages = Vec::with_capacity(2 + 2 * request.history.len());
+        if let Some(prompt) = &self.system_prompt {
+            messages.push(Message { role: "system", content: prompt });
+        }
+        for (input, output) in &request.history {
+            messages.push(Message { role: "user", content: input });
+            messages.push(Message { role: "assistant", content: output });
+        }
+        messages.push(Message { role: "user", content: &request.input });
+        ChatRequest {
+            model: &self.model,
+            messages,
+            stream: true,
+            stream_options: StreamOptions { include_usage: true },
+            max_tokens: self.max_output_tokens,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct ChatRequest<'a> {
+    model: &'a str,
+    messages: Vec<Message<'a>>,
+    stream: bool,
+    stream_options: StreamOptions,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+struct Message<'a> {
+    role: &'static str,
+    content: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+struct StreamOptions {
+    include_usage: bool,
+}
+
+#[async_trait]
+impl ModelProvider for OpenAiProvider {
+    async fn reply(&self, request: ReplyRequest) -> Result<ReplyStream, ProviderError> {
+        tracing::debug!(
+            model = %self.model,
+            history = request.history.len(),
+            "opening an upstream reply"
+        );
+        let mut call = self
+            .client
+            .post(self.endpoint.clone())
+            .header(header::ACCEPT, HeaderValue::from_static("text/event-stream"))
+            .json(&self.body(&request));
+        if let Some(key) = &self.api_key {
+            call = call.header(header::AUTHORIZATION, key.bearer());
+        }
+        // Connecting counts in the first-byte wait (and is bounded on its own
+        // by `connect_timeout_ms` inside the client).
+        let response = match tokio::time::timeout(self.first_byte_timeout, call.send()).await {
+            Err(_) => return Err(ProviderError::Timeout),
+            Ok(Err(error)) => return Err(failure::transport(&error)),
+            Ok(Ok(response)) => response,
+        };
+        tracing::debug!(status = response.status().as_u16(), "upstream answered");
+        if !response.status().is_success() {
+            return Err(failure::refusal(response, self.api_key.as_ref(), self.idle_timeout).await);
+        }
+        failure::expect_event_stream(&response)?;
+        Ok(stream::replies(response, self.idle_timeout, self.api_key.clone()))
+    }
+
+    fn context_turns(&self) -> usize {
+        self.context_turns
+    }
+}

@@ -1,6 +1,7 @@
 //! Logging: the subscriber set up once in `main`, and the per-request span
 //! and line (method, route, status, latency, request id).
 
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use axum::extract::{MatchedPath, Request};
@@ -12,13 +13,17 @@ use tracing::Span;
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber from `log.level` and `log.format`.
+/// Colours only on a terminal: escape codes in a log file or a collector's
+/// pipe are noise to read and bytes to write on every request line.
 ///
 /// # Errors
 /// A message naming `log.level` when it is not a valid filter.
 pub fn init(settings: &Settings) -> Result<(), String> {
     let filter = EnvFilter::try_new(&settings.log.level)
         .map_err(|e| format!("configuration error: log.level: {e}"))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal());
     let result = match settings.log_format() {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Pretty => builder.compact().try_init(),

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use sea_orm::sqlx::postgres::PgSslMode;
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
 
@@ -19,7 +20,14 @@ pub fn is_sqlite(url: &str) -> bool {
 ///   costs a round trip per statement group); only connections idle for 30 s
 ///   are pinged, which is when a server or proxy may have dropped them;
 /// - SQLite in WAL mode with a busy timeout, so concurrent turns queue for
-///   the write lock instead of failing with `database is locked`.
+///   the write lock instead of failing with `database is locked`;
+/// - PostgreSQL on a loopback host without TLS unless the URL (or
+///   `PGSSLMODE`) names an `sslmode`: the default, `prefer`, encrypts
+///   opportunistically and verifies nothing, so on loopback it protects
+///   nothing, while its rustls (ours) and OpenSSL (the server's) cost CPU
+///   on both sides: without it, JSON turns ran 12 % faster there
+///   (`bench/RESULTS.md`). A mode the URL or `PGSSLMODE` names, `prefer`
+///   included, is always kept.
 ///
 /// # Errors
 /// [`DbErr`] when the database cannot be reached.
@@ -42,8 +50,30 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, 
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true)
         });
+    } else if !names_ssl_mode(&settings.url) && std::env::var_os("PGSSLMODE").is_none() {
+        options.map_sqlx_postgres_opts(|o| {
+            if is_loopback_host(o.get_host()) { o.ssl_mode(PgSslMode::Disable) } else { o }
+        });
     }
     Database::connect(options).await
+}
+
+/// Whether a PostgreSQL URL sets the TLS mode itself (`sslmode` or sqlx's
+/// `ssl-mode` query parameter).
+fn names_ssl_mode(url: &str) -> bool {
+    url.split_once('?').is_some_and(|(_, query)| {
+        query
+            .split('&')
+            .filter_map(|pair| pair.split('=').next())
+            .any(|key| key.eq_ignore_ascii_case("sslmode") || key.eq_ignore_ascii_case("ssl-mode"))
+    })
+}
+
+/// `localhost`, `127.0.0.0/8` or `::1`.
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Answers readiness: can the database be reached right now?
@@ -62,5 +92,29 @@ impl DatabaseProbe {
     /// promptly even when the database hangs.
     pub async fn is_reachable(&self) -> bool {
         matches!(tokio::time::timeout(Duration::from_secs(1), self.db.ping()).await, Ok(Ok(())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{is_loopback_host, names_ssl_mode};
+
+    #[test]
+    fn an_ssl_mode_in_the_url_is_seen() {
+        assert!(names_ssl_mode("postgres://u@127.0.0.1/db?sslmode=require"));
+        assert!(names_ssl_mode("postgres://u@localhost/db?application_name=x&ssl-mode=prefer"));
+        assert!(names_ssl_mode("postgres://u@localhost/db?SSLMODE=verify-full"));
+        assert!(!names_ssl_mode("postgres://u@127.0.0.1:5432/db"));
+        assert!(!names_ssl_mode("postgres://u@127.0.0.1/db?application_name=sslmode"));
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        for host in ["127.0.0.1", "127.0.1.7", "localhost", "LocalHost", "::1", "[::1]"] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in ["10.0.0.5", "db.internal", "/var/run/postgresql", "::ffff:10.0.0.1"] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
     }
 }

@@ -3,7 +3,8 @@
 //! counters.
 //!
 //! It never waits for one check before taking the next: each turn of the
-//! loop drains the mailbox, answers what it can locally (cache, in-process
+//! loop drains the mailbox (after one scheduler pass, so callers that are
+//! ready add theirs), answers what it can locally (cache, in-process
 //! backend, degraded fallback), and sends the rest as one pipeline, with up
 //! to [`MAX_IN_FLIGHT`] pipelines outstanding.
 
@@ -121,6 +122,7 @@ impl LimiterActor {
                     if n == 0 {
                         break;
                     }
+                    self.gather(&mut batch).await;
                     let remote = self.answer_locally(batch.drain(..));
                     if let Some(future) = self.send(remote) {
                         in_flight.push(future);
@@ -140,6 +142,24 @@ impl LimiterActor {
         // Answer what is still in flight before leaving.
         while let Some((batch, outcome)) = in_flight.next().await {
             self.settle(batch, outcome);
+        }
+    }
+
+    /// Lets the callers that are ready to run send their checks too before a
+    /// batch goes out: one scheduler pass, no timer, so a busy instance sends
+    /// fewer, larger pipelines and an idle one is not slowed.
+    async fn gather(&mut self, batch: &mut Vec<LimiterCommand>) {
+        let remote =
+            self.redis.as_ref().is_some_and(|r| !r.health.is_degraded() && r.conn.is_some());
+        if !remote || batch.len() >= MAX_BATCH {
+            return;
+        }
+        tokio::task::yield_now().await;
+        while batch.len() < MAX_BATCH {
+            match self.mailbox.try_recv() {
+                Ok(command) => batch.push(command),
+                Err(_) => break,
+            }
         }
     }
 

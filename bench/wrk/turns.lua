@@ -1,0 +1,68 @@
+-- JSON turns from many users: each request is the next `token session` line
+-- of the users file (one session per user), so every request is a turn of a
+-- distinct user until the file wraps around. wrk's threads start at
+-- different offsets of the file.
+--
+-- wrk -t2 -c64 -d20s --latency -s bench/wrk/turns.lua http://127.0.0.1:PORT -- USERS_FILE [INPUT]
+-- Ends with two machine-readable lines: RESULT requests=… rps=… p50_us=… …
+-- and QUANTILES (the latency distribution).
+
+local threads = {}
+
+function setup(thread)
+  table.insert(threads, thread)
+  thread:set("thread_index", #threads)
+end
+
+local requests = {}
+local next_index = 1
+
+function init(args)
+  local file = args[1] or error("usage: -- USERS_FILE [INPUT]")
+  local input = args[2] or "Hello, Pantheon benchmark"
+  local body = '{"input":"' .. input .. '"}'
+  for line in io.lines(file) do
+    local token, session = line:match("^(%S+)%s+(%S+)")
+    if token then
+      requests[#requests + 1] = wrk.format("POST", "/api/v1/sessions/" .. session .. "/turns", {
+        ["Authorization"] = "Bearer " .. token,
+        ["Content-Type"] = "application/json",
+      }, body)
+    end
+  end
+  if #requests == 0 then error(file .. ": no `token session` lines") end
+  -- Spread the threads over the file.
+  next_index = ((thread_index or 1) - 1) * math.floor(#requests / 2) % #requests + 1
+end
+
+function request()
+  local r = requests[next_index]
+  next_index = next_index % #requests + 1
+  return r
+end
+
+-- The latency distribution as percentile:microseconds points (every 0.5 %
+-- to 97 %, every 0.1 % to 99.9 %, then the maximum), so bench/run.sh can
+-- merge the rounds of a scenario into one distribution.
+local function quantiles(latency)
+  local points = {}
+  for i = 1, 194 do points[#points + 1] = i * 0.5 end
+  for i = 1, 29 do points[#points + 1] = 97 + i * 0.1 end
+  local parts = {}
+  for _, p in ipairs(points) do
+    parts[#parts + 1] = string.format("%.1f:%d", p, latency:percentile(p))
+  end
+  -- percentile(100) is not the maximum in wrk 4.1 (it answers 0).
+  parts[#parts + 1] = string.format("100.0:%d", latency.max)
+  return table.concat(parts, " ")
+end
+
+function done(summary, latency, _)
+  local e = summary.errors
+  local secs = summary.duration / 1e6
+  io.write(string.format(
+    "RESULT requests=%d duration_s=%.3f rps=%.1f p50_us=%d p99_us=%d status_errors=%d socket_errors=%d\n",
+    summary.requests, secs, summary.requests / secs, latency:percentile(50), latency:percentile(99),
+    e.status, e.connect + e.read + e.write + e.timeout))
+  io.write("QUANTILES " .. quantiles(latency) .. "\n")
+end

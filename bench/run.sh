@@ -9,9 +9,10 @@
 #   bench/run.sh --quick    # a smoke test (3 s per scenario)
 #
 # Environment (all optional): BENCH_DURATION (seconds per scenario),
-# BENCH_DB (default pantheon_bench; dropped and recreated), BENCH_LOG_LEVEL
-# (the servers' log.level, default info), BENCH_KEEP=1 keeps the work
-# directory (server logs, wrk outputs, users files).
+# BENCH_DB (default pantheon_bench; created afresh, dropped after a
+# successful run), BENCH_LOG_LEVEL (the servers' log.level, default info),
+# BENCH_KEEP=1 keeps the work directory (server logs, wrk outputs, users
+# files) and the database.
 #
 # Scenarios compared by a budget ratio (A, B, D; the two halves of C) are
 # measured in interleaved rounds of 5 s against servers running side by
@@ -29,7 +30,7 @@ QUICK=0
 for arg in "$@"; do
   case "$arg" in
     --quick) QUICK=1 ;;
-    -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "bench: unknown argument $arg" >&2; exit 2 ;;
   esac
 done
@@ -90,6 +91,7 @@ cleanup() {
   stop_redis doomed
   if [ "$OK" = 1 ] && [ -z "${BENCH_KEEP:-}" ]; then
     rm -rf "$WORK"
+    psql_admin -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" 2>/dev/null || true
   else
     log "work directory kept: $WORK"
   fi
@@ -125,6 +127,9 @@ done
 hard=$(ulimit -Hn)
 if [ "$hard" = unlimited ]; then ulimit -n 65536; else ulimit -n "$hard"; fi
 [ "$(ulimit -n)" -ge 8192 ] || die "ulimit -n is $(ulimit -n); the SSE scenario needs at least 8192"
+
+# Other work on the machine skews every figure: the load average is reported.
+LOAD_START=$(cut -d' ' -f1 /proc/loadavg)
 
 # --- the bench's own Redis servers and database -----------------------------
 
@@ -421,7 +426,7 @@ verdict() { if awk "BEGIN { exit !($1) }"; then echo met; else echo "**missed**"
 echo
 echo "### Scenarios"
 echo
-echo "$(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD 2>/dev/null || echo ' + uncommitted changes'), $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo); \`bench/run.sh$([ "$QUICK" = 1 ] && echo ' --quick')\`: wrk -t2 -c$CONNECTIONS, $ROUNDS round(s) of ${ROUND} s per scenario after a ${WARMUP} s warm-up, log.level $LOG_LEVEL."
+echo "$(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD 2>/dev/null || echo ' + uncommitted changes'), $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo); \`bench/run.sh$([ "$QUICK" = 1 ] && echo ' --quick')\`: wrk -t2 -c$CONNECTIONS, $ROUNDS round(s) of ${ROUND} s per scenario after a ${WARMUP} s warm-up, log.level $LOG_LEVEL; 1-minute load average ${LOAD_START} before the scenarios, $(cut -d' ' -f1 /proc/loadavg) after."
 echo
 echo "| scenario | rate | p50 | p99 | errors | RSS after | peak RSS | notes |"
 echo "|---|---:|---:|---:|---:|---:|---:|---|"

@@ -9,6 +9,7 @@ pub mod db;
 pub mod fake_openai;
 pub mod headers;
 pub mod limiter;
+pub mod logs;
 pub mod redis_server;
 pub mod sse;
 

@@ -1,9 +1,11 @@
 //! [`TurnRepository`] on SeaORM.
 //!
-//! A JSON turn costs three statements and two commits: the `seq` bump (which
-//! also checks ownership) and the insert in one transaction, then one update
-//! with the outcome. A provider that wants history (`context_turns > 0`)
-//! adds one indexed read.
+//! A JSON turn costs two statements and two commits on PostgreSQL: one
+//! statement bumps the session's `seq` (checking ownership) and inserts the
+//! turn, then one update writes the outcome. SQLite cannot put an `UPDATE`
+//! in a `WITH`, so there the bump and the insert are two statements in one
+//! transaction. A provider that wants history (`context_turns > 0`) adds one
+//! indexed read.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -13,10 +15,10 @@ use pantheon_domain::{
     FinishReason, Page, PageRequest, SessionId, StorageError, Turn, TurnFailure, TurnId,
     TurnStatus, Usage, UserId,
 };
-use sea_orm::sea_query::{Expr, ExprTrait, Query};
+use sea_orm::sea_query::{Alias, CommonTableExpression, Expr, ExprTrait, Query, WithClause};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
+    IdenStatic, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
 };
 
 use super::entity::{session, turn};
@@ -70,13 +72,89 @@ fn turn_from_row(row: turn::Model) -> Result<Turn, StorageError> {
     })
 }
 
-#[async_trait]
-impl TurnRepository for SeaOrmTurnRepository {
-    async fn begin(&self, start: TurnStart<'_>) -> Result<Option<Turn>, StorageError> {
+/// The turn [`TurnRepository::begin`] committed, as it reads back.
+fn new_turn(start: &TurnStart<'_>, seq: i64) -> Turn {
+    Turn {
+        id: start.turn_id,
+        session_id: start.session_id,
+        seq,
+        input: start.input.to_owned(),
+        output: String::new(),
+        status: TurnStatus::InProgress,
+        finish_reason: None,
+        usage: None,
+        error: None,
+        created_at: start.now,
+        completed_at: None,
+    }
+}
+
+impl SeaOrmTurnRepository {
+    /// PostgreSQL: one statement, so one round trip and an implicit
+    /// transaction instead of four round trips (`BEGIN`, bump, insert,
+    /// `COMMIT`): this is the work between a streaming request and its first
+    /// event (`bench/RESULTS.md`, scenario E).
+    ///
+    /// ```sql
+    /// WITH bumped AS (UPDATE sessions SET turn_count = turn_count + 1, …
+    ///                 WHERE id = $s AND user_id = $u RETURNING turn_count)
+    /// INSERT INTO turns (…) SELECT $id, $s, turn_count, … FROM bumped RETURNING seq
+    /// ```
+    ///
+    /// The `UPDATE`'s row lock serializes concurrent turns of one session
+    /// exactly as the transaction does, so seqs stay gap-free and unique
+    /// without retries (SPEC §7); no row from `bumped` means not the caller's
+    /// session, and nothing is inserted.
+    async fn bump_and_insert(&self, start: &TurnStart<'_>) -> Result<Option<i64>, StorageError> {
+        let bumped = Alias::new("bumped");
+        let bump = Query::update()
+            .table(session::Entity)
+            .value(session::Column::TurnCount, Expr::col(session::Column::TurnCount).add(1))
+            .value(session::Column::UpdatedAt, start.now)
+            .and_where(session::Column::Id.eq(start.session_id.as_uuid()))
+            .and_where(session::Column::UserId.eq(start.user.as_str()))
+            .returning_col(session::Column::TurnCount)
+            .to_owned();
+        let row = Query::select()
+            .expr(Expr::val(start.turn_id.as_uuid()))
+            .expr(Expr::val(start.session_id.as_uuid()))
+            .column(session::Column::TurnCount)
+            .expr(Expr::val(start.input))
+            .expr(Expr::val(""))
+            .expr(Expr::val(TurnStatus::InProgress.as_str()))
+            .expr(Expr::val(start.now))
+            .from(bumped.clone())
+            .to_owned();
+        let insert = Query::insert()
+            .into_table(turn::Entity)
+            .columns([
+                turn::Column::Id,
+                turn::Column::SessionId,
+                turn::Column::Seq,
+                turn::Column::Input,
+                turn::Column::Output,
+                turn::Column::Status,
+                turn::Column::CreatedAt,
+            ])
+            .select_from(row)
+            .map_err(|e| StorageError::Other(format!("building the turn insert: {e}")))?
+            .returning_col(turn::Column::Seq)
+            .with_cte(
+                WithClause::new()
+                    .cte(CommonTableExpression::new().query(bump).table_name(bumped).to_owned())
+                    .to_owned(),
+            )
+            .to_owned();
+        let Some(row) = self.db.query_one(&insert).await.map_err(storage)? else {
+            return Ok(None);
+        };
+        row.try_get::<i64>("", turn::Column::Seq.as_str()).map(Some).map_err(storage)
+    }
+
+    /// SQLite (no DML in a `WITH`): the bump, whose write lock serializes
+    /// concurrent turns of one session, then the insert, in one transaction.
+    async fn bump_then_insert(&self, start: &TurnStart<'_>) -> Result<Option<i64>, StorageError> {
         let txn = self.db.begin().await.map_err(storage)?;
-        // One statement checks ownership and allocates the seq: the row lock
-        // it takes serializes concurrent turns of one session, so seqs are
-        // gap-free and unique without retries (SPEC §7).
         let bumped = session::Entity::update_many()
             .col_expr(session::Column::TurnCount, Expr::col(session::Column::TurnCount).add(1))
             .col_expr(session::Column::UpdatedAt, Expr::value(start.now))
@@ -89,28 +167,31 @@ impl TurnRepository for SeaOrmTurnRepository {
             txn.rollback().await.map_err(storage)?;
             return Ok(None);
         };
-        let row = turn::Model {
-            id: start.turn_id.as_uuid(),
-            session_id: start.session_id.as_uuid(),
-            seq: session.turn_count,
-            input: start.input.to_owned(),
-            output: String::new(),
-            status: TurnStatus::InProgress.as_str().to_owned(),
-            finish_reason: None,
-            input_tokens: None,
-            output_tokens: None,
-            total_tokens: None,
-            error_code: None,
-            error_detail: None,
-            created_at: start.now,
-            completed_at: None,
+        let row = turn::ActiveModel {
+            id: Set(start.turn_id.as_uuid()),
+            session_id: Set(start.session_id.as_uuid()),
+            seq: Set(session.turn_count),
+            input: Set(start.input.to_owned()),
+            output: Set(String::new()),
+            status: Set(TurnStatus::InProgress.as_str().to_owned()),
+            created_at: Set(start.now),
+            ..Default::default()
         };
-        turn::Entity::insert(turn::ActiveModel::from(row.clone()))
-            .exec_without_returning(&txn)
-            .await
-            .map_err(storage)?;
+        turn::Entity::insert(row).exec_without_returning(&txn).await.map_err(storage)?;
         txn.commit().await.map_err(storage)?;
-        turn_from_row(row).map(Some)
+        Ok(Some(session.turn_count))
+    }
+}
+
+#[async_trait]
+impl TurnRepository for SeaOrmTurnRepository {
+    async fn begin(&self, start: TurnStart<'_>) -> Result<Option<Turn>, StorageError> {
+        let seq = if self.db.get_database_backend() == DbBackend::Postgres {
+            self.bump_and_insert(&start).await?
+        } else {
+            self.bump_then_insert(&start).await?
+        };
+        Ok(seq.map(|seq| new_turn(&start, seq)))
     }
 
     async fn finish(&self, id: TurnId, end: TurnEnd) -> Result<Turn, StorageError> {

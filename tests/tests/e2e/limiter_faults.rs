@@ -4,12 +4,13 @@
 //! a Redis call. Each test runs a `redis-server` of its own.
 
 use std::cell::RefCell;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pantheon_domain::ManualClock;
 use pantheon_infrastructure::Settings;
 use pantheon_infrastructure::settings::Fallback;
+use pantheon_tests::logs::LogCapture;
 use pantheon_tests::redis_server::{RedisServer, refused_url};
 use pantheon_tests::{Backend, TestApp, expect_json, spawn_app_with_clock};
 use reqwest::Response;
@@ -94,46 +95,16 @@ async fn redis_down_at_boot_starts_degraded_and_turns_succeed() {
     assert_eq!(app.count("turns").await, 1);
 }
 
-/// Log lines written by the subscriber of one test's runtime.
-#[derive(Debug, Clone, Default)]
-struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for CapturedLogs {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl CapturedLogs {
-    /// The captured lines that contain `needle`.
-    fn lines_with(&self, needle: &str) -> Vec<String> {
-        let text = String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned();
-        text.lines().filter(|line| line.contains(needle)).map(str::to_owned).collect()
-    }
-}
-
 thread_local! {
     static LOG_GUARD: RefCell<Option<tracing::dispatcher::DefaultGuard>> = const { RefCell::new(None) };
 }
 
-/// A runtime whose threads (and only those) log into `logs`: the subscriber
-/// is each thread's default, not the global one, so tests running in
-/// parallel in this binary neither add lines here nor see these.
-fn runtime_logging_into(logs: &CapturedLogs) -> (tokio::runtime::Runtime, tracing::Dispatch) {
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter("warn,pantheon_infrastructure::limiter=info")
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let dispatch = tracing::Dispatch::new(subscriber);
-    let for_threads = dispatch.clone();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+/// A runtime whose threads (and only those) log into `capture`: the
+/// subscriber is each thread's default, not the global one, so tests running
+/// in parallel in this binary neither add lines here nor see these.
+fn runtime_logging_into(capture: &LogCapture) -> tokio::runtime::Runtime {
+    let for_threads = capture.dispatch.clone();
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .on_thread_start(move || {
@@ -142,8 +113,7 @@ fn runtime_logging_into(logs: &CapturedLogs) -> (tokio::runtime::Runtime, tracin
         })
         .on_thread_stop(|| LOG_GUARD.with(|slot| drop(slot.borrow_mut().take())))
         .build()
-        .unwrap();
-    (runtime, dispatch)
+        .unwrap()
 }
 
 /// Redis dying under a running Pantheon: turns keep being admitted, readiness
@@ -151,9 +121,10 @@ fn runtime_logging_into(logs: &CapturedLogs) -> (tokio::runtime::Runtime, tracin
 /// back the limiter recovers on its own and limits again.
 #[test]
 fn redis_killed_mid_test_turns_still_succeed_and_warn_once() {
-    let logs = CapturedLogs::default();
-    let (runtime, dispatch) = runtime_logging_into(&logs);
-    let _guard = tracing::dispatcher::set_default(&dispatch);
+    let capture = LogCapture::new("warn,pantheon_infrastructure::limiter=info");
+    let runtime = runtime_logging_into(&capture);
+    let _guard = tracing::dispatcher::set_default(&capture.dispatch);
+    let logs = &capture.logs;
     runtime.block_on(async {
         let mut redis = RedisServer::start();
         let app = spawn(redis.url(), |s| s.rate_limit.per_minute = 3).await;

@@ -3,7 +3,6 @@
 //! and after the first byte, cancellation reaching the upstream, and the API
 //! key kept out of every log line.
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -12,6 +11,7 @@ use pantheon_infrastructure::settings::{OnDisconnect, ProviderKind};
 use pantheon_tests::fake_openai::{
     Answer, FakeOpenAi, Step, delta, done, error_line, finish, reply, status,
 };
+use pantheon_tests::logs::LogCapture;
 use pantheon_tests::sse::parse_raw;
 use pantheon_tests::{Backend, TestApp, expect_json, expect_problem, spawn_app_with};
 use reqwest::Method;
@@ -261,20 +261,6 @@ async fn the_upstream_sees_its_connection_closed_when_a_stream_client_leaves_wit
     assert_eq!((&ended["status"], &ended["output"]), (&json!("cancelled"), &json!("partial")));
 }
 
-/// Log output kept in memory.
-#[derive(Debug, Clone, Default)]
-struct LogSink(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogSink {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().write(bytes)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Every turn path that meets the key — success, a refusal that quotes it,
 /// an error line that quotes it — logged at debug/trace for Pantheon's
 /// crates and the HTTP client. The subscriber is this thread's default and
@@ -282,17 +268,11 @@ impl std::io::Write for LogSink {
 /// this binary neither add lines here nor see these.
 #[test]
 fn the_api_key_appears_in_no_log_line() {
-    let logs = LogSink::default();
-    let sink = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(
-            "info,pantheon_api=trace,pantheon_domain=trace,pantheon_infrastructure=trace,\
-             reqwest=trace,hyper_util=debug",
-        )
-        .with_ansi(false)
-        .with_writer(move || sink.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let capture = LogCapture::new(
+        "info,pantheon_api=trace,pantheon_domain=trace,pantheon_infrastructure=trace,\
+         reqwest=trace,hyper_util=debug",
+    );
+    let _guard = tracing::dispatcher::set_default(&capture.dispatch);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let fake = FakeOpenAi::start(|seen| match seen.input().as_str() {
@@ -312,7 +292,7 @@ fn the_api_key_appears_in_no_log_line() {
     });
     drop(runtime);
 
-    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    let text = capture.logs.text();
     assert!(text.contains("opening an upstream reply"), "debug lines were captured:\n{text}");
     assert!(text.contains("refused our credentials"), "the cause is logged:\n{text}");
     assert!(text.contains("reported an error mid-reply"), "the cause is logged:\n{text}");

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use pantheon_api::{app, serve, telemetry};
+use pantheon_api::{app, listen, serve, telemetry};
 use pantheon_infrastructure::Settings;
 use pantheon_infrastructure::auth::TokenMinter;
 
@@ -68,7 +68,7 @@ fn run_server(settings: Settings) -> ExitCode {
             Ok(state) => state,
             Err(e) => return fail(&e),
         };
-        let listener = match tokio::net::TcpListener::bind(settings.server.addr).await {
+        let listener = match listen(settings.server.addr) {
             Ok(listener) => listener,
             Err(e) => return fail(&format!("cannot listen on {}: {e}", settings.server.addr)),
         };

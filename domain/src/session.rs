@@ -32,11 +32,12 @@ pub struct NewSession {
 }
 
 impl NewSession {
-    /// Validates a title: optional, at most 200 characters; a blank title is
-    /// treated as none.
+    /// Validates a title: optional, at most 200 characters, no NUL (U+0000,
+    /// which PostgreSQL's `text` cannot store); a blank title is treated as
+    /// none.
     ///
     /// # Errors
-    /// [`ValidationError`] on `title` when it is too long.
+    /// [`ValidationError`] on `title` when it is too long or holds a NUL.
     pub fn parse(title: Option<String>) -> Result<Self, ValidationError> {
         let title = title.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty());
         if title.as_ref().is_some_and(|t| t.chars().count() > MAX_TITLE_CHARS) {
@@ -44,6 +45,9 @@ impl NewSession {
                 "title",
                 format!("must be at most {MAX_TITLE_CHARS} characters"),
             ));
+        }
+        if title.as_ref().is_some_and(|t| t.contains('\0')) {
+            return Err(ValidationError::new("title", "must not contain NUL (U+0000)"));
         }
         Ok(Self { title })
     }
@@ -62,6 +66,7 @@ mod tests {
     fn blank_title_is_none_and_long_title_is_refused() {
         assert_eq!(NewSession::parse(Some("  ".into())).map(|s| s.title), Ok(None));
         assert!(NewSession::parse(Some("x".repeat(201))).is_err());
+        assert!(NewSession::parse(Some("a\0b".into())).is_err());
         assert_eq!(NewSession::parse(Some(" hi ".into())).map(|s| s.title), Ok(Some("hi".into())));
     }
 }

@@ -149,7 +149,9 @@ pub struct NewTurn {
 
 impl NewTurn {
     /// Validates the input: not blank, at most `max_chars` characters
-    /// (Unicode scalar values, as a user would count them).
+    /// (Unicode scalar values, as a user would count them), and no NUL
+    /// (U+0000), which PostgreSQL's `text` cannot store: refused here, it is
+    /// a 422 rather than a storage failure.
     ///
     /// # Errors
     /// [`ValidationError`] on `input`.
@@ -162,6 +164,9 @@ impl NewTurn {
                 "input",
                 format!("must be at most {max_chars} characters"),
             ));
+        }
+        if input.contains('\0') {
+            return Err(ValidationError::new("input", "must not contain NUL (U+0000)"));
         }
         Ok(Self { input })
     }
@@ -181,6 +186,7 @@ mod tests {
         assert!(NewTurn::parse(" \n\t".into(), 10).is_err());
         assert!(NewTurn::parse("é".repeat(10), 10).is_ok(), "counts characters, not bytes");
         assert!(NewTurn::parse("a".repeat(11), 10).is_err());
+        assert!(NewTurn::parse("a\0b".into(), 10).is_err());
     }
 
     #[test]

@@ -51,6 +51,14 @@ async fn each_bad_turn_request_gets_its_status_and_writes_nothing(backend: Backe
         case("input not a string", &path, Some(json), r#"{"input": 42}"#, 422, "validation_failed"),
         case("blank input", &path, Some(json), r#"{"input": " \n\t "}"#, 422, "validation_failed"),
         case(
+            "NUL in input",
+            &path,
+            Some(json),
+            r#"{"input": "a\u0000b"}"#,
+            422,
+            "validation_failed",
+        ),
+        case(
             "input over the limit",
             &path,
             Some(json),
@@ -88,12 +96,14 @@ async fn each_bad_turn_request_gets_its_status_and_writes_nothing(backend: Backe
     assert_eq!(exactly_at_limit.status(), 201, "the limit counts characters, not bytes");
     assert_eq!(app.count("turns").await, 1, "only the valid turn was written");
 
-    let title = app
-        .request(Method::POST, "/api/v1/sessions", &token)
-        .json(&serde_json::json!({"title": "x".repeat(201)}))
-        .send()
-        .await
-        .unwrap();
-    expect_problem(title, 422, "validation_failed").await;
+    for bad_title in ["x".repeat(201), "a\u{0}b".to_owned()] {
+        let title = app
+            .request(Method::POST, "/api/v1/sessions", &token)
+            .json(&serde_json::json!({ "title": bad_title }))
+            .send()
+            .await
+            .unwrap();
+        expect_problem(title, 422, "validation_failed").await;
+    }
     assert_eq!(app.count("sessions").await, 1);
 }

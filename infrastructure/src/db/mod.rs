@@ -5,6 +5,7 @@ mod connect;
 pub mod entity;
 mod error;
 mod session_repository;
+mod turn_batch;
 mod turn_repository;
 
 pub use connect::{DatabaseProbe, connect, is_sqlite};

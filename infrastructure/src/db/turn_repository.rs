@@ -2,10 +2,13 @@
 //!
 //! A JSON turn costs two statements and two commits on PostgreSQL: one
 //! statement bumps the session's `seq` (checking ownership) and inserts the
-//! turn, then one update writes the outcome. SQLite cannot put an `UPDATE`
-//! in a `WITH`, so there the bump and the insert are two statements in one
-//! transaction. A provider that wants history (`context_turns > 0`) adds one
-//! indexed read.
+//! turn, then one update writes the outcome; concurrent turns share those
+//! statements ([`super::turn_batch`]). SQLite cannot put an `UPDATE` in a
+//! `WITH`, so there the bump and the insert are two statements in one
+//! transaction (and SQLite has one writer at a time anyway). A provider that
+//! wants history (`context_turns > 0`) adds one indexed read.
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -15,25 +18,33 @@ use pantheon_domain::{
     FinishReason, Page, PageRequest, SessionId, StorageError, Turn, TurnFailure, TurnId,
     TurnStatus, Usage, UserId,
 };
-use sea_orm::sea_query::{Alias, CommonTableExpression, Expr, ExprTrait, Query, WithClause};
+use sea_orm::sea_query::{Expr, ExprTrait, Query};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
-    IdenStatic, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, TransactionTrait,
 };
 
 use super::entity::{session, turn};
 use super::error::storage;
+use super::turn_batch::{BeginRow, FinishRow, TurnBatcher};
 
 /// Turns in the `turns` table; ownership is checked through `sessions`.
 #[derive(Debug, Clone)]
 pub struct SeaOrmTurnRepository {
     db: DatabaseConnection,
+    /// PostgreSQL's batching writers; `None` on SQLite.
+    batcher: Option<Arc<TurnBatcher>>,
 }
 
 impl SeaOrmTurnRepository {
-    /// A repository on a pool.
+    /// A repository on a pool. On PostgreSQL, called within a Tokio runtime,
+    /// it starts the batching writers there (they stop with the last clone);
+    /// outside one, it writes each turn on its own.
     pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+        let batcher = (db.get_database_backend() == DbBackend::Postgres
+            && tokio::runtime::Handle::try_current().is_ok())
+        .then(|| Arc::new(TurnBatcher::start(&db)));
+        Self { db, batcher }
     }
 }
 
@@ -90,67 +101,6 @@ fn new_turn(start: &TurnStart<'_>, seq: i64) -> Turn {
 }
 
 impl SeaOrmTurnRepository {
-    /// PostgreSQL: one statement, so one round trip and an implicit
-    /// transaction instead of four round trips (`BEGIN`, bump, insert,
-    /// `COMMIT`): this is the work between a streaming request and its first
-    /// event (`bench/RESULTS.md`, scenario E).
-    ///
-    /// ```sql
-    /// WITH bumped AS (UPDATE sessions SET turn_count = turn_count + 1, …
-    ///                 WHERE id = $s AND user_id = $u RETURNING turn_count)
-    /// INSERT INTO turns (…) SELECT $id, $s, turn_count, … FROM bumped RETURNING seq
-    /// ```
-    ///
-    /// The `UPDATE`'s row lock serializes concurrent turns of one session
-    /// exactly as the transaction does, so seqs stay gap-free and unique
-    /// without retries (SPEC §7); no row from `bumped` means not the caller's
-    /// session, and nothing is inserted.
-    async fn bump_and_insert(&self, start: &TurnStart<'_>) -> Result<Option<i64>, StorageError> {
-        let bumped = Alias::new("bumped");
-        let bump = Query::update()
-            .table(session::Entity)
-            .value(session::Column::TurnCount, Expr::col(session::Column::TurnCount).add(1))
-            .value(session::Column::UpdatedAt, start.now)
-            .and_where(session::Column::Id.eq(start.session_id.as_uuid()))
-            .and_where(session::Column::UserId.eq(start.user.as_str()))
-            .returning_col(session::Column::TurnCount)
-            .to_owned();
-        let row = Query::select()
-            .expr(Expr::val(start.turn_id.as_uuid()))
-            .expr(Expr::val(start.session_id.as_uuid()))
-            .column(session::Column::TurnCount)
-            .expr(Expr::val(start.input))
-            .expr(Expr::val(""))
-            .expr(Expr::val(TurnStatus::InProgress.as_str()))
-            .expr(Expr::val(start.now))
-            .from(bumped.clone())
-            .to_owned();
-        let insert = Query::insert()
-            .into_table(turn::Entity)
-            .columns([
-                turn::Column::Id,
-                turn::Column::SessionId,
-                turn::Column::Seq,
-                turn::Column::Input,
-                turn::Column::Output,
-                turn::Column::Status,
-                turn::Column::CreatedAt,
-            ])
-            .select_from(row)
-            .map_err(|e| StorageError::Other(format!("building the turn insert: {e}")))?
-            .returning_col(turn::Column::Seq)
-            .with_cte(
-                WithClause::new()
-                    .cte(CommonTableExpression::new().query(bump).table_name(bumped).to_owned())
-                    .to_owned(),
-            )
-            .to_owned();
-        let Some(row) = self.db.query_one(&insert).await.map_err(storage)? else {
-            return Ok(None);
-        };
-        row.try_get::<i64>("", turn::Column::Seq.as_str()).map(Some).map_err(storage)
-    }
-
     /// SQLite (no DML in a `WITH`): the bump, whose write lock serializes
     /// concurrent turns of one session, then the insert, in one transaction.
     async fn bump_then_insert(&self, start: &TurnStart<'_>) -> Result<Option<i64>, StorageError> {
@@ -186,15 +136,31 @@ impl SeaOrmTurnRepository {
 #[async_trait]
 impl TurnRepository for SeaOrmTurnRepository {
     async fn begin(&self, start: TurnStart<'_>) -> Result<Option<Turn>, StorageError> {
-        let seq = if self.db.get_database_backend() == DbBackend::Postgres {
-            self.bump_and_insert(&start).await?
-        } else {
-            self.bump_then_insert(&start).await?
+        let seq = match &self.batcher {
+            Some(batcher) => {
+                let row = BeginRow::new(
+                    start.turn_id,
+                    start.session_id,
+                    start.user.as_str(),
+                    start.input,
+                    start.now,
+                );
+                batcher.begin(row).await?
+            }
+            None => self.bump_then_insert(&start).await?,
         };
         Ok(seq.map(|seq| new_turn(&start, seq)))
     }
 
     async fn finish(&self, id: TurnId, end: TurnEnd) -> Result<Turn, StorageError> {
+        let vanished = || StorageError::Other(format!("turn {id} vanished before it finished"));
+        if let Some(batcher) = &self.batcher {
+            return batcher
+                .finish(FinishRow::new(id, end))
+                .await?
+                .ok_or_else(vanished)
+                .and_then(turn_from_row);
+        }
         let usage = end.usage;
         let error = end.error;
         let update = turn::ActiveModel {
@@ -215,10 +181,7 @@ impl TurnRepository for SeaOrmTurnRepository {
             .exec_with_returning(&self.db)
             .await
             .map_err(storage)?;
-        let row = rows
-            .into_iter()
-            .next()
-            .ok_or_else(|| StorageError::Other(format!("turn {id} vanished before it finished")))?;
+        let row = rows.into_iter().next().ok_or_else(vanished)?;
         turn_from_row(row)
     }
 

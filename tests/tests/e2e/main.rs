@@ -34,4 +34,5 @@ mod ownership;
 mod sessions;
 mod shutdown;
 mod streaming;
+mod turn_writes;
 mod turns;

@@ -17,7 +17,7 @@ use pantheon_infrastructure::provider::{BuiltinProvider, OpenAiProvider};
 use pantheon_infrastructure::settings::{ProviderKind, ProviderSettings, Settings};
 use thiserror::Error;
 
-use crate::state::AppState;
+use crate::state::{AppParts, AppState};
 
 /// Why the server could not start.
 #[derive(Debug, Error)]
@@ -58,7 +58,7 @@ pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> Result<AppStat
         limiter,
     );
     spawn_stale_sweep(turns.clone(), policy.max_duration);
-    Ok(AppState {
+    Ok(AppState::new(AppParts {
         sessions: SessionService::new(
             Arc::new(SeaOrmSessionRepository::new(conn.clone())),
             clock.clone(),
@@ -70,7 +70,7 @@ pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> Result<AppStat
         keep_alive: Duration::from_secs(settings.turns.keep_alive_secs),
         on_disconnect: settings.turns.on_disconnect,
         shutdown_grace: Duration::from_secs(settings.server.shutdown_grace_secs),
-    })
+    }))
 }
 
 /// The provider `provider.kind` names, built once: the `openai` one holds

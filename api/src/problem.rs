@@ -12,6 +12,7 @@ use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
 
 /// The media type of problem bodies.
@@ -78,19 +79,42 @@ impl Problem {
     /// The JSON body, with the request id when there is one (a problem
     /// embedded in an event or a turn has none of its own).
     pub fn to_body(&self, request_id: Option<&str>) -> Value {
-        let mut body = Map::new();
-        body.insert("type".into(), self.type_uri.clone().into());
-        body.insert("title".into(), self.title.clone().into());
-        body.insert("status".into(), self.status.as_u16().into());
-        body.insert("detail".into(), self.detail.clone().into());
-        body.insert("code".into(), self.code.into());
-        for (k, v) in &self.extensions {
-            body.insert(k.clone(), v.clone());
+        serde_json::to_value(ProblemBody { problem: self, request_id })
+            .unwrap_or_else(|_| Value::Object(Map::new()))
+    }
+
+    /// The body as response bytes, serialized straight from the fields (no
+    /// intermediate `Value`: every `429` is rendered, and that tree was a
+    /// tenth of a refusal's cost).
+    fn to_bytes(&self, request_id: Option<&str>) -> Vec<u8> {
+        serde_json::to_vec(&ProblemBody { problem: self, request_id }).unwrap_or_default()
+    }
+}
+
+/// A problem's members in RFC 9457 order, then its extensions, then the
+/// request id. Extension names never repeat a standard member's.
+struct ProblemBody<'a> {
+    problem: &'a Problem,
+    request_id: Option<&'a str>,
+}
+
+impl Serialize for ProblemBody<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let p = self.problem;
+        let mut map = serializer
+            .serialize_map(Some(5 + p.extensions.len() + usize::from(self.request_id.is_some())))?;
+        map.serialize_entry("type", &p.type_uri)?;
+        map.serialize_entry("title", &p.title)?;
+        map.serialize_entry("status", &p.status.as_u16())?;
+        map.serialize_entry("detail", &p.detail)?;
+        map.serialize_entry("code", p.code)?;
+        for (key, value) in &p.extensions {
+            map.serialize_entry(key, value)?;
         }
-        if let Some(id) = request_id {
-            body.insert("request_id".into(), id.into());
+        if let Some(id) = self.request_id {
+            map.serialize_entry("request_id", id)?;
         }
-        Value::Object(body)
+        map.end()
     }
 }
 
@@ -125,6 +149,5 @@ pub async fn render_problems(request: Request, next: Next) -> Response {
     parts.status = problem.status;
     parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
     parts.headers.remove(header::CONTENT_LENGTH);
-    let body = problem.to_body(request_id.as_deref()).to_string();
-    Response::from_parts(parts, Body::from(body))
+    Response::from_parts(parts, Body::from(problem.to_bytes(request_id.as_deref())))
 }

@@ -8,9 +8,30 @@ use pantheon_infrastructure::auth::TokenVerifier;
 use pantheon_infrastructure::db::DatabaseProbe;
 use pantheon_infrastructure::settings::OnDisconnect;
 
-/// Shared, cheaply cloned application state.
+/// Shared application state. Axum clones it for every request that
+/// extracts it, so it is one `Arc`: one reference count, not one per
+/// service handle inside.
 #[derive(Debug, Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppParts>);
+
+impl AppState {
+    /// The state over its parts.
+    pub fn new(parts: AppParts) -> Self {
+        Self(Arc::new(parts))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppParts;
+
+    fn deref(&self) -> &AppParts {
+        &self.0
+    }
+}
+
+/// What [`AppState`] holds.
+#[derive(Debug)]
+pub struct AppParts {
     /// Session use cases.
     pub sessions: SessionService,
     /// Turn use cases.

@@ -139,7 +139,7 @@ fn fake_limiter(answer: Decision) -> pantheon_domain::limiter::LimiterHandle {
         mode: Mode::Enforce,
         wait: Duration::from_secs(1),
     };
-    let (handle, mut mailbox, _) = limiter_channel(8, options);
+    let (handle, mut mailbox, _) = limiter_channel(8, options, Arc::new(SystemClock));
     tokio::spawn(async move {
         while let Some(command) = mailbox.recv().await {
             if let LimiterCommand::Check { respond_to, .. } = command {

@@ -3,8 +3,17 @@
 //!
 //! The algorithm is pinned by configuration: a token naming any other one,
 //! or `none`, fails verification before its signature is looked at.
+//!
+//! Verified tokens are remembered until they expire: a client sends the
+//! same token with every request, and decoding it (two base64 parts, two
+//! JSON documents, the signature) was a fifth of the server's work on a
+//! refused turn (`bench/RESULTS.md`, scenario C). Only tokens that passed
+//! every check are kept, keyed by their full text, so a hit is exactly the
+//! answer a fresh verification would give until `exp`; the settings that
+//! verification depends on are fixed for the process.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use pantheon_domain::limiter::LimitTable;
@@ -72,12 +81,17 @@ pub fn decoding_key(auth: &AuthSettings) -> Result<DecodingKey, String> {
     }
 }
 
+/// Verified tokens remembered at most (about 2 KB each, with the token).
+const VERIFIED_CAPACITY: usize = 16_384;
+
 /// Verifies bearer tokens. Built once at start; cheap to share.
 #[derive(Clone)]
 pub struct TokenVerifier {
     key: DecodingKey,
     validation: Validation,
     limits: LimitTable,
+    /// Token text → who it names and its `exp`.
+    verified: Arc<quick_cache::sync::Cache<String, (Caller, u64)>>,
 }
 
 impl std::fmt::Debug for TokenVerifier {
@@ -104,7 +118,12 @@ impl TokenVerifier {
         if let Some(iss) = &auth.issuer {
             validation.set_issuer(&[iss]);
         }
-        Ok(Self { key: decoding_key(auth)?, validation, limits })
+        Ok(Self {
+            key: decoding_key(auth)?,
+            validation,
+            limits,
+            verified: Arc::new(quick_cache::sync::Cache::new(VERIFIED_CAPACITY)),
+        })
     }
 
     /// Verifies a token and returns who it names.
@@ -113,11 +132,22 @@ impl TokenVerifier {
     /// [`TokenRefused`] for a bad signature, algorithm, expiry, issuer,
     /// audience or `sub`.
     pub fn verify(&self, token: &str) -> Result<Caller, TokenRefused> {
+        // `exp` is judged as jsonwebtoken judges it: the system clock, with
+        // the same leeway.
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if let Some((caller, exp)) = self.verified.get(token) {
+            if now <= exp.saturating_add(CLOCK_SKEW_SECS) {
+                return Ok(caller);
+            }
+            self.verified.remove(token);
+        }
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| TokenRefused(e.to_string()))?;
         let user = UserId::parse(&data.claims.sub).map_err(|e| TokenRefused(e.to_string()))?;
         let limits = self.limits.resolve(data.claims.tier.as_deref());
-        Ok(Caller { user, tier: data.claims.tier, limits })
+        let caller = Caller { user, tier: data.claims.tier, limits };
+        self.verified.insert(token.to_owned(), (caller.clone(), data.claims.exp));
+        Ok(caller)
     }
 }
 
@@ -171,5 +201,58 @@ impl TokenMinter {
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.key)
             .map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use pantheon_domain::limiter::{LimitTable, Limits};
+
+    use super::*;
+
+    fn verifier() -> (TokenVerifier, TokenMinter) {
+        let auth = AuthSettings::default();
+        let limits = LimitTable::new(Limits { per_minute: 20, per_hour: 300 }, Default::default());
+        (TokenVerifier::new(&auth, limits).unwrap(), TokenMinter::new(&auth).unwrap())
+    }
+
+    #[test]
+    fn a_remembered_token_answers_as_a_fresh_verification_would() {
+        let (verifier, minter) = verifier();
+        let token = minter.mint("alice", Some("pro"), Duration::from_secs(60)).unwrap();
+        let first = verifier.verify(&token).unwrap();
+        let again = verifier.verify(&token).unwrap();
+        assert_eq!((again.user.as_str(), again.tier.as_deref()), ("alice", Some("pro")));
+        assert_eq!(first.limits, again.limits);
+
+        // A token altered in one character was never verified: refused.
+        let mut altered = token.clone().into_bytes();
+        let last = altered.len() - 2;
+        altered[last] = if altered[last] == b'A' { b'B' } else { b'A' };
+        assert!(verifier.verify(&String::from_utf8(altered).unwrap()).is_err());
+    }
+
+    #[test]
+    fn a_remembered_token_past_its_expiry_is_verified_again_and_refused() {
+        let (verifier, minter) = verifier();
+        let now = jsonwebtoken::get_current_timestamp();
+        let claims = Claims {
+            sub: "bob".into(),
+            exp: now - 3_600,
+            iat: None,
+            tier: None,
+            iss: None,
+            aud: None,
+        };
+        let expired =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &minter.key).unwrap();
+        assert!(verifier.verify(&expired).is_err(), "expired: refused");
+        // As if it had been verified an hour ago, when it was still valid.
+        let limits = Limits { per_minute: 20, per_hour: 300 };
+        let caller = Caller { user: UserId::parse("bob").unwrap(), tier: None, limits };
+        verifier.verified.insert(expired.clone(), (caller, claims.exp));
+        assert!(verifier.verify(&expired).is_err(), "past exp + leeway: verified again");
+        assert!(verifier.verified.get(&expired).is_none(), "and forgotten");
     }
 }

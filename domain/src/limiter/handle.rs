@@ -1,7 +1,8 @@
-//! [`LimiterHandle`]: the cloneable front of the limiter task. A check is a
-//! message over a bounded mailbox with a `oneshot` reply; a full mailbox or
-//! a late reply is answered by the fallback at once, so the limiter can
-//! slow a turn by at most its `wait`.
+//! [`LimiterHandle`]: the cloneable front of the limiter task. A user the
+//! shared over-limit cache knows to be refused is answered at once, from
+//! it; any other check is a message over a bounded mailbox with a `oneshot`
+//! reply; a full mailbox or a late reply is answered by the fallback at
+//! once, so the limiter can slow a turn by at most its `wait`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -9,10 +10,12 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::cache::OverLimitCache;
 use super::decision::Limits;
 use super::protocol::{
     Decision, Fallback, LimiterCommand, LimiterState, Mode, RateLimitStatus, SkipReason,
 };
+use crate::clock::Clock;
 use crate::ids::UserId;
 
 /// How the handle answers when the task cannot.
@@ -26,14 +29,21 @@ pub struct HandleOptions {
     pub wait: Duration,
 }
 
-/// What the task shares with its handles for reporting.
+/// What the task shares with its handles: its state for reporting, and the
+/// over-limit cache it fills and they answer from.
 #[derive(Debug, Default)]
 pub struct LimiterShared {
     state: AtomicU8,
     shadow_refusals: AtomicU64,
+    refusals: OverLimitCache,
 }
 
 impl LimiterShared {
+    /// The over-limit cache.
+    pub fn refusals(&self) -> &OverLimitCache {
+        &self.refusals
+    }
+
     /// Publishes the task's state.
     pub fn set_state(&self, state: LimiterState) {
         let code = match state {
@@ -55,38 +65,41 @@ impl LimiterShared {
 }
 
 /// The cloneable handle every request uses.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LimiterHandle {
     sender: mpsc::Sender<LimiterCommand>,
     options: HandleOptions,
     shared: Arc<LimiterShared>,
+    /// The task's clock: a cached refusal expires by the same time.
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for LimiterHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LimiterHandle").field("options", &self.options).finish_non_exhaustive()
+    }
 }
 
 /// Creates a handle and the mailbox its task reads, holding at most
-/// `capacity` waiting commands.
+/// `capacity` waiting commands; `clock` must be the task's.
 pub fn limiter_channel(
     capacity: usize,
     options: HandleOptions,
+    clock: Arc<dyn Clock>,
 ) -> (LimiterHandle, mpsc::Receiver<LimiterCommand>, Arc<LimiterShared>) {
     let (sender, mailbox) = mpsc::channel(capacity.max(1));
     let shared = Arc::new(LimiterShared::default());
-    (LimiterHandle { sender, options, shared: shared.clone() }, mailbox, shared)
+    (LimiterHandle { sender, options, shared: shared.clone(), clock }, mailbox, shared)
 }
 
 impl LimiterHandle {
     /// Decides on one turn of `user`. Never fails: trouble is answered by the
     /// fallback, and shadow mode turns refusals into admissions (counted).
     pub async fn check(&self, user: UserId, limits: Limits) -> Decision {
-        let (respond_to, reply) = oneshot::channel();
-        let command = LimiterCommand::Check { user: user.clone(), limits, respond_to };
-        // A full mailbox is overload: answer now rather than queue.
-        let decision = if self.sender.try_send(command).is_err() {
-            self.fallback(SkipReason::Overloaded)
-        } else {
-            match tokio::time::timeout(self.options.wait, reply).await {
-                Ok(Ok(decision)) => decision,
-                _ => self.fallback(SkipReason::StoreUnavailable),
-            }
+        let cached = self.shared.refusals.get(&user, limits, self.clock.now_ms());
+        let decision = match cached {
+            Some(denial) => Decision::Limited(denial),
+            None => self.ask(user.clone(), limits).await,
         };
         match decision {
             Decision::Limited(denial) if self.options.mode == Mode::Shadow => {
@@ -95,6 +108,21 @@ impl LimiterHandle {
                 Decision::Admitted(RateLimitStatus { limits: denial.limits, usage: denial.usage })
             }
             other => other,
+        }
+    }
+
+    /// Asks the task.
+    async fn ask(&self, user: UserId, limits: Limits) -> Decision {
+        let (respond_to, reply) = oneshot::channel();
+        let command = LimiterCommand::Check { user, limits, respond_to };
+        // A full mailbox is overload: answer now rather than queue.
+        if self.sender.try_send(command).is_err() {
+            self.fallback(SkipReason::Overloaded)
+        } else {
+            match tokio::time::timeout(self.options.wait, reply).await {
+                Ok(Ok(decision)) => decision,
+                _ => self.fallback(SkipReason::StoreUnavailable),
+            }
         }
     }
 

@@ -8,13 +8,17 @@
 //!   over-limit cache) follows this same arithmetic: integer milliseconds,
 //!   window index `now_ms / W`, the weighted-previous-window estimate.
 //! - `protocol` and `handle`: the port — the messages the limiter task
-//!   answers and the cloneable handle that sends them.
+//!   answers and the cloneable handle that sends them;
+//! - `cache`: the over-limit cache both sides share, so known refusals are
+//!   answered on the caller's thread.
 
+mod cache;
 mod decision;
 mod handle;
 mod protocol;
 mod window;
 
+pub use cache::OverLimitCache;
 pub use decision::{Counts, Limits, Verdict, WindowUsage, decide, retry_after_secs, usage};
 pub use handle::{HandleOptions, LimiterHandle, LimiterShared, limiter_channel};
 pub use protocol::{

@@ -24,7 +24,6 @@ use redis::aio::MultiplexedConnection;
 use redis::{Client, RedisError, RedisResult, Script, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use super::cache::OverLimitCache;
 use super::health::Health;
 use super::memory::MemoryCounters;
 use super::redis_link::{self, Pending};
@@ -80,7 +79,8 @@ pub struct LimiterActor {
     mailbox: mpsc::Receiver<LimiterCommand>,
     clock: Arc<dyn Clock>,
     fallback: Fallback,
-    cache: OverLimitCache,
+    /// Holds the over-limit cache this task fills and the handles read.
+    shared: Arc<LimiterShared>,
     local: MemoryCounters,
     redis: Option<RedisLink>,
 }
@@ -91,16 +91,10 @@ impl LimiterActor {
         mailbox: mpsc::Receiver<LimiterCommand>,
         clock: Arc<dyn Clock>,
         fallback: Fallback,
+        shared: Arc<LimiterShared>,
         redis: Option<RedisLink>,
     ) -> Self {
-        Self {
-            mailbox,
-            clock,
-            fallback,
-            cache: OverLimitCache::default(),
-            local: MemoryCounters::default(),
-            redis,
-        }
+        Self { mailbox, clock, fallback, shared, local: MemoryCounters::default(), redis }
     }
 
     /// Runs until every handle is dropped.
@@ -174,7 +168,7 @@ impl LimiterActor {
                 LimiterCommand::Check { user, limits, respond_to } => {
                     // Known over-limit users are refused from the cache first,
                     // before Redis and before any fallback.
-                    if let Some(denial) = self.cache.get(&user, limits, now_ms) {
+                    if let Some(denial) = self.shared.refusals().get(&user, limits, now_ms) {
                         let _ = respond_to.send(Decision::Limited(denial));
                     } else if remote {
                         batch.push(Pending::Check { user, limits, now_ms, reply: respond_to });
@@ -308,7 +302,7 @@ impl LimiterActor {
 
     fn housekeeping(&mut self) {
         let now_ms = self.clock.now_ms();
-        self.cache.sweep(now_ms);
+        self.shared.refusals().sweep(now_ms);
         self.local.sweep(now_ms);
         if let Some(redis) = &mut self.redis {
             redis.health.summarize();
@@ -345,7 +339,7 @@ impl LimiterActor {
             Verdict::Admitted { usage } => Decision::Admitted(RateLimitStatus { limits, usage }),
             Verdict::Limited { usage, violated, retry_at_ms, binding } => {
                 let denial = Denial { limits, usage, violated, retry_at_ms, binding, now_ms };
-                self.cache.insert(user, &denial);
+                self.shared.refusals().insert(user, &denial);
                 Decision::Limited(denial)
             }
         }

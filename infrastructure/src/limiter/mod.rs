@@ -5,7 +5,6 @@
 //! domain's [`LimiterHandle`]; everything else talks to it through that.
 
 mod actor;
-mod cache;
 mod health;
 pub mod keys;
 mod memory;
@@ -65,14 +64,14 @@ pub async fn spawn_limiter(settings: &Settings, clock: Arc<dyn Clock>) -> Option
     // actor's own timeout answers first and the handle's is only a backstop.
     let wait = timeout + (timeout / 2).max(Duration::from_millis(20));
     let (handle, mailbox, shared) =
-        limiter_channel(MAILBOX, HandleOptions { fallback, mode, wait });
+        limiter_channel(MAILBOX, HandleOptions { fallback, mode, wait }, clock.clone());
     let redis = match &settings.redis.url {
         None => {
             shared.set_state(LimiterState::InProcess);
             None
         }
         Some(url) => match redis::Client::open(url.as_str()) {
-            Ok(client) => Some(RedisLink::start(client, timeout, fallback, shared).await),
+            Ok(client) => Some(RedisLink::start(client, timeout, fallback, shared.clone()).await),
             Err(e) => {
                 tracing::error!(error = %e, "redis.url cannot be used; limiting in process");
                 shared.set_state(LimiterState::InProcess);
@@ -80,6 +79,6 @@ pub async fn spawn_limiter(settings: &Settings, clock: Arc<dyn Clock>) -> Option
             }
         },
     };
-    tokio::spawn(LimiterActor::new(mailbox, clock, fallback, redis).run());
+    tokio::spawn(LimiterActor::new(mailbox, clock, fallback, shared, redis).run());
     Some(handle)
 }

@@ -32,8 +32,9 @@ pub struct Problem {
     pub title: String,
     /// What happened, for a human; never internal detail.
     pub detail: String,
-    /// Extension members (`errors`, `turn`, …).
-    pub extensions: Map<String, Value>,
+    /// Extension members (`errors`, `turn`, …), in the order they are
+    /// written; names are ours, never a standard member's.
+    pub extensions: Vec<(&'static str, Value)>,
 }
 
 impl Problem {
@@ -45,13 +46,13 @@ impl Problem {
             code,
             title: status.canonical_reason().unwrap_or("Error").to_owned(),
             detail: detail.into(),
-            extensions: Map::new(),
+            extensions: Vec::new(),
         }
     }
 
     /// Adds an extension member.
-    pub fn with(mut self, key: &str, value: Value) -> Self {
-        self.extensions.insert(key.to_owned(), value);
+    pub fn with(mut self, key: &'static str, value: Value) -> Self {
+        self.extensions.push((key, value));
         self
     }
 
@@ -109,7 +110,7 @@ impl Serialize for ProblemBody<'_> {
         map.serialize_entry("detail", &p.detail)?;
         map.serialize_entry("code", p.code)?;
         for (key, value) in &p.extensions {
-            map.serialize_entry(key, value)?;
+            map.serialize_entry(*key, value)?;
         }
         if let Some(id) = self.request_id {
             map.serialize_entry("request_id", id)?;

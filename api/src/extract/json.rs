@@ -7,15 +7,14 @@ use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
 use axum::http::{StatusCode, header};
-use serde::de::DeserializeOwned;
-use serde_json::Value;
+use std::marker::PhantomData;
+
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{DeserializeOwned, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 
 use crate::error::ApiError;
 use crate::problem::Problem;
-
-fn schema_violation(detail: impl Into<String>) -> ApiError {
-    ApiError::new(Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", detail))
-}
 
 /// A JSON body that must be present.
 #[derive(Debug)]
@@ -52,15 +51,33 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        // Parsed as a `Value` first: serde would otherwise accept `["hi"]`
-        // for a one-field struct, and our bodies are objects.
-        let Json(value) = Json::<Value>::from_request(req, state).await?;
-        if !value.is_object() {
-            return Err(schema_violation("The request body must be a JSON object."));
+        let Json(ObjectOnly(value)) = Json::<ObjectOnly<T>>::from_request(req, state).await?;
+        Ok(Self(value))
+    }
+}
+
+/// `T` from a JSON object only: serde would otherwise accept `["hi"]` for a
+/// one-field struct, and our bodies are objects. Read in one pass (no
+/// intermediate `Value`); a non-object is a data error, so a `422`.
+struct ObjectOnly<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for ObjectOnly<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Object<T>(PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for Object<T> {
+            type Value = T;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map))
+            }
         }
-        serde_path_to_error::deserialize(value)
-            .map(Self)
-            .map_err(|e| schema_violation(format!("Invalid request body: {e}")))
+
+        deserializer.deserialize_map(Object(PhantomData)).map(ObjectOnly)
     }
 }
 

@@ -9,7 +9,8 @@ use axum::http::StatusCode;
 use axum::response::sse::Event;
 use futures::Stream;
 use pantheon_domain::{Turn, TurnError, TurnEvent, TurnId, TurnRun};
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::dto::TurnBody;
@@ -45,18 +46,40 @@ struct Events {
     seq: u64,
 }
 
+/// An event's `data`: `type` and `seq`, then the event's own members.
+/// Serialized straight to text (no `Value` tree): 22 events per stream.
+#[derive(Serialize)]
+struct EventData<T> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    seq: u64,
+    #[serde(flatten)]
+    fields: T,
+}
+
+#[derive(Serialize)]
+struct TurnField {
+    turn: TurnBody,
+}
+
+#[derive(Serialize)]
+struct DeltaFields<'a> {
+    turn_id: TurnId,
+    delta: &'a str,
+}
+
+#[derive(Serialize)]
+struct FailedFields {
+    turn: TurnBody,
+    error: Value,
+}
+
 impl Events {
-    fn next(&mut self, name: &'static str, fields: Value) -> Event {
-        let mut data = Map::new();
-        data.insert("type".into(), name.into());
-        data.insert("seq".into(), self.seq.into());
-        if let Value::Object(fields) = fields {
-            data.extend(fields);
-        }
-        let event = Event::default()
-            .event(name)
-            .id(format!("{}:{}", self.turn_id, self.seq))
-            .data(Value::Object(data).to_string());
+    fn next(&mut self, kind: &'static str, fields: impl Serialize) -> Event {
+        let data = serde_json::to_string(&EventData { kind, seq: self.seq, fields })
+            .unwrap_or_else(|_| format!(r#"{{"type":"{kind}","seq":{}}}"#, self.seq));
+        let event =
+            Event::default().event(kind).id(format!("{}:{}", self.turn_id, self.seq)).data(data);
         self.seq += 1;
         event
     }
@@ -69,7 +92,7 @@ fn error_object(status: StatusCode, code: &'static str, detail: String) -> Value
 /// The terminal event for how the turn ended.
 fn terminal(events: &mut Events, started: &Turn, outcome: Result<Turn, TurnError>) -> Event {
     let (turn, error) = match outcome {
-        Ok(turn) => return events.next("turn.completed", json!({ "turn": TurnBody::from(turn) })),
+        Ok(turn) => return events.next("turn.completed", TurnField { turn: TurnBody::from(turn) }),
         Err(TurnError::Provider { turn, source }) => {
             let detail = turn.error.as_ref().map(|e| e.detail.clone()).unwrap_or_default();
             (*turn, error_object(provider_status(source.code()), source.code(), detail))
@@ -94,7 +117,7 @@ fn terminal(events: &mut Events, started: &Turn, outcome: Result<Turn, TurnError
             )
         }
     };
-    events.next("turn.failed", json!({ "turn": TurnBody::from(turn), "error": error }))
+    events.next("turn.failed", FailedFields { turn: TurnBody::from(turn), error })
 }
 
 /// The event stream of a started turn.
@@ -108,11 +131,11 @@ pub fn turn_events(
         // Moved in whole, so it lives (and fires on drop) with the stream.
         let mut guard = guard;
         let started = run.turn.clone();
-        yield Ok(events.next("turn.created", json!({ "turn": TurnBody::from(started.clone()) })));
+        yield Ok(events.next("turn.created", TurnField { turn: TurnBody::from(started.clone()) }));
         loop {
             match run.events.recv().await {
                 Some(TurnEvent::Delta(delta)) => {
-                    yield Ok(events.next("turn.delta", json!({ "turn_id": started.id, "delta": delta })));
+                    yield Ok(events.next("turn.delta", DeltaFields { turn_id: started.id, delta: &delta }));
                 }
                 Some(TurnEvent::Finished(outcome)) => {
                     guard.disarm();

@@ -27,7 +27,14 @@ pub fn is_sqlite(url: &str) -> bool {
 ///   nothing, while its rustls (ours) and OpenSSL (the server's) cost CPU
 ///   on both sides: without it, JSON turns ran 12 % faster there
 ///   (`bench/RESULTS.md`). A mode the URL or `PGSSLMODE` names, `prefer`
-///   included, is always kept.
+///   included, is always kept;
+/// - PostgreSQL plans every execution of a prepared statement with its
+///   parameters (`plan_cache_mode = force_custom_plan`): the batched turn
+///   writes join a `jsonb` batch to `turns`, and a generic plan cached while
+///   the table was small (a hash join over a sequential scan) was kept for
+///   every later batch as the table grew: scenario A fell from 2,054 to
+///   1,336 turns/s. Planning these statements costs far less than one
+///   scan.
 ///
 /// # Errors
 /// [`DbErr`] when the database cannot be reached.
@@ -50,9 +57,16 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, 
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true)
         });
-    } else if !names_ssl_mode(&settings.url) && std::env::var_os("PGSSLMODE").is_none() {
-        options.map_sqlx_postgres_opts(|o| {
-            if is_loopback_host(o.get_host()) { o.ssl_mode(PgSslMode::Disable) } else { o }
+    } else {
+        let keep_ssl_mode =
+            names_ssl_mode(&settings.url) || std::env::var_os("PGSSLMODE").is_some();
+        options.map_sqlx_postgres_opts(move |o| {
+            let o = o.options([("plan_cache_mode", "force_custom_plan")]);
+            if !keep_ssl_mode && is_loopback_host(o.get_host()) {
+                o.ssl_mode(PgSslMode::Disable)
+            } else {
+                o
+            }
         });
     }
     Database::connect(options).await

@@ -12,15 +12,3 @@ pub(crate) fn storage(error: DbErr) -> StorageError {
         other => StorageError::Other(other.to_string()),
     }
 }
-
-/// Converts an error of a statement run on sqlx directly (the batched turn
-/// writes), as [`storage`] does SeaORM's.
-pub(crate) fn sqlx_storage(error: sea_orm::sqlx::Error) -> StorageError {
-    use sea_orm::sqlx::Error;
-    match error {
-        Error::PoolTimedOut | Error::PoolClosed | Error::Io(_) | Error::Tls(_) => {
-            StorageError::Unavailable(error.to_string())
-        }
-        other => StorageError::Other(other.to_string()),
-    }
-}

@@ -25,13 +25,15 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use pantheon_domain::turn::TurnEnd;
 use pantheon_domain::{SessionId, StorageError, TurnId};
-use sea_orm::{DatabaseConnection, FromQueryResult, QueryResult};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DbBackend, FromQueryResult, QueryResult, Statement, Value,
+};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::entity::turn;
-use super::error::{sqlx_storage, storage};
+use super::error::storage;
 
 /// The most turns one statement carries.
 pub(super) const MAX_BATCH: usize = 128;
@@ -240,27 +242,22 @@ impl<Row: Send + 'static, Out: Send + 'static> Writers<Row, Out> {
     }
 }
 
-/// Runs `sql` with the rows as its one `jsonb` parameter, as an unnamed
-/// (not cached) statement: PostgreSQL then plans it for this batch, on the
-/// tables as they are now. A cached statement's generic plan, made once
-/// while `turns` was small, kept a hash join over a sequential scan of the
-/// whole table for every later batch, however large the table grew (bench
-/// scenario A fell from 2,054 to 1,336 turns/s before this); planned fresh,
-/// each batch row is an index lookup.
+/// Runs `sql` with the rows as its one `jsonb` parameter. PostgreSQL plans
+/// it for each batch (`plan_cache_mode`, set in `connect`), so the plan
+/// follows the tables as they grow.
 async fn run_rows<R: Serialize>(
     db: &DatabaseConnection,
-    sql: &'static str,
+    sql: &str,
     rows: &[R],
 ) -> Result<Vec<QueryResult>, StorageError> {
-    let json = serde_json::to_string(rows)
+    let json = serde_json::to_value(rows)
         .map_err(|e| StorageError::Other(format!("encoding a batch of turns: {e}")))?;
-    let rows = sea_orm::sqlx::query(sql)
-        .bind(json)
-        .persistent(false)
-        .fetch_all(db.get_postgres_connection_pool())
-        .await
-        .map_err(sqlx_storage)?;
-    Ok(rows.into_iter().map(QueryResult::from).collect())
+    let statement = Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        sql,
+        [Value::Json(Some(Box::new(json)))],
+    );
+    db.query_all_raw(statement).await.map_err(storage)
 }
 
 /// After a batch failed as a whole: each row alone, so the row at fault

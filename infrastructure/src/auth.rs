@@ -81,7 +81,8 @@ pub fn decoding_key(auth: &AuthSettings) -> Result<DecodingKey, String> {
     }
 }
 
-/// Verified tokens remembered at most (about 2 KB each, with the token).
+/// Verified tokens remembered at most (a few hundred bytes each: the token
+/// text and who it names), so at most a few MB.
 const VERIFIED_CAPACITY: usize = 16_384;
 
 /// Verifies bearer tokens. Built once at start; cheap to share.

@@ -2,13 +2,13 @@
 //! `415`, schema violation (missing or unknown field, wrong type) `422`,
 //! over the body limit `413`.
 
+use std::marker::PhantomData;
+
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
 use axum::http::{StatusCode, header};
-use std::marker::PhantomData;
-
 use serde::de::value::MapAccessDeserializer;
 use serde::de::{DeserializeOwned, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};

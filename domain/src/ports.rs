@@ -10,7 +10,7 @@ use crate::error::{ProviderError, StorageError};
 use crate::ids::{SessionId, TurnId, UserId};
 use crate::page::{Page, PageRequest};
 use crate::session::{NewSession, Session};
-use crate::turn::{FinishReason, Turn, TurnEnd, Usage};
+use crate::turn::{FinishReason, Turn, TurnEnd, TurnStatus, Usage};
 
 /// Persistence of sessions. Every read and write is scoped to the owner: a
 /// session of another user behaves exactly as a missing one.
@@ -65,6 +65,25 @@ pub struct TurnStart<'a> {
     pub input: &'a str,
     /// The commit time.
     pub now: DateTime<Utc>,
+}
+
+impl TurnStart<'_> {
+    /// The turn as [`TurnRepository::begin`] commits it, numbered `seq`.
+    pub fn begun(&self, seq: i64) -> Turn {
+        Turn {
+            id: self.turn_id,
+            session_id: self.session_id,
+            seq,
+            input: self.input.to_owned(),
+            output: String::new(),
+            status: TurnStatus::InProgress,
+            finish_reason: None,
+            usage: None,
+            error: None,
+            created_at: self.now,
+            completed_at: None,
+        }
+    }
 }
 
 /// Persistence of turns.

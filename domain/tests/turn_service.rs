@@ -40,19 +40,7 @@ impl TurnRepository for FakeTurns {
         if self.owner.lock().unwrap().get(&start.session_id) != Some(start.user) {
             return Ok(None);
         }
-        let turn = Turn {
-            id: start.turn_id,
-            session_id: start.session_id,
-            seq: self.turns.lock().unwrap().len() as i64 + 1,
-            input: start.input.to_owned(),
-            output: String::new(),
-            status: TurnStatus::InProgress,
-            finish_reason: None,
-            usage: None,
-            error: None,
-            created_at: start.now,
-            completed_at: None,
-        };
+        let turn = start.begun(self.turns.lock().unwrap().len() as i64 + 1);
         self.turns.lock().unwrap().insert(turn.id, turn.clone());
         Ok(Some(turn))
     }

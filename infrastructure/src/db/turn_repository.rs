@@ -83,23 +83,6 @@ fn turn_from_row(row: turn::Model) -> Result<Turn, StorageError> {
     })
 }
 
-/// The turn [`TurnRepository::begin`] committed, as it reads back.
-fn new_turn(start: &TurnStart<'_>, seq: i64) -> Turn {
-    Turn {
-        id: start.turn_id,
-        session_id: start.session_id,
-        seq,
-        input: start.input.to_owned(),
-        output: String::new(),
-        status: TurnStatus::InProgress,
-        finish_reason: None,
-        usage: None,
-        error: None,
-        created_at: start.now,
-        completed_at: None,
-    }
-}
-
 impl SeaOrmTurnRepository {
     /// SQLite (no DML in a `WITH`): the bump, whose write lock serializes
     /// concurrent turns of one session, then the insert, in one transaction.
@@ -149,7 +132,7 @@ impl TurnRepository for SeaOrmTurnRepository {
             }
             None => self.bump_then_insert(&start).await?,
         };
-        Ok(seq.map(|seq| new_turn(&start, seq)))
+        Ok(seq.map(|seq| start.begun(seq)))
     }
 
     async fn finish(&self, id: TurnId, end: TurnEnd) -> Result<Turn, StorageError> {

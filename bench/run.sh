@@ -187,11 +187,12 @@ rss_mb() { awk '/^VmRSS:/ { printf "%.0f", $2 / 1024 }' "/proc/${SPID[$1]}/statu
 hwm_mb() { awk '/^VmHWM:/ { printf "%.0f", $2 / 1024 }' "/proc/${SPID[$1]}/status"; }
 
 # Commands clients sent the limiter's Redis: commandstats also counts the
-# commands a script runs inside Redis (our script's GET, INCR, PEXPIRE),
-# which cost no round trip, and our own INFO; both are left out.
+# commands a script runs inside Redis (our script's MGET, INCR, PEXPIRE),
+# which cost no round trip, and our own INFO; both are left out (no
+# scenario sends a peek, the one MGET a client sends).
 redis_commands() {
   redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' | awk -F'[:=,]' '
-    /^cmdstat_/ && $1 !~ /^cmdstat_(info|get|incr|pexpire)$/ { n += $3 }
+    /^cmdstat_/ && $1 !~ /^cmdstat_(info|mget|incr|pexpire)$/ { n += $3 }
     END { print n + 0 }'
 }
 

@@ -23,13 +23,13 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 pub struct Problem {
     /// The HTTP status.
     pub status: StatusCode,
-    /// The problem type URI; `urn:pantheon:problem:<code>` unless a
-    /// registered type fits.
-    pub type_uri: String,
+    /// A registered problem type URI that fits; `None` means our own,
+    /// `urn:pantheon:problem:<code>`, written out only when serialized.
+    pub registered_type: Option<&'static str>,
     /// A stable snake_case key clients can switch on.
     pub code: &'static str,
     /// A short, status-level summary.
-    pub title: String,
+    pub title: &'static str,
     /// What happened, for a human; never internal detail.
     pub detail: String,
     /// Extension members (`errors`, `turn`, …), in the order they are
@@ -42,12 +42,18 @@ impl Problem {
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
         Self {
             status,
-            type_uri: format!("urn:pantheon:problem:{code}"),
+            registered_type: None,
             code,
-            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            title: status.canonical_reason().unwrap_or("Error"),
             detail: detail.into(),
             extensions: Vec::new(),
         }
+    }
+
+    /// The same problem under a registered type instead of our namespace.
+    pub fn with_type(mut self, type_uri: &'static str) -> Self {
+        self.registered_type = Some(type_uri);
+        self
     }
 
     /// Adds an extension member.
@@ -104,8 +110,11 @@ impl Serialize for ProblemBody<'_> {
         let p = self.problem;
         let mut map = serializer
             .serialize_map(Some(5 + p.extensions.len() + usize::from(self.request_id.is_some())))?;
-        map.serialize_entry("type", &p.type_uri)?;
-        map.serialize_entry("title", &p.title)?;
+        match p.registered_type {
+            Some(uri) => map.serialize_entry("type", uri)?,
+            None => map.serialize_entry("type", &OwnType(p.code))?,
+        }
+        map.serialize_entry("title", p.title)?;
         map.serialize_entry("status", &p.status.as_u16())?;
         map.serialize_entry("detail", &p.detail)?;
         map.serialize_entry("code", p.code)?;
@@ -116,6 +125,15 @@ impl Serialize for ProblemBody<'_> {
             map.serialize_entry("request_id", id)?;
         }
         map.end()
+    }
+}
+
+/// `urn:pantheon:problem:<code>`, written straight into the output.
+struct OwnType(&'static str);
+
+impl Serialize for OwnType {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&format_args!("urn:pantheon:problem:{}", self.0))
     }
 }
 

@@ -139,7 +139,7 @@ pub fn turn_events(
                 }
                 Some(TurnEvent::Finished(outcome)) => {
                     guard.disarm();
-                    yield Ok(terminal(&mut events, &started, outcome));
+                    yield Ok(terminal(&mut events, &started, *outcome));
                     break;
                 }
                 None => {

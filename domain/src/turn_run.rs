@@ -24,7 +24,9 @@ pub enum TurnEvent {
     Delta(String),
     /// The end: the turn as persisted, or why it did not complete
     /// ([`TurnError::Provider`] and [`TurnError::Interrupted`] carry the turn).
-    Finished(Result<Turn, TurnError>),
+    /// Boxed: every stream's channel allocates room for 32 events at once,
+    /// and an unboxed outcome made each slot 200 bytes instead of 32.
+    Finished(Box<Result<Turn, TurnError>>),
 }
 
 /// An admitted turn, committed `in_progress`, whose reply is being generated.
@@ -62,7 +64,7 @@ impl TurnRun {
     pub async fn outcome(mut self) -> Result<Turn, TurnError> {
         while let Some(event) = self.events.recv().await {
             if let TurnEvent::Finished(outcome) = event {
-                return outcome;
+                return *outcome;
             }
         }
         Err(TurnError::Internal("the turn task ended without an outcome".into()))
@@ -147,7 +149,7 @@ impl TurnService {
         };
         let outcome = self.persist(&turn, output, ending).await;
         drop(live);
-        let _ = events.send(TurnEvent::Finished(outcome)).await;
+        let _ = events.send(TurnEvent::Finished(Box::new(outcome))).await;
     }
 
     /// The earlier completed turns the provider wants as context; none

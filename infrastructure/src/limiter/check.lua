@@ -9,16 +9,16 @@
 -- Returns {admitted (0|1), minute current, minute previous, hour current,
 -- hour previous} with the counts as read, before any increment: the
 -- application computes remaining and retry times from them.
-local function count(key)
-  return tonumber(redis.call('GET', key) or '0')
-end
-local mc, mp, hc, hp = count(KEYS[1]), count(KEYS[2]), count(KEYS[3]), count(KEYS[4])
+--
+-- Written for the cost of every admitted turn: one MGET instead of four
+-- GETs, and no functions defined per call (each redis.call and each closure
+-- is work Redis does under its one thread).
+local v = redis.call('MGET', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+local mc, mp = tonumber(v[1] or 0), tonumber(v[2] or 0)
+local hc, hp = tonumber(v[3] or 0), tonumber(v[4] or 0)
 local ml, mw, me = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local hl, hw, he = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local function fits(c, p, limit, w, e)
-  return p * (w - e) + (c + 1) * w <= limit * w
-end
-if fits(mc, mp, ml, mw, me) and fits(hc, hp, hl, hw, he) then
+if mp * (mw - me) + (mc + 1) * mw <= ml * mw and hp * (hw - he) + (hc + 1) * hw <= hl * hw then
   if redis.call('INCR', KEYS[1]) == 1 then redis.call('PEXPIRE', KEYS[1], 2 * mw - me) end
   if redis.call('INCR', KEYS[3]) == 1 then redis.call('PEXPIRE', KEYS[3], 2 * hw - he) end
   return {1, mc, mp, hc, hp}

@@ -48,10 +48,17 @@ impl ModelProvider for BuiltinProvider {
             total_tokens: (request.input.split_whitespace().count() + chunks.len()) as i64,
         };
         let delay = self.chunk_delay;
+        let began = tokio::time::Instant::now();
         let deltas = futures::stream::iter(chunks.into_iter().enumerate()).then(
             move |(i, chunk)| async move {
                 if !delay.is_zero() {
-                    tokio::time::sleep(delay).await;
+                    let due = u32::try_from(i + 1)
+                        .ok()
+                        .and_then(|n| began.checked_add(delay.saturating_mul(n)));
+                    match due {
+                        Some(due) => tokio::time::sleep_until(due).await,
+                        None => tokio::time::sleep(delay).await,
+                    }
                 }
                 match fail_at {
                     Some(at) if i == at => {

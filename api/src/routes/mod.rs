@@ -29,20 +29,24 @@ fn body_limit(max_input_chars: usize) -> usize {
 /// The whole HTTP surface.
 pub fn router(state: AppState) -> Router {
     let limit = body_limit(state.max_input_chars);
-    let api = Router::new()
-        .route("/sessions", post(sessions::create_session).get(sessions::list_sessions))
-        .route(
-            "/sessions/{session_id}",
-            get(sessions::get_session).delete(sessions::delete_session),
-        )
-        .route("/sessions/{session_id}/turns", post(turns::submit_turn).get(turns::list_turns))
-        .route("/sessions/{session_id}/turns/stream", post(stream::stream_turn))
-        .route("/sessions/{session_id}/turns/{turn_id}", get(turns::get_turn))
-        .route("/rate-limit", get(rate_limit::rate_limit_status));
+    // Full paths, not `nest("/api/v1", …)`: a nested router strips the
+    // prefix by rebuilding every request's URI and routes it a second time,
+    // work that every turn (and every refusal) paid for nothing.
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .nest("/api/v1", api)
+        .route("/api/v1/sessions", post(sessions::create_session).get(sessions::list_sessions))
+        .route(
+            "/api/v1/sessions/{session_id}",
+            get(sessions::get_session).delete(sessions::delete_session),
+        )
+        .route(
+            "/api/v1/sessions/{session_id}/turns",
+            post(turns::submit_turn).get(turns::list_turns),
+        )
+        .route("/api/v1/sessions/{session_id}/turns/stream", post(stream::stream_turn))
+        .route("/api/v1/sessions/{session_id}/turns/{turn_id}", get(turns::get_turn))
+        .route("/api/v1/rate-limit", get(rate_limit::rate_limit_status))
         .fallback(|| async { Problem::for_status(StatusCode::NOT_FOUND) })
         .layer(
             ServiceBuilder::new()

@@ -89,3 +89,64 @@ impl OverLimitCache {
         self.counted(&entries);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limiter::{Window, WindowUsage};
+
+    const LIMITS: Limits = Limits { per_minute: 2, per_hour: 100 };
+
+    fn user(name: &str) -> UserId {
+        UserId::parse(name).unwrap_or_else(|_| unreachable!())
+    }
+
+    fn denial(limits: Limits, now_ms: i64, retry_at_ms: i64) -> Denial {
+        let usage = |window, limit| WindowUsage { window, limit, remaining: 0, reset_ms: 0 };
+        Denial {
+            limits,
+            usage: [usage(Window::Minute, limits.per_minute), usage(Window::Hour, limits.per_hour)],
+            violated: vec![Window::Minute],
+            retry_at_ms,
+            binding: Window::Minute,
+            now_ms,
+        }
+    }
+
+    #[test]
+    fn a_denial_is_answered_until_its_retry_time_with_resets_brought_up_to_date() {
+        let cache = OverLimitCache::default();
+        assert_eq!(cache.get(&user("alice"), LIMITS, 1_000), None);
+        cache.insert(&user("alice"), &denial(LIMITS, 1_000, 5_000));
+        let hit = cache.get(&user("alice"), LIMITS, 2_000).unwrap_or_else(|| unreachable!());
+        assert_eq!(
+            (hit.now_ms, hit.usage[0].reset_ms, hit.usage[1].reset_ms),
+            (2_000, 3_000, 3_000)
+        );
+        assert_eq!(cache.get(&user("bob"), LIMITS, 2_000), None);
+        assert_eq!(cache.get(&user("alice"), LIMITS, 5_000), None);
+        // Expired on that read, and gone: the lock-free emptiness check holds.
+        assert_eq!(cache.len.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn other_limits_find_nothing_and_their_denial_replaces_the_entry() {
+        let cache = OverLimitCache::default();
+        let pro = Limits { per_minute: 50, per_hour: 1_000 };
+        cache.insert(&user("alice"), &denial(LIMITS, 1_000, 5_000));
+        assert_eq!(cache.get(&user("alice"), pro, 2_000), None);
+        cache.insert(&user("alice"), &denial(pro, 2_000, 9_000));
+        assert_eq!(cache.get(&user("alice"), LIMITS, 3_000), None);
+        assert_eq!(cache.get(&user("alice"), pro, 3_000).map(|d| d.retry_at_ms), Some(9_000));
+    }
+
+    #[test]
+    fn a_sweep_drops_what_has_expired() {
+        let cache = OverLimitCache::default();
+        cache.insert(&user("alice"), &denial(LIMITS, 1_000, 5_000));
+        cache.insert(&user("bob"), &denial(LIMITS, 1_000, 9_000));
+        cache.sweep(6_000);
+        assert_eq!(cache.len.load(Ordering::Acquire), 1);
+        assert_eq!(cache.get(&user("bob"), LIMITS, 6_000).map(|d| d.retry_at_ms), Some(9_000));
+    }
+}

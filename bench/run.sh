@@ -54,35 +54,11 @@ SSE_IDEAL_MS=1000
 JSON_INPUT="Hello, Pantheon benchmark"
 HIGH=1000000000
 
-log() { printf 'bench: %s\n' "$*" >&2; }
-die() { log "$*"; exit 1; }
+# The helpers run.sh and compare.sh share: servers, Redis, the database.
+source bench/lib.sh
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/pantheon-bench.XXXXXX")
 OK=0
-declare -A SPID SBASE
-
-# stop_server NAME
-stop_server() {
-  local pid=${SPID[$1]:-}
-  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  fi
-  unset "SPID[$1]"
-}
-
-# stop_redis NAME: a bench redis-server, by its pidfile.
-stop_redis() {
-  local pidfile="$WORK/redis-$1.pid" pid
-  [ -f "$pidfile" ] || return 0
-  pid=$(cat "$pidfile")
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$pid" 2>/dev/null || true
-  rm -f "$pidfile"
-}
 
 cleanup() {
   local status=$?
@@ -133,26 +109,12 @@ LOAD_START=$(cut -d' ' -f1 /proc/loadavg)
 
 # --- the bench's own Redis servers and database -----------------------------
 
-# start_redis NAME: prints the port.
-start_redis() {
-  local port
-  port=$("$LOADGEN" free-port)
-  redis-server --bind 127.0.0.1 --port "$port" --save "" --appendonly no \
-    --daemonize yes --pidfile "$WORK/redis-$1.pid" --dir "$WORK" --logfile "$WORK/redis-$1.log"
-  for _ in $(seq 1 50); do
-    redis-cli -p "$port" ping 2>/dev/null | grep -q PONG && break
-    sleep 0.1
-  done
-  redis-cli -p "$port" ping 2>/dev/null | grep -q PONG || die "the bench Redis $1 did not start"
-  echo "$port"
-}
 REDIS_PORT=$(start_redis limiter)
 REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 # Scenario D's, killed during the run.
 DOOMED_PORT=$(start_redis doomed)
 DOOMED_URL="redis://127.0.0.1:$DOOMED_PORT"
 
-psql_admin() { psql -h 127.0.0.1 -U postgres -d postgres -v ON_ERROR_STOP=1 -qAt "$@"; }
 psql_admin -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB" 2>/dev/null
 PG_URL="postgres://postgres@127.0.0.1:5432/$DB"
 
@@ -161,26 +123,6 @@ export PANTHEON__AUTH__JWT_SECRET="pantheon-bench-secret-0123456789abcdef-012345
 export PANTHEON__LOG__LEVEL="$LOG_LEVEL"
 export PANTHEON__SERVER__SHUTDOWN_GRACE_SECS=5
 unset PANTHEON__DATABASE__URL PANTHEON__REDIS__URL DATABASE_URL PGSSLMODE
-
-# start_server NAME [VAR=value ...]: a fresh Pantheon on a free port,
-# reachable at ${SBASE[NAME]}.
-start_server() {
-  local name=$1 port pid
-  shift
-  port=$("$LOADGEN" free-port)
-  env PANTHEON__SERVER__ADDR="127.0.0.1:$port" PANTHEON__PROVIDER__KIND=builtin \
-    "$@" "$PANTHEON" >"$WORK/server-$name.log" 2>&1 &
-  pid=$!
-  SPID[$name]=$pid
-  SBASE[$name]="http://127.0.0.1:$port"
-  for _ in $(seq 1 150); do
-    curl -sf "${SBASE[$name]}/healthz" >/dev/null 2>&1 && return
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  tail -n 20 "$WORK/server-$name.log" >&2
-  die "server $name did not start"
-}
 
 # Server memory in MB: current and peak resident set.
 rss_mb() { awk '/^VmRSS:/ { printf "%.0f", $2 / 1024 }' "/proc/${SPID[$1]}/status"; }

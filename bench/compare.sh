@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# Same-run before/after of two builds: the figures a change's note quotes.
+# Both builds serve side by side, on one database and one bench Redis, and
+# their rounds alternate, so drift in this machine's speed (±15 % from
+# minute to minute) hits both alike. Per round it prints the rate and the
+# CPU time per request of the server, PostgreSQL and Redis (/proc), then
+# totals per build.
+#
+#   bench/compare.sh BEFORE AFTER [json] [refusal] [sse]
+#
+# BEFORE and AFTER are `pantheon` binaries, e.g. of an earlier commit:
+#   git worktree add /tmp/before <commit> && (cd /tmp/before && cargo build --release -p pantheon-api)
+#   bench/compare.sh /tmp/before/target/release/pantheon target/release/pantheon
+# Scenarios (default: all): json — run.sh's A and B on each build (the
+# limiter overhead 1 − A/B per build); refusal — C and /healthz on each;
+# sse — E on a fresh server of each, alternately.
+# Environment: COMPARE_ROUNDS (default 4), COMPARE_SECS (seconds per round,
+# default 5). All traffic goes to 127.0.0.1; every process is stopped on exit.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+[ $# -ge 2 ] || { sed -n '2,19p' "$0"; exit 2; }
+BEFORE=$(realpath "$1") AFTER=$(realpath "$2")
+shift 2
+SCENARIOS=("$@")
+[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(json refusal sse)
+ROUNDS=${COMPARE_ROUNDS:-4}
+SECS=${COMPARE_SECS:-5}
+HIGH=1000000000
+DB=pantheon_compare
+
+source bench/lib.sh
+
+# The same packages as run.sh builds: another set unifies features differently
+# and rebuilds the tree.
+cargo build --release -q -p pantheon-api -p pantheon-loadgen
+LOADGEN="$(pwd)/target/release/pantheon-loadgen"
+scripts/services.sh
+command -v wrk >/dev/null || die "wrk is missing (bench/run.sh installs it)"
+hard=$(ulimit -Hn)
+if [ "$hard" = unlimited ]; then ulimit -n 65536; else ulimit -n "$hard"; fi
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/pantheon-compare.XXXXXX")
+cleanup() {
+  local status=$?
+  for name in "${!SPID[@]}"; do stop_server "$name"; done
+  stop_redis limiter
+  psql_admin -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" 2>/dev/null || true
+  rm -rf "$WORK"
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+export PANTHEON__AUTH__JWT_SECRET="pantheon-bench-secret-0123456789abcdef-0123456789"
+export PANTHEON__LOG__LEVEL=info PANTHEON__SERVER__SHUTDOWN_GRACE_SECS=2
+unset PANTHEON__DATABASE__URL PANTHEON__REDIS__URL DATABASE_URL PGSSLMODE
+REDIS_PORT=$(start_redis limiter)
+psql_admin -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB" 2>/dev/null
+ENV=(PANTHEON__DATABASE__URL="postgres://postgres@127.0.0.1:5432/$DB"
+  PANTHEON__REDIS__URL="redis://127.0.0.1:$REDIS_PORT")
+HIGH_ENV=("${ENV[@]}" PANTHEON__RATE_LIMIT__PER_MINUTE=$HIGH PANTHEON__RATE_LIMIT__PER_HOUR=$HIGH)
+
+# CPU ticks (1/100 s) of a process, of every PostgreSQL process, of the Redis.
+ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+pg_ticks() { cat /proc/[0-9]*/stat 2>/dev/null | awk '$2 ~ /^\(postgres/ { n += $14 + $15 } END { print n + 0 }'; }
+redis_ticks() { ticks "$(cat "$WORK/redis-limiter.pid")"; }
+us_per() { awk -v t="$1" -v n="$2" 'BEGIN { printf "%.0f", (n > 0 ? t * 10000 / n : 0) }'; }
+
+# measure LABEL SERVER SCRIPT ARGS...: one wrk round, one line, and its
+# rate appended to $WORK/rate-LABEL.
+measure() {
+  local label=$1 server=$2 script=$3 out n rps s0 p0 r0 s1 p1 r1
+  shift 3
+  s0=$(ticks "${SPID[$server]}"); p0=$(pg_ticks); r0=$(redis_ticks)
+  out=$(wrk -t2 -c64 -d"${SECS}s" -s "bench/wrk/$script" "${SBASE[$server]}" -- "$@" | grep '^RESULT ')
+  s1=$(ticks "${SPID[$server]}"); p1=$(pg_ticks); r1=$(redis_ticks)
+  n=$(sed -E 's/.* requests=([0-9]+).*/\1/' <<<"$out")
+  rps=$(sed -E 's/.* rps=([0-9.]+).*/\1/' <<<"$out")
+  echo "$rps" >>"$WORK/rate-$label"
+  printf '%-10s %9s /s  server %4s µs  postgres %4s µs  redis %3s µs  %s\n' "$label" "$rps" \
+    "$(us_per $((s1 - s0)) "$n")" "$(us_per $((p1 - p0)) "$n")" "$(us_per $((r1 - r0)) "$n")" \
+    "$(grep -oE 'statuses=[^ ]*' <<<"$out" || true)"
+}
+total() { awk '{ s += $1 } END { printf "%.0f", s }' "$WORK/rate-$1"; }
+ratio() { awk -v a="$(total "$1")" -v b="$(total "$2")" 'BEGIN { printf "%.3f", a / b }'; }
+
+log "setup: users and sessions"
+start_build setup "$AFTER" "${HIGH_ENV[@]}"
+"$LOADGEN" setup --base "${SBASE[setup]}" --users 1000 --prefix cmp-a --out "$WORK/users-a.txt" >&2
+"$LOADGEN" setup --base "${SBASE[setup]}" --users 1 --prefix cmp-c --out "$WORK/users-c.txt" >&2
+[[ " ${SCENARIOS[*]} " == *" sse "* ]] &&
+  "$LOADGEN" setup --base "${SBASE[setup]}" --users 2000 --prefix cmp-e --out "$WORK/users-e.txt" >&2
+stop_server setup
+echo "before: $BEFORE"
+echo "after:  $AFTER"
+
+for scenario in "${SCENARIOS[@]}"; do
+  case "$scenario" in
+    json)
+      start_build A-before "$BEFORE" "${HIGH_ENV[@]}"
+      start_build B-before "$BEFORE" "${HIGH_ENV[@]}" PANTHEON__RATE_LIMIT__ENABLED=false
+      start_build A-after "$AFTER" "${HIGH_ENV[@]}"
+      start_build B-after "$AFTER" "${HIGH_ENV[@]}" PANTHEON__RATE_LIMIT__ENABLED=false
+      for s in A-before B-before A-after B-after; do
+        wrk -t2 -c64 -d2s -s bench/wrk/turns.lua "${SBASE[$s]}" -- "$WORK/users-a.txt" >/dev/null
+      done
+      for r in $(seq 1 "$ROUNDS"); do
+        for s in A-before B-before A-after B-after; do measure "$s" "$s" turns.lua "$WORK/users-a.txt"; done
+      done
+      echo "json: A after/before $(ratio A-after A-before); limiter overhead 1 − A/B:" \
+        "before $(awk -v x="$(ratio A-before B-before)" 'BEGIN { printf "%.1f", (1 - x) * 100 }') %," \
+        "after $(awk -v x="$(ratio A-after B-after)" 'BEGIN { printf "%.1f", (1 - x) * 100 }') %"
+      for s in A-before B-before A-after B-after; do stop_server "$s"; done
+      ;;
+    refusal)
+      read -r token session <"$WORK/users-c.txt"
+      path="/api/v1/sessions/$session/turns" body='{"input":"Hello, Pantheon benchmark"}'
+      for b in before after; do
+        binary=$BEFORE; [ "$b" = after ] && binary=$AFTER
+        start_build "C-$b" "$binary" "${ENV[@]}" PANTHEON__RATE_LIMIT__PER_MINUTE=1
+        for _ in 1 2; do
+          curl -s -o /dev/null -X POST "${SBASE[C-$b]}$path" -H "Authorization: Bearer $token" \
+            -H 'Content-Type: application/json' -d "$body"
+        done
+      done
+      for r in $(seq 1 "$ROUNDS"); do
+        for b in before after; do
+          measure "C-$b" "C-$b" fixed.lua POST "$path" "$token" "$body"
+          measure "H-$b" "C-$b" fixed.lua GET /healthz -
+        done
+      done
+      echo "refusal / healthz: before $(ratio C-before H-before), after $(ratio C-after H-after)"
+      stop_server C-before
+      stop_server C-after
+      ;;
+    sse)
+      input="one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen"
+      for r in $(seq 1 "$ROUNDS"); do
+        for b in before after; do
+          binary=$BEFORE; [ "$b" = after ] && binary=$AFTER
+          start_build "E-$b" "$binary" "${HIGH_ENV[@]}" PANTHEON__PROVIDER__BUILTIN__CHUNK_DELAY_MS=50
+          s0=$(ticks "${SPID[E-$b]}"); p0=$(pg_ticks)
+          out=$("$LOADGEN" sse --base "${SBASE[E-$b]}" --users "$WORK/users-e.txt" --input "$input" | grep '^RESULT ')
+          s1=$(ticks "${SPID[E-$b]}"); p1=$(pg_ticks)
+          printf 'E-%-8s %s  server %s s  postgres %s s  peak RSS %s MB\n' "$b" \
+            "$(grep -oE '(completed|wall_ms|first_event_p99_ms)=[0-9.]+' <<<"$out" | tr '\n' ' ')" \
+            "$(awk -v t=$((s1 - s0)) 'BEGIN { printf "%.2f", t / 100 }')" \
+            "$(awk -v t=$((p1 - p0)) 'BEGIN { printf "%.2f", t / 100 }')" \
+            "$(awk '/^VmHWM:/ { printf "%.0f", $2 / 1024 }' "/proc/${SPID[E-$b]}/status")"
+          stop_server "E-$b"
+        done
+      done
+      ;;
+    *) die "unknown scenario $scenario (json, refusal, sse)" ;;
+  esac
+done

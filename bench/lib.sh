@@ -1,0 +1,75 @@
+# Helpers shared by bench/run.sh and bench/compare.sh (sourced, not run):
+# starting and stopping Pantheon servers on free loopback ports, the
+# bench's own redis-servers, and the admin connection to PostgreSQL.
+# The caller sets WORK (a scratch directory), LOADGEN and PANTHEON (built
+# binaries) before using them.
+
+log() { printf 'bench: %s\n' "$*" >&2; }
+die() { log "$*"; exit 1; }
+
+declare -A SPID SBASE
+
+# stop_server NAME
+stop_server() {
+  local pid=${SPID[$1]:-}
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  fi
+  unset "SPID[$1]"
+}
+
+# stop_redis NAME: a bench redis-server, by its pidfile.
+stop_redis() {
+  local pidfile="$WORK/redis-$1.pid" pid
+  [ -f "$pidfile" ] || return 0
+  pid=$(cat "$pidfile")
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+  rm -f "$pidfile"
+}
+
+# start_redis NAME: prints the port.
+start_redis() {
+  local port
+  port=$("$LOADGEN" free-port)
+  redis-server --bind 127.0.0.1 --port "$port" --save "" --appendonly no \
+    --daemonize yes --pidfile "$WORK/redis-$1.pid" --dir "$WORK" --logfile "$WORK/redis-$1.log"
+  for _ in $(seq 1 50); do
+    redis-cli -p "$port" ping 2>/dev/null | grep -q PONG && break
+    sleep 0.1
+  done
+  redis-cli -p "$port" ping 2>/dev/null | grep -q PONG || die "the bench Redis $1 did not start"
+  echo "$port"
+}
+
+psql_admin() { psql -h 127.0.0.1 -U postgres -d postgres -v ON_ERROR_STOP=1 -qAt "$@"; }
+
+# start_server NAME [VAR=value ...]: a fresh Pantheon on a free port,
+# reachable at ${SBASE[NAME]}.
+start_server() {
+  start_build "$1" "$PANTHEON" "${@:2}"
+}
+
+# start_build NAME BINARY [VAR=value ...]: the same, of a given build.
+start_build() {
+  local name=$1 binary=$2 port pid
+  shift 2
+  port=$("$LOADGEN" free-port)
+  env PANTHEON__SERVER__ADDR="127.0.0.1:$port" PANTHEON__PROVIDER__KIND=builtin \
+    "$@" "$binary" >"$WORK/server-$name.log" 2>&1 &
+  pid=$!
+  SPID[$name]=$pid
+  SBASE[$name]="http://127.0.0.1:$port"
+  for _ in $(seq 1 150); do
+    curl -sf "${SBASE[$name]}/healthz" >/dev/null 2>&1 && return
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  tail -n 20 "$WORK/server-$name.log" >&2
+  die "server $name did not start"
+}
+

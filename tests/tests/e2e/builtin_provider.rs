@@ -17,8 +17,7 @@ fn request(input: &str) -> ReplyRequest {
 async fn arrivals(work: Duration) -> Vec<u128> {
     let provider = BuiltinProvider::new(Duration::from_millis(50));
     let began = Instant::now();
-    let mut stream =
-        provider.reply(request("a b c d")).await.unwrap_or_else(|_| unreachable!());
+    let mut stream = provider.reply(request("a b c d")).await.unwrap_or_else(|_| unreachable!());
     let mut at = Vec::new();
     while let Some(Ok(event)) = stream.next().await {
         if let ReplyEvent::Delta(_) = event {

@@ -9,8 +9,10 @@
 #   bench/compare.sh BEFORE AFTER [json] [refusal] [sse]
 #
 # BEFORE and AFTER are `pantheon` binaries, e.g. of an earlier commit:
-#   git worktree add /tmp/before <commit> && (cd /tmp/before && cargo build --release -p pantheon-api)
+#   git worktree add --detach /tmp/before <commit> && (cd /tmp/before && cargo build --release -p pantheon-api)
 #   bench/compare.sh /tmp/before/target/release/pantheon target/release/pantheon
+# Both builds migrate the one database at start, so they must share its
+# schema (compare across a migration on two runs of run.sh instead).
 # Scenarios (default: all): json — run.sh's A and B on each build (the
 # limiter overhead 1 − A/B per build); refusal — C and /healthz on each;
 # sse — E on a fresh server of each, alternately.
@@ -19,7 +21,7 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-[ $# -ge 2 ] || { sed -n '2,19p' "$0"; exit 2; }
+[ $# -ge 2 ] || { sed -n '2,20p' "$0"; exit 2; }
 BEFORE=$(realpath "$1") AFTER=$(realpath "$2")
 shift 2
 SCENARIOS=("$@")

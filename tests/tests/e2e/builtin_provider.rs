@@ -4,9 +4,8 @@
 use futures::StreamExt;
 use pantheon_domain::SessionId;
 use pantheon_domain::ports::{ModelProvider, ReplyEvent, ReplyRequest};
-use tokio::time::{Duration, Instant};
-
 use pantheon_infrastructure::provider::BuiltinProvider;
+use tokio::time::{Duration, Instant};
 
 fn request(input: &str) -> ReplyRequest {
     ReplyRequest { session_id: SessionId::new(), input: input.into(), history: Vec::new() }

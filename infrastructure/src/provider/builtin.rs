@@ -2,6 +2,12 @@
 //! and benchmarks. It echoes the input back as a short reply, one word a
 //! chunk, with an optional pause before each chunk.
 //!
+//! The pauses keep a schedule: the n-th chunk is due n × `chunk_delay`
+//! after the reply began, as a real upstream generates at its own pace
+//! whatever its reader is doing. A reader late for one chunk (a busy
+//! server) finds the next one already due instead of starting a further
+//! full pause, so lateness does not add up over a reply.
+//!
 //! An input containing [`FAIL_MARKER`] makes it fail halfway through its
 //! reply, so the failure path (partial output persisted, `failed` status)
 //! can be exercised end to end.

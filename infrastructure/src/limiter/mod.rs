@@ -70,7 +70,7 @@ pub async fn spawn_limiter(settings: &Settings, clock: Arc<dyn Clock>) -> Option
             shared.set_state(LimiterState::InProcess);
             None
         }
-        Some(url) => match redis::Client::open(url.as_str()) {
+        Some(url) => match client(url) {
             Ok(client) => Some(RedisLink::start(client, timeout, fallback, shared.clone()).await),
             Err(e) => {
                 tracing::error!(error = %e, "redis.url cannot be used; limiting in process");
@@ -81,4 +81,15 @@ pub async fn spawn_limiter(settings: &Settings, clock: Arc<dyn Clock>) -> Option
     };
     tokio::spawn(LimiterActor::new(mailbox, clock, fallback, shared, redis).run());
     Some(handle)
+}
+
+/// A client for `url` whose TCP connections send at once (`TCP_NODELAY`;
+/// redis-rs leaves Nagle's algorithm on): a check is a small write, and with
+/// a pipeline already unanswered Nagle would hold the next one back.
+fn client(url: &str) -> redis::RedisResult<redis::Client> {
+    use redis::IntoConnectionInfo;
+    let info = url
+        .into_connection_info()?
+        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+    redis::Client::open(info)
 }

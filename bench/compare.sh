@@ -39,8 +39,7 @@ cargo build --release -q -p pantheon-api -p pantheon-loadgen
 LOADGEN="$(pwd)/target/release/pantheon-loadgen"
 scripts/services.sh
 command -v wrk >/dev/null || die "wrk is missing (bench/run.sh installs it)"
-hard=$(ulimit -Hn)
-if [ "$hard" = unlimited ]; then ulimit -n 65536; else ulimit -n "$hard"; fi
+raise_open_files
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/pantheon-compare.XXXXXX")
 cleanup() {
@@ -54,9 +53,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-export PANTHEON__AUTH__JWT_SECRET="pantheon-bench-secret-0123456789abcdef-0123456789"
-export PANTHEON__LOG__LEVEL=info PANTHEON__SERVER__SHUTDOWN_GRACE_SECS=2
-unset PANTHEON__DATABASE__URL PANTHEON__REDIS__URL DATABASE_URL PGSSLMODE
+bench_env info 2
 REDIS_PORT=$(start_redis limiter)
 psql_admin -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB" 2>/dev/null
 ENV=(PANTHEON__DATABASE__URL="postgres://postgres@127.0.0.1:5432/$DB"
@@ -86,6 +83,7 @@ measure() {
 }
 total() { awk '{ s += $1 } END { printf "%.0f", s }' "$WORK/rate-$1"; }
 ratio() { awk -v a="$(total "$1")" -v b="$(total "$2")" 'BEGIN { printf "%.3f", a / b }'; }
+build() { if [ "$1" = after ]; then echo "$AFTER"; else echo "$BEFORE"; fi; }
 
 log "setup: users and sessions"
 start_build setup "$AFTER" "${HIGH_ENV[@]}"
@@ -119,8 +117,7 @@ for scenario in "${SCENARIOS[@]}"; do
       read -r token session <"$WORK/users-c.txt"
       path="/api/v1/sessions/$session/turns" body='{"input":"Hello, Pantheon benchmark"}'
       for b in before after; do
-        binary=$BEFORE; [ "$b" = after ] && binary=$AFTER
-        start_build "C-$b" "$binary" "${ENV[@]}" PANTHEON__RATE_LIMIT__PER_MINUTE=1
+        start_build "C-$b" "$(build "$b")" "${ENV[@]}" PANTHEON__RATE_LIMIT__PER_MINUTE=1
         for _ in 1 2; do
           curl -s -o /dev/null -X POST "${SBASE[C-$b]}$path" -H "Authorization: Bearer $token" \
             -H 'Content-Type: application/json' -d "$body"
@@ -140,8 +137,7 @@ for scenario in "${SCENARIOS[@]}"; do
       input="one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen"
       for r in $(seq 1 "$ROUNDS"); do
         for b in before after; do
-          binary=$BEFORE; [ "$b" = after ] && binary=$AFTER
-          start_build "E-$b" "$binary" "${HIGH_ENV[@]}" PANTHEON__PROVIDER__BUILTIN__CHUNK_DELAY_MS=50
+          start_build "E-$b" "$(build "$b")" "${HIGH_ENV[@]}" PANTHEON__PROVIDER__BUILTIN__CHUNK_DELAY_MS=50
           s0=$(ticks "${SPID[E-$b]}"); p0=$(pg_ticks)
           out=$("$LOADGEN" sse --base "${SBASE[E-$b]}" --users "$WORK/users-e.txt" --input "$input" | grep '^RESULT ')
           s1=$(ticks "${SPID[E-$b]}"); p1=$(pg_ticks)

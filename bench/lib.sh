@@ -9,6 +9,24 @@ die() { log "$*"; exit 1; }
 
 declare -A SPID SBASE
 
+# 2,000 streams need 2,000 sockets in the load generator and as many in the
+# server (both inherit this limit), plus the database pool.
+raise_open_files() {
+  local hard
+  hard=$(ulimit -Hn)
+  if [ "$hard" = unlimited ]; then ulimit -n 65536; else ulimit -n "$hard"; fi
+  [ "$(ulimit -n)" -ge 8192 ] || die "ulimit -n is $(ulimit -n); the SSE scenario needs at least 8192"
+}
+
+# bench_env LOG_LEVEL GRACE_SECS: what every bench server inherits. The
+# load generator mints and the servers verify with this secret; settings
+# from the caller's environment that would point them elsewhere are cleared.
+bench_env() {
+  export PANTHEON__AUTH__JWT_SECRET="pantheon-bench-secret-0123456789abcdef-0123456789"
+  export PANTHEON__LOG__LEVEL="$1" PANTHEON__SERVER__SHUTDOWN_GRACE_SECS="$2"
+  unset PANTHEON__DATABASE__URL PANTHEON__REDIS__URL DATABASE_URL PGSSLMODE
+}
+
 # stop_server NAME
 stop_server() {
   local pid=${SPID[$1]:-}
@@ -72,4 +90,3 @@ start_build() {
   tail -n 20 "$WORK/server-$name.log" >&2
   die "server $name did not start"
 }
-

@@ -98,11 +98,7 @@ for tool in curl psql redis-server redis-cli wrk; do
   command -v "$tool" >/dev/null || die "$tool is missing"
 done
 
-# 2,000 streams need 2,000 sockets in the load generator and as many in the
-# server (both inherit this limit), plus the database pool.
-hard=$(ulimit -Hn)
-if [ "$hard" = unlimited ]; then ulimit -n 65536; else ulimit -n "$hard"; fi
-[ "$(ulimit -n)" -ge 8192 ] || die "ulimit -n is $(ulimit -n); the SSE scenario needs at least 8192"
+raise_open_files
 
 # Other work on the machine skews every figure: the load average is reported.
 LOAD_START=$(cut -d' ' -f1 /proc/loadavg)
@@ -119,10 +115,7 @@ psql_admin -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB
 PG_URL="postgres://postgres@127.0.0.1:5432/$DB"
 
 # Every server and the load generator mint and verify with this secret.
-export PANTHEON__AUTH__JWT_SECRET="pantheon-bench-secret-0123456789abcdef-0123456789"
-export PANTHEON__LOG__LEVEL="$LOG_LEVEL"
-export PANTHEON__SERVER__SHUTDOWN_GRACE_SECS=5
-unset PANTHEON__DATABASE__URL PANTHEON__REDIS__URL DATABASE_URL PGSSLMODE
+bench_env "$LOG_LEVEL" 5
 
 # Server memory in MB: current and peak resident set.
 rss_mb() { awk '/^VmRSS:/ { printf "%.0f", $2 / 1024 }' "/proc/${SPID[$1]}/status"; }

@@ -10,6 +10,7 @@ pub mod fake_openai;
 pub mod headers;
 pub mod limiter;
 pub mod logs;
+pub mod process;
 pub mod redis_server;
 pub mod sse;
 

@@ -78,3 +78,14 @@ async fn shutdown_ends_open_streams_within_the_grace_period_and_leaves_nothing_i
         "nothing left in progress"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_and_exits_cleanly_on_sigterm() {
+    let database = pantheon_tests::TestDatabase::create(Backend::Sqlite).await;
+    let mut server = pantheon_tests::process::ServerCommand::new(&database.url).spawn().await;
+    let ready = reqwest::get(format!("{}/readyz", server.address())).await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let status = server.terminate().await;
+    assert!(status.success(), "exit status {status}; stderr:\n{}", server.output());
+    assert!(server.output().contains("pantheon stopped"), "{}", server.output());
+}

@@ -12,11 +12,12 @@ use pantheon_infrastructure::auth::TokenVerifier;
 use pantheon_infrastructure::db::{
     self, DatabaseProbe, SeaOrmSessionRepository, SeaOrmTurnRepository,
 };
-use pantheon_infrastructure::limiter::{limit_table, spawn_limiter};
+use pantheon_infrastructure::limiter::{limit_table, limiter};
 use pantheon_infrastructure::provider::{BuiltinProvider, OpenAiProvider};
 use pantheon_infrastructure::settings::{ProviderKind, ProviderSettings, Settings};
 use thiserror::Error;
 
+use crate::background::Background;
 use crate::state::{AppParts, AppState};
 
 /// Why the server could not start.
@@ -44,20 +45,29 @@ pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> Result<AppStat
         Migrator::up(&conn, None).await.map_err(|e| StartError::Migration(e.to_string()))?;
     }
     let provider = model_provider(&settings.provider)?;
-    let policy = TurnPolicy { max_duration: Duration::from_secs(settings.turns.max_duration_secs) };
-    let limiter = spawn_limiter(settings, clock.clone()).await;
+    let policy = TurnPolicy {
+        max_duration: Duration::from_secs(settings.turns.max_duration_secs),
+        checkpoint_interval: Duration::from_millis(settings.turns.checkpoint_ms),
+    };
     let verifier =
         TokenVerifier::new(&settings.auth, limit_table(&settings.rate_limit)).map_err(|e| {
             StartError::Settings(format!("configuration error: auth.jwt_public_key: {e}"))
         })?;
-    let turns = TurnService::new(
-        Arc::new(SeaOrmTurnRepository::new(conn.clone())),
-        provider,
-        clock.clone(),
-        policy,
-        limiter,
-    );
-    spawn_stale_sweep(turns.clone(), policy.max_duration);
+    // Nothing runs before this point, so a failed start leaves no task behind.
+    let background = Background::default();
+    let limiter = match limiter(settings, clock.clone()).await {
+        Some((handle, actor)) => {
+            background.spawn(actor);
+            Some(handle)
+        }
+        None => None,
+    };
+    let (repository, writers) = SeaOrmTurnRepository::new(conn.clone());
+    for writer in writers {
+        background.spawn(writer);
+    }
+    let turns = TurnService::new(Arc::new(repository), provider, clock.clone(), policy, limiter);
+    spawn_turn_upkeep(&background, &turns, policy);
     Ok(AppState::new(AppParts {
         sessions: SessionService::new(
             Arc::new(SeaOrmSessionRepository::new(conn.clone())),
@@ -70,6 +80,7 @@ pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> Result<AppStat
         keep_alive: Duration::from_secs(settings.turns.keep_alive_secs),
         on_disconnect: settings.turns.on_disconnect,
         shutdown_grace: Duration::from_secs(settings.server.shutdown_grace_secs),
+        background,
     }))
 }
 
@@ -87,14 +98,25 @@ fn model_provider(settings: &ProviderSettings) -> Result<Arc<dyn ModelProvider>,
     })
 }
 
-/// Ends turns that a crashed instance left `in_progress`: once at start,
-/// then every `max_duration` (at least a minute).
-fn spawn_stale_sweep(turns: TurnService, max_duration: Duration) {
-    let every = max_duration.max(Duration::from_secs(60));
-    tokio::spawn(async move {
-        let mut interval = tokio::time::interval(every);
-        loop {
-            interval.tick().await;
+/// The checkpointer (every interval: the output and heartbeat of this
+/// process's generating turns) and the sweep (at start, then every two
+/// intervals: turns whose heartbeat stopped are ended `incomplete`). After a
+/// crash, its turns are ended within three intervals of their last
+/// heartbeat plus one sweep period: about 5 s with the default 1 s.
+fn spawn_turn_upkeep(background: &Background, turns: &TurnService, policy: TurnPolicy) {
+    let checkpointing = turns.clone();
+    background.every(policy.checkpoint_interval, move || {
+        let turns = checkpointing.clone();
+        async move {
+            if let Err(error) = turns.checkpoint().await {
+                tracing::warn!(error = %error, "checkpointing turns in progress failed");
+            }
+        }
+    });
+    let sweeping = turns.clone();
+    background.every(policy.checkpoint_interval * 2, move || {
+        let turns = sweeping.clone();
+        async move {
             if let Err(error) = turns.sweep_stale().await {
                 tracing::warn!(error = %error, "sweeping abandoned turns failed");
             }

@@ -9,7 +9,7 @@ use pantheon_domain::{Page, PageRequest, Session, SessionId, Turn, Usage};
 use serde::{Deserialize, Serialize, Serializer};
 use uuid::Uuid;
 
-use crate::error::{ApiError, provider_status};
+use crate::error::{ApiError, failure_status};
 
 /// Timestamps as RFC 3339 UTC with microseconds, the precision stored.
 fn timestamp<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
@@ -97,13 +97,14 @@ pub struct TurnBody {
 impl From<Turn> for TurnBody {
     fn from(t: Turn) -> Self {
         let error = t.error.map(|f| {
-            let status = provider_status(&f.code);
+            let status = failure_status(f.kind);
+            let code = f.kind.as_str();
             TurnErrorBody {
-                type_uri: format!("urn:pantheon:problem:{}", f.code),
+                type_uri: format!("urn:pantheon:problem:{code}"),
                 title: status.canonical_reason().unwrap_or("Error").to_owned(),
                 status: status.as_u16(),
                 detail: f.detail,
-                code: f.code,
+                code: code.to_owned(),
             }
         });
         Self {

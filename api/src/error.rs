@@ -4,7 +4,7 @@
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use pantheon_domain::{ProviderError, StorageError, TurnError, ValidationError};
+use pantheon_domain::{FailureKind, ProviderError, StorageError, Turn, TurnError, ValidationError};
 use serde_json::json;
 
 use crate::dto::TurnBody;
@@ -40,12 +40,7 @@ impl ApiError {
 
     /// `500`, logging the cause.
     pub fn internal(cause: &dyn std::fmt::Display) -> Self {
-        tracing::error!(error = %cause, "request failed");
-        Self::new(Problem::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
-            "An internal error occurred.",
-        ))
+        Self::new(internal(cause).problem)
     }
 
     /// The problem this error renders as.
@@ -56,94 +51,128 @@ impl ApiError {
 
 impl From<ValidationError> for ApiError {
     fn from(error: ValidationError) -> Self {
-        Self::new(
-            Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", error.to_string())
-                .with("errors", json!([{ "field": error.field, "message": error.message }])),
-        )
+        TurnError::Invalid(error).into()
     }
 }
 
 impl From<StorageError> for ApiError {
     fn from(error: StorageError) -> Self {
-        match error {
-            StorageError::Unavailable(_) => {
-                tracing::error!(error = %error, "storage unavailable");
-                let mut e = Self::new(Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "storage_unavailable",
-                    "The service is temporarily unable to reach its storage.",
-                ));
-                e.headers.insert(header::RETRY_AFTER, HeaderValue::from(1));
-                e
-            }
-            StorageError::Other(_) => Self::internal(&error),
-        }
+        TurnError::Storage(error).into()
     }
 }
 
-/// The status and public wording of a provider failure's code; shared with
-/// the `error` member of a failed turn.
-pub fn provider_status(code: &str) -> StatusCode {
-    match code {
-        "upstream_timeout" => StatusCode::GATEWAY_TIMEOUT,
-        "upstream_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::BAD_GATEWAY,
+/// The status of a provider failure's kind: also the `status` of the
+/// `error` member of a turn that failed so.
+pub fn failure_status(kind: FailureKind) -> StatusCode {
+    match kind {
+        FailureKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        FailureKind::UpstreamUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        FailureKind::UpstreamError => StatusCode::BAD_GATEWAY,
     }
+}
+
+/// How a failed turn operation reaches the client: the JSON endpoints
+/// answer it as the response, a stream sends it as the `error` of its
+/// `turn.failed` event (with `turn`).
+#[derive(Debug)]
+pub struct Failure {
+    /// The problem, without the `turn` member.
+    pub problem: Problem,
+    /// Headers the response carries (`Retry-After`, rate-limit headers).
+    pub headers: HeaderMap,
+    /// The turn as persisted, when the failure ended one.
+    pub turn: Option<Turn>,
+}
+
+impl Failure {
+    fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        Self { problem: Problem::new(status, code, detail), headers: HeaderMap::new(), turn: None }
+    }
+
+    fn retry_after(mut self, secs: u64) -> Self {
+        self.headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        self
+    }
+}
+
+/// The one mapping of a domain error to what the client sees, and the one
+/// place its server-side cause is logged (never sent).
+pub fn failure(error: TurnError) -> Failure {
+    match error {
+        TurnError::SessionNotFound => {
+            Failure::new(StatusCode::NOT_FOUND, "session_not_found", "No such session.")
+        }
+        TurnError::TurnNotFound => {
+            Failure::new(StatusCode::NOT_FOUND, "turn_not_found", "No such turn.")
+        }
+        TurnError::Invalid(e) => {
+            let mut f =
+                Failure::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", e.to_string());
+            f.problem =
+                f.problem.with("errors", json!([{ "field": e.field, "message": e.message }]));
+            f
+        }
+        TurnError::Storage(StorageError::Unavailable(cause)) => {
+            tracing::error!(error = %cause, "storage unavailable");
+            Failure::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_unavailable",
+                "The service is temporarily unable to reach its storage.",
+            )
+            .retry_after(1)
+        }
+        TurnError::Storage(error @ StorageError::Other(_)) => internal(&error),
+        TurnError::Provider { turn, source } => {
+            tracing::warn!(turn.id = %turn.id, error = %source, "turn failed at the provider");
+            let kind = source.kind();
+            let detail = turn.error.as_ref().map(|e| e.detail.clone()).unwrap_or_default();
+            let mut f = Failure::new(failure_status(kind), kind.as_str(), detail);
+            if let ProviderError::Unavailable { retry_after: Some(wait), .. } = &source {
+                f = f.retry_after(wait.as_secs());
+            }
+            f.turn = Some(*turn);
+            f
+        }
+        TurnError::RateLimited(denial) => {
+            let (problem, headers) = rate_limit::too_many_requests(&denial);
+            Failure { problem, headers, turn: None }
+        }
+        TurnError::LimiterUnavailable => {
+            let (problem, headers) = rate_limit::limiter_unavailable();
+            Failure { problem, headers, turn: None }
+        }
+        TurnError::Interrupted { turn } => {
+            let mut f = Failure::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "turn_interrupted",
+                "The server shut down before the reply was complete.",
+            );
+            f.turn = Some(*turn);
+            f
+        }
+        TurnError::ShuttingDown => Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "The server is shutting down; retry shortly.",
+        )
+        .retry_after(1),
+        TurnError::Internal(cause) => internal(&cause),
+    }
+}
+
+fn internal(cause: &dyn std::fmt::Display) -> Failure {
+    tracing::error!(error = %cause, "request failed");
+    Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "An internal error occurred.")
 }
 
 impl From<TurnError> for ApiError {
     fn from(error: TurnError) -> Self {
-        match error {
-            TurnError::SessionNotFound => Self::new(Problem::new(
-                StatusCode::NOT_FOUND,
-                "session_not_found",
-                "No such session.",
-            )),
-            TurnError::TurnNotFound => {
-                Self::new(Problem::new(StatusCode::NOT_FOUND, "turn_not_found", "No such turn."))
-            }
-            TurnError::Invalid(e) => e.into(),
-            TurnError::Storage(e) => e.into(),
-            TurnError::Provider { turn, source } => {
-                tracing::warn!(turn.id = %turn.id, error = %source, "turn failed at the provider");
-                let mut headers = HeaderMap::new();
-                if let ProviderError::Unavailable { retry_after: Some(wait) } = &source {
-                    headers.insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs().max(1)));
-                }
-                let body = TurnBody::from(*turn);
-                let detail = body.error.as_ref().map(|e| e.detail.clone()).unwrap_or_default();
-                let problem = Problem::new(provider_status(source.code()), source.code(), detail)
-                    .with("turn", serde_json::to_value(&body).unwrap_or_default());
-                Self { problem: Box::new(problem), headers }
-            }
-            TurnError::RateLimited(denial) => {
-                let (problem, headers) = rate_limit::too_many_requests(&denial);
-                Self { problem: Box::new(problem), headers }
-            }
-            TurnError::LimiterUnavailable => {
-                let (problem, headers) = rate_limit::limiter_unavailable();
-                Self { problem: Box::new(problem), headers }
-            }
-            TurnError::Interrupted { turn } => {
-                let problem = Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "turn_interrupted",
-                    "The server shut down before the reply was complete.",
-                )
-                .with("turn", serde_json::to_value(TurnBody::from(*turn)).unwrap_or_default());
-                Self::new(problem)
-            }
-            TurnError::ShuttingDown => {
-                let mut e = Self::new(Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "shutting_down",
-                    "The server is shutting down; retry shortly.",
-                ));
-                e.headers.insert(header::RETRY_AFTER, HeaderValue::from(1));
-                e
-            }
-            TurnError::Internal(cause) => Self::internal(&cause),
+        let Failure { mut problem, headers, turn } = failure(error);
+        if let Some(turn) = turn {
+            problem = problem
+                .with("turn", serde_json::to_value(TurnBody::from(turn)).unwrap_or_default());
         }
+        Self { problem: Box::new(problem), headers }
     }
 }
 

@@ -4,6 +4,7 @@
 //! parse, call a domain service, and map the result.
 
 pub mod app;
+pub mod background;
 pub mod dto;
 pub mod error;
 pub mod extract;
@@ -49,7 +50,7 @@ pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// down gracefully: stops accepting, lets running turns finish within
 /// `server.shutdown_grace_secs`, ends the rest as `incomplete` (open streams
 /// get their terminal event), waits for open requests, and returns once
-/// every turn is persisted.
+/// every turn is persisted, and stops the background tasks.
 ///
 /// # Errors
 /// The I/O error that stopped the server.
@@ -59,6 +60,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (turns, grace) = (state.turns.clone(), state.shutdown_grace);
+    let background = state.background.clone();
     let (drained, all_persisted) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
         shutdown.await;
@@ -71,5 +73,6 @@ pub async fn serve(
     // Turns whose clients are gone have no connection keeping the server
     // up; wait for them too. (Returns at once if the signal never came.)
     let _ = all_persisted.await;
+    background.stop().await;
     served
 }

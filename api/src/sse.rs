@@ -5,7 +5,6 @@
 
 use std::convert::Infallible;
 
-use axum::http::StatusCode;
 use axum::response::sse::Event;
 use futures::Stream;
 use pantheon_domain::{Turn, TurnError, TurnEvent, TurnId, TurnRun};
@@ -14,8 +13,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::dto::TurnBody;
-use crate::error::provider_status;
-use crate::problem::Problem;
+use crate::error::failure;
 
 /// Cancels the turn when the stream is dropped before its terminal event
 /// (the client left), if `turns.on_disconnect = cancel`.
@@ -85,38 +83,16 @@ impl Events {
     }
 }
 
-fn error_object(status: StatusCode, code: &'static str, detail: String) -> Value {
-    Problem::new(status, code, detail).to_body(None)
-}
-
-/// The terminal event for how the turn ended.
+/// The terminal event for how the turn ended: `turn.completed`, or
+/// `turn.failed` with the problem the JSON endpoint would have answered.
 fn terminal(events: &mut Events, started: &Turn, outcome: Result<Turn, TurnError>) -> Event {
-    let (turn, error) = match outcome {
+    let error = match outcome {
         Ok(turn) => return events.next("turn.completed", TurnField { turn: TurnBody::from(turn) }),
-        Err(TurnError::Provider { turn, source }) => {
-            let detail = turn.error.as_ref().map(|e| e.detail.clone()).unwrap_or_default();
-            (*turn, error_object(provider_status(source.code()), source.code(), detail))
-        }
-        Err(TurnError::Interrupted { turn }) => (
-            *turn,
-            error_object(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "turn_interrupted",
-                "The server shut down before the reply was complete.".into(),
-            ),
-        ),
-        Err(other) => {
-            tracing::error!(turn.id = %started.id, error = %other, "turn ended without a persisted outcome");
-            (
-                started.clone(),
-                error_object(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal_error",
-                    "An internal error occurred.".into(),
-                ),
-            )
-        }
+        Err(error) => error,
     };
+    let failure = failure(error);
+    let turn = failure.turn.unwrap_or_else(|| started.clone());
+    let error = failure.problem.to_body(None);
     events.next("turn.failed", FailedFields { turn: TurnBody::from(turn), error })
 }
 

@@ -2,12 +2,13 @@
 //! HTTP client errors) into these at the seam, so the API maps one closed set
 //! of cases to statuses.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
 
 use crate::limiter::Denial;
-use crate::turn::Turn;
+use crate::turn::{FailureKind, Turn};
 
 /// Input that breaks a rule of the product; nothing was changed.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -26,15 +27,38 @@ impl ValidationError {
     }
 }
 
-/// The storage behind a repository failed. The message is for logs only.
+/// The cause of a [`StorageError`], kept whole (shared: one batch failure
+/// answers every turn of the batch) so a log line can show its chain.
+pub type StorageCause = Arc<dyn std::error::Error + Send + Sync>;
+
+/// The storage behind a repository failed. The cause is for logs only.
 #[derive(Debug, Clone, Error)]
 pub enum StorageError {
-    /// The database could not be reached or timed out.
+    /// The database could not be reached: refused, lost mid-query, the pool
+    /// timed out, the server shutting down. Answered `503`; retrying later
+    /// may succeed.
     #[error("storage unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] StorageCause),
     /// Any other database failure.
     #[error("storage failure: {0}")]
-    Other(String),
+    Other(#[source] StorageCause),
+}
+
+impl StorageError {
+    /// An outage, caused by `cause`.
+    pub fn unavailable(cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::Unavailable(Arc::from(cause.into()))
+    }
+
+    /// Another failure, caused by `cause` (an error, or a message).
+    pub fn other(cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::Other(Arc::from(cause.into()))
+    }
+
+    /// Whether this is an outage that a later attempt may get past.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
 }
 
 /// A model provider failed to produce a reply.
@@ -47,20 +71,22 @@ pub enum ProviderError {
     #[error("provider timed out")]
     Timeout,
     /// The provider is temporarily out of capacity.
-    #[error("provider unavailable")]
+    #[error("provider unavailable: {cause}")]
     Unavailable {
         /// How long the provider asked us to wait, when it said.
         retry_after: Option<Duration>,
+        /// What it answered, for the log.
+        cause: String,
     },
 }
 
 impl ProviderError {
-    /// The stable problem code recorded on a turn this error ended.
-    pub fn code(&self) -> &'static str {
+    /// The kind recorded on a turn this error ended.
+    pub fn kind(&self) -> FailureKind {
         match self {
-            Self::Failed(_) => "upstream_error",
-            Self::Timeout => "upstream_timeout",
-            Self::Unavailable { .. } => "upstream_unavailable",
+            Self::Failed(_) => FailureKind::UpstreamError,
+            Self::Timeout => FailureKind::UpstreamTimeout,
+            Self::Unavailable { .. } => FailureKind::UpstreamUnavailable,
         }
     }
 }

@@ -26,6 +26,6 @@ pub use ids::{Caller, SessionId, TurnId, UserId};
 pub use page::{Page, PageRequest};
 pub use session::{NewSession, Session};
 pub use session_service::SessionService;
-pub use turn::{FinishReason, NewTurn, Turn, TurnEnd, TurnFailure, TurnStatus, Usage};
+pub use turn::{FailureKind, FinishReason, NewTurn, Turn, TurnEnd, TurnFailure, TurnStatus, Usage};
 pub use turn_run::{TurnEvent, TurnRun};
 pub use turn_service::{Submitted, TurnPolicy, TurnService};

@@ -1,52 +1,99 @@
-//! The output of turns being generated in this process, so a `GET` of an
-//! in-progress turn shows its partial reply without a write per chunk.
-//! (Another instance sees the output when the turn ends.)
+//! The output of turns being generated in this process: a `GET` of an
+//! in-progress turn shows its partial reply without a write per chunk, and
+//! the checkpointer finds here what to save (SPEC §4: a crash loses at most
+//! one checkpoint interval of output).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::ids::TurnId;
+use crate::ports::Checkpoint;
 
-/// Partial outputs by turn. The lock is held only to copy a string, never
-/// across an `.await`.
+/// One turn being generated.
+#[derive(Debug)]
+struct Entry {
+    output: String,
+    /// When generation began: a turn younger than one interval is not
+    /// checkpointed, so a quick turn costs no write.
+    started: Instant,
+    /// Output was appended since the last checkpoint was taken.
+    dirty: bool,
+}
+
+/// Partial outputs by turn. The lock is held only to copy or append a
+/// string, never across an `.await`.
 #[derive(Debug, Default, Clone)]
 pub struct LiveOutputs {
-    outputs: Arc<Mutex<HashMap<TurnId, String>>>,
+    outputs: Arc<Mutex<HashMap<TurnId, Entry>>>,
 }
 
 impl LiveOutputs {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TurnId, Entry>> {
+        self.outputs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Starts tracking `turn`; tracking ends when the guard is dropped.
     pub fn track(&self, turn: TurnId) -> LiveOutput {
-        self.outputs.lock().unwrap_or_else(PoisonError::into_inner).insert(turn, String::new());
-        LiveOutput { outputs: self.outputs.clone(), turn }
+        let entry = Entry { output: String::new(), started: Instant::now(), dirty: false };
+        self.lock().insert(turn, entry);
+        LiveOutput { outputs: self.clone(), turn }
     }
 
     /// The partial output of `turn`, when it is being generated here.
     pub fn get(&self, turn: TurnId) -> Option<String> {
-        self.outputs.lock().unwrap_or_else(PoisonError::into_inner).get(&turn).cloned()
+        self.lock().get(&turn).map(|e| e.output.clone())
+    }
+
+    /// What to checkpoint now: every turn generating for at least `age`,
+    /// with its output when it grew since the last checkpoint (else only
+    /// the heartbeat). Taking a checkpoint clears the turns' dirty marks;
+    /// [`LiveOutputs::retake`] restores them when the write fails.
+    pub fn take_checkpoints(&self, age: Duration) -> Vec<Checkpoint> {
+        let now = Instant::now();
+        let mut outputs = self.lock();
+        outputs
+            .iter_mut()
+            .filter(|(_, e)| now.duration_since(e.started) >= age)
+            .map(|(id, e)| Checkpoint {
+                turn_id: *id,
+                output: std::mem::take(&mut e.dirty).then(|| e.output.clone()),
+            })
+            .collect()
+    }
+
+    /// A checkpoint write failed: its outputs are sent again next time.
+    pub fn retake(&self, failed: &[Checkpoint]) {
+        let mut outputs = self.lock();
+        for checkpoint in failed.iter().filter(|c| c.output.is_some()) {
+            if let Some(entry) = outputs.get_mut(&checkpoint.turn_id) {
+                entry.dirty = true;
+            }
+        }
     }
 }
 
 /// One tracked turn; appends go to the shared map.
 #[derive(Debug)]
 pub struct LiveOutput {
-    outputs: Arc<Mutex<HashMap<TurnId, String>>>,
+    outputs: LiveOutputs,
     turn: TurnId,
 }
 
 impl LiveOutput {
     /// Appends a chunk of the reply.
     pub fn append(&self, delta: &str) {
-        if let Some(output) =
-            self.outputs.lock().unwrap_or_else(PoisonError::into_inner).get_mut(&self.turn)
-        {
-            output.push_str(delta);
+        if let Some(entry) = self.outputs.lock().get_mut(&self.turn) {
+            entry.output.push_str(delta);
+            entry.dirty = true;
         }
     }
 }
 
 impl Drop for LiveOutput {
     fn drop(&mut self) {
-        self.outputs.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.turn);
+        self.outputs.lock().remove(&self.turn);
     }
 }

@@ -86,6 +86,16 @@ impl TurnStart<'_> {
     }
 }
 
+/// A generating turn's checkpoint: its heartbeat, and its output so far
+/// when that grew since the last one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The turn.
+    pub turn_id: TurnId,
+    /// The whole output so far; `None`: unchanged, stamp the heartbeat only.
+    pub output: Option<String>,
+}
+
 /// Persistence of turns.
 #[async_trait]
 pub trait TurnRepository: Send + Sync + std::fmt::Debug {
@@ -105,8 +115,22 @@ pub trait TurnRepository: Send + Sync + std::fmt::Debug {
     /// session was deleted meanwhile).
     async fn finish(&self, id: TurnId, end: TurnEnd) -> Result<Turn, StorageError>;
 
-    /// Marks every `in_progress` turn created before `cutoff` as
-    /// `incomplete` (ended at `now`); returns how many.
+    /// Saves the partial output of turns still generating (where
+    /// [`Checkpoint::output`] is set) and stamps each one's heartbeat with
+    /// `now`, in one statement where the database allows. A turn no longer
+    /// `in_progress` is left as it is.
+    ///
+    /// # Errors
+    /// [`StorageError`] when the database fails; nothing is written then.
+    async fn checkpoint(
+        &self,
+        checkpoints: &[Checkpoint],
+        now: DateTime<Utc>,
+    ) -> Result<(), StorageError>;
+
+    /// Marks every `in_progress` turn whose heartbeat is older than `cutoff`
+    /// as `incomplete` (ended at `now`), keeping its checkpointed output;
+    /// returns how many.
     ///
     /// # Errors
     /// [`StorageError`] when the database fails.

@@ -87,11 +87,42 @@ pub struct Usage {
     pub total_tokens: i64,
 }
 
+/// How a turn's provider failed: the closed set a failed turn records, and
+/// its stable problem code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The provider answered with an error or broke off its reply.
+    UpstreamError,
+    /// The provider took longer than allowed.
+    UpstreamTimeout,
+    /// The provider is temporarily out of capacity.
+    UpstreamUnavailable,
+}
+
+impl FailureKind {
+    /// The stored name, which is also the problem code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UpstreamError => "upstream_error",
+            Self::UpstreamTimeout => "upstream_timeout",
+            Self::UpstreamUnavailable => "upstream_unavailable",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(raw: &str) -> Option<Self> {
+        [Self::UpstreamError, Self::UpstreamTimeout, Self::UpstreamUnavailable]
+            .into_iter()
+            .find(|k| k.as_str() == raw)
+    }
+}
+
 /// Why a turn failed, kept with the turn so a later `GET` can explain it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TurnFailure {
-    /// The stable problem code (`upstream_error`, `upstream_timeout`, …).
-    pub code: String,
+    /// What failed.
+    pub kind: FailureKind,
     /// A human explanation with no internal detail.
     pub detail: String,
 }

@@ -147,9 +147,52 @@ impl TurnService {
                 }
             },
         };
-        let outcome = self.persist(&turn, output, ending).await;
+        let (outcome, unwritten) = self.persist(&turn, output, ending).await;
+        if let Some(end) = unwritten {
+            // The client hears of the outage now; the end is written when
+            // the database is back, and meanwhile `GET` shows the output.
+            let _ = events.send(TurnEvent::Finished(Box::new(outcome))).await;
+            drop(events);
+            self.finish_later(turn.id, end).await;
+            drop(live);
+            return;
+        }
         drop(live);
         let _ = events.send(TurnEvent::Finished(Box::new(outcome))).await;
+    }
+
+    /// Retries the end of a turn the database refused for an outage, with
+    /// backoff, until it lands, `max_duration` passes or the shutdown grace
+    /// ends (then the sweep ends the turn `incomplete` with its last
+    /// checkpoint). Nothing accepted is dropped in silence: each way out is
+    /// logged here, where it is handled.
+    async fn finish_later(&self, id: crate::ids::TurnId, end: TurnEnd) {
+        let give_up = tokio::time::Instant::now() + self.policy.max_duration;
+        let mut wait = FINISH_RETRY_FIRST;
+        let mut attempts = 1_u32;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = self.lifecycle.abort.cancelled() => {
+                    tracing::warn!(turn.id = %id, attempts, "shutting down with the end of a turn unwritten; the sweep will end it incomplete");
+                    return;
+                }
+            }
+            attempts += 1;
+            match self.turns.finish(id, end.clone()).await {
+                Ok(_) => {
+                    tracing::info!(turn.id = %id, attempts, "the end of a turn was written after an outage");
+                    return;
+                }
+                Err(error) if error.is_unavailable() && tokio::time::Instant::now() < give_up => {
+                    wait = (wait * 2).min(FINISH_RETRY_MAX);
+                }
+                Err(error) => {
+                    tracing::error!(turn.id = %id, attempts, error = %error, "gave up writing the end of a turn; the sweep will end it incomplete");
+                    return;
+                }
+            }
+        }
     }
 
     /// The earlier completed turns the provider wants as context; none
@@ -168,12 +211,14 @@ impl TurnService {
         }
     }
 
+    /// Writes how the turn ended. The second value is the end still to be
+    /// written when the database was unavailable.
     async fn persist(
         &self,
         turn: &Turn,
         output: String,
         ending: Ending,
-    ) -> Result<Turn, TurnError> {
+    ) -> (Result<Turn, TurnError>, Option<TurnEnd>) {
         let completed_at = self.clock.now_micros();
         let end = |status, finish_reason, usage, error| TurnEnd {
             output,
@@ -188,9 +233,7 @@ impl TurnService {
                 (end(TurnStatus::Completed, reason, usage, None), None)
             }
             Ending::Failed(error) => {
-                tracing::warn!(turn.id = %turn.id, error = %error, "provider failed");
-                let failure =
-                    TurnFailure { code: error.code().to_owned(), detail: failure_detail(&error) };
+                let failure = TurnFailure { kind: error.kind(), detail: failure_detail(&error) };
                 (
                     end(TurnStatus::Failed, FinishReason::Error, None, Some(failure)),
                     Some(Err(error)),
@@ -203,15 +246,19 @@ impl TurnService {
                 (end(TurnStatus::Incomplete, FinishReason::Cancelled, None, None), Some(Ok(())))
             }
         };
-        let persisted = self.turns.finish(turn.id, end).await.map_err(|e| {
-            tracing::error!(turn.id = %turn.id, error = %e, "could not persist the end of a turn");
-            TurnError::from(e)
-        })?;
-        match failure {
+        let persisted = match self.turns.finish(turn.id, end.clone()).await {
+            Ok(persisted) => persisted,
+            Err(error) => {
+                let retry = error.is_unavailable().then_some(end);
+                return (Err(error.into()), retry);
+            }
+        };
+        let outcome = match failure {
             None => Ok(persisted),
             Some(Err(source)) => Err(TurnError::Provider { turn: Box::new(persisted), source }),
             Some(Ok(())) => Err(TurnError::Interrupted { turn: Box::new(persisted) }),
-        }
+        };
+        (outcome, None)
     }
 }
 
@@ -224,6 +271,11 @@ fn failure_detail(error: &ProviderError) -> String {
     }
     .to_owned()
 }
+
+/// The first pause before an unwritten end of a turn is tried again; it
+/// doubles up to [`FINISH_RETRY_MAX`].
+const FINISH_RETRY_FIRST: Duration = Duration::from_millis(200);
+const FINISH_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// How long [`TurnService::drain`] waits for aborted turns to persist.
 pub(crate) const ABORT_WAIT: Duration = Duration::from_secs(10);

@@ -27,8 +27,23 @@ const EVENT_BUFFER: usize = 64;
 /// Tunables of the turn path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TurnPolicy {
-    /// The longest a reply may take before the turn is ended as timed out.
+    /// The longest a reply may take before the turn is ended as timed out;
+    /// also how long an unwritten end of a turn is retried.
     pub max_duration: Duration,
+    /// How often a generating turn's output and heartbeat are saved.
+    pub checkpoint_interval: Duration,
+}
+
+impl TurnPolicy {
+    /// Missed heartbeats after which a turn is taken for abandoned: three
+    /// intervals, so one slow checkpoint write (or a brief pause of its
+    /// instance) does not end a live turn.
+    pub const STALE_AFTER_INTERVALS: u32 = 3;
+
+    /// How old a heartbeat may be before the sweep ends its turn.
+    pub fn stale_after(&self) -> Duration {
+        self.checkpoint_interval * Self::STALE_AFTER_INTERVALS
+    }
 }
 
 /// A turn that was admitted and completed, with the usage to report.
@@ -223,16 +238,37 @@ impl TurnService {
         self.turns.list(&caller.user, session_id, page).await?.ok_or(TurnError::SessionNotFound)
     }
 
-    /// Marks turns left `in_progress` by a crashed instance as `incomplete`:
-    /// any older than the longest a turn may take (plus a minute of slack
-    /// for clock skew between instances) cannot be alive anywhere.
+    /// Saves the output and heartbeat of every turn generating here for at
+    /// least one interval (a turn that ends within its first interval costs
+    /// no write); returns how many were stamped.
+    ///
+    /// # Errors
+    /// [`TurnError::Storage`] when the database fails; the outputs are sent
+    /// again at the next checkpoint.
+    pub async fn checkpoint(&self) -> Result<usize, TurnError> {
+        let checkpoints = self.live.take_checkpoints(self.policy.checkpoint_interval);
+        if checkpoints.is_empty() {
+            return Ok(0);
+        }
+        if let Err(error) = self.turns.checkpoint(&checkpoints, self.clock.now_micros()).await {
+            self.live.retake(&checkpoints);
+            return Err(error.into());
+        }
+        Ok(checkpoints.len())
+    }
+
+    /// Marks turns whose instance stopped stamping their heartbeat (it
+    /// crashed, or lost its database for good) as `incomplete`, keeping the
+    /// output they had checkpointed. Any instance may run it: a live turn's
+    /// heartbeat is never older than [`TurnPolicy::stale_after`] (instances'
+    /// clocks must agree to well within that).
     ///
     /// # Errors
     /// [`TurnError::Storage`] when the database fails.
     pub async fn sweep_stale(&self) -> Result<u64, TurnError> {
         let now = self.clock.now_micros();
-        let bound = chrono::Duration::from_std(self.policy.max_duration + Duration::from_secs(60))
-            .unwrap_or(chrono::Duration::MAX);
+        let bound =
+            chrono::Duration::from_std(self.policy.stale_after()).unwrap_or(chrono::Duration::MAX);
         let swept = self.turns.expire_stale(now - bound, now).await?;
         if swept > 0 {
             tracing::warn!(turns = swept, "marked turns abandoned in progress as incomplete");

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ use pantheon_domain::limiter::{
     limiter_channel,
 };
 use pantheon_domain::ports::{
-    ModelProvider, ReplyEvent, ReplyRequest, ReplyStream, TurnRepository, TurnStart,
+    Checkpoint, ModelProvider, ReplyEvent, ReplyRequest, ReplyStream, TurnRepository, TurnStart,
 };
 use pantheon_domain::turn::TurnEnd;
 use pantheon_domain::{
@@ -31,6 +31,19 @@ struct FakeTurns {
     owner: Mutex<HashMap<SessionId, UserId>>,
     turns: Mutex<HashMap<TurnId, Turn>>,
     calls: AtomicUsize,
+    /// Checkpoints written, in order.
+    checkpoints: Mutex<Vec<Checkpoint>>,
+    /// While set, every write fails as an outage.
+    down: AtomicBool,
+}
+
+impl FakeTurns {
+    fn outage(&self) -> Result<(), StorageError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StorageError::unavailable("the database is down"));
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -47,8 +60,9 @@ impl TurnRepository for FakeTurns {
 
     async fn finish(&self, id: TurnId, end: TurnEnd) -> Result<Turn, StorageError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        self.outage()?;
         let mut turns = self.turns.lock().unwrap();
-        let turn = turns.get_mut(&id).ok_or_else(|| StorageError::Other("gone".into()))?;
+        let turn = turns.get_mut(&id).ok_or_else(|| StorageError::other("gone"))?;
         turn.output = end.output;
         turn.status = end.status;
         turn.finish_reason = Some(end.finish_reason);
@@ -56,6 +70,12 @@ impl TurnRepository for FakeTurns {
         turn.error = end.error;
         turn.completed_at = Some(end.completed_at);
         Ok(turn.clone())
+    }
+
+    async fn checkpoint(&self, batch: &[Checkpoint], _: DateTime<Utc>) -> Result<(), StorageError> {
+        self.outage()?;
+        self.checkpoints.lock().unwrap().extend_from_slice(batch);
+        Ok(())
     }
 
     async fn expire_stale(&self, _: DateTime<Utc>, _: DateTime<Utc>) -> Result<u64, StorageError> {
@@ -138,6 +158,8 @@ fn fake_limiter(answer: Decision) -> pantheon_domain::limiter::LimiterHandle {
     handle
 }
 
+const CHECKPOINT: Duration = Duration::from_secs(1);
+
 fn service(
     turns: Arc<FakeTurns>,
     provider: SlowProvider,
@@ -147,7 +169,7 @@ fn service(
     let session = SessionId::new();
     turns.owner.lock().unwrap().insert(session, caller().user);
     let limiter = limiter.map(fake_limiter);
-    let policy = TurnPolicy { max_duration: max };
+    let policy = TurnPolicy { max_duration: max, checkpoint_interval: CHECKPOINT };
     (TurnService::new(turns, Arc::new(provider), Arc::new(SystemClock), policy, limiter), session)
 }
 
@@ -231,4 +253,89 @@ async fn a_cancelled_run_persists_its_partial_output_as_cancelled() {
     assert_eq!(ended.status, TurnStatus::Cancelled);
     assert_eq!(ended.output, "w0 w1 ");
     assert_eq!(turns.turns.lock().unwrap()[&id].status, TurnStatus::Cancelled);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_end_the_database_refuses_for_an_outage_is_answered_503_and_written_once_it_is_back() {
+    let turns = Arc::new(FakeTurns::default());
+    let provider = SlowProvider { chunks: 3, delay: Duration::from_millis(10) };
+    let (service, session) = service(turns.clone(), provider, Duration::from_secs(60), None);
+    let mut run = service.start(&caller(), session, input()).await.unwrap();
+    let id = run.turn.id;
+    turns.down.store(true, Ordering::SeqCst);
+    let mut outcome = None;
+    while let Some(event) = run.events.recv().await {
+        if let pantheon_domain::TurnEvent::Finished(end) = event {
+            outcome = Some(*end);
+        }
+    }
+    match outcome {
+        Some(Err(TurnError::Storage(e))) => assert!(e.is_unavailable(), "{e}"),
+        other => panic!("expected an outage, got {other:?}"),
+    }
+    assert_eq!(turns.turns.lock().unwrap()[&id].status, TurnStatus::InProgress);
+    // While it retries, this process still shows the output.
+    let shown = service.get(&caller(), session, id).await.unwrap();
+    assert_eq!(shown.output, "w0 w1 w2 ");
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    turns.down.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let stored = turns.turns.lock().unwrap()[&id].clone();
+    assert_eq!((stored.status, stored.output.as_str()), (TurnStatus::Completed, "w0 w1 w2 "));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unwritten_end_is_retried_no_longer_than_the_maximum_duration() {
+    let turns = Arc::new(FakeTurns::default());
+    let provider = SlowProvider { chunks: 1, delay: Duration::ZERO };
+    let (service, session) = service(turns.clone(), provider, Duration::from_secs(10), None);
+    turns.down.store(true, Ordering::SeqCst);
+    let result = service.submit(&caller(), session, input()).await;
+    assert!(matches!(result, Err(TurnError::Storage(_))), "{result:?}");
+    let calls_after = |turns: &FakeTurns| turns.calls.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let settled = calls_after(&turns);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(calls_after(&turns), settled, "no attempt after max_duration");
+    // begin, the first finish, and a bounded number of retries.
+    assert!((4..=10).contains(&settled), "{settled} repository calls");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_long_turn_is_checkpointed_and_a_quick_one_is_not() {
+    let turns = Arc::new(FakeTurns::default());
+    let provider = SlowProvider { chunks: 5, delay: Duration::from_millis(500) };
+    let (long, session) = service(turns.clone(), provider, Duration::from_secs(60), None);
+    let run = long.start(&caller(), session, input()).await.unwrap();
+    let id = run.turn.id;
+    let waiting = tokio::spawn(run.outcome());
+    // Younger than one interval: nothing to write.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(long.checkpoint().await.unwrap(), 0);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(long.checkpoint().await.unwrap(), 1);
+    // No new chunk since: the heartbeat only.
+    assert_eq!(long.checkpoint().await.unwrap(), 1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    turns.down.store(true, Ordering::SeqCst);
+    assert!(long.checkpoint().await.is_err());
+    turns.down.store(false, Ordering::SeqCst);
+    assert_eq!(long.checkpoint().await.unwrap(), 1);
+    let written: Vec<_> = turns.checkpoints.lock().unwrap().clone();
+    let outputs: Vec<_> = written.iter().map(|c| (c.turn_id, c.output.clone())).collect();
+    assert_eq!(
+        outputs,
+        [(id, Some("w0 w1 ".to_owned())), (id, None), (id, Some("w0 w1 w2 ".to_owned()))],
+        "the output refused by the failed write is sent again"
+    );
+    waiting.await.unwrap().unwrap();
+    assert_eq!(long.checkpoint().await.unwrap(), 0, "an ended turn is not checkpointed");
+
+    let quick = SlowProvider { chunks: 1, delay: Duration::ZERO };
+    let fresh = Arc::new(FakeTurns::default());
+    let (quick_service, session) = service(fresh.clone(), quick, Duration::from_secs(60), None);
+    quick_service.submit(&caller(), session, input()).await.unwrap();
+    assert_eq!(quick_service.checkpoint().await.unwrap(), 0);
+    assert!(fresh.checkpoints.lock().unwrap().is_empty());
 }

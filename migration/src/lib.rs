@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261127_000001_create_chat_tables;
 mod m20261128_000002_index_turns_in_progress;
+mod m20261202_000003_turn_heartbeat;
 
 /// Every migration, in order.
 #[derive(Debug)]
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261127_000001_create_chat_tables::Migration),
             Box::new(m20261128_000002_index_turns_in_progress::Migration),
+            Box::new(m20261202_000003_turn_heartbeat::Migration),
         ]
     }
 }

@@ -42,12 +42,16 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, 
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get() as u32);
     let sqlite = is_sqlite(&settings.url);
     let default_size = if sqlite { 4 } else { (cores * 4).max(8) };
+    // While the database is down every request waits this long for a
+    // connection, then answers `503`: short, so clients hear of the outage
+    // and retry, instead of piling up behind the pool.
+    let acquire_timeout = Duration::from_millis(settings.acquire_timeout_ms);
     let mut options = ConnectOptions::new(settings.url.clone());
     options
         .max_connections(settings.max_connections.unwrap_or(default_size))
         .min_connections(1)
-        .connect_timeout(Duration::from_secs(5))
-        .acquire_timeout(Duration::from_secs(10))
+        .connect_timeout(acquire_timeout)
+        .acquire_timeout(acquire_timeout)
         .test_before_acquire_if_idle_for(Duration::from_secs(30))
         .sqlx_logging(false);
     if sqlite {

@@ -10,4 +10,5 @@ mod turn_repository;
 
 pub use connect::{DatabaseProbe, connect, is_sqlite};
 pub use session_repository::SeaOrmSessionRepository;
+pub use turn_batch::WriterTask;
 pub use turn_repository::SeaOrmTurnRepository;

@@ -29,7 +29,7 @@ impl SeaOrmSessionRepository {
 pub(crate) fn session_from_row(row: session::Model) -> Result<Session, StorageError> {
     Ok(Session {
         id: SessionId::from(row.id),
-        user_id: UserId::parse(&row.user_id).map_err(|e| StorageError::Other(e.to_string()))?,
+        user_id: UserId::parse(&row.user_id).map_err(|e| StorageError::other(e.to_string()))?,
         title: row.title,
         turn_count: row.turn_count,
         created_at: row.created_at,

@@ -23,6 +23,7 @@ use std::hash::{BuildHasher, Hash, RandomState};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
 use pantheon_domain::turn::TurnEnd;
 use pantheon_domain::{SessionId, StorageError, TurnId};
 use sea_orm::{
@@ -66,10 +67,10 @@ WITH input AS (
     WHERE s.id = c.session_id AND s.user_id = c.user_id
     RETURNING s.id, s.user_id, s.turn_count - c.n AS base
 )
-INSERT INTO turns (id, session_id, seq, input, output, status, created_at)
+INSERT INTO turns (id, session_id, seq, input, output, status, created_at, heartbeat_at)
 SELECT i.turn_id, i.session_id,
        b.base + row_number() OVER (PARTITION BY i.session_id ORDER BY i.ord),
-       i.input, '', 'in_progress', i.created_at
+       i.input, '', 'in_progress', i.created_at, i.created_at
 FROM input AS i JOIN bumped AS b ON b.id = i.session_id AND b.user_id = i.user_id
 RETURNING id, seq";
 
@@ -86,6 +87,14 @@ FROM jsonb_to_recordset($1::jsonb) AS v(
     completed_at timestamptz)
 WHERE t.id = v.id
 RETURNING t.*";
+
+/// Saves the outputs that grew (a `null` output keeps the stored one) and
+/// stamps the heartbeat of every turn of the checkpoint still in progress.
+pub(super) const CHECKPOINT_SQL: &str = "\
+UPDATE turns AS t
+SET output = COALESCE(v.output, t.output), heartbeat_at = $2
+FROM jsonb_to_recordset($1::jsonb) AS v(id uuid, output text)
+WHERE t.id = v.id AND t.status = 'in_progress'";
 
 /// One new turn, as [`BEGIN_SQL`] reads it.
 #[derive(Debug, Serialize)]
@@ -143,7 +152,7 @@ impl FinishRow {
             input_tokens: usage.map(|u| u.input_tokens),
             output_tokens: usage.map(|u| u.output_tokens),
             total_tokens: usage.map(|u| u.total_tokens),
-            error_code: error.as_ref().map(|e| e.code.clone()),
+            error_code: error.as_ref().map(|e| e.kind.as_str().to_owned()),
             error_detail: error.map(|e| e.detail),
             completed_at: end.completed_at,
         }
@@ -155,8 +164,12 @@ pub(super) type Begun = Result<Option<i64>, StorageError>;
 /// The turn as persisted; `None`: no such turn (its session was deleted).
 pub(super) type Finished = Result<Option<turn::Model>, StorageError>;
 
-/// Handles to the writer tasks; the tasks end when the last handle is
-/// dropped.
+/// A writer's loop, for the composition root to run as a background task:
+/// it ends when the last handle to its queue is dropped, or when the task
+/// is stopped at shutdown.
+pub type WriterTask = BoxFuture<'static, ()>;
+
+/// Handles to the writer tasks' queues.
 #[derive(Debug)]
 pub(super) struct TurnBatcher {
     begins: Writers<BeginRow, Begun>,
@@ -164,14 +177,14 @@ pub(super) struct TurnBatcher {
 }
 
 impl TurnBatcher {
-    /// Starts the writers on the current runtime.
-    pub(super) fn start(db: &DatabaseConnection) -> Self {
+    /// The queues, and the writers that drain them (not yet running).
+    pub(super) fn new(db: &DatabaseConnection) -> (Self, Vec<WriterTask>) {
         let for_begins = db.clone();
         let for_finishes = db.clone();
-        Self {
-            begins: Writers::start(move |rows| begin_batch(for_begins.clone(), rows)),
-            finishes: Writers::start(move |rows| finish_batch(for_finishes.clone(), rows)),
-        }
+        let (begins, mut tasks) = Writers::new(move |rows| begin_batch(for_begins.clone(), rows));
+        let (finishes, more) = Writers::new(move |rows| finish_batch(for_finishes.clone(), rows));
+        tasks.extend(more);
+        (Self { begins, finishes }, tasks)
     }
 
     /// Begins one turn, in whatever batch is next for its session's writer.
@@ -199,17 +212,17 @@ struct Writers<Row, Out> {
 
 impl<Row: Send + 'static, Out: Send + 'static> Writers<Row, Out> {
     /// `write` answers a batch with one output per row, in order.
-    fn start<F, Fut>(write: F) -> Self
+    fn new<F, Fut>(write: F) -> (Self, Vec<WriterTask>)
     where
         F: Fn(Vec<Row>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Vec<Out>> + Send,
+        Fut: Future<Output = Vec<Out>> + Send + 'static,
     {
         let write = Arc::new(write);
-        let queues = (0..WRITERS)
+        let (queues, tasks) = (0..WRITERS)
             .map(|_| {
                 let (tx, mut rx) = mpsc::channel::<Job<Row, Out>>(QUEUE);
                 let write = Arc::clone(&write);
-                tokio::spawn(async move {
+                let task: WriterTask = Box::pin(async move {
                     let mut jobs = Vec::with_capacity(MAX_BATCH);
                     while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
                         let (rows, replies): (Vec<Row>, Vec<_>) = jobs.drain(..).unzip();
@@ -220,10 +233,10 @@ impl<Row: Send + 'static, Out: Send + 'static> Writers<Row, Out> {
                         }
                     }
                 });
-                tx
+                (tx, task)
             })
-            .collect();
-        Self { queues, hasher: RandomState::new() }
+            .unzip();
+        (Self { queues, hasher: RandomState::new() }, tasks)
     }
 
     fn shard_of(&self, key: &impl Hash) -> usize {
@@ -234,7 +247,8 @@ impl<Row: Send + 'static, Out: Send + 'static> Writers<Row, Out> {
     }
 
     async fn call(&self, shard: usize, row: Row) -> Result<Out, StorageError> {
-        let stopped = || StorageError::Other("the turn writer has stopped".into());
+        // Only at shutdown, after the last turn: the instance is going away.
+        let stopped = || StorageError::unavailable("the turn writer has stopped");
         let queue = self.queues.get(shard).ok_or_else(stopped)?;
         let (reply, answer) = oneshot::channel();
         queue.send((row, reply)).await.map_err(|_| stopped())?;
@@ -242,22 +256,26 @@ impl<Row: Send + 'static, Out: Send + 'static> Writers<Row, Out> {
     }
 }
 
-/// Runs `sql` with the rows as its one `jsonb` parameter. PostgreSQL plans
-/// it for each batch (`plan_cache_mode`, set in `connect`), so the plan
-/// follows the tables as they grow.
+/// `sql` with the rows as its first parameter, a `jsonb` array, then
+/// `more`. PostgreSQL plans it for each batch (`plan_cache_mode`, set in
+/// `connect`), so the plan follows the tables as they grow.
+pub(super) fn rows_statement<R: Serialize>(
+    sql: &str,
+    rows: &[R],
+    more: impl IntoIterator<Item = Value>,
+) -> Result<Statement, StorageError> {
+    let json = serde_json::to_value(rows)
+        .map_err(|e| StorageError::other(format!("encoding a batch of turns: {e}")))?;
+    let values = std::iter::once(Value::Json(Some(Box::new(json)))).chain(more);
+    Ok(Statement::from_sql_and_values(DbBackend::Postgres, sql, values))
+}
+
 async fn run_rows<R: Serialize>(
     db: &DatabaseConnection,
     sql: &str,
     rows: &[R],
 ) -> Result<Vec<QueryResult>, StorageError> {
-    let json = serde_json::to_value(rows)
-        .map_err(|e| StorageError::Other(format!("encoding a batch of turns: {e}")))?;
-    let statement = Statement::from_sql_and_values(
-        DbBackend::Postgres,
-        sql,
-        [Value::Json(Some(Box::new(json)))],
-    );
-    db.query_all_raw(statement).await.map_err(storage)
+    db.query_all_raw(rows_statement(sql, rows, [])?).await.map_err(storage)
 }
 
 /// After a batch failed as a whole: each row alone, so the row at fault
@@ -277,7 +295,7 @@ where
     let mut outs = Vec::with_capacity(rows.len());
     for one in rows.chunks(1) {
         let out = write(one).await.and_then(|mut out| {
-            out.pop().ok_or_else(|| StorageError::Other("a turn write answered nothing".into()))
+            out.pop().ok_or_else(|| StorageError::other("a turn write answered nothing"))
         });
         outs.push(out);
     }

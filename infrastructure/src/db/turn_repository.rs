@@ -12,21 +12,40 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use pantheon_domain::ports::{TurnRepository, TurnStart};
+use pantheon_domain::ports::{Checkpoint, TurnRepository, TurnStart};
 use pantheon_domain::turn::TurnEnd;
 use pantheon_domain::{
-    FinishReason, Page, PageRequest, SessionId, StorageError, Turn, TurnFailure, TurnId,
-    TurnStatus, Usage, UserId,
+    FailureKind, FinishReason, Page, PageRequest, SessionId, StorageError, Turn, TurnFailure,
+    TurnId, TurnStatus, Usage, UserId,
 };
 use sea_orm::sea_query::{Expr, ExprTrait, Query};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbBackend,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
 };
 
 use super::entity::{session, turn};
 use super::error::storage;
-use super::turn_batch::{BeginRow, FinishRow, TurnBatcher};
+use super::turn_batch::{
+    BeginRow, CHECKPOINT_SQL, FinishRow, TurnBatcher, WriterTask, rows_statement,
+};
+
+/// How old a heartbeat-less `in_progress` row must be before the sweep
+/// ends it: the longest turn the older versions allowed, plus slack.
+const LEGACY_STALE_AFTER: chrono::Duration = chrono::Duration::hours(1);
+
+/// One checkpoint, as [`CHECKPOINT_SQL`] reads it.
+#[derive(Debug, serde::Serialize)]
+struct CheckpointRow<'a> {
+    id: uuid::Uuid,
+    output: Option<&'a str>,
+}
+
+impl<'a> From<&'a Checkpoint> for CheckpointRow<'a> {
+    fn from(c: &'a Checkpoint) -> Self {
+        Self { id: c.turn_id.as_uuid(), output: c.output.as_deref() }
+    }
+}
 
 /// Turns in the `turns` table; ownership is checked through `sessions`.
 #[derive(Debug, Clone)]
@@ -37,19 +56,20 @@ pub struct SeaOrmTurnRepository {
 }
 
 impl SeaOrmTurnRepository {
-    /// A repository on a pool. On PostgreSQL, called within a Tokio runtime,
-    /// it starts the batching writers there (they stop with the last clone);
-    /// outside one, it writes each turn on its own.
-    pub fn new(db: DatabaseConnection) -> Self {
-        let batcher = (db.get_database_backend() == DbBackend::Postgres
-            && tokio::runtime::Handle::try_current().is_ok())
-        .then(|| Arc::new(TurnBatcher::start(&db)));
-        Self { db, batcher }
+    /// A repository on a pool, and on PostgreSQL the batching writers it
+    /// sends its turn writes to: the caller runs them (the composition root
+    /// as tracked background tasks), or the repository's writes wait.
+    pub fn new(db: DatabaseConnection) -> (Self, Vec<WriterTask>) {
+        if db.get_database_backend() != DbBackend::Postgres {
+            return (Self { db, batcher: None }, Vec::new());
+        }
+        let (batcher, writers) = TurnBatcher::new(&db);
+        (Self { db, batcher: Some(Arc::new(batcher)) }, writers)
     }
 }
 
 fn corrupt(what: &str, value: &str) -> StorageError {
-    StorageError::Other(format!("unreadable {what} in turns: {value:?}"))
+    StorageError::other(format!("unreadable {what} in turns: {value:?}"))
 }
 
 fn turn_from_row(row: turn::Model) -> Result<Turn, StorageError> {
@@ -67,7 +87,14 @@ fn turn_from_row(row: turn::Model) -> Result<Turn, StorageError> {
     };
     let error = row
         .error_code
-        .map(|code| TurnFailure { code, detail: row.error_detail.unwrap_or_default() });
+        .map(|code| {
+            let kind = FailureKind::parse(&code).ok_or_else(|| corrupt("error_code", &code))?;
+            Ok::<_, StorageError>(TurnFailure {
+                kind,
+                detail: row.error_detail.unwrap_or_default(),
+            })
+        })
+        .transpose()?;
     Ok(Turn {
         id: TurnId::from(row.id),
         session_id: SessionId::from(row.session_id),
@@ -108,6 +135,7 @@ impl SeaOrmTurnRepository {
             output: Set(String::new()),
             status: Set(TurnStatus::InProgress.as_str().to_owned()),
             created_at: Set(start.now),
+            heartbeat_at: Set(Some(start.now)),
             ..Default::default()
         };
         turn::Entity::insert(row).exec_without_returning(&txn).await.map_err(storage)?;
@@ -136,7 +164,7 @@ impl TurnRepository for SeaOrmTurnRepository {
     }
 
     async fn finish(&self, id: TurnId, end: TurnEnd) -> Result<Turn, StorageError> {
-        let vanished = || StorageError::Other(format!("turn {id} vanished before it finished"));
+        let vanished = || StorageError::other(format!("turn {id} vanished before it finished"));
         if let Some(batcher) = &self.batcher {
             return batcher
                 .finish(FinishRow::new(id, end))
@@ -153,7 +181,7 @@ impl TurnRepository for SeaOrmTurnRepository {
             input_tokens: Set(usage.map(|u| u.input_tokens)),
             output_tokens: Set(usage.map(|u| u.output_tokens)),
             total_tokens: Set(usage.map(|u| u.total_tokens)),
-            error_code: Set(error.as_ref().map(|e| e.code.clone())),
+            error_code: Set(error.as_ref().map(|e| e.kind.as_str().to_owned())),
             error_detail: Set(error.map(|e| e.detail)),
             completed_at: Set(Some(end.completed_at)),
             ..Default::default()
@@ -168,17 +196,53 @@ impl TurnRepository for SeaOrmTurnRepository {
         turn_from_row(row)
     }
 
+    async fn checkpoint(
+        &self,
+        checkpoints: &[Checkpoint],
+        now: DateTime<Utc>,
+    ) -> Result<(), StorageError> {
+        if self.batcher.is_some() {
+            let rows: Vec<CheckpointRow<'_>> =
+                checkpoints.iter().map(CheckpointRow::from).collect();
+            let statement = rows_statement(CHECKPOINT_SQL, &rows, [now.into()])?;
+            self.db.execute_raw(statement).await.map_err(storage)?;
+            return Ok(());
+        }
+        // SQLite: one transaction, one commit, a statement per turn.
+        let txn = self.db.begin().await.map_err(storage)?;
+        for checkpoint in checkpoints {
+            let mut update = turn::Entity::update_many()
+                .col_expr(turn::Column::HeartbeatAt, Expr::value(now))
+                .filter(turn::Column::Id.eq(checkpoint.turn_id.as_uuid()))
+                .filter(turn::Column::Status.eq(TurnStatus::InProgress.as_str()));
+            if let Some(output) = &checkpoint.output {
+                update = update.col_expr(turn::Column::Output, Expr::value(output.clone()));
+            }
+            update.exec(&txn).await.map_err(storage)?;
+        }
+        txn.commit().await.map_err(storage)
+    }
+
     async fn expire_stale(
         &self,
         cutoff: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<u64, StorageError> {
+        // Rows an older version wrote have no heartbeat; they are ended as
+        // that version did, once older than any turn may run.
+        let legacy_cutoff = now - LEGACY_STALE_AFTER;
         let result = turn::Entity::update_many()
             .col_expr(turn::Column::Status, Expr::value(TurnStatus::Incomplete.as_str()))
             .col_expr(turn::Column::FinishReason, Expr::value(FinishReason::Cancelled.as_str()))
             .col_expr(turn::Column::CompletedAt, Expr::value(now))
             .filter(turn::Column::Status.eq(TurnStatus::InProgress.as_str()))
-            .filter(turn::Column::CreatedAt.lt(cutoff))
+            .filter(
+                Condition::any().add(turn::Column::HeartbeatAt.lt(cutoff)).add(
+                    Condition::all()
+                        .add(turn::Column::HeartbeatAt.is_null())
+                        .add(turn::Column::CreatedAt.lt(legacy_cutoff)),
+                ),
+            )
             .exec(&self.db)
             .await
             .map_err(storage)?;

@@ -1,6 +1,6 @@
 //! The limiter actor and its backends (SPEC §5).
 //!
-//! [`spawn_limiter`] starts the task that owns the Redis connection (or the
+//! [`limiter`] makes the task that owns the Redis connection (or the
 //! in-process counters when no Redis is configured) and returns the
 //! domain's [`LimiterHandle`]; everything else talks to it through that.
 
@@ -47,10 +47,25 @@ fn fallback(setting: settings::Fallback) -> Fallback {
     }
 }
 
-/// Starts the limiter task for the settings; `None` when rate limiting is
-/// disabled. Never fails: a Redis that is down (or a URL it cannot use)
-/// starts the limiter degraded.
+/// The actor's loop, for the composition root to run as a background task;
+/// it ends when the last handle is dropped.
+pub type LimiterTask = futures::future::BoxFuture<'static, ()>;
+
+/// Starts the limiter task on the current runtime: [`limiter`] for tests
+/// and benchmarks, which have no composition root to track it.
 pub async fn spawn_limiter(settings: &Settings, clock: Arc<dyn Clock>) -> Option<LimiterHandle> {
+    let (handle, task) = limiter(settings, clock).await?;
+    tokio::spawn(task);
+    Some(handle)
+}
+
+/// The limiter for the settings, and its actor's loop (not yet running);
+/// `None` when rate limiting is disabled. Never fails: a Redis that is down
+/// (or a URL it cannot use) starts the limiter degraded.
+pub async fn limiter(
+    settings: &Settings,
+    clock: Arc<dyn Clock>,
+) -> Option<(LimiterHandle, LimiterTask)> {
     if !settings.rate_limit.enabled {
         return None;
     }
@@ -79,8 +94,8 @@ pub async fn spawn_limiter(settings: &Settings, clock: Arc<dyn Clock>) -> Option
             }
         },
     };
-    tokio::spawn(LimiterActor::new(mailbox, clock, fallback, shared, redis).run());
-    Some(handle)
+    let actor = LimiterActor::new(mailbox, clock, fallback, shared, redis);
+    Some((handle, Box::pin(actor.run())))
 }
 
 /// A client for `url` whose TCP connections send at once (`TCP_NODELAY`;

@@ -55,6 +55,9 @@ pub struct DatabaseSettings {
     pub max_connections: Option<u32>,
     /// `database.auto_migrate`: apply pending migrations at start.
     pub auto_migrate: bool,
+    /// `database.acquire_timeout_ms`: the longest a request waits for a
+    /// connection, so an outage is answered `503` promptly.
+    pub acquire_timeout_ms: u64,
 }
 
 impl Default for DatabaseSettings {
@@ -63,6 +66,7 @@ impl Default for DatabaseSettings {
             url: "sqlite://pantheon.db?mode=rwc".into(),
             max_connections: None,
             auto_migrate: true,
+            acquire_timeout_ms: 2_000,
         }
     }
 }
@@ -226,6 +230,10 @@ pub struct TurnSettings {
     pub on_disconnect: OnDisconnect,
     /// `turns.max_duration_secs`
     pub max_duration_secs: u64,
+    /// `turns.checkpoint_ms`: how often a generating turn's output and
+    /// heartbeat are saved; a crash loses at most this much output, and
+    /// its turns are ended within about three of these plus a sweep.
+    pub checkpoint_ms: u64,
 }
 
 impl Default for TurnSettings {
@@ -235,6 +243,7 @@ impl Default for TurnSettings {
             keep_alive_secs: 15,
             on_disconnect: OnDisconnect::Continue,
             max_duration_secs: 300,
+            checkpoint_ms: 1_000,
         }
     }
 }

@@ -9,6 +9,10 @@ use sea_orm::sqlx::sqlite::SqliteConnectOptions;
 use super::load::SettingsError;
 use super::{AppEnv, DEVELOPMENT_JWT_SECRET, JwtAlgorithm, ProviderKind, Settings};
 
+/// Checkpoints more often than this would cost a write per turn per few
+/// chunks, and a heartbeat that tight would end turns on a busy machine.
+const MIN_CHECKPOINT_MS: u64 = 50;
+
 /// HS256 keys shorter than this are guessable (RFC 7518 §3.2).
 const MIN_SECRET_BYTES: usize = 32;
 
@@ -39,6 +43,7 @@ impl Settings {
             ("turns.max_input_chars", self.turns.max_input_chars as u64),
             ("turns.keep_alive_secs", self.turns.keep_alive_secs),
             ("turns.max_duration_secs", self.turns.max_duration_secs),
+            ("database.acquire_timeout_ms", self.database.acquire_timeout_ms),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -52,6 +57,12 @@ impl Settings {
                     "limits must be at least 1",
                 ));
             }
+        }
+        if self.turns.checkpoint_ms < MIN_CHECKPOINT_MS {
+            return Err(SettingsError::invalid(
+                "turns.checkpoint_ms",
+                format!("must be at least {MIN_CHECKPOINT_MS}"),
+            ));
         }
         if self.database.max_connections == Some(0) {
             return Err(SettingsError::invalid("database.max_connections", "must be at least 1"));

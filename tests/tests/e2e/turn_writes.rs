@@ -12,7 +12,8 @@ use futures::future::join_all;
 use migration::{Migrator, MigratorTrait};
 use pantheon_domain::ports::{SessionRepository, TurnRepository, TurnStart};
 use pantheon_domain::{
-    FinishReason, NewSession, SessionId, TurnEnd, TurnFailure, TurnId, TurnStatus, Usage, UserId,
+    FailureKind, FinishReason, NewSession, SessionId, TurnEnd, TurnFailure, TurnId, TurnStatus,
+    Usage, UserId,
 };
 use pantheon_infrastructure::db::entity::{session, turn};
 use pantheon_infrastructure::db::{SeaOrmSessionRepository, SeaOrmTurnRepository};
@@ -36,9 +37,13 @@ async fn store(backend: Backend) -> Store {
     let database = TestDatabase::create(backend).await;
     let db = database.connect().await;
     Migrator::up(&db, None).await.unwrap();
+    let (turns, writers) = SeaOrmTurnRepository::new(db.clone());
+    for writer in writers {
+        tokio::spawn(writer);
+    }
     Store {
         sessions: SeaOrmSessionRepository::new(db.clone()),
-        turns: Arc::new(SeaOrmTurnRepository::new(db.clone())),
+        turns: Arc::new(turns),
         db,
         _database: database,
     }
@@ -164,7 +169,7 @@ async fn concurrent_finishes_each_persist_their_own_outcome(backend: Backend) {
                     total_tokens: i as i64 + 2,
                 }),
                 error: failed.then(|| TurnFailure {
-                    code: "upstream_error".into(),
+                    kind: FailureKind::UpstreamError,
                     detail: format!("d{i}"),
                 }),
                 completed_at: at,

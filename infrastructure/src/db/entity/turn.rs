@@ -38,6 +38,10 @@ pub struct Model {
     pub created_at: DateTimeUtc,
     /// Reached a final status.
     pub completed_at: Option<DateTimeUtc>,
+    /// Last stamped by the generating instance (at the start, then every
+    /// checkpoint); the sweep ends turns whose heartbeat stopped. Null only
+    /// on rows an older version wrote.
+    pub heartbeat_at: Option<DateTimeUtc>,
 }
 
 /// No navigable relations are needed by the queries.

@@ -84,14 +84,13 @@ pub(super) async fn refusal(
     let retry_after = retry_after(response.headers(), SystemTime::now());
     let detail = scrub(&error_text(response, wait.min(ERROR_BODY_WAIT)).await, secret);
     match status {
+        // Logged where the turn's failure is answered, with this cause.
         StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
-            tracing::warn!(
-                status = status.as_u16(),
-                retry_after_secs = retry_after.map(|d| d.as_secs()),
-                detail = %detail,
-                "the upstream is out of capacity"
-            );
-            ProviderError::Unavailable { retry_after }
+            let wait = retry_after.map_or_else(String::new, |d| format!(", retry after {d:?}"));
+            ProviderError::Unavailable {
+                retry_after,
+                cause: format!("the upstream answered {status}{wait}: {detail}"),
+            }
         }
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => ProviderError::Failed(format!(
             "the upstream refused our credentials ({status}); check provider.openai.api_key: {detail}"

@@ -54,6 +54,11 @@ impl TestDatabase {
         }
     }
 
+    /// A PostgreSQL database made elsewhere (on a test's own server).
+    pub fn at(url: String) -> Self {
+        Self { url, backend: Backend::Postgres, sqlite_path: None }
+    }
+
     /// A separate connection to it.
     pub async fn connect(&self) -> DatabaseConnection {
         Database::connect(&self.url).await.unwrap()

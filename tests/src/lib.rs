@@ -10,6 +10,7 @@ pub mod fake_openai;
 pub mod headers;
 pub mod limiter;
 pub mod logs;
+pub mod postgres_server;
 pub mod process;
 pub mod redis_server;
 pub mod sse;
@@ -62,7 +63,16 @@ pub async fn spawn_app_with_clock(
     adjust: impl FnOnce(&mut Settings),
     clock: Arc<dyn Clock>,
 ) -> TestApp {
-    let database = TestDatabase::create(backend).await;
+    spawn_app_on(TestDatabase::create(backend).await, adjust, clock).await
+}
+
+/// Starts a server over `database` (e.g. one on a test's own PostgreSQL),
+/// after `adjust` has changed the settings.
+pub async fn spawn_app_on(
+    database: TestDatabase,
+    adjust: impl FnOnce(&mut Settings),
+    clock: Arc<dyn Clock>,
+) -> TestApp {
     let mut settings = Settings::default();
     settings.database.url = database.url.clone();
     settings.server.addr = "127.0.0.1:0".parse().unwrap();

@@ -172,8 +172,8 @@ pub type WriterTask = BoxFuture<'static, ()>;
 /// Handles to the writer tasks' queues.
 #[derive(Debug)]
 pub(super) struct TurnBatcher {
-    begins: Writers<BeginRow, Begun>,
-    finishes: Writers<FinishRow, Finished>,
+    begins: Writers<BeginRow, Option<i64>>,
+    finishes: Writers<FinishRow, Option<turn::Model>>,
 }
 
 impl TurnBatcher {
@@ -190,46 +190,57 @@ impl TurnBatcher {
     /// Begins one turn, in whatever batch is next for its session's writer.
     pub(super) async fn begin(&self, row: BeginRow) -> Begun {
         let shard = self.begins.shard_of(&row.session_id);
-        self.begins.call(shard, row).await?
+        self.begins.call(shard, row).await
     }
 
     /// Finishes one turn, in whatever batch is next.
     pub(super) async fn finish(&self, row: FinishRow) -> Finished {
         let shard = self.finishes.shard_of(&row.id);
-        self.finishes.call(shard, row).await?
+        self.finishes.call(shard, row).await
     }
 }
 
 /// A request and where its answer goes.
-type Job<Row, Out> = (Row, oneshot::Sender<Out>);
+type Job<Row, T> = (Row, oneshot::Sender<Result<T, StorageError>>);
 
 /// [`WRITERS`] tasks, each draining its own queue in batches.
 #[derive(Debug)]
-struct Writers<Row, Out> {
-    queues: Vec<mpsc::Sender<Job<Row, Out>>>,
+struct Writers<Row, T> {
+    queues: Vec<mpsc::Sender<Job<Row, T>>>,
     hasher: RandomState,
 }
 
-impl<Row: Send + 'static, Out: Send + 'static> Writers<Row, Out> {
+impl<Row: Send + 'static, T: Send + 'static> Writers<Row, T> {
     /// `write` answers a batch with one output per row, in order.
     fn new<F, Fut>(write: F) -> (Self, Vec<WriterTask>)
     where
         F: Fn(Vec<Row>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Vec<Out>> + Send + 'static,
+        Fut: Future<Output = Vec<Result<T, StorageError>>> + Send + 'static,
     {
         let write = Arc::new(write);
         let (queues, tasks) = (0..WRITERS)
             .map(|_| {
-                let (tx, mut rx) = mpsc::channel::<Job<Row, Out>>(QUEUE);
+                let (tx, mut rx) = mpsc::channel::<Job<Row, T>>(QUEUE);
                 let write = Arc::clone(&write);
                 let task: WriterTask = Box::pin(async move {
                     let mut jobs = Vec::with_capacity(MAX_BATCH);
                     while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
                         let (rows, replies): (Vec<Row>, Vec<_>) = jobs.drain(..).unzip();
                         let outs = write(rows).await;
+                        let outage = match outs.first() {
+                            Some(Err(e)) if e.is_unavailable() => Some(e.clone()),
+                            _ => None,
+                        };
                         for (reply, out) in replies.into_iter().zip(outs) {
                             // The caller may have gone; its turn is written anyway.
                             let _ = reply.send(out);
+                        }
+                        // Whoever queued meanwhile has waited out one acquire
+                        // timeout already: answered now, not after another.
+                        if let Some(error) = outage {
+                            while let Ok((_, reply)) = rx.try_recv() {
+                                let _ = reply.send(Err(error.clone()));
+                            }
                         }
                     }
                 });
@@ -246,13 +257,13 @@ impl<Row: Send + 'static, Out: Send + 'static> Writers<Row, Out> {
         hash % self.queues.len()
     }
 
-    async fn call(&self, shard: usize, row: Row) -> Result<Out, StorageError> {
+    async fn call(&self, shard: usize, row: Row) -> Result<T, StorageError> {
         // Only at shutdown, after the last turn: the instance is going away.
         let stopped = || StorageError::unavailable("the turn writer has stopped");
         let queue = self.queues.get(shard).ok_or_else(stopped)?;
         let (reply, answer) = oneshot::channel();
         queue.send((row, reply)).await.map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())
+        answer.await.map_err(|_| stopped())?
     }
 }
 
@@ -279,7 +290,8 @@ async fn run_rows<R: Serialize>(
 }
 
 /// After a batch failed as a whole: each row alone, so the row at fault
-/// fails alone. A batch of one has nothing to isolate and keeps its error.
+/// fails alone. A batch of one has nothing to isolate and keeps its error,
+/// and so does a batch that failed for an outage.
 async fn one_by_one<'a, R, T, Fut>(
     error: StorageError,
     rows: &'a [R],
@@ -290,6 +302,11 @@ where
 {
     if rows.len() <= 1 {
         return vec![Err(error)];
+    }
+    // An outage fails every row alike; one by one, each would wait out the
+    // pool's acquire timeout again, and the last caller the sum of them.
+    if error.is_unavailable() {
+        return rows.iter().map(|_| Err(error.clone())).collect();
     }
     tracing::warn!(%error, turns = rows.len(), "a batch of turn writes failed; writing them one by one");
     let mut outs = Vec::with_capacity(rows.len());

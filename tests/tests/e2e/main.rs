@@ -25,6 +25,8 @@ macro_rules! on_both_databases {
 mod auth;
 mod bad_input;
 mod builtin_provider;
+mod crash_recovery;
+mod database_outage;
 mod http_surface;
 mod limiter_actor;
 mod limiter_faults;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use pantheon_domain::SystemClock;
 use pantheon_tests::postgres_server::PostgresServer;
 use pantheon_tests::sse::parse_raw;
-use pantheon_tests::{TestApp, TestDatabase, header, spawn_app_on};
+use pantheon_tests::{TestApp, TestDatabase, expect_problem, header, spawn_app_on};
 use sea_orm::{ConnectionTrait, Statement};
 use serde_json::Value;
 
@@ -105,6 +105,16 @@ async fn an_outage_under_load_is_answered_503_promptly_and_every_201_turn_is_sto
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop(&pg).await;
+    // The other endpoints that touch storage answer the same way.
+    let (_, token) = app.new_user();
+    let listed =
+        app.request(reqwest::Method::GET, "/api/v1/sessions", &token).send().await.unwrap();
+    assert_eq!(header(&listed, "retry-after"), "1");
+    expect_problem(listed, 503, "storage_unavailable").await;
+    let session = uuid::Uuid::now_v7();
+    let streamed = stream(&app, &token, &session.to_string(), "hello").await;
+    assert_eq!(header(&streamed, "retry-after"), "1");
+    expect_problem(streamed, 503, "storage_unavailable").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     start(&pg).await;
     let restarted = Instant::now();

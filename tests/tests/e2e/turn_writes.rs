@@ -10,7 +10,7 @@ use std::sync::Arc;
 use chrono::{TimeZone, Utc};
 use futures::future::join_all;
 use migration::{Migrator, MigratorTrait};
-use pantheon_domain::ports::{SessionRepository, TurnRepository, TurnStart};
+use pantheon_domain::ports::{Checkpoint, SessionRepository, TurnRepository, TurnStart};
 use pantheon_domain::{
     FailureKind, FinishReason, NewSession, SessionId, TurnEnd, TurnFailure, TurnId, TurnStatus,
     Usage, UserId,
@@ -24,6 +24,7 @@ on_both_databases!(
     concurrent_begins_number_each_session_gap_free_and_refuse_other_users,
     concurrent_finishes_each_persist_their_own_outcome,
     a_row_the_database_refuses_fails_alone,
+    checkpoints_keep_output_and_heartbeat_and_the_sweep_ends_only_stale_turns,
 );
 
 struct Store {
@@ -237,4 +238,65 @@ async fn a_row_the_database_refuses_fails_alone(backend: Backend) {
     let seqs: Vec<i64> = stored.iter().map(|(seq, _)| *seq).collect();
     let want: Vec<i64> = (1..=i64::try_from(stored.len()).unwrap()).collect();
     assert_eq!(seqs, want, "the failed begin took no seq");
+}
+
+async fn checkpoints_keep_output_and_heartbeat_and_the_sweep_ends_only_stale_turns(
+    backend: Backend,
+) {
+    let store = store(backend).await;
+    let alice = user("alice");
+    let session = store.session(&alice).await;
+    let mut ids = Vec::new();
+    for input in ["talkative", "silent", "finished"] {
+        let turn =
+            begin(&store.turns, &alice, session, input.into()).await.unwrap().unwrap().unwrap();
+        ids.push(turn.id);
+    }
+    let [talkative, silent, finished] = [ids[0], ids[1], ids[2]];
+    let end = TurnEnd {
+        output: "done".into(),
+        status: TurnStatus::Completed,
+        finish_reason: FinishReason::Stop,
+        usage: None,
+        error: None,
+        completed_at: Utc::now(),
+    };
+    store.turns.finish(finished, end).await.unwrap();
+
+    let beat = chrono::SubsecRound::trunc_subsecs(Utc::now(), 0) + chrono::Duration::seconds(60);
+    let checkpoints = [
+        Checkpoint { turn_id: talkative, output: Some("so far".into()) },
+        Checkpoint { turn_id: silent, output: None },
+        Checkpoint { turn_id: finished, output: Some("late".into()) },
+    ];
+    store.turns.checkpoint(&checkpoints, beat).await.unwrap();
+    let row = |id: TurnId| {
+        let db = store.db.clone();
+        async move { turn::Entity::find_by_id(id.as_uuid()).one(&db).await.unwrap().unwrap() }
+    };
+    assert_eq!(row(talkative).await.heartbeat_at, Some(beat));
+    assert_eq!(row(silent).await.heartbeat_at, Some(beat));
+    let done = row(finished).await;
+    assert_eq!(
+        (done.status.as_str(), done.output.as_str()),
+        ("completed", "done"),
+        "left as it was"
+    );
+
+    // Heartbeats newer than the cutoff: nothing is stale.
+    let now = beat + chrono::Duration::seconds(1);
+    assert_eq!(
+        store.turns.expire_stale(beat - chrono::Duration::seconds(1), now).await.unwrap(),
+        0
+    );
+    assert_eq!(
+        store.turns.expire_stale(beat + chrono::Duration::seconds(1), now).await.unwrap(),
+        2
+    );
+    let kept = row(talkative).await;
+    assert_eq!((kept.status.as_str(), kept.output.as_str()), ("incomplete", "so far"));
+    assert_eq!(kept.completed_at, Some(now));
+    let quiet = row(silent).await;
+    assert_eq!((quiet.status.as_str(), quiet.output.as_str()), ("incomplete", ""));
+    assert_eq!(row(finished).await.status, "completed");
 }

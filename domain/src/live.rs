@@ -1,7 +1,7 @@
 //! The output of turns being generated in this process: a `GET` of an
 //! in-progress turn shows its partial reply without a write per chunk, and
-//! the checkpointer finds here what to save (SPEC §4: a crash loses at most
-//! one checkpoint interval of output).
+//! the checkpointer finds here what to save (so a crash loses at most one
+//! checkpoint interval of output).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};

@@ -1,4 +1,4 @@
-//! The turn use case: the order of work of SPEC §4 in one place, shared by
+//! The turn use case: the order of work in one place, shared by
 //! the JSON and the streaming endpoint — limiter first, then the session
 //! (owned by the caller) and the `in_progress` commit, then the reply in a
 //! task of its own.

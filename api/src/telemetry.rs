@@ -8,7 +8,7 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::Response;
 use pantheon_infrastructure::settings::{LogFormat, Settings};
 use tower_http::classify::{ServerErrorsAsFailures, SharedClassifier};
-use tower_http::trace::{MakeSpan, OnResponse, TraceLayer};
+use tower_http::trace::{DefaultOnBodyChunk, DefaultOnEos, MakeSpan, OnResponse, TraceLayer};
 use tracing::Span;
 use tracing_subscriber::EnvFilter;
 
@@ -62,8 +62,21 @@ impl<B> OnResponse<B> for ResponseLine {
     }
 }
 
-/// The tracing layer of the router.
-pub fn http_trace_layer()
--> TraceLayer<SharedClassifier<ServerErrorsAsFailures>, RequestSpan, (), ResponseLine> {
-    TraceLayer::new_for_http().make_span_with(RequestSpan).on_request(()).on_response(ResponseLine)
+/// The tracing layer of the router. No failure line: a `5xx` is logged
+/// where its cause is handled (`error::failure`), and the response line
+/// carries its status.
+pub fn http_trace_layer() -> TraceLayer<
+    SharedClassifier<ServerErrorsAsFailures>,
+    RequestSpan,
+    (),
+    ResponseLine,
+    DefaultOnBodyChunk,
+    DefaultOnEos,
+    (),
+> {
+    TraceLayer::new_for_http()
+        .make_span_with(RequestSpan)
+        .on_request(())
+        .on_response(ResponseLine)
+        .on_failure(())
 }

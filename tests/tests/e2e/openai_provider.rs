@@ -299,3 +299,33 @@ fn the_api_key_appears_in_no_log_line() {
     let leaks: Vec<&str> = text.lines().filter(|l| l.contains(KEY)).collect();
     assert!(leaks.is_empty(), "the key leaked into the logs: {leaks:#?}");
 }
+
+/// A provider failure is logged once, where it is answered (not by the
+/// provider, the turn task and the HTTP mapping each), with its cause.
+/// Synchronous for the reason the test above gives.
+#[test]
+fn an_upstream_429_is_logged_once_with_its_cause() {
+    let capture = LogCapture::new("warn");
+    let _guard = tracing::dispatcher::set_default(&capture.dispatch);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let fake = FakeOpenAi::start(|_| {
+            status(429, "slow down, quota-marker", vec![("retry-after", "7".into())])
+        })
+        .await;
+        let app = spawn_on(Backend::Sqlite, &fake, |_| {}).await;
+        let (token, session) = user_with_session(&app).await;
+        let response = app.submit_turn(&token, &session, "hello").await;
+        assert_eq!(pantheon_tests::header(&response, "retry-after"), "7");
+        expect_problem(response, 503, "upstream_unavailable").await;
+        app.stop().await;
+    });
+    drop(runtime);
+
+    // Nothing else of this test warns: every warning line is about it.
+    let text = capture.logs.text();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1, "logged once: {lines:#?}");
+    assert!(lines[0].contains("WARN") && lines[0].contains("429"), "{}", lines[0]);
+    assert!(lines[0].contains("quota-marker"), "with the upstream's words: {}", lines[0]);
+}

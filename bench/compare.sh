@@ -12,7 +12,10 @@
 #   git worktree add --detach /tmp/before <commit> && (cd /tmp/before && cargo build --release -p pantheon-api)
 #   bench/compare.sh /tmp/before/target/release/pantheon target/release/pantheon
 # Both builds migrate the one database at start, so they must share its
-# schema (compare across a migration on two runs of run.sh instead).
+# schema; when AFTER only adds a migration BEFORE can run beside (a new
+# nullable column, an index), set
+# COMPARE_BEFORE_ENV=PANTHEON__DATABASE__AUTO_MIGRATE=false and BEFORE runs
+# on AFTER's schema without migrating.
 # Scenarios (default: all): json — run.sh's A and B on each build (the
 # limiter overhead 1 − A/B per build); refusal — C and /healthz on each;
 # sse — E on a fresh server of each, alternately.
@@ -84,6 +87,9 @@ measure() {
 total() { awk '{ s += $1 } END { printf "%.0f", s }' "$WORK/rate-$1"; }
 ratio() { awk -v a="$(total "$1")" -v b="$(total "$2")" 'BEGIN { printf "%.3f", a / b }'; }
 build() { if [ "$1" = after ]; then echo "$AFTER"; else echo "$BEFORE"; fi; }
+# Extra settings of the BEFORE build's servers (space-separated VAR=value).
+read -r -a BEFORE_ENV <<<"${COMPARE_BEFORE_ENV:-}"
+build_env() { if [ "$1" = before ] && [ ${#BEFORE_ENV[@]} -gt 0 ]; then printf '%s\n' "${BEFORE_ENV[@]}"; fi; }
 
 log "setup: users and sessions"
 start_build setup "$AFTER" "${HIGH_ENV[@]}"
@@ -98,8 +104,8 @@ echo "after:  $AFTER"
 for scenario in "${SCENARIOS[@]}"; do
   case "$scenario" in
     json)
-      start_build A-before "$BEFORE" "${HIGH_ENV[@]}"
-      start_build B-before "$BEFORE" "${HIGH_ENV[@]}" PANTHEON__RATE_LIMIT__ENABLED=false
+      start_build A-before "$BEFORE" "${HIGH_ENV[@]}" "${BEFORE_ENV[@]}"
+      start_build B-before "$BEFORE" "${HIGH_ENV[@]}" "${BEFORE_ENV[@]}" PANTHEON__RATE_LIMIT__ENABLED=false
       start_build A-after "$AFTER" "${HIGH_ENV[@]}"
       start_build B-after "$AFTER" "${HIGH_ENV[@]}" PANTHEON__RATE_LIMIT__ENABLED=false
       for s in A-before B-before A-after B-after; do
@@ -117,7 +123,8 @@ for scenario in "${SCENARIOS[@]}"; do
       read -r token session <"$WORK/users-c.txt"
       path="/api/v1/sessions/$session/turns" body='{"input":"Hello, Pantheon benchmark"}'
       for b in before after; do
-        start_build "C-$b" "$(build "$b")" "${ENV[@]}" PANTHEON__RATE_LIMIT__PER_MINUTE=1
+        mapfile -t extra < <(build_env "$b")
+        start_build "C-$b" "$(build "$b")" "${ENV[@]}" "${extra[@]}" PANTHEON__RATE_LIMIT__PER_MINUTE=1
         for _ in 1 2; do
           curl -s -o /dev/null -X POST "${SBASE[C-$b]}$path" -H "Authorization: Bearer $token" \
             -H 'Content-Type: application/json' -d "$body"
@@ -137,7 +144,8 @@ for scenario in "${SCENARIOS[@]}"; do
       input="one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen"
       for r in $(seq 1 "$ROUNDS"); do
         for b in before after; do
-          start_build "E-$b" "$(build "$b")" "${HIGH_ENV[@]}" PANTHEON__PROVIDER__BUILTIN__CHUNK_DELAY_MS=50
+          mapfile -t extra < <(build_env "$b")
+          start_build "E-$b" "$(build "$b")" "${HIGH_ENV[@]}" "${extra[@]}" PANTHEON__PROVIDER__BUILTIN__CHUNK_DELAY_MS=50
           s0=$(ticks "${SPID[E-$b]}"); p0=$(pg_ticks)
           out=$("$LOADGEN" sse --base "${SBASE[E-$b]}" --users "$WORK/users-e.txt" --input "$input" | grep '^RESULT ')
           s1=$(ticks "${SPID[E-$b]}"); p1=$(pg_ticks)

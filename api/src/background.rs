@@ -58,3 +58,32 @@ impl Background {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::Background;
+
+    #[tokio::test(start_paused = true)]
+    async fn stop_ends_every_task_including_ones_that_never_finish_on_their_own() {
+        let background = Background::default();
+        background.spawn(std::future::pending());
+        let ticks = Arc::new(AtomicUsize::new(0));
+        let counted = ticks.clone();
+        background.every(Duration::from_secs(1), move || {
+            let counted = counted.clone();
+            async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        assert_eq!(ticks.load(Ordering::SeqCst), 3, "at once, then every second");
+        background.stop().await;
+        assert!(background.tracker.is_empty(), "no task outlives stop");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(ticks.load(Ordering::SeqCst), 3, "no tick after stop");
+    }
+}

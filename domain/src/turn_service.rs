@@ -3,11 +3,12 @@
 //! (owned by the caller) and the `in_progress` commit, then the reply in a
 //! task of its own.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -62,6 +63,25 @@ pub(crate) struct Lifecycle {
     /// Cancelled when the shutdown grace is over: tasks persist `incomplete`.
     pub(crate) abort: CancellationToken,
     closing: AtomicBool,
+    /// Set when a checkpoint or sweep found the database unreachable: no
+    /// sweep before then. During an outage no instance can stamp its
+    /// heartbeats; once it ends, every instance gets [`TurnPolicy::stale_after`]
+    /// to stamp them again before this one ends turns for a missed beat.
+    sweep_not_before: Mutex<Option<Instant>>,
+}
+
+impl Lifecycle {
+    fn storage_failed(&self, stale_after: Duration) {
+        *self.sweep_not_before.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some(Instant::now() + stale_after);
+    }
+
+    fn sweep_held_back(&self) -> bool {
+        self.sweep_not_before
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|until| Instant::now() < until)
+    }
 }
 
 /// Submits and reads turns.
@@ -252,6 +272,9 @@ impl TurnService {
         }
         if let Err(error) = self.turns.checkpoint(&checkpoints, self.clock.now_micros()).await {
             self.live.retake(&checkpoints);
+            if error.is_unavailable() {
+                self.lifecycle.storage_failed(self.policy.stale_after());
+            }
             return Err(error.into());
         }
         Ok(checkpoints.len())
@@ -259,17 +282,29 @@ impl TurnService {
 
     /// Marks turns whose instance stopped stamping their heartbeat (it
     /// crashed, or lost its database for good) as `incomplete`, keeping the
-    /// output they had checkpointed. Any instance may run it: a live turn's
+    /// output they had checkpointed. Held back for a while after this
+    /// instance saw the database unreachable (see `Lifecycle`). Any instance may run it: a live turn's
     /// heartbeat is never older than [`TurnPolicy::stale_after`] (instances'
     /// clocks must agree to well within that).
     ///
     /// # Errors
     /// [`TurnError::Storage`] when the database fails.
     pub async fn sweep_stale(&self) -> Result<u64, TurnError> {
+        if self.lifecycle.sweep_held_back() {
+            return Ok(0);
+        }
         let now = self.clock.now_micros();
         let bound =
             chrono::Duration::from_std(self.policy.stale_after()).unwrap_or(chrono::Duration::MAX);
-        let swept = self.turns.expire_stale(now - bound, now).await?;
+        let swept = match self.turns.expire_stale(now - bound, now).await {
+            Ok(swept) => swept,
+            Err(error) => {
+                if error.is_unavailable() {
+                    self.lifecycle.storage_failed(self.policy.stale_after());
+                }
+                return Err(error.into());
+            }
+        };
         if swept > 0 {
             tracing::warn!(turns = swept, "marked turns abandoned in progress as incomplete");
         }

@@ -35,6 +35,8 @@ struct FakeTurns {
     checkpoints: Mutex<Vec<Checkpoint>>,
     /// While set, every write fails as an outage.
     down: AtomicBool,
+    /// Sweeps that reached the database.
+    sweeps: AtomicUsize,
 }
 
 impl FakeTurns {
@@ -79,6 +81,8 @@ impl TurnRepository for FakeTurns {
     }
 
     async fn expire_stale(&self, _: DateTime<Utc>, _: DateTime<Utc>) -> Result<u64, StorageError> {
+        self.outage()?;
+        self.sweeps.fetch_add(1, Ordering::SeqCst);
         Ok(0)
     }
 
@@ -338,4 +342,23 @@ async fn a_long_turn_is_checkpointed_and_a_quick_one_is_not() {
     quick_service.submit(&caller(), session, input()).await.unwrap();
     assert_eq!(quick_service.checkpoint().await.unwrap(), 0);
     assert!(fresh.checkpoints.lock().unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_an_outage_the_sweep_waits_until_heartbeats_could_be_stamped_again() {
+    let turns = Arc::new(FakeTurns::default());
+    let provider = SlowProvider { chunks: 1, delay: Duration::ZERO };
+    let (service, _) = service(turns.clone(), provider, Duration::from_secs(60), None);
+    service.sweep_stale().await.unwrap();
+    assert_eq!(turns.sweeps.load(Ordering::SeqCst), 1);
+    turns.down.store(true, Ordering::SeqCst);
+    assert!(service.sweep_stale().await.is_err());
+    turns.down.store(false, Ordering::SeqCst);
+    // Three checkpoint intervals from the failure, no sweep reaches the store.
+    tokio::time::sleep(CHECKPOINT * 2).await;
+    service.sweep_stale().await.unwrap();
+    assert_eq!(turns.sweeps.load(Ordering::SeqCst), 1, "held back");
+    tokio::time::sleep(CHECKPOINT * 2).await;
+    service.sweep_stale().await.unwrap();
+    assert_eq!(turns.sweeps.load(Ordering::SeqCst), 2, "resumed");
 }

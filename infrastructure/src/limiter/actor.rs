@@ -164,6 +164,13 @@ impl LimiterActor {
             self.redis.as_ref().is_some_and(|r| !r.health.is_degraded() && r.conn.is_some());
         let mut batch = Vec::new();
         for command in commands {
+            // A caller that stopped waiting was already answered by the
+            // handle's fallback (or its request is gone): its check must
+            // neither reach Redis nor count locally — under `deny` it got a
+            // `503`. Checked here and again just before the pipeline is sent.
+            if abandoned(&command) {
+                continue;
+            }
             match command {
                 LimiterCommand::Check { user, limits, respond_to } => {
                     // Known over-limit users are refused from the cache first,
@@ -209,6 +216,10 @@ impl LimiterActor {
 
     /// Fans a pipeline's results out to the callers and updates health.
     fn settle(&mut self, batch: Batch, outcome: Result<Vec<RedisResult<Value>>, RedisError>) {
+        if batch.is_empty() {
+            // Every caller gave up before it was sent: no call, no news.
+            return;
+        }
         let results = match outcome {
             Ok(results) => results,
             Err(error) => {
@@ -343,6 +354,13 @@ impl LimiterActor {
                 Decision::Limited(denial)
             }
         }
+    }
+}
+
+fn abandoned(command: &LimiterCommand) -> bool {
+    match command {
+        LimiterCommand::Check { respond_to, .. } => respond_to.is_closed(),
+        LimiterCommand::Peek { respond_to, .. } => respond_to.is_closed(),
     }
 }
 

@@ -12,6 +12,8 @@ use redis::{
     ServerErrorKind, Value,
 };
 
+use tokio::sync::oneshot;
+
 use super::keys::check_keys;
 
 /// The check-then-increment script.
@@ -24,6 +26,29 @@ pub enum Pending<C, P> {
     Check { user: UserId, limits: Limits, now_ms: i64, reply: C },
     /// A peek.
     Peek { user: UserId, limits: Limits, now_ms: i64, reply: P },
+}
+
+impl<C: Reply, P: Reply> Pending<C, P> {
+    /// Whether its caller stopped waiting (the handle's timeout fired and
+    /// answered by the fallback, or the request was cancelled).
+    pub fn abandoned(&self) -> bool {
+        match self {
+            Self::Check { reply, .. } => reply.abandoned(),
+            Self::Peek { reply, .. } => reply.abandoned(),
+        }
+    }
+}
+
+/// Where an answer goes, and whether anyone still waits for it.
+pub trait Reply {
+    /// The receiving side is gone: nobody will read the answer.
+    fn abandoned(&self) -> bool;
+}
+
+impl<T> Reply for oneshot::Sender<T> {
+    fn abandoned(&self) -> bool {
+        self.is_closed()
+    }
 }
 
 /// A check's answer from the script: whether it admitted, and the counts
@@ -88,12 +113,22 @@ fn pipeline<'a, C: 'a, P: 'a>(
 /// A `NOSCRIPT` (Redis restarted or `SCRIPT FLUSH`) reloads the script and
 /// resends once: it is not an outage. The whole exchange is bounded by
 /// `timeout`.
-pub async fn run_batch<C, P>(
+///
+/// Items whose caller stopped waiting are dropped first, here at the first
+/// poll, just before the pipeline is written: a check whose caller was
+/// already answered by the fallback must not be counted (under `deny` that
+/// caller got a `503`). Once written, a check cannot be recalled; the
+/// returned batch (maybe empty) lines up with the results.
+pub async fn run_batch<C: Reply, P: Reply>(
     mut conn: MultiplexedConnection,
     script: Arc<Script>,
-    batch: Vec<Pending<C, P>>,
+    mut batch: Vec<Pending<C, P>>,
     timeout: Duration,
 ) -> (Vec<Pending<C, P>>, Result<Vec<RedisResult<Value>>, RedisError>) {
+    batch.retain(|pending| !pending.abandoned());
+    if batch.is_empty() {
+        return (batch, Ok(Vec::new()));
+    }
     let exchange = async {
         let mut results: Vec<RedisResult<Value>> =
             pipeline(&script, &batch).query_async(&mut conn).await?;

@@ -271,3 +271,128 @@ async fn over_limit_cache_answers_refusals_without_redis_calls() {
     assert_eq!(redis.evalsha_calls(), before, "refusals came from the cache");
     assert_eq!(app.count("turns").await, 2);
 }
+
+/// A check whose caller was already answered by the handle's fallback is
+/// never counted: under `fallback = deny` that caller got a `503`, and
+/// counting it would spend its quota on a turn it never had.
+///
+/// The handle waits 200 ms, the actor's Redis timeout is 10 s, and Redis is
+/// stalled (`CLIENT PAUSE`) for 2.5 s. Forty filler checks, 20 ms apart,
+/// fill the actor's 16 pipelines in flight; the victim's checks then wait in
+/// the mailbox, and their callers get the fallback after 200 ms. When Redis
+/// answers again the actor takes them from the mailbox: they must not reach
+/// Redis. (The fillers written before their callers gave up are counted: a
+/// command on the wire cannot be recalled.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_answered_by_the_fallback_are_never_counted() {
+    use pantheon_domain::limiter::{
+        Decision, Fallback as DomainFallback, HandleOptions, Limits, Mode, SkipReason, Window,
+        limiter_channel, window_index,
+    };
+    use pantheon_infrastructure::limiter::keys::counter_key;
+    use pantheon_infrastructure::limiter::{LimiterActor, RedisLink};
+    use pantheon_tests::limiter::unique_user;
+
+    const STALL: Duration = Duration::from_millis(2_500);
+    let redis = RedisServer::start();
+    let clock = Arc::new(ManualClock::at(T0));
+    let options = HandleOptions {
+        fallback: DomainFallback::Deny,
+        mode: Mode::Enforce,
+        wait: Duration::from_millis(200),
+    };
+    let (handle, mailbox, shared) = limiter_channel(4096, options, clock.clone());
+    let client = redis::Client::open(redis.url()).unwrap();
+    let link =
+        RedisLink::start(client, Duration::from_secs(10), DomainFallback::Deny, shared.clone())
+            .await;
+    tokio::spawn(LimiterActor::new(mailbox, clock, DomainFallback::Deny, shared, Some(link)).run());
+    let limits = Limits { per_minute: 1_000, per_hour: 10_000 };
+    let check = |user| {
+        let handle = handle.clone();
+        tokio::spawn(async move { handle.check(user, limits).await })
+    };
+    let warm = unique_user("warm");
+    assert!(matches!(check(warm).await.unwrap(), Decision::Admitted(_)), "Redis answers");
+
+    redis.pause(STALL.as_millis() as u64);
+    let stalled = Instant::now();
+    let filler = unique_user("filler");
+    let mut fillers = Vec::new();
+    for _ in 0..40 {
+        fillers.push(check(filler.clone()));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let victim = unique_user("victim");
+    let victims: Vec<_> = (0..20).map(|_| check(victim.clone())).collect();
+    for task in fillers.into_iter().chain(victims) {
+        let decision = task.await.unwrap();
+        assert_eq!(decision, Decision::Unavailable(SkipReason::StoreUnavailable), "a 503");
+    }
+    assert!(stalled.elapsed() < STALL, "the callers were answered during the stall");
+
+    // Once a later check is admitted, everything the actor sent before it
+    // (same connection, in order) has run in Redis.
+    tokio::time::sleep(STALL.saturating_sub(stalled.elapsed())).await;
+    let sentinel = unique_user("sentinel");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !matches!(check(sentinel.clone()).await.unwrap(), Decision::Admitted(_)) {
+        assert!(Instant::now() < deadline, "Redis did not answer again after the stall");
+    }
+    let counter = |user| {
+        let key = counter_key(user, Window::Minute, window_index(Window::Minute, T0));
+        let value = redis.command(&["GET", &key]);
+        if value == "nil" { 0 } else { value.parse::<u64>().unwrap() }
+    };
+    let (victim_count, filler_count) = (counter(&victim), counter(&filler));
+    eprintln!("after the stall: victim counter {victim_count}, filler counter {filler_count}");
+    assert_eq!(victim_count, 0, "checks answered by the fallback were counted");
+    assert!(filler_count < 40, "queued fillers answered by the fallback were counted too");
+}
+
+/// Limiting resumes within a second of Redis answering again: after an
+/// outage long enough for the probe backoff to have grown (4 s), a user is
+/// refused at its limit again soon after Redis restarts on the same port.
+///
+/// A real-time bound, because the delay is the behaviour: the probe waits at
+/// most 750 ms (500 ms cap, +50 % jitter), then a reconnect, a `SCRIPT LOAD`
+/// and four turns. 1.5 s leaves room for a loaded machine; before the cap
+/// (5 s) this took 1.7–3 s, often more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limiting_resumes_within_a_second_of_redis_answering_again() {
+    const OUTAGE: Duration = Duration::from_secs(4);
+    let mut redis = RedisServer::start();
+    let app = spawn(redis.url(), |s| s.rate_limit.per_minute = 3).await;
+    assert_fourth_turn_refused(&app).await;
+
+    redis.kill();
+    let (token, session) = new_user_with_session(&app).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while limiter_state(&app).await != "degraded" {
+        assert!(Instant::now() < deadline, "the limiter did not notice Redis was killed");
+        expect_json(app.submit_turn(&token, &session, "while down").await, 201).await;
+    }
+    // The backoff grows with the outage: that is what is under test.
+    tokio::time::sleep(OUTAGE).await;
+
+    redis.restart();
+    let answering = Instant::now();
+    // A fresh user: the restarted Redis is empty, so it takes three checked
+    // turns and the fourth is refused. Each turn is also the poll.
+    let (token, session) = new_user_with_session(&app).await;
+    let deadline = answering + Duration::from_secs(15);
+    let mut turns = 0;
+    loop {
+        turns += 1;
+        let response = app.submit_turn(&token, &session, &format!("turn {turns}")).await;
+        if response.status() == 429 {
+            break;
+        }
+        expect_json(response, 201).await;
+        assert!(Instant::now() < deadline, "still not limiting 15 s after Redis came back");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let elapsed = answering.elapsed();
+    eprintln!("first refusal {} ms after Redis answered again", elapsed.as_millis());
+    assert!(elapsed < Duration::from_millis(1_500), "limiting resumed after {elapsed:?}");
+}

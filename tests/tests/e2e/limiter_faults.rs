@@ -1,7 +1,9 @@
 //! The limiter when Redis misbehaves (SPEC §5, "Redis trouble"): down at
 //! boot, killed and restarted under load, stalled, its scripts flushed; the
-//! three fallbacks; and refusals answered from the over-limit cache without
-//! a Redis call. Each test runs a `redis-server` of its own.
+//! three fallbacks; refusals answered from the over-limit cache without a
+//! Redis call; checks answered by the fallback never counted; and limiting
+//! resuming within a second of Redis answering again. Each test runs a
+//! `redis-server` of its own.
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -140,7 +142,8 @@ fn redis_killed_mid_test_turns_still_succeed_and_warn_once() {
         assert_eq!(limiter_state(&app).await, "degraded", "three failed calls degrade the link");
 
         redis.restart();
-        // The probe backoff is capped at 5 s, +50% jitter: 7.5 s at worst.
+        // The probe backoff is capped at 500 ms, +50% jitter: 750 ms at worst
+        // (the exact bound is `limiting_resumes_within_a_second…`'s).
         wait_for_limiter(&app, "healthy", Duration::from_secs(15)).await;
         assert_fourth_turn_refused(&app).await;
     });

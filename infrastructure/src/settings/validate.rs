@@ -39,6 +39,10 @@ impl Settings {
             ("turns.max_input_chars", self.turns.max_input_chars as u64),
             ("turns.keep_alive_secs", self.turns.keep_alive_secs),
             ("turns.max_duration_secs", self.turns.max_duration_secs),
+            ("turns.write_timeout_secs", self.turns.write_timeout_secs),
+            ("server.header_read_timeout_ms", self.server.header_read_timeout_ms),
+            ("server.body_read_timeout_ms", self.server.body_read_timeout_ms),
+            ("server.idle_timeout_secs", self.server.idle_timeout_secs),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -52,6 +56,9 @@ impl Settings {
                     "limits must be at least 1",
                 ));
             }
+        }
+        if self.server.max_connections == Some(0) {
+            return Err(SettingsError::invalid("server.max_connections", "must be at least 1"));
         }
         if self.database.max_connections == Some(0) {
             return Err(SettingsError::invalid("database.max_connections", "must be at least 1"));

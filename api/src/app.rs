@@ -17,6 +17,7 @@ use pantheon_infrastructure::provider::{BuiltinProvider, OpenAiProvider};
 use pantheon_infrastructure::settings::{ProviderKind, ProviderSettings, Settings};
 use thiserror::Error;
 
+use crate::server::ConnectionLimits;
 use crate::state::{AppParts, AppState};
 
 /// Why the server could not start.
@@ -70,6 +71,7 @@ pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> Result<AppStat
         keep_alive: Duration::from_secs(settings.turns.keep_alive_secs),
         on_disconnect: settings.turns.on_disconnect,
         shutdown_grace: Duration::from_secs(settings.server.shutdown_grace_secs),
+        connections: ConnectionLimits::new(settings),
     }))
 }
 

@@ -8,6 +8,8 @@ use pantheon_infrastructure::auth::TokenVerifier;
 use pantheon_infrastructure::db::DatabaseProbe;
 use pantheon_infrastructure::settings::OnDisconnect;
 
+use crate::server::ConnectionLimits;
+
 /// Shared application state. Axum clones it for every request that
 /// extracts it, so it is one `Arc`: one reference count, not one per
 /// service handle inside.
@@ -48,4 +50,6 @@ pub struct AppParts {
     pub on_disconnect: OnDisconnect,
     /// `server.shutdown_grace_secs`.
     pub shutdown_grace: Duration,
+    /// The connection timeouts and cap.
+    pub connections: ConnectionLimits,
 }

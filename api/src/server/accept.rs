@@ -83,7 +83,8 @@ impl Acceptor {
                 },
             };
             let registration = self.registry.register(slot);
-            let (router, timeouts, builder) = (self.router.clone(), self.timeouts, self.builder.clone());
+            let (router, timeouts, builder) =
+                (self.router.clone(), self.timeouts, self.builder.clone());
             self.tasks.spawn(async move {
                 let (state, close) = (registration.state.clone(), registration.close.clone());
                 serve_connection(&builder, stream, router, state, close, timeouts).await;

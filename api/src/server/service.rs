@@ -41,10 +41,7 @@ impl hyper::service::Service<Request<Incoming>> for TrackedService {
         // `Router` is always ready (its `poll_ready` is `Ready`); cloning it
         // is one reference count, as `axum::serve` did per request.
         let mut router = self.router.clone();
-        TrackedResponse {
-            inner: router.call(request),
-            end: Some(ResponseEnd(self.state.clone())),
-        }
+        TrackedResponse { inner: router.call(request), end: Some(ResponseEnd(self.state.clone())) }
     }
 }
 

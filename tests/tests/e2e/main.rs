@@ -25,6 +25,7 @@ macro_rules! on_both_databases {
 mod auth;
 mod bad_input;
 mod builtin_provider;
+mod connections;
 mod http_surface;
 mod limiter_actor;
 mod limiter_faults;

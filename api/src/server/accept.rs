@@ -124,11 +124,14 @@ fn is_out_of_files(e: &io::Error) -> bool {
 }
 
 /// An episode of failing accepts: logged once when it starts, then as a
-/// count per [`SUMMARY_EVERY`], and once more when accepts succeed again.
+/// count per [`SUMMARY_EVERY`], and closed with one line once a whole
+/// interval passed without an error. A success between two errors does not
+/// end it: at the open-files limit every other accept may fail.
 #[derive(Debug, Default)]
 struct AcceptErrors {
     /// When the current summary interval began; `None` while accepts work.
     window: Option<Instant>,
+    last_error_at: Option<Instant>,
     /// Errors since the last line.
     unreported: u64,
     last: Option<String>,
@@ -148,36 +151,41 @@ impl AcceptErrors {
                 );
                 self.window = Some(Instant::now());
             }
-            Some(since) => {
+            Some(_) => {
                 self.unreported += 1;
                 self.last = Some(error.to_string());
-                if since.elapsed() >= SUMMARY_EVERY {
-                    self.summarise();
-                    self.window = Some(Instant::now());
-                }
+                self.summarise_if_due();
             }
         }
+        self.last_error_at = Some(Instant::now());
         self.pause = (self.pause * 2).clamp(FIRST_PAUSE, MAX_PAUSE);
         self.pause
     }
 
     /// An accept succeeded.
     fn recovered(&mut self) {
-        if self.window.take().is_some() {
-            self.summarise();
+        if self.window.is_none() {
+            return;
+        }
+        self.pause = Duration::ZERO;
+        self.summarise_if_due();
+        if self.last_error_at.is_some_and(|at| at.elapsed() >= SUMMARY_EVERY) {
+            self.window = None;
             tracing::info!("accepting connections again");
-            self.pause = Duration::ZERO;
         }
     }
 
-    fn summarise(&mut self) {
-        if self.unreported > 0 {
-            tracing::warn!(
-                errors = self.unreported,
-                last_error = self.last.as_deref().unwrap_or_default(),
-                "accept errors since the last report"
-            );
-            self.unreported = 0;
+    fn summarise_if_due(&mut self) {
+        if self.window.is_some_and(|since| since.elapsed() >= SUMMARY_EVERY) {
+            if self.unreported > 0 {
+                tracing::warn!(
+                    errors = self.unreported,
+                    last_error = self.last.as_deref().unwrap_or_default(),
+                    "accept errors since the last report"
+                );
+                self.unreported = 0;
+            }
+            self.window = Some(Instant::now());
         }
     }
 }

@@ -272,13 +272,19 @@ async fn idle_connections(address: &str, n: usize) -> Vec<TcpStream> {
     open
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bystander_is_served_while_idle_connections_exceed_the_open_files_limit() {
+/// Opens 1,100 idle keep-alive connections to a server limited to 1,024
+/// open files, then asks as a new client; returns how long its answer took
+/// and the server's output.
+async fn bystander_beside_idle_connections(max_connections: Option<&str>) -> (Duration, String) {
     // This process holds the 1,100 client sockets itself.
     rlimit::increase_nofile_limit(4096).unwrap();
     let database = pantheon_tests::TestDatabase::create(Backend::Postgres).await;
-    let server =
-        pantheon_tests::process::ServerCommand::new(&database.url).nofile(1024).spawn().await;
+    let mut command = pantheon_tests::process::ServerCommand::new(&database.url);
+    command.nofile(1024);
+    if let Some(max) = max_connections {
+        command.set("PANTHEON__SERVER__MAX_CONNECTIONS", max);
+    }
+    let server = command.spawn().await;
     let address = format!("127.0.0.1:{}", server.port());
 
     let started = Instant::now();
@@ -296,7 +302,22 @@ async fn a_bystander_is_served_while_idle_connections_exceed_the_open_files_limi
     eprintln!("bystander answered in {answered:?}");
     assert_eq!(response.status(), 200);
     assert!(answered < Duration::from_secs(5));
-    let output = server.output();
-    assert!(!output.contains("cannot accept"), "the cap kept accepts from failing:\n{output}");
     drop(idle);
+    (answered, server.output())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bystander_is_served_while_idle_connections_exceed_the_open_files_limit() {
+    let (_, output) = bystander_beside_idle_connections(None).await;
+    assert!(!output.contains("cannot accept"), "the cap kept accepts from failing:\n{output}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cap_above_the_open_files_limit_logs_accept_errors_once_and_still_serves() {
+    let (_, output) = bystander_beside_idle_connections(Some("5000")).await;
+    assert!(output.contains("more than the open-files limit leaves room for"), "{output}");
+    let first = output.lines().filter(|l| l.contains("cannot accept connections")).count();
+    let summaries = output.lines().filter(|l| l.contains("accept errors since")).count();
+    assert_eq!(first, 1, "one warning when accepts start failing:\n{output}");
+    assert!(summaries <= 10, "{summaries} summaries: at most one per 10 s:\n{output}");
 }

@@ -9,11 +9,11 @@ use pantheon_infrastructure::settings::OnDisconnect;
 use pantheon_tests::db::count;
 use pantheon_tests::sse::parse_raw;
 use pantheon_tests::{Backend, TestApp, spawn_app_with};
-use sea_orm::{ConnectionTrait, Statement};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
+use crate::shutdown::statuses;
 use crate::streaming::{assert_contract, stream, user_with_session};
 
 fn socket_addr(address: &str) -> String {
@@ -201,17 +201,6 @@ async fn a_stream_that_keeps_sending_outlives_idle_timeout() {
     assert!(took > Duration::from_secs(2), "the stream lasted {took:?}, longer than idle_timeout");
 }
 
-async fn turn_statuses(app: &TestApp) -> Vec<String> {
-    let sql = "SELECT status FROM turns";
-    app.db
-        .query_all_raw(Statement::from_string(app.db.get_database_backend(), sql))
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|row| row.try_get::<String>("", "status").unwrap())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_whose_client_stops_reading_is_dropped_after_write_timeout() {
     let app = spawn_app_with(Backend::Postgres, |s| {
@@ -240,7 +229,7 @@ async fn a_stream_whose_client_stops_reading_is_dropped_after_write_timeout() {
     // The client reads nothing from here on.
     let mut statuses = Vec::new();
     while started.elapsed() < Duration::from_secs(50) {
-        statuses = turn_statuses(&app).await;
+        statuses = statuses(&app.db).await;
         if statuses.iter().any(|s| s != "in_progress") {
             break;
         }

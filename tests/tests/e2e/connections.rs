@@ -13,7 +13,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::shutdown::statuses;
+use crate::shutdown::statuses as turn_statuses;
 use crate::streaming::{assert_contract, stream, user_with_session};
 
 fn socket_addr(address: &str) -> String {
@@ -229,7 +229,7 @@ async fn a_stream_whose_client_stops_reading_is_dropped_after_write_timeout() {
     // The client reads nothing from here on.
     let mut statuses = Vec::new();
     while started.elapsed() < Duration::from_secs(50) {
-        statuses = statuses(&app.db).await;
+        statuses = turn_statuses(&app.db).await;
         if statuses.iter().any(|s| s != "in_progress") {
             break;
         }

@@ -18,6 +18,7 @@ use pantheon_infrastructure::settings::{ProviderKind, ProviderSettings, Settings
 use thiserror::Error;
 
 use crate::background::Background;
+use crate::server::ConnectionLimits;
 use crate::state::{AppParts, AppState};
 
 /// Why the server could not start.
@@ -81,6 +82,7 @@ pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> Result<AppStat
         on_disconnect: settings.turns.on_disconnect,
         shutdown_grace: Duration::from_secs(settings.server.shutdown_grace_secs),
         background,
+        connections: ConnectionLimits::new(settings),
     }))
 }
 

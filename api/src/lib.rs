@@ -11,17 +11,18 @@ pub mod extract;
 pub mod problem;
 pub mod rate_limit;
 pub mod routes;
+pub mod server;
 pub mod sse;
 pub mod state;
 pub mod telemetry;
 
-use std::future::Future;
 use std::net::SocketAddr;
 
 use tokio::net::{TcpListener, TcpSocket};
 
 pub use app::{StartError, build};
 pub use routes::router;
+pub use server::serve;
 pub use state::AppState;
 
 /// The accept queue's length (the kernel caps it at `net.core.somaxconn`).
@@ -44,35 +45,4 @@ pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(ACCEPT_BACKLOG)
-}
-
-/// Serves the router on `listener` until `shutdown` resolves, then shuts
-/// down gracefully: stops accepting, lets running turns finish within
-/// `server.shutdown_grace_secs`, ends the rest as `incomplete` (open streams
-/// get their terminal event), waits for open requests, and returns once
-/// every turn is persisted, and stops the background tasks.
-///
-/// # Errors
-/// The I/O error that stopped the server.
-pub async fn serve(
-    listener: TcpListener,
-    state: AppState,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let (turns, grace) = (state.turns.clone(), state.shutdown_grace);
-    let background = state.background.clone();
-    let (drained, all_persisted) = tokio::sync::oneshot::channel::<()>();
-    let signal = async move {
-        shutdown.await;
-        tokio::spawn(async move {
-            turns.drain(grace).await;
-            let _ = drained.send(());
-        });
-    };
-    let served = axum::serve(listener, router(state)).with_graceful_shutdown(signal).await;
-    // Turns whose clients are gone have no connection keeping the server
-    // up; wait for them too. (Returns at once if the signal never came.)
-    let _ = all_persisted.await;
-    background.stop().await;
-    served
 }

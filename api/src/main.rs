@@ -6,7 +6,7 @@ use mimalloc::MiMalloc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use pantheon_api::{app, listen, serve, telemetry};
+use pantheon_api::{app, listen, serve, server, telemetry};
 use pantheon_infrastructure::Settings;
 use pantheon_infrastructure::auth::TokenMinter;
 
@@ -71,6 +71,7 @@ fn run_server(settings: Settings) -> ExitCode {
         Ok(runtime) => runtime,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
+    let open_files = server::raise_open_files_limit();
     runtime.block_on(async move {
         let state = match app::build(&settings, app::system_clock()).await {
             Ok(state) => state,
@@ -80,7 +81,12 @@ fn run_server(settings: Settings) -> ExitCode {
             Ok(listener) => listener,
             Err(e) => return fail(&format!("cannot listen on {}: {e}", settings.server.addr)),
         };
-        tracing::info!(addr = %settings.server.addr, "pantheon listening");
+        tracing::info!(
+            addr = %settings.server.addr,
+            max_connections = state.connections.max_connections,
+            open_files,
+            "pantheon listening"
+        );
         match serve(listener, state, shutdown_signal()).await {
             Ok(()) => {
                 tracing::info!("pantheon stopped");

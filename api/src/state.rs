@@ -9,6 +9,7 @@ use pantheon_infrastructure::db::DatabaseProbe;
 use pantheon_infrastructure::settings::OnDisconnect;
 
 use crate::background::Background;
+use crate::server::ConnectionLimits;
 
 /// Shared application state. Axum clones it for every request that
 /// extracts it, so it is one `Arc`: one reference count, not one per
@@ -52,4 +53,6 @@ pub struct AppParts {
     pub shutdown_grace: Duration,
     /// The background tasks, stopped by `serve` after the last turn.
     pub background: Background,
+    /// The connection timeouts and cap.
+    pub connections: ConnectionLimits,
 }

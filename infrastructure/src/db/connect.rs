@@ -13,6 +13,15 @@ pub fn is_sqlite(url: &str) -> bool {
     url.starts_with("sqlite:")
 }
 
+/// The pool's size: `database.max_connections`, else 4 on SQLite (one
+/// writer at a time) and 4 × cores (at least 8) on PostgreSQL. The server's
+/// connection cap leaves this many open files for the pool.
+pub fn pool_size(settings: &DatabaseSettings) -> u32 {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get() as u32);
+    let default_size = if is_sqlite(&settings.url) { 4 } else { (cores * 4).max(8) };
+    settings.max_connections.unwrap_or(default_size)
+}
+
 /// Connects to the configured database.
 ///
 /// Pool choices, each measured or forced by a failure mode:
@@ -39,16 +48,14 @@ pub fn is_sqlite(url: &str) -> bool {
 /// # Errors
 /// [`DbErr`] when the database cannot be reached.
 pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, DbErr> {
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get() as u32);
     let sqlite = is_sqlite(&settings.url);
-    let default_size = if sqlite { 4 } else { (cores * 4).max(8) };
     // While the database is down every request waits this long for a
     // connection, then answers `503`: short, so clients hear of the outage
     // and retry, instead of piling up behind the pool.
     let acquire_timeout = Duration::from_millis(settings.acquire_timeout_ms);
     let mut options = ConnectOptions::new(settings.url.clone());
     options
-        .max_connections(settings.max_connections.unwrap_or(default_size))
+        .max_connections(pool_size(settings))
         .min_connections(1)
         .connect_timeout(acquire_timeout)
         .acquire_timeout(acquire_timeout)

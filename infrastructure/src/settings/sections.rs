@@ -37,11 +37,29 @@ pub struct ServerSettings {
     /// `server.shutdown_grace_secs`: how long in-flight work may finish
     /// after SIGTERM.
     pub shutdown_grace_secs: u64,
+    /// `server.header_read_timeout_ms`: how long a request head may take to
+    /// arrive, from the connection's start or its first byte after a reply.
+    pub header_read_timeout_ms: u64,
+    /// `server.body_read_timeout_ms`: how long a request body may take to
+    /// arrive once its head is in.
+    pub body_read_timeout_ms: u64,
+    /// `server.idle_timeout_secs`: how long a keep-alive connection may wait
+    /// for its next request.
+    pub idle_timeout_secs: u64,
+    /// `server.max_connections`: unset derives it from the open-files limit.
+    pub max_connections: Option<usize>,
 }
 
 impl Default for ServerSettings {
     fn default() -> Self {
-        Self { addr: SocketAddr::from(([127, 0, 0, 1], 8080)), shutdown_grace_secs: 30 }
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            shutdown_grace_secs: 30,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
+            idle_timeout_secs: 60,
+            max_connections: None,
+        }
     }
 }
 
@@ -234,6 +252,9 @@ pub struct TurnSettings {
     /// heartbeat are saved; a crash loses at most this much output, and
     /// its turns are ended within about three of these plus a sweep.
     pub checkpoint_ms: u64,
+    /// `turns.write_timeout_secs`: how long a response may wait for a client
+    /// that stopped reading before its connection is dropped.
+    pub write_timeout_secs: u64,
 }
 
 impl Default for TurnSettings {
@@ -244,6 +265,7 @@ impl Default for TurnSettings {
             on_disconnect: OnDisconnect::Continue,
             max_duration_secs: 300,
             checkpoint_ms: 1_000,
+            write_timeout_secs: 30,
         }
     }
 }

@@ -44,6 +44,10 @@ impl Settings {
             ("turns.keep_alive_secs", self.turns.keep_alive_secs),
             ("turns.max_duration_secs", self.turns.max_duration_secs),
             ("database.acquire_timeout_ms", self.database.acquire_timeout_ms),
+            ("turns.write_timeout_secs", self.turns.write_timeout_secs),
+            ("server.header_read_timeout_ms", self.server.header_read_timeout_ms),
+            ("server.body_read_timeout_ms", self.server.body_read_timeout_ms),
+            ("server.idle_timeout_secs", self.server.idle_timeout_secs),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -63,6 +67,9 @@ impl Settings {
                 "turns.checkpoint_ms",
                 format!("must be at least {MIN_CHECKPOINT_MS}"),
             ));
+        }
+        if self.server.max_connections == Some(0) {
+            return Err(SettingsError::invalid("server.max_connections", "must be at least 1"));
         }
         if self.database.max_connections == Some(0) {
             return Err(SettingsError::invalid("database.max_connections", "must be at least 1"));

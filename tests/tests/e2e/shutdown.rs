@@ -10,7 +10,7 @@ use sea_orm::{ConnectionTrait, Statement};
 
 use crate::streaming::{assert_contract, stream, user_with_session};
 
-async fn statuses(db: &sea_orm::DatabaseConnection) -> Vec<String> {
+pub async fn statuses(db: &sea_orm::DatabaseConnection) -> Vec<String> {
     let sql = "SELECT status FROM turns ORDER BY status";
     db.query_all_raw(Statement::from_string(db.get_database_backend(), sql))
         .await

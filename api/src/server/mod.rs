@@ -1,0 +1,115 @@
+//! Serving the router over TCP with the defences a public server needs
+//! against its clients: every connection lives by a deadline for its request
+//! head, its idle wait and its stalled writes; the number of connections is
+//! capped below the open-files limit, and at the cap idle ones make room.
+//!
+//! Our own accept loop over hyper instead of `axum::serve`, which has none
+//! of these (no timeouts, no cap, and an `accept error` line every second
+//! once the process runs out of files).
+
+mod accept;
+mod connection;
+mod io;
+mod limits;
+mod registry;
+mod service;
+mod state;
+
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use pantheon_infrastructure::Settings;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+
+pub use limits::{connection_cap, raise_open_files_limit};
+
+use self::state::Timeouts;
+use crate::routes::router;
+use crate::state::AppState;
+
+/// The connection settings, resolved at start.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// `server.header_read_timeout_ms`
+    pub header_read_timeout: Duration,
+    /// `server.body_read_timeout_ms`: enforced where bodies are read (the
+    /// JSON extractors), so the answer can be a `408` problem.
+    pub body_read_timeout: Duration,
+    /// `server.idle_timeout_secs`
+    pub idle_timeout: Duration,
+    /// `turns.write_timeout_secs`
+    pub write_timeout: Duration,
+    /// `server.max_connections`, or the default [`connection_cap`] derives.
+    pub max_connections: usize,
+}
+
+impl ConnectionLimits {
+    /// The limits `settings` configure, under the current open-files limit.
+    pub fn new(settings: &Settings) -> Self {
+        Self {
+            header_read_timeout: Duration::from_millis(settings.server.header_read_timeout_ms),
+            body_read_timeout: Duration::from_millis(settings.server.body_read_timeout_ms),
+            idle_timeout: Duration::from_secs(settings.server.idle_timeout_secs),
+            write_timeout: Duration::from_secs(settings.turns.write_timeout_secs),
+            max_connections: connection_cap(settings),
+        }
+    }
+}
+
+/// Serves the router on `listener` until `shutdown` resolves, then shuts
+/// down gracefully: stops accepting, lets running turns finish within
+/// `server.shutdown_grace_secs`, ends the rest as `incomplete` (open streams
+/// get their terminal event), waits for open requests, and returns once
+/// every turn is persisted and the background tasks have stopped.
+///
+/// # Errors
+/// None today: accept errors are logged and retried, never returned; the
+/// `Result` keeps callers ready for a listener that can fail for good.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let limits = state.connections;
+    let (turns, grace) = (state.turns.clone(), state.shutdown_grace);
+    let background = state.background.clone();
+    let mut builder = http1::Builder::new();
+    // Off: see `connection`'s module doc; our own timer replaces it.
+    builder.header_read_timeout(None);
+    let registry = Arc::new(registry::Registry::default());
+    let tasks = TaskTracker::new();
+    let acceptor = accept::Acceptor {
+        listener,
+        router: router(state),
+        builder: Arc::new(builder),
+        timeouts: Timeouts {
+            header: limits.header_read_timeout,
+            idle: limits.idle_timeout,
+            write: limits.write_timeout,
+        },
+        slots: Arc::new(Semaphore::new(limits.max_connections)),
+        registry: registry.clone(),
+        tasks: tasks.clone(),
+    };
+    let shutdown = pin!(shutdown);
+    // Returns when the signal comes; the listener is closed with it.
+    acceptor.run(shutdown).await;
+    let (drained, all_persisted) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        turns.drain(grace).await;
+        let _ = drained.send(());
+    });
+    registry.close_all();
+    tasks.close();
+    tasks.wait().await;
+    // Turns whose clients are gone have no connection keeping the server
+    // up; wait for them too.
+    let _ = all_persisted.await;
+    background.stop().await;
+    Ok(())
+}

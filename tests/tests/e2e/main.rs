@@ -34,6 +34,7 @@ mod openai_provider;
 mod ownership;
 mod sessions;
 mod shutdown;
+mod simultaneous_start;
 mod streaming;
 mod turn_writes;
 mod turns;

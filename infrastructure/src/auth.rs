@@ -302,7 +302,9 @@ mod tests {
         // As if it had been verified an hour ago, when it was still valid.
         let limits = Limits { per_minute: 20, per_hour: 300 };
         let caller = Caller { user: UserId::parse("bob").unwrap(), tier: None, limits };
-        verifier.verified.insert(expired.clone(), Verified { caller, not_before: 0, exp: claims.exp });
+        verifier
+            .verified
+            .insert(expired.clone(), Verified { caller, not_before: 0, exp: claims.exp });
         assert!(verifier.verify(&expired).is_err(), "past exp + leeway: verified again");
         assert!(verifier.verified.get(&expired).is_none(), "and forgotten");
     }

@@ -39,6 +39,12 @@ pub fn is_sqlite(url: &str) -> bool {
 /// # Errors
 /// [`DbErr`] when the database cannot be reached.
 pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, DbErr> {
+    Database::connect(connect_options(settings)).await
+}
+
+/// The options [`connect`] opens the pool with, for a caller that needs to
+/// change some (the migration lock's single connection).
+pub fn connect_options(settings: &DatabaseSettings) -> ConnectOptions {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get() as u32);
     let sqlite = is_sqlite(&settings.url);
     let default_size = if sqlite { 4 } else { (cores * 4).max(8) };
@@ -69,7 +75,7 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, 
             }
         });
     }
-    Database::connect(options).await
+    options
 }
 
 /// Whether a PostgreSQL URL sets the TLS mode itself (`sslmode` or sqlx's

@@ -8,6 +8,6 @@ mod session_repository;
 mod turn_batch;
 mod turn_repository;
 
-pub use connect::{DatabaseProbe, connect, is_sqlite};
+pub use connect::{DatabaseProbe, connect, connect_options, is_sqlite};
 pub use session_repository::SeaOrmSessionRepository;
 pub use turn_repository::SeaOrmTurnRepository;

@@ -32,10 +32,10 @@ async fn serves(server: &ServerProcess, minter: &TokenMinter) {
     let turns = format!("{sessions}/{}/turns", session["id"].as_str().unwrap());
     let response = client.post(&turns).bearer_auth(&token).json(&json!({"input": "hello"})).send();
     let turn = expect_json(response.await.unwrap(), 201).await;
-    assert_eq!((turn["status"].as_str(), turn["output"].as_str()), (
-        Some("completed"),
-        Some("You said: hello")
-    ));
+    assert_eq!(
+        (turn["status"].as_str(), turn["output"].as_str()),
+        (Some("completed"), Some("You said: hello"))
+    );
 }
 
 /// Every migration applied, each recorded once.

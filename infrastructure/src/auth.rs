@@ -308,4 +308,24 @@ mod tests {
         assert!(verifier.verify(&expired).is_err(), "past exp + leeway: verified again");
         assert!(verifier.verified.get(&expired).is_none(), "and forgotten");
     }
+
+    #[test]
+    fn a_token_refused_for_its_iat_is_never_remembered() {
+        let (verifier, minter) = verifier();
+        let now = jsonwebtoken::get_current_timestamp();
+        let claims = Claims {
+            sub: "carol".into(),
+            exp: now + 3_600,
+            nbf: None,
+            iat: Some(now + 600),
+            tier: None,
+            iss: None,
+            aud: None,
+        };
+        let early =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &minter.key).unwrap();
+        assert!(verifier.verify(&early).is_err());
+        assert!(verifier.verify(&early).is_err(), "asked again: refused again");
+        assert!(verifier.verified.get(&early).is_none());
+    }
 }

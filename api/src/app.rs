@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use migration::{Migrator, MigratorTrait};
 use pantheon_domain::ports::ModelProvider;
 use pantheon_domain::{Clock, SessionService, SystemClock, TurnPolicy, TurnService};
 use pantheon_infrastructure::auth::TokenVerifier;
@@ -40,11 +39,15 @@ pub enum StartError {
 /// # Errors
 /// [`StartError`] when a dependency cannot be reached or set up.
 pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> Result<AppState, StartError> {
+    // Migrations first, on their own locked connection: instances started
+    // together apply each once, and the pool opens on the migrated schema.
+    if settings.database.auto_migrate {
+        migration::lock::up(&settings.database)
+            .await
+            .map_err(|e| StartError::Migration(e.to_string()))?;
+    }
     let conn =
         db::connect(&settings.database).await.map_err(|e| StartError::Database(e.to_string()))?;
-    if settings.database.auto_migrate {
-        Migrator::up(&conn, None).await.map_err(|e| StartError::Migration(e.to_string()))?;
-    }
     let provider = model_provider(&settings.provider)?;
     let policy = TurnPolicy {
         max_duration: Duration::from_secs(settings.turns.max_duration_secs),

@@ -2,15 +2,23 @@
 //! and minting for `pantheon token`.
 //!
 //! The algorithm is pinned by configuration: a token naming any other one,
-//! or `none`, fails verification before its signature is looked at.
+//! or `none`, fails verification before its signature is looked at. A
+//! configured issuer or audience makes `iss` / `aud` required claims: a
+//! token without them (or with `null`) was meant for someone else, or for
+//! anyone. `aud` may be one string or an array holding ours (RFC 7519
+//! §4.1.3). Clock skew between the issuer and us is forgiven up to
+//! `auth.leeway_secs` on `exp`, `nbf` and `iat`; an `iat` further in the
+//! future names a token that cannot have been issued yet.
 //!
 //! Verified tokens are remembered until they expire: a client sends the
 //! same token with every request, and decoding it (two base64 parts, two
 //! JSON documents, the signature) was a fifth of the server's work on a
 //! refused turn (`bench/RESULTS.md`, scenario C). Only tokens that passed
-//! every check are kept, keyed by their full text, so a hit is exactly the
-//! answer a fresh verification would give until `exp`; the settings that
-//! verification depends on are fixed for the process.
+//! every check are kept, keyed by their full text, with the window in which
+//! they pass (from `max(nbf, iat) - leeway` to `exp + leeway`, on the same
+//! clock): a hit outside it is verified afresh, so a hit is exactly the
+//! answer a fresh verification would give. The settings that verification
+//! depends on are fixed for the process.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -22,9 +30,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::settings::{AuthSettings, JwtAlgorithm};
 
-/// Leeway for `exp`/`nbf`, absorbing small clock skew between the issuer and us.
-const CLOCK_SKEW_SECS: u64 = 5;
-
 /// The claims Pantheon reads.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Claims {
@@ -32,6 +37,9 @@ pub struct Claims {
     pub sub: String,
     /// Expiry, seconds since the epoch (required).
     pub exp: u64,
+    /// Not before, seconds since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
     /// Issued at.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
@@ -43,7 +51,17 @@ pub struct Claims {
     pub iss: Option<String>,
     /// The audience.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aud: Option<String>,
+    pub aud: Option<Audience>,
+}
+
+/// `aud`: one recipient or several (RFC 7519 §4.1.3).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Audience {
+    /// A single string.
+    One(String),
+    /// An array of strings.
+    Many(Vec<String>),
 }
 
 /// Why a token was refused. Logged at debug level only: the client is told
@@ -91,8 +109,24 @@ pub struct TokenVerifier {
     key: DecodingKey,
     validation: Validation,
     limits: LimitTable,
-    /// Token text → who it names and its `exp`.
-    verified: Arc<quick_cache::sync::Cache<String, (Caller, u64)>>,
+    leeway: u64,
+    /// Token text → who it names and when it passes.
+    verified: Arc<quick_cache::sync::Cache<String, Verified>>,
+}
+
+/// A token that passed every check, and the window in which it passes.
+#[derive(Debug, Clone)]
+struct Verified {
+    caller: Caller,
+    /// `max(nbf, iat)`: before it (less the leeway) the token is refused.
+    not_before: u64,
+    exp: u64,
+}
+
+impl Verified {
+    fn passes_at(&self, now: u64, leeway: u64) -> bool {
+        self.not_before <= now.saturating_add(leeway) && now <= self.exp.saturating_add(leeway)
+    }
 }
 
 impl std::fmt::Debug for TokenVerifier {
@@ -109,19 +143,27 @@ impl TokenVerifier {
     /// A message when the key cannot be used (settings validation reports it first).
     pub fn new(auth: &AuthSettings, limits: LimitTable) -> Result<Self, String> {
         let mut validation = Validation::new(algorithm(auth.jwt_algorithm));
-        validation.leeway = CLOCK_SKEW_SECS;
+        validation.leeway = auth.leeway_secs;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // jsonwebtoken checks `iss` / `aud` only when present; required, a
+        // missing or `null` one is refused too.
+        let mut required = vec!["exp", "sub"];
         match &auth.audience {
-            Some(aud) => validation.set_audience(&[aud]),
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
             None => validation.validate_aud = false,
         }
         if let Some(iss) = &auth.issuer {
             validation.set_issuer(&[iss]);
+            required.push("iss");
         }
+        validation.set_required_spec_claims(&required);
         Ok(Self {
             key: decoding_key(auth)?,
             validation,
+            leeway: auth.leeway_secs,
             limits,
             verified: Arc::new(quick_cache::sync::Cache::new(VERIFIED_CAPACITY)),
         })
@@ -130,24 +172,30 @@ impl TokenVerifier {
     /// Verifies a token and returns who it names.
     ///
     /// # Errors
-    /// [`TokenRefused`] for a bad signature, algorithm, expiry, issuer,
-    /// audience or `sub`.
+    /// [`TokenRefused`] for a bad signature, algorithm, expiry, `nbf`,
+    /// `iat`, issuer, audience or `sub`.
     pub fn verify(&self, token: &str) -> Result<Caller, TokenRefused> {
-        // `exp` is judged as jsonwebtoken judges it: the system clock, with
-        // the same leeway.
+        // The system clock, as jsonwebtoken judges `exp` and `nbf` by it.
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        if let Some((caller, exp)) = self.verified.get(token) {
-            if now <= exp.saturating_add(CLOCK_SKEW_SECS) {
-                return Ok(caller);
+        if let Some(hit) = self.verified.get(token) {
+            if hit.passes_at(now, self.leeway) {
+                return Ok(hit.caller);
             }
             self.verified.remove(token);
         }
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
-            .map_err(|e| TokenRefused(e.to_string()))?;
-        let user = UserId::parse(&data.claims.sub).map_err(|e| TokenRefused(e.to_string()))?;
-        let limits = self.limits.resolve(data.claims.tier.as_deref());
-        let caller = Caller { user, tier: data.claims.tier, limits };
-        self.verified.insert(token.to_owned(), (caller.clone(), data.claims.exp));
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+            .map_err(|e| TokenRefused(e.to_string()))?
+            .claims;
+        // jsonwebtoken does not look at `iat`.
+        if claims.iat.is_some_and(|iat| iat > now.saturating_add(self.leeway)) {
+            return Err(TokenRefused("iat is in the future".into()));
+        }
+        let user = UserId::parse(&claims.sub).map_err(|e| TokenRefused(e.to_string()))?;
+        let limits = self.limits.resolve(claims.tier.as_deref());
+        let caller = Caller { user, tier: claims.tier, limits };
+        let not_before = claims.nbf.unwrap_or(0).max(claims.iat.unwrap_or(0));
+        let verified = Verified { caller: caller.clone(), not_before, exp: claims.exp };
+        self.verified.insert(token.to_owned(), verified);
         Ok(caller)
     }
 }
@@ -195,10 +243,11 @@ impl TokenMinter {
         let claims = Claims {
             sub: user.as_str().to_owned(),
             exp: now.saturating_add(ttl.as_secs()),
+            nbf: None,
             iat: Some(now),
             tier: tier.map(str::to_owned),
             iss: self.issuer.clone(),
-            aud: self.audience.clone(),
+            aud: self.audience.clone().map(Audience::One),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.key)
             .map_err(|e| e.to_string())
@@ -241,6 +290,7 @@ mod tests {
         let claims = Claims {
             sub: "bob".into(),
             exp: now - 3_600,
+            nbf: None,
             iat: None,
             tier: None,
             iss: None,
@@ -252,8 +302,30 @@ mod tests {
         // As if it had been verified an hour ago, when it was still valid.
         let limits = Limits { per_minute: 20, per_hour: 300 };
         let caller = Caller { user: UserId::parse("bob").unwrap(), tier: None, limits };
-        verifier.verified.insert(expired.clone(), (caller, claims.exp));
+        verifier
+            .verified
+            .insert(expired.clone(), Verified { caller, not_before: 0, exp: claims.exp });
         assert!(verifier.verify(&expired).is_err(), "past exp + leeway: verified again");
         assert!(verifier.verified.get(&expired).is_none(), "and forgotten");
+    }
+
+    #[test]
+    fn a_token_refused_for_its_iat_is_never_remembered() {
+        let (verifier, minter) = verifier();
+        let now = jsonwebtoken::get_current_timestamp();
+        let claims = Claims {
+            sub: "carol".into(),
+            exp: now + 3_600,
+            nbf: None,
+            iat: Some(now + 600),
+            tier: None,
+            iss: None,
+            aud: None,
+        };
+        let early =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &minter.key).unwrap();
+        assert!(verifier.verify(&early).is_err());
+        assert!(verifier.verify(&early).is_err(), "asked again: refused again");
+        assert!(verifier.verified.get(&early).is_none());
     }
 }

@@ -1,9 +1,10 @@
 //! Pantheon's schema, as SeaORM migrations that run unchanged on PostgreSQL
 //! and SQLite. The server applies them at start (`database.auto_migrate`);
-//! the `migration` binary runs them on its own.
+//! the `migration` binary runs them on its own; both under [`lock`].
 
 pub use sea_orm_migration::prelude::*;
 
+pub mod lock;
 mod m20261127_000001_create_chat_tables;
 mod m20261128_000002_index_turns_in_progress;
 mod m20261202_000003_turn_heartbeat;

@@ -3,9 +3,11 @@
 //! The database URL is resolved exactly as the server resolves it
 //! (`PANTHEON__DATABASE__URL` > `DATABASE_URL` > `pantheon.toml` > default),
 //! so the CLI can never migrate a different database than the one served.
+//! Every command runs under the migration lock the server takes at start.
 
 use migration::Migrator;
-use pantheon_infrastructure::{Settings, db};
+use migration::lock::{LOCK_WAIT, MigrationLock};
+use pantheon_infrastructure::Settings;
 
 #[tokio::main]
 async fn main() {
@@ -13,11 +15,15 @@ async fn main() {
         Ok(settings) => settings,
         Err(e) => exit_with(&e),
     };
-    let conn = match db::connect(&settings.database).await {
-        Ok(conn) => conn,
-        Err(e) => exit_with(&format!("cannot connect to the database: {e}")),
+    let lock = match MigrationLock::acquire(&settings.database, LOCK_WAIT).await {
+        Ok(lock) => lock,
+        Err(e) => exit_with(&format!("cannot take the migration lock: {e}")),
     };
+    let conn = lock.connection().clone();
     sea_orm_migration::cli::run_cli_with_custom_connection(Migrator, async move || Ok(conn)).await;
+    if let Err(e) = lock.release().await {
+        exit_with(&format!("releasing the migration lock: {e}"));
+    }
 }
 
 fn exit_with(message: &dyn std::fmt::Display) -> ! {

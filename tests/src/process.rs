@@ -30,22 +30,77 @@ const POLL: Duration = Duration::from_millis(20);
 /// nothing is rebuilt twice.
 pub fn binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        let exe = std::env::current_exe().unwrap();
-        // target/<profile>/deps/e2e-<hash> → target/<profile>/pantheon
-        let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let status = Command::new(cargo)
-            .args(["build", "--workspace", "--bin", "pantheon"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .stdout(Stdio::null())
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building the pantheon binary failed");
-        let binary = profile_dir.join("pantheon");
-        assert!(binary.exists(), "no binary at {}", binary.display());
-        binary
-    })
+    BINARY.get_or_init(|| build("pantheon"))
+}
+
+/// The `migration` CLI of this build, built as [`binary`] is.
+pub fn migration_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| build("migration"))
+}
+
+fn build(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/e2e-<hash> → target/<profile>/<name>
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let status = Command::new(cargo)
+        .args(["build", "--workspace", "--bin", name])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::null())
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "building the {name} binary failed");
+    let binary = profile_dir.join(name);
+    assert!(binary.exists(), "no binary at {}", binary.display());
+    binary
+}
+
+/// What a finished command printed.
+#[derive(Debug)]
+pub struct CommandOutput {
+    /// Its exit status.
+    pub status: std::process::ExitStatus,
+    /// Its standard output.
+    pub stdout: String,
+    /// Its standard error.
+    pub stderr: String,
+}
+
+/// Runs `binary args` to completion (bounded) as a server is run: in a
+/// directory of its own, with only `PATH` and `env` in its environment, so
+/// no `.env` or `pantheon.toml` of the checkout reaches it.
+pub async fn run(binary: &Path, args: &[&str], env: &[(&str, &str)]) -> CommandOutput {
+    let dir = std::env::temp_dir().join(format!("pantheon-cmd-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (out, err) = (dir.join("stdout"), dir.join("stderr"));
+    let mut child = Command::new(binary)
+        .args(args)
+        .current_dir(&dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{} starts: {e}", binary.display()));
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > EXIT_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{} {args:?} did not finish within {EXIT_TIMEOUT:?}", binary.display());
+        }
+        tokio::time::sleep(POLL).await;
+    };
+    let read = |path: &Path| std::fs::read_to_string(path).unwrap_or_default();
+    let output = CommandOutput { status, stdout: read(&out), stderr: read(&err) };
+    let _ = std::fs::remove_dir_all(&dir);
+    output
 }
 
 /// How to start one server process.

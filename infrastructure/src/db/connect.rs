@@ -48,6 +48,12 @@ pub fn pool_size(settings: &DatabaseSettings) -> u32 {
 /// # Errors
 /// [`DbErr`] when the database cannot be reached.
 pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, DbErr> {
+    Database::connect(connect_options(settings)).await
+}
+
+/// The options [`connect`] opens the pool with, for a caller that needs to
+/// change some (the migration lock's single connection).
+pub fn connect_options(settings: &DatabaseSettings) -> ConnectOptions {
     let sqlite = is_sqlite(&settings.url);
     // While the database is down every request waits this long for a
     // connection, then answers `503`: short, so clients hear of the outage
@@ -80,7 +86,7 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, 
             }
         });
     }
-    Database::connect(options).await
+    options
 }
 
 /// Whether a PostgreSQL URL sets the TLS mode itself (`sslmode` or sqlx's

@@ -8,7 +8,7 @@ mod session_repository;
 mod turn_batch;
 mod turn_repository;
 
-pub use connect::{DatabaseProbe, connect, is_sqlite, pool_size};
+pub use connect::{DatabaseProbe, connect, connect_options, is_sqlite, pool_size};
 pub use session_repository::SeaOrmSessionRepository;
 pub use turn_batch::WriterTask;
 pub use turn_repository::SeaOrmTurnRepository;

@@ -162,6 +162,7 @@ mod tests {
             ("PANTHEON__REDIS__URL", "http://x", "redis.url"),
             ("PANTHEON__RATE_LIMIT__PER_MINUTE", "0", "rate_limit.per_minute"),
             ("PANTHEON__SERVER__ADDR", "nowhere", "server.addr"),
+            ("PANTHEON__AUTH__LEEWAY_SECS", "3601", "auth.leeway_secs"),
         ];
         for (var, value, key) in cases {
             let err = load(&[(var, value)]).err().map(|e| e.to_string()).unwrap_or_default();

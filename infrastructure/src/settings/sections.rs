@@ -133,6 +133,8 @@ pub struct AuthSettings {
     pub issuer: Option<String>,
     /// `auth.audience`: the required `aud`, when set.
     pub audience: Option<String>,
+    /// `auth.leeway_secs`: the clock skew forgiven on `exp`, `nbf` and `iat`.
+    pub leeway_secs: u64,
 }
 
 impl Default for AuthSettings {
@@ -143,6 +145,7 @@ impl Default for AuthSettings {
             jwt_public_key: None,
             issuer: None,
             audience: None,
+            leeway_secs: 60,
         }
     }
 }
@@ -156,6 +159,7 @@ impl std::fmt::Debug for AuthSettings {
             .field("jwt_public_key", &self.jwt_public_key.as_ref().map(|_| "<pem>"))
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
+            .field("leeway_secs", &self.leeway_secs)
             .finish()
     }
 }

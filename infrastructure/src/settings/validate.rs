@@ -16,6 +16,10 @@ const MIN_CHECKPOINT_MS: u64 = 50;
 /// HS256 keys shorter than this are guessable (RFC 7518 §3.2).
 const MIN_SECRET_BYTES: usize = 32;
 
+/// The most clock skew forgiven: a synchronised clock is off by far less,
+/// and beyond an hour a token's `exp` would no longer bound its life.
+const MAX_LEEWAY_SECS: u64 = 3_600;
+
 impl Settings {
     /// Validates what the types cannot express.
     ///
@@ -85,6 +89,12 @@ impl Settings {
 
     fn validate_auth(&self) -> Result<(), SettingsError> {
         let auth = &self.auth;
+        if auth.leeway_secs > MAX_LEEWAY_SECS {
+            return Err(SettingsError::invalid(
+                "auth.leeway_secs",
+                format!("must be at most {MAX_LEEWAY_SECS}"),
+            ));
+        }
         match auth.jwt_algorithm {
             JwtAlgorithm::HS256 => {
                 if auth.jwt_secret.len() < MIN_SECRET_BYTES {

@@ -3,7 +3,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use pantheon_tests::{Backend, expect_json, expect_problem, spawn_app};
+use pantheon_tests::{Backend, expect_json, expect_problem, process, spawn_app};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -116,28 +116,115 @@ async fn every_bad_token_is_401_with_www_authenticate_and_no_hint() {
     expect_json(ok, 200).await;
 }
 
+const ISSUER: &str = "https://issuer.example";
+const AUDIENCE: &str = "pantheon";
+
+/// `401 unauthenticated` with `WWW-Authenticate: Bearer`, or `200`.
+async fn answers(app: &pantheon_tests::TestApp, name: &str, claims: &Value, accepted: bool) {
+    let token = sign(Algorithm::HS256, &app.settings.auth.jwt_secret, claims);
+    let response =
+        app.client.get(app.url("/api/v1/sessions")).bearer_auth(token).send().await.unwrap();
+    if accepted {
+        assert_eq!(response.status(), 200, "{name}: {claims}");
+        return;
+    }
+    let challenge = response.headers().get("www-authenticate").map(|v| v.to_str().unwrap());
+    assert_eq!(challenge, Some("Bearer"), "{name}");
+    expect_problem(response, 401, "unauthenticated").await;
+}
+
 #[tokio::test]
-async fn issuer_and_audience_are_checked_when_configured() {
+async fn issuer_and_audience_are_required_when_configured() {
     let app = pantheon_tests::spawn_app_with(Backend::Sqlite, |s| {
-        s.auth.issuer = Some("https://issuer.example".into());
-        s.auth.audience = Some("pantheon".into());
+        s.auth.issuer = Some(ISSUER.into());
+        s.auth.audience = Some(AUDIENCE.into());
     })
     .await;
-    let secret = app.settings.auth.jwt_secret.clone();
-    let base = json!({"sub": "alice", "exp": now() + 600, "iss": "https://issuer.example", "aud": "pantheon"});
-    let mut wrong_iss = base.clone();
-    wrong_iss["iss"] = "https://elsewhere.example".into();
-    let mut wrong_aud = base.clone();
-    wrong_aud["aud"] = "other".into();
-    for (claims, status) in [(&base, 200), (&wrong_iss, 401), (&wrong_aud, 401)] {
-        let token = sign(Algorithm::HS256, &secret, claims);
-        let response =
-            app.client.get(app.url("/api/v1/sessions")).bearer_auth(token).send().await.unwrap();
-        assert_eq!(response.status(), status, "{claims}");
+    let base = json!({"sub": "alice", "exp": now() + 600, "iss": ISSUER, "aud": AUDIENCE});
+    let with = |key: &str, value: Value| {
+        let mut claims = base.clone();
+        claims[key] = value;
+        claims
+    };
+    let without = |key: &str| {
+        let mut claims = base.clone();
+        claims.as_object_mut().unwrap().remove(key);
+        claims
+    };
+    let cases = [
+        ("both right", base.clone(), true),
+        ("no iss", without("iss"), false),
+        ("null iss", with("iss", Value::Null), false),
+        ("wrong iss", with("iss", "https://elsewhere.example".into()), false),
+        ("iss as an array", with("iss", json!([ISSUER])), false),
+        ("no aud", without("aud"), false),
+        ("null aud", with("aud", Value::Null), false),
+        ("wrong aud", with("aud", "other".into()), false),
+        ("aud array holding ours", with("aud", json!(["other", AUDIENCE])), true),
+        ("aud array without ours", with("aud", json!(["other", "third"])), false),
+        ("empty aud array", with("aud", json!([])), false),
+    ];
+    for (name, claims, accepted) in &cases {
+        answers(&app, name, claims, *accepted).await;
     }
-    // Tokens minted by `pantheon token` carry the configured iss and aud.
-    let minted = app.token("alice");
+}
+
+#[tokio::test]
+async fn clock_skew_is_forgiven_up_to_the_leeway_on_exp_nbf_and_iat() {
+    // The default leeway, 60 s.
+    let app = spawn_app(Backend::Sqlite).await;
+    let claims = |extra: Value| {
+        let mut claims = json!({"sub": "alice", "exp": now() + 600});
+        claims.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        claims
+    };
+    let cases = [
+        ("iat 30 s ahead", claims(json!({"iat": now() + 30})), true),
+        ("iat 120 s ahead", claims(json!({"iat": now() + 120})), false),
+        ("iat a year ahead", claims(json!({"iat": now() + 365 * 86_400})), false),
+        ("nbf 30 s ahead", claims(json!({"nbf": now() + 30})), true),
+        ("nbf 120 s ahead", claims(json!({"nbf": now() + 120})), false),
+        ("exp 30 s ago", json!({"sub": "alice", "exp": now() - 30}), true),
+        ("exp 120 s ago", json!({"sub": "alice", "exp": now() - 120}), false),
+    ];
+    for (name, claims, accepted) in &cases {
+        answers(&app, name, claims, *accepted).await;
+    }
+
+    // A smaller leeway refuses what the default forgave.
+    let strict = pantheon_tests::spawn_app_with(Backend::Sqlite, |s| s.auth.leeway_secs = 5).await;
+    for (name, claims) in [
+        ("iat 30 s ahead", json!({"sub": "bob", "exp": now() + 600, "iat": now() + 30})),
+        ("nbf 30 s ahead", json!({"sub": "bob", "exp": now() + 600, "nbf": now() + 30})),
+        ("exp 30 s ago", json!({"sub": "bob", "exp": now() - 30})),
+    ] {
+        answers(&strict, name, &claims, false).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pantheon_token_mints_the_configured_issuer_and_audience() {
+    let secret = format!("test-secret-{}", uuid::Uuid::new_v4());
+    let env = [
+        ("PANTHEON__AUTH__JWT_SECRET", secret.as_str()),
+        ("PANTHEON__AUTH__ISSUER", ISSUER),
+        ("PANTHEON__AUTH__AUDIENCE", AUDIENCE),
+    ];
+    let minted = process::run(process::binary(), &["token", "--user", "u"], &env).await;
+    assert!(minted.status.success(), "{minted:?}");
+    let token = minted.stdout.trim();
+    let payload = token.split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+    assert_eq!((claims["iss"].as_str(), claims["aud"].as_str()), (Some(ISSUER), Some(AUDIENCE)));
+    assert_eq!(claims["sub"], "u");
+
+    let app = pantheon_tests::spawn_app_with(Backend::Sqlite, |s| {
+        s.auth.jwt_secret = secret.clone();
+        s.auth.issuer = Some(ISSUER.into());
+        s.auth.audience = Some(AUDIENCE.into());
+    })
+    .await;
     let response =
-        app.client.get(app.url("/api/v1/sessions")).bearer_auth(minted).send().await.unwrap();
-    assert_eq!(response.status(), 200);
+        app.client.get(app.url("/api/v1/sessions")).bearer_auth(token).send().await.unwrap();
+    expect_json(response, 200).await;
 }

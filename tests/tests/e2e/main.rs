@@ -37,6 +37,7 @@ mod openai_provider;
 mod ownership;
 mod sessions;
 mod shutdown;
+mod simultaneous_start;
 mod streaming;
 mod turn_writes;
 mod turns;

@@ -18,7 +18,7 @@ use pantheon_domain::limiter::{Decision, Limits};
 use pantheon_domain::{SystemClock, UserId};
 use pantheon_infrastructure::Settings;
 use pantheon_infrastructure::limiter::keys::check_keys;
-use pantheon_infrastructure::limiter::{CHECK_SCRIPT, spawn_limiter};
+use pantheon_infrastructure::limiter::{CHECK_SCRIPT, limiter};
 
 const HIGH: Limits = Limits { per_minute: u32::MAX / 4, per_hour: u32::MAX / 4 };
 
@@ -64,7 +64,8 @@ async fn baseline(url: &str, run: Duration) -> f64 {
 
 /// `callers` tasks checking through one actor for `run`.
 async fn through_actor(settings: &Settings, callers: usize, run: Duration) -> (f64, u64) {
-    let handle = spawn_limiter(settings, Arc::new(SystemClock)).await.unwrap();
+    let (handle, actor) = limiter(settings, Arc::new(SystemClock)).await.unwrap();
+    tokio::spawn(actor);
     let start = Instant::now();
     let tasks: Vec<_> = (0..callers)
         .map(|i| {
@@ -112,7 +113,8 @@ async fn main() {
     }
 
     // Commands per admitted check and per cached refusal.
-    let handle = spawn_limiter(&settings, Arc::new(SystemClock)).await.unwrap();
+    let (handle, actor) = limiter(&settings, Arc::new(SystemClock)).await.unwrap();
+    tokio::spawn(actor);
     let admitted_user = user("count", 0);
     let before = total_commands(&mut stats);
     for _ in 0..1_000 {

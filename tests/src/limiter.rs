@@ -8,7 +8,7 @@ use std::sync::Arc;
 use pantheon_domain::ManualClock;
 use pantheon_domain::limiter::LimiterHandle;
 use pantheon_infrastructure::Settings;
-use pantheon_infrastructure::limiter::spawn_limiter;
+use pantheon_infrastructure::limiter::limiter;
 
 /// The Redis the suite shares (`PANTHEON_TEST_REDIS_URL`, default local).
 pub fn redis_url() -> String {
@@ -28,6 +28,14 @@ pub fn redis_settings() -> Settings {
     settings.redis.url = Some(redis_url());
     settings.redis.timeout_ms = 2_000;
     settings
+}
+
+/// A limiter for `settings`, its actor spawned on the test's runtime (the
+/// server's composition root tracks it instead).
+pub async fn spawn_limiter(settings: &Settings, clock: Arc<ManualClock>) -> Option<LimiterHandle> {
+    let (handle, actor) = limiter(settings, clock).await?;
+    tokio::spawn(actor);
+    Some(handle)
 }
 
 /// A limiter actor on the shared Redis with `clock`.

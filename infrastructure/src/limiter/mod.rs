@@ -51,14 +51,6 @@ fn fallback(setting: settings::Fallback) -> Fallback {
 /// it ends when the last handle is dropped.
 pub type LimiterTask = futures::future::BoxFuture<'static, ()>;
 
-/// Starts the limiter task on the current runtime: [`limiter`] for tests
-/// and benchmarks, which have no composition root to track it.
-pub async fn spawn_limiter(settings: &Settings, clock: Arc<dyn Clock>) -> Option<LimiterHandle> {
-    let (handle, task) = limiter(settings, clock).await?;
-    tokio::spawn(task);
-    Some(handle)
-}
-
 /// The limiter for the settings, and its actor's loop (not yet running);
 /// `None` when rate limiting is disabled. Never fails: a Redis that is down
 /// (or a URL it cannot use) starts the limiter degraded.

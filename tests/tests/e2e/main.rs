@@ -29,6 +29,7 @@ mod connections;
 mod crash_recovery;
 mod database_outage;
 mod http_surface;
+mod limiter_abandoned;
 mod limiter_actor;
 mod limiter_faults;
 mod limiter_http;

@@ -1,15 +1,14 @@
 //! The rate-limit headers of draft-ietf-httpapi-ratelimit-headers-10 and the
-//! `429` / `503` problems of SPEC §5. Values are Structured Field lists:
-//! `RateLimit-Policy: "minute";q=20;w=60, "hour";q=300;w=3600` and
-//! `RateLimit: "minute";r=19;t=0, "hour";r=299;t=0`.
+//! `429` / `503` problems (README "Rate limiting"). Values are Structured
+//! Field lists:
+//! `RateLimit-Policy: "minute";q=20;w=60, "hour";q=300;w=3600, "concurrency";q=4;qu="concurrency"`
+//! and `RateLimit: "minute";r=19;t=0, "hour";r=299;t=0, "concurrency";r=3`.
 
 use std::fmt::Write as _;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use chrono::{DateTime, SecondsFormat};
-use pantheon_domain::limiter::{
-    Denial, Limits, RateLimitStatus, Window, WindowUsage, retry_after_secs,
-};
+use pantheon_domain::limiter::{Denial, Limits, Policy, RateLimitStatus, Window, retry_after_secs};
 use serde_json::json;
 
 use crate::problem::Problem;
@@ -32,17 +31,20 @@ pub fn policy_value(limits: Limits) -> String {
         let sep = if i == 0 { "" } else { ", " };
         let _ = write!(value, "{sep}\"{}\";q={};w={}", w.name(), limits.limit(w), w.seconds());
     }
+    let _ = write!(value, ", \"concurrency\";q={};qu=\"concurrency\"", limits.max_concurrent);
     value
 }
 
-/// The `RateLimit` value for per-window usage.
-pub fn usage_value(usage: &[WindowUsage; 2]) -> String {
-    let mut value = String::with_capacity(64);
-    for (i, u) in usage.iter().enumerate() {
+/// The `RateLimit` value for a status: each window's remaining turns and
+/// reset, then the free slots (no `t`: a slot frees when a turn ends).
+pub fn usage_value(status: &RateLimitStatus) -> String {
+    let mut value = String::with_capacity(80);
+    for (i, u) in status.usage.iter().enumerate() {
         let sep = if i == 0 { "" } else { ", " };
         let (name, remaining, t) = (u.window.name(), u.remaining, ceil_secs(u.reset_ms));
         let _ = write!(value, "{sep}\"{name}\";r={remaining};t={t}");
     }
+    let _ = write!(value, ", \"concurrency\";r={}", status.free_slots());
     value
 }
 
@@ -58,37 +60,59 @@ pub fn headers(limits: Limits, status: Option<&RateLimitStatus>) -> HeaderMap {
     let mut headers = HeaderMap::new();
     insert(&mut headers, RATELIMIT_POLICY, policy_value(limits));
     if let Some(status) = status {
-        insert(&mut headers, RATELIMIT, usage_value(&status.usage));
+        insert(&mut headers, RATELIMIT, usage_value(status));
     }
     headers
 }
 
-/// The `429` for a denial, with its headers.
+/// The `429` for a denial, with its headers. The body describes the binding
+/// policy: a violated window (its `retry_at` is exact) before concurrency.
 pub fn too_many_requests(denial: &Denial) -> (Problem, HeaderMap) {
     let retry_after = retry_after_secs(denial.retry_at_ms, denial.now_ms);
-    let window = denial.binding;
-    let usage = denial.usage.iter().find(|u| u.window == window).copied();
-    let limit = denial.limits.limit(window);
     let retry_at = DateTime::from_timestamp_millis(denial.retry_at_ms)
         .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
         .unwrap_or_default();
-    let problem = Problem::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        "rate_limited",
-        format!("Turn limit of {limit} per {} reached; retry in {retry_after} s.", window.name()),
-    )
-    .with("violated-policies", json!(denial.violated.iter().map(|w| w.name()).collect::<Vec<_>>()))
-    .with("limit", json!(limit))
-    .with("window", json!(window.name()))
-    .with("window_seconds", json!(window.seconds()))
-    .with("remaining", json!(usage.map_or(0, |u| u.remaining)))
-    .with("retry_after_seconds", json!(retry_after))
-    .with("retry_at", json!(retry_at))
-    .with_type("https://iana.org/assignments/http-problem-types#quota-exceeded");
-    let mut headers = headers(
-        denial.limits,
-        Some(&RateLimitStatus { limits: denial.limits, usage: denial.usage }),
-    );
+    let violated: Vec<&str> = denial.violated.iter().map(|p| p.name()).collect();
+    let status =
+        RateLimitStatus { limits: denial.limits, usage: denial.usage, active: denial.active };
+    let problem = match denial.binding.window() {
+        Some(window) => {
+            let limit = denial.limits.limit(window);
+            let usage = denial.usage.iter().find(|u| u.window == window).copied();
+            Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!(
+                    "Turn limit of {limit} per {} reached; retry in {retry_after} s.",
+                    window.name()
+                ),
+            )
+            .with("limit", json!(limit))
+            .with("window", json!(window.name()))
+            .with("window_seconds", json!(window.seconds()))
+            .with("remaining", json!(usage.map_or(0, |u| u.remaining)))
+        }
+        None => {
+            let cap = denial.limits.max_concurrent;
+            Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("{cap} turns already running; retry when one ends."),
+            )
+            .with("limit", json!(cap))
+            .with("window", json!(Policy::Concurrency.name()))
+            .with("remaining", json!(status.free_slots()))
+        }
+    };
+    let mut problem = problem
+        .with("violated-policies", json!(violated))
+        .with("retry_after_seconds", json!(retry_after))
+        .with("retry_at", json!(retry_at))
+        .with_type("https://iana.org/assignments/http-problem-types#quota-exceeded");
+    if denial.violated.contains(&Policy::Concurrency) {
+        problem = problem.with("active", json!(denial.active));
+    }
+    let mut headers = headers(denial.limits, Some(&status));
     headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
     (problem, headers)
 }

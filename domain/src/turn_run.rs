@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{ProviderError, TurnError};
-use crate::limiter::RateLimitStatus;
+use crate::limiter::{Lease, RateLimitStatus};
 use crate::ports::{ReplyEvent, ReplyRequest};
 use crate::turn::{FinishReason, Turn, TurnEnd, TurnFailure, TurnStatus, Usage};
 use crate::turn_service::TurnService;
@@ -94,12 +94,16 @@ impl From<ProviderError> for Stop {
 
 impl TurnService {
     /// Generates the reply of `turn`, sends its events, and persists how it
-    /// ended. Runs in its own (tracked) task.
+    /// ended. Runs in its own (tracked) task, which owns the turn's `lease`:
+    /// the slot is given back once the end is persisted and before the
+    /// client hears of it, so a client that starts its next turn on seeing
+    /// the end finds the slot free (and a panic drops it too).
     pub(crate) async fn drive(
         self,
         turn: Turn,
         events: mpsc::Sender<TurnEvent>,
         cancel: CancellationToken,
+        lease: Option<Lease>,
     ) {
         let live = self.live.track(turn.id);
         let mut output = String::new();
@@ -155,9 +159,11 @@ impl TurnService {
             drop(events);
             self.finish_later(turn.id, end).await;
             drop(live);
+            drop(lease);
             return;
         }
         drop(live);
+        drop(lease);
         let _ = events.send(TurnEvent::Finished(Box::new(outcome))).await;
     }
 

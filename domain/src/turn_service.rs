@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::clock::Clock;
 use crate::error::TurnError;
 use crate::ids::{Caller, SessionId, TurnId};
-use crate::limiter::{Decision, LimiterHandle, LimiterState, RateLimitStatus};
+use crate::limiter::{Decision, Lease, LimiterHandle, LimiterState, RateLimitStatus};
 use crate::live::LiveOutputs;
 use crate::page::{Page, PageRequest};
 use crate::ports::{ModelProvider, TurnRepository, TurnStart};
@@ -118,19 +118,25 @@ impl TurnService {
     }
 
     /// Asks the limiter whether the caller may submit a turn now, counting
-    /// it when so. Both turn endpoints call this first, before any
-    /// repository call, so a refusal costs no database work.
+    /// it and taking one of the caller's slots when so. Both turn endpoints
+    /// call this first, before any repository call, so a refusal costs no
+    /// database work. The lease (when a slot was taken) must live until the
+    /// turn's end is persisted.
     ///
     /// # Errors
     /// - [`TurnError::RateLimited`]: over a limit; retry at the denial's `retry_at_ms`.
     /// - [`TurnError::LimiterUnavailable`]: the store is down and the fallback is `deny`.
-    pub async fn admit(&self, caller: &Caller) -> Result<Option<RateLimitStatus>, TurnError> {
+    async fn admit(
+        &self,
+        caller: &Caller,
+    ) -> Result<(Option<RateLimitStatus>, Option<Lease>), TurnError> {
         let Some(limiter) = &self.limiter else {
-            return Ok(None);
+            return Ok((None, None));
         };
-        match limiter.check(caller.user.clone(), caller.limits).await {
-            Decision::Admitted(status) => Ok(Some(status)),
-            Decision::Skipped(_) => Ok(None),
+        let admission = limiter.check(caller.user.clone(), caller.limits).await;
+        match admission.decision {
+            Decision::Admitted(status) => Ok((Some(status), admission.lease)),
+            Decision::Skipped(_) => Ok((None, admission.lease)),
             Decision::Limited(denial) => Err(TurnError::RateLimited(Box::new(denial))),
             Decision::Unavailable(_) => Err(TurnError::LimiterUnavailable),
         }
@@ -170,7 +176,7 @@ impl TurnService {
         if self.lifecycle.closing.load(Ordering::SeqCst) {
             return Err(TurnError::ShuttingDown);
         }
-        let rate_limit = self.admit(caller).await?;
+        let (rate_limit, lease) = self.admit(caller).await?;
         let (committed, begun) = oneshot::channel();
         let (events, receiver) = mpsc::channel(EVENT_BUFFER);
         let cancel = CancellationToken::new();
@@ -188,16 +194,18 @@ impl TurnService {
             let turn = match service.turns.begin(start).await {
                 Ok(Some(turn)) => turn,
                 Ok(None) => {
+                    drop(lease);
                     let _ = committed.send(Err(TurnError::SessionNotFound));
                     return;
                 }
                 Err(error) => {
+                    drop(lease);
                     let _ = committed.send(Err(error.into()));
                     return;
                 }
             };
             let _ = committed.send(Ok(turn.clone()));
-            service.drive(turn, events, task_cancel).await;
+            service.drive(turn, events, task_cancel, lease).await;
         });
         let turn = begun.await.map_err(|_| TurnError::Internal("turn task lost".into()))??;
         Ok(TurnRun::new(turn, rate_limit, receiver, cancel))

@@ -13,7 +13,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use pantheon_domain::limiter::{
-    Decision, Denial, Fallback, HandleOptions, LimiterCommand, Limits, Mode, Window, WindowUsage,
+    Admission, Decision, Denial, Fallback, HandleOptions, Lease, LeaseId, LeaseStore,
+    LimiterCommand, Limits, Mode, Policy, RateLimitStatus, Releases, Window, WindowUsage,
     limiter_channel,
 };
 use pantheon_domain::ports::{
@@ -138,14 +139,18 @@ impl ModelProvider for SlowProvider {
     }
 }
 
-const LIMITS: Limits = Limits { per_minute: 1, per_hour: 1 };
+const LIMITS: Limits = Limits { per_minute: 1, per_hour: 1, max_concurrent: 1 };
 
 fn caller() -> Caller {
     Caller { user: UserId::parse("alice").unwrap(), tier: None, limits: LIMITS }
 }
 
-/// A ten-line limiter over the real protocol, answering every check alike.
-fn fake_limiter(answer: Decision) -> pantheon_domain::limiter::LimiterHandle {
+/// A ten-line limiter over the real protocol, answering every check alike;
+/// an admission carries a lease whose release lands in `releases`.
+fn fake_limiter(
+    answer: Decision,
+    releases: Arc<Releases>,
+) -> pantheon_domain::limiter::LimiterHandle {
     let options = HandleOptions {
         fallback: Fallback::Allow,
         mode: Mode::Enforce,
@@ -154,8 +159,11 @@ fn fake_limiter(answer: Decision) -> pantheon_domain::limiter::LimiterHandle {
     let (handle, mut mailbox, _) = limiter_channel(8, options, Arc::new(SystemClock));
     tokio::spawn(async move {
         while let Some(command) = mailbox.recv().await {
-            if let LimiterCommand::Check { respond_to, .. } = command {
-                let _ = respond_to.send(answer.clone());
+            if let LimiterCommand::Check { user, respond_to, .. } = command {
+                let lease = matches!(answer, Decision::Admitted(_)).then(|| {
+                    Lease::new(LeaseId::random(), user, LeaseStore::Local, releases.clone())
+                });
+                let _ = respond_to.send(Admission { decision: answer.clone(), lease });
             }
         }
     });
@@ -172,7 +180,7 @@ fn service(
 ) -> (TurnService, SessionId) {
     let session = SessionId::new();
     turns.owner.lock().unwrap().insert(session, caller().user);
-    let limiter = limiter.map(fake_limiter);
+    let limiter = limiter.map(|answer| fake_limiter(answer, Arc::default()));
     let policy = TurnPolicy { max_duration: max, checkpoint_interval: CHECKPOINT };
     (TurnService::new(turns, Arc::new(provider), Arc::new(SystemClock), policy, limiter), session)
 }
@@ -192,9 +200,10 @@ async fn a_refused_turn_never_reaches_the_repository() {
     let denial = Denial {
         limits: LIMITS,
         usage,
-        violated: vec![Window::Minute],
+        violated: vec![Policy::Minute],
         retry_at_ms: 1_000,
-        binding: Window::Minute,
+        binding: Policy::Minute,
+        active: 0,
         now_ms: 0,
     };
     let turns = Arc::new(FakeTurns::default());
@@ -208,6 +217,43 @@ async fn a_refused_turn_never_reaches_the_repository() {
         0,
         "no repository call before the limiter says yes"
     );
+}
+
+fn admitted() -> Decision {
+    let usage = [Window::Minute, Window::Hour].map(|window| WindowUsage {
+        window,
+        limit: 1,
+        remaining: 0,
+        reset_ms: 0,
+    });
+    Decision::Admitted(RateLimitStatus { limits: LIMITS, usage, active: 1 })
+}
+
+#[tokio::test]
+async fn a_turn_gives_its_slot_back_once_persisted_and_before_its_end_is_reported() {
+    let releases = Arc::new(Releases::default());
+    let turns = Arc::new(FakeTurns::default());
+    let session = SessionId::new();
+    turns.owner.lock().unwrap().insert(session, caller().user);
+    let provider = SlowProvider { chunks: 3, delay: Duration::from_millis(5) };
+    let policy =
+        TurnPolicy { max_duration: Duration::from_secs(5), checkpoint_interval: CHECKPOINT };
+    let limiter = fake_limiter(admitted(), releases.clone());
+    let service =
+        TurnService::new(turns, Arc::new(provider), Arc::new(SystemClock), policy, Some(limiter));
+
+    let run = service.start(&caller(), session, input()).await.unwrap();
+    assert!(releases.take().is_empty(), "the slot is held while the turn generates");
+    let turn = run.outcome().await.unwrap();
+    assert_eq!(turn.status, TurnStatus::Completed);
+    let released = releases.take();
+    assert_eq!(released.len(), 1, "released exactly once, before the end was reported");
+    assert_eq!(released[0].user, caller().user);
+
+    // Admitted, but the session is not the caller's: nothing runs, the slot is back.
+    let result = service.start(&caller(), SessionId::new(), input()).await;
+    assert!(matches!(result, Err(TurnError::SessionNotFound)), "{result:?}");
+    assert_eq!(releases.take().len(), 1);
 }
 
 #[tokio::test(start_paused = true)]

@@ -79,7 +79,12 @@ impl Drop for TestDatabase {
 
 /// Rows in `table`.
 pub async fn count(db: &DatabaseConnection, table: &str) -> i64 {
-    let sql = format!("SELECT COUNT(*) AS n FROM {table}");
+    count_where(db, table, "TRUE").await
+}
+
+/// Rows in `table` matching the SQL `condition`.
+pub async fn count_where(db: &DatabaseConnection, table: &str, condition: &str) -> i64 {
+    let sql = format!("SELECT COUNT(*) AS n FROM {table} WHERE {condition}");
     let row = db
         .query_one_raw(Statement::from_string(db.get_database_backend(), sql))
         .await

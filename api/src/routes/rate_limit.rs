@@ -1,5 +1,5 @@
-//! `GET /api/v1/rate-limit`: the caller's usage per window. A peek: it
-//! counts nothing and creates no key.
+//! `GET /api/v1/rate-limit`: the caller's usage per window and turns
+//! running. A peek: it counts nothing and creates no key.
 
 use axum::Json;
 use axum::extract::State;
@@ -33,11 +33,16 @@ pub async fn rate_limit_status(
             })
             .collect::<Vec<_>>()
     });
+    let concurrency = status.as_ref().map(
+        |s| json!({ "limit": s.limits.max_concurrent, "active": s.active, "free": s.free_slots() }),
+    );
     let body = json!({
         "enabled": true,
         "tier": caller.tier,
         "limiter": limiter.as_str(),
         "windows": windows,
+        "active": status.as_ref().map(|s| s.active),
+        "concurrency": concurrency,
     });
     (rate_limit_headers(&state, &caller, status.as_ref()), Json(body))
 }

@@ -68,8 +68,12 @@ impl OverLimitCache {
         Some(denial)
     }
 
-    /// Remembers a denial until its `retry_at`.
+    /// Remembers a denial until its `retry_at`; one by concurrency alone is
+    /// not kept (see [`Denial::cacheable`]).
     pub fn insert(&self, user: &UserId, denial: &Denial) {
+        if !denial.cacheable() {
+            return;
+        }
         let mut entries = self.entries();
         if entries.len() >= MAX_ENTRIES && !entries.contains_key(user) {
             entries.retain(|_, d| d.retry_at_ms > denial.now_ms);
@@ -93,9 +97,9 @@ impl OverLimitCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limiter::{Window, WindowUsage};
+    use crate::limiter::{Policy, Window, WindowUsage};
 
-    const LIMITS: Limits = Limits { per_minute: 2, per_hour: 100 };
+    const LIMITS: Limits = Limits { per_minute: 2, per_hour: 100, max_concurrent: 4 };
 
     fn user(name: &str) -> UserId {
         UserId::parse(name).unwrap_or_else(|_| unreachable!())
@@ -106,9 +110,10 @@ mod tests {
         Denial {
             limits,
             usage: [usage(Window::Minute, limits.per_minute), usage(Window::Hour, limits.per_hour)],
-            violated: vec![Window::Minute],
+            violated: vec![Policy::Minute],
             retry_at_ms,
-            binding: Window::Minute,
+            binding: Policy::Minute,
+            active: 0,
             now_ms,
         }
     }
@@ -132,7 +137,7 @@ mod tests {
     #[test]
     fn other_limits_find_nothing_and_their_denial_replaces_the_entry() {
         let cache = OverLimitCache::default();
-        let pro = Limits { per_minute: 50, per_hour: 1_000 };
+        let pro = Limits { per_minute: 50, per_hour: 1_000, max_concurrent: 4 };
         cache.insert(&user("alice"), &denial(LIMITS, 1_000, 5_000));
         assert_eq!(cache.get(&user("alice"), pro, 2_000), None);
         cache.insert(&user("alice"), &denial(pro, 2_000, 9_000));

@@ -1,16 +1,20 @@
-//! The verdict on one request: it is admitted only when it fits both the
-//! minute and the hour window, and the verdict carries what the response
-//! headers need (limit, remaining and reset per window, and when to retry).
+//! The verdict on one request: it is admitted only when one of its user's
+//! concurrency slots is free and it fits both the minute and the hour
+//! window, and the verdict carries what the response headers need (limit,
+//! remaining and reset per window, turns running, and when to retry).
 
 use super::window::{Window, WindowCounts, fits, remaining, wait_ms};
 
-/// A user's allowance: requests per sliding minute and per sliding hour.
+/// A user's allowance: requests per sliding minute and per sliding hour,
+/// and turns running at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Limits {
     /// Requests allowed in any sliding minute.
     pub per_minute: u32,
     /// Requests allowed in any sliding hour.
     pub per_hour: u32,
+    /// Turns that may hold a slot at once.
+    pub max_concurrent: u32,
 }
 
 impl Limits {
@@ -23,13 +27,56 @@ impl Limits {
     }
 }
 
-/// The counts of both windows, as read from the store at one instant.
+/// A limit a request can be refused for: a window, or the concurrency cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Policy {
+    /// The sliding minute.
+    Minute,
+    /// The sliding hour.
+    Hour,
+    /// The turns running at once.
+    Concurrency,
+}
+
+impl Policy {
+    /// The policy's name in headers and problem bodies.
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::Minute => "minute",
+            Policy::Hour => "hour",
+            Policy::Concurrency => "concurrency",
+        }
+    }
+
+    /// The window this policy limits, `None` for concurrency.
+    pub fn window(self) -> Option<Window> {
+        match self {
+            Policy::Minute => Some(Window::Minute),
+            Policy::Hour => Some(Window::Hour),
+            Policy::Concurrency => None,
+        }
+    }
+}
+
+impl From<Window> for Policy {
+    fn from(window: Window) -> Self {
+        match window {
+            Window::Minute => Policy::Minute,
+            Window::Hour => Policy::Hour,
+        }
+    }
+}
+
+/// What one check reads from the store at one instant: both windows'
+/// counts and the turns holding a slot.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
     /// The minute window's current and previous counts.
     pub minute: WindowCounts,
     /// The hour window's current and previous counts.
     pub hour: WindowCounts,
+    /// Unexpired leases: turns running.
+    pub active: u64,
 }
 
 impl Counts {
@@ -60,25 +107,33 @@ pub struct WindowUsage {
 /// The outcome of [`decide`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    /// The request fits both windows; both current counts go up by one and
-    /// `usage` (minute, hour) reports the counts after that increment.
+    /// A slot is free and the request fits both windows; it takes the slot,
+    /// both current counts go up by one and `usage` (minute, hour) reports
+    /// the counts after that increment.
     Admitted {
         /// Per-window usage after the increment, minute first.
         usage: [WindowUsage; 2],
+        /// Turns running, this one included.
+        active: u64,
     },
-    /// The request does not fit; nothing is counted and `usage` reports the
-    /// counts as read.
+    /// The request does not fit; nothing is counted, no slot is taken, and
+    /// `usage` reports the counts as read.
     Limited {
         /// Per-window usage with the counts unchanged, minute first.
         usage: [WindowUsage; 2],
-        /// The windows the request did not fit, minute first; never empty.
-        violated: Vec<Window>,
+        /// The policies the request did not fit (minute, hour, concurrency
+        /// order); never empty.
+        violated: Vec<Policy>,
         /// The earliest instant (ms since the epoch) at which the same request
-        /// fits both windows, if nothing else is admitted meanwhile.
+        /// fits both windows, if nothing else is admitted meanwhile; for a
+        /// refusal by concurrency alone, one second on (a slot frees when some
+        /// turn ends, which no clock predicts).
         retry_at_ms: i64,
-        /// The violated window whose wait sets `retry_at_ms` (the later one
-        /// when both do).
-        binding: Window,
+        /// The violated policy that sets `retry_at_ms`: the window with the
+        /// later wait, concurrency only when no window is violated.
+        binding: Policy,
+        /// Turns running.
+        active: u64,
     },
 }
 
@@ -91,29 +146,51 @@ impl Verdict {
     /// The per-window usage, minute first, whichever the outcome.
     pub fn usage(&self) -> &[WindowUsage; 2] {
         match self {
-            Verdict::Admitted { usage } | Verdict::Limited { usage, .. } => usage,
+            Verdict::Admitted { usage, .. } | Verdict::Limited { usage, .. } => usage,
         }
     }
 }
 
+/// How long a refusal by concurrency alone asks the client to wait.
+pub const CONCURRENCY_RETRY_MS: i64 = 1_000;
+
 /// The whole decision for `counts` read at `now_ms` (before any increment):
-/// admit when the request fits both windows, otherwise refuse with the
-/// violated windows and the instant both windows fit again.
+/// admit when a slot is free and the request fits both windows, otherwise
+/// refuse with the violated policies and the instant to retry.
 pub fn decide(limits: Limits, counts: Counts, now_ms: i64) -> Verdict {
-    let violated: Vec<Window> = Window::ALL
+    let mut violated: Vec<Policy> = Window::ALL
         .into_iter()
         .filter(|&w| !fits(w, limits.limit(w), counts.get(w), now_ms))
+        .map(Policy::from)
         .collect();
+    let windows_fit = violated.is_empty();
+    if counts.active >= u64::from(limits.max_concurrent) {
+        violated.push(Policy::Concurrency);
+    }
     if violated.is_empty() {
-        let after = Counts { minute: counts.minute.incremented(), hour: counts.hour.incremented() };
-        return Verdict::Admitted { usage: usage(limits, after, now_ms) };
+        let after = Counts {
+            minute: counts.minute.incremented(),
+            hour: counts.hour.incremented(),
+            active: counts.active + 1,
+        };
+        return Verdict::Admitted { usage: usage(limits, after, now_ms), active: after.active };
+    }
+    if windows_fit {
+        // Refused for concurrency alone: the windows report as they are.
+        return Verdict::Limited {
+            usage: usage(limits, counts, now_ms),
+            violated,
+            retry_at_ms: now_ms.saturating_add(CONCURRENCY_RETRY_MS),
+            binding: Policy::Concurrency,
+            active: counts.active,
+        };
     }
     // Each window's fit is monotone in time with frozen counts, so both fit
     // from the later of the two waits on.
     let (wait, binding) = Window::ALL
         .map(|w| (wait_ms(w, limits.limit(w), counts.get(w), now_ms), w))
         .into_iter()
-        .filter(|(_, w)| violated.contains(w))
+        .filter(|&(_, w)| violated.contains(&Policy::from(w)))
         .max_by_key(|&(wait, w)| (wait, w == Window::Hour))
         .unwrap_or((0, Window::Minute));
     let retry_at_ms = now_ms.saturating_add(wait);
@@ -126,7 +203,13 @@ pub fn decide(limits: Limits, counts: Counts, now_ms: i64) -> Verdict {
             reset_ms: retry_at_ms.saturating_sub(now_ms),
         }
     });
-    Verdict::Limited { usage, violated, retry_at_ms, binding }
+    Verdict::Limited {
+        usage,
+        violated,
+        retry_at_ms,
+        binding: binding.into(),
+        active: counts.active,
+    }
 }
 
 /// What `counts` leave of each window at `now_ms`, minute first: the
@@ -163,18 +246,18 @@ mod tests {
     const NOW: i64 = 472_222 * 3_600_000 + 3_030_000;
 
     fn limits(per_minute: u32, per_hour: u32) -> Limits {
-        Limits { per_minute, per_hour }
+        Limits { per_minute, per_hour, max_concurrent: 4 }
     }
 
     fn counts(minute: WindowCounts, hour: WindowCounts) -> Counts {
-        Counts { minute, hour }
+        Counts { minute, hour, active: 0 }
     }
 
     /// Decides at `at` on the counts read at `NOW`, advanced to `at`.
     fn decide_later(limits: Limits, c: Counts, at: i64) -> Verdict {
         let minute = advance(Window::Minute.millis(), c.minute, NOW, at);
         let hour = advance(Window::Hour.millis(), c.hour, NOW, at);
-        decide(limits, counts(minute, hour), at)
+        decide(limits, Counts { minute, hour, active: c.active }, at)
     }
 
     /// Asserts a refusal at `NOW` naming `violated`, with unincremented
@@ -185,7 +268,7 @@ mod tests {
         else {
             panic!("expected a refusal for {c:?}");
         };
-        assert_eq!(v, violated);
+        assert_eq!(v, violated.iter().map(|&w| Policy::from(w)).collect::<Vec<_>>());
         assert_eq!(usage.map(|u| u.remaining), remaining);
         assert_eq!(usage.map(|u| u.reset_ms), [retry_at_ms - NOW; 2]);
         assert!(!decide_later(limits, c, retry_at_ms - 1).is_admitted());
@@ -250,6 +333,37 @@ mod tests {
         let used = counts(wc(1, 0), wc(1, 0));
         let retry_at = assert_limited(limits(1, 1), used, &[Window::Minute, Window::Hour], [0, 0]);
         assert_eq!(retry_at, NOW + 2 * 3_600_000 - 3_030_000);
+    }
+
+    #[test]
+    fn a_full_set_of_slots_refuses_for_concurrency_alone_and_reports_the_windows_as_they_are() {
+        let c = Counts { active: 4, ..counts(wc(1, 0), wc(1, 0)) };
+        let Verdict::Limited { usage, violated, retry_at_ms, binding, active } =
+            decide(limits(5, 100), c, NOW)
+        else {
+            panic!("four running turns fill a cap of four");
+        };
+        assert_eq!(
+            (violated, binding, active),
+            (vec![Policy::Concurrency], Policy::Concurrency, 4)
+        );
+        assert_eq!(retry_at_ms, NOW + CONCURRENCY_RETRY_MS);
+        assert_eq!(usage.map(|u| (u.remaining, u.reset_ms)), [(4, 0), (99, 0)]);
+        let admitted = decide(limits(5, 100), Counts { active: 3, ..c }, NOW);
+        assert!(matches!(admitted, Verdict::Admitted { active: 4, .. }));
+    }
+
+    #[test]
+    fn a_window_and_concurrency_both_violated_retry_when_the_window_fits() {
+        let c = Counts { active: 4, ..counts(wc(5, 3), wc(40, 0)) };
+        let Verdict::Limited { violated, retry_at_ms, binding, .. } =
+            decide(limits(5, 100), c, NOW)
+        else {
+            panic!("refused");
+        };
+        assert_eq!(violated, vec![Policy::Minute, Policy::Concurrency]);
+        assert_eq!(binding, Policy::Minute);
+        assert_eq!(retry_at_ms, NOW + wait_ms(Window::Minute, 5, c.minute, NOW));
     }
 
     #[test]

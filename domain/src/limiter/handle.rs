@@ -12,8 +12,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::cache::OverLimitCache;
 use super::decision::Limits;
+use super::lease::Releases;
 use super::protocol::{
-    Decision, Fallback, LimiterCommand, LimiterState, Mode, RateLimitStatus, SkipReason,
+    Admission, Decision, Fallback, LimiterCommand, LimiterState, Mode, RateLimitStatus, SkipReason,
 };
 use crate::clock::Clock;
 use crate::ids::UserId;
@@ -29,19 +30,26 @@ pub struct HandleOptions {
     pub wait: Duration,
 }
 
-/// What the task shares with its handles: its state for reporting, and the
-/// over-limit cache it fills and they answer from.
+/// What the task shares with its handles: its state for reporting, the
+/// over-limit cache it fills and they answer from, and the queue its leases
+/// release into.
 #[derive(Debug, Default)]
 pub struct LimiterShared {
     state: AtomicU8,
     shadow_refusals: AtomicU64,
     refusals: OverLimitCache,
+    releases: Arc<Releases>,
 }
 
 impl LimiterShared {
     /// The over-limit cache.
     pub fn refusals(&self) -> &OverLimitCache {
         &self.refusals
+    }
+
+    /// Where dropped leases queue their release.
+    pub fn releases(&self) -> &Arc<Releases> {
+        &self.releases
     }
 
     /// Publishes the task's state.
@@ -93,35 +101,40 @@ pub fn limiter_channel(
 }
 
 impl LimiterHandle {
-    /// Decides on one turn of `user`. Never fails: trouble is answered by the
-    /// fallback, and shadow mode turns refusals into admissions (counted).
-    pub async fn check(&self, user: UserId, limits: Limits) -> Decision {
+    /// Decides on one turn of `user`; an admission carries the lease of the
+    /// slot it took. Never fails: trouble is answered by the fallback, and
+    /// shadow mode turns refusals into admissions (counted, holding no slot).
+    pub async fn check(&self, user: UserId, limits: Limits) -> Admission {
         let cached = self.shared.refusals.get(&user, limits, self.clock.now_ms());
-        let decision = match cached {
-            Some(denial) => Decision::Limited(denial),
+        let admission = match cached {
+            Some(denial) => Admission::without_lease(Decision::Limited(denial)),
             None => self.ask(user.clone(), limits).await,
         };
-        match decision {
+        match admission.decision {
             Decision::Limited(denial) if self.options.mode == Mode::Shadow => {
                 self.shared.shadow_refusals.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(user.id = %user, retry_at_ms = denial.retry_at_ms, "shadow mode: would have refused");
-                Decision::Admitted(RateLimitStatus { limits: denial.limits, usage: denial.usage })
+                Admission::without_lease(Decision::Admitted(RateLimitStatus {
+                    limits: denial.limits,
+                    usage: denial.usage,
+                    active: denial.active,
+                }))
             }
-            other => other,
+            _ => admission,
         }
     }
 
     /// Asks the task.
-    async fn ask(&self, user: UserId, limits: Limits) -> Decision {
+    async fn ask(&self, user: UserId, limits: Limits) -> Admission {
         let (respond_to, reply) = oneshot::channel();
         let command = LimiterCommand::Check { user, limits, respond_to };
         // A full mailbox is overload: answer now rather than queue.
         if self.sender.try_send(command).is_err() {
-            self.fallback(SkipReason::Overloaded)
+            Admission::without_lease(self.fallback(SkipReason::Overloaded))
         } else {
             match tokio::time::timeout(self.options.wait, reply).await {
-                Ok(Ok(decision)) => decision,
-                _ => self.fallback(SkipReason::StoreUnavailable),
+                Ok(Ok(admission)) => admission,
+                _ => Admission::without_lease(self.fallback(SkipReason::StoreUnavailable)),
             }
         }
     }

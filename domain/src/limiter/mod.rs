@@ -10,19 +10,26 @@
 //! - `protocol` and `handle`: the port — the messages the limiter task
 //!   answers and the cloneable handle that sends them;
 //! - `cache`: the over-limit cache both sides share, so known refusals are
-//!   answered on the caller's thread.
+//!   answered on the caller's thread;
+//! - `lease`: a running turn's hold on one of its user's concurrency slots,
+//!   released by its drop.
 
 mod cache;
 mod decision;
 mod handle;
+mod lease;
 mod protocol;
 mod window;
 
 pub use cache::OverLimitCache;
-pub use decision::{Counts, Limits, Verdict, WindowUsage, decide, retry_after_secs, usage};
+pub use decision::{
+    CONCURRENCY_RETRY_MS, Counts, Limits, Policy, Verdict, WindowUsage, decide, retry_after_secs,
+    usage,
+};
 pub use handle::{HandleOptions, LimiterHandle, LimiterShared, limiter_channel};
+pub use lease::{Lease, LeaseId, LeaseStore, Released, Releases};
 pub use protocol::{
-    Decision, Denial, Fallback, LimitTable, LimiterCommand, LimiterState, Mode, RateLimitStatus,
-    SkipReason,
+    Admission, Decision, Denial, Fallback, LimitTable, LimiterCommand, LimiterState, Mode,
+    RateLimitStatus, SkipReason,
 };
 pub use window::{Window, WindowCounts, fits, remaining, wait_ms, window_index};

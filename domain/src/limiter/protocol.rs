@@ -7,21 +7,22 @@ use std::collections::HashMap;
 
 use tokio::sync::oneshot;
 
-use super::decision::{Limits, WindowUsage};
-use super::window::Window;
+use super::decision::{Limits, Policy, WindowUsage};
+use super::lease::Lease;
 use crate::ids::UserId;
 
 /// A request to the limiter task.
 #[derive(Debug)]
 pub enum LimiterCommand {
-    /// Decide on one turn and count it when admitted.
+    /// Decide on one turn and, when admitted, count it and take a slot.
     Check {
         /// Whose turn.
         user: UserId,
         /// The caller's limits (from the token's tier).
         limits: Limits,
-        /// Where the answer goes.
-        respond_to: oneshot::Sender<Decision>,
+        /// Where the answer goes; an answer nobody receives drops its lease,
+        /// which gives the slot back.
+        respond_to: oneshot::Sender<Admission>,
     },
     /// Report usage without counting anything or creating any key.
     Peek {
@@ -41,6 +42,15 @@ pub struct RateLimitStatus {
     pub limits: Limits,
     /// Per-window usage.
     pub usage: [WindowUsage; 2],
+    /// Turns holding a slot (after this one's admission, for a check).
+    pub active: u64,
+}
+
+impl RateLimitStatus {
+    /// Slots still free.
+    pub fn free_slots(&self) -> u64 {
+        u64::from(self.limits.max_concurrent).saturating_sub(self.active)
+    }
 }
 
 /// A refusal with everything the `429` needs.
@@ -50,14 +60,26 @@ pub struct Denial {
     pub limits: Limits,
     /// Per-window usage (counts unchanged), minute first.
     pub usage: [WindowUsage; 2],
-    /// The windows the request did not fit, minute first.
-    pub violated: Vec<Window>,
-    /// The earliest instant (ms since the epoch) the same request fits.
+    /// The policies the request did not fit (minute, hour, concurrency).
+    pub violated: Vec<Policy>,
+    /// The earliest instant (ms since the epoch) the same request fits; for
+    /// concurrency alone, a second on.
     pub retry_at_ms: i64,
-    /// The violated window whose wait sets `retry_at_ms`.
-    pub binding: Window,
+    /// The violated policy that sets `retry_at_ms`.
+    pub binding: Policy,
+    /// Turns holding a slot when the decision was made.
+    pub active: u64,
     /// When the decision was made (ms since the epoch).
     pub now_ms: i64,
+}
+
+impl Denial {
+    /// Whether the over-limit cache may answer for it until `retry_at_ms`:
+    /// only when a window binds, since a slot frees at a time no clock
+    /// predicts.
+    pub fn cacheable(&self) -> bool {
+        self.binding != Policy::Concurrency
+    }
 }
 
 /// Why a check was not made.
@@ -82,6 +104,23 @@ pub enum Decision {
     Skipped(SkipReason),
     /// Not checked (fallback `deny`): refuse with `503`.
     Unavailable(SkipReason),
+}
+
+/// A check's answer, with the lease of the slot an admission took (`None`
+/// when the check was skipped, refused, or let through by shadow mode).
+#[derive(Debug)]
+pub struct Admission {
+    /// The decision.
+    pub decision: Decision,
+    /// Held by the turn until its end is persisted.
+    pub lease: Option<Lease>,
+}
+
+impl Admission {
+    /// An answer that took no slot.
+    pub fn without_lease(decision: Decision) -> Self {
+        Self { decision, lease: None }
+    }
 }
 
 /// `rate_limit.fallback`: how a check is answered when the store fails.

@@ -1,28 +1,35 @@
 //! The limiter task: the only owner of the Redis connection, the loaded
-//! script, the health state, the over-limit cache and the in-process
-//! counters.
+//! script, the health state, the over-limit cache, the in-process counters
+//! and the leases this instance holds.
 //!
 //! It never waits for one check before taking the next: each turn of the
 //! loop drains the mailbox (after one scheduler pass, so callers that are
 //! ready add theirs), answers what it can locally (cache, in-process
 //! backend, degraded fallback), and sends the rest as one pipeline, with up
 //! to [`MAX_IN_FLIGHT`] pipelines outstanding.
+//!
+//! Leases: every `lease_ttl / 3` one pipeline renews all the Redis leases
+//! this instance holds; a dropped lease wakes the task, which sends its
+//! release at once, or ahead of the checks of the pipeline it is building.
+//! Neither waits for the in-flight cap: a slot must not stay taken (or
+//! lapse) because checks are queueing.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
-use pantheon_domain::limiter::Limits;
 use pantheon_domain::limiter::{
-    Decision, Denial, Fallback, LimiterCommand, LimiterShared, RateLimitStatus, SkipReason,
-    Verdict, decide, usage,
+    Admission, Decision, Denial, Fallback, Lease, LeaseId, LeaseStore, LimiterCommand,
+    LimiterShared, Limits, RateLimitStatus, SkipReason, Verdict, decide, usage,
 };
 use pantheon_domain::{Clock, UserId};
 use redis::aio::MultiplexedConnection;
 use redis::{Client, RedisError, RedisResult, Script, Value};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::MissedTickBehavior;
 
 use super::health::Health;
 use super::memory::MemoryCounters;
@@ -36,10 +43,10 @@ const MAX_IN_FLIGHT: usize = 16;
 /// How often the fallback summary is logged and the cache swept.
 const SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
 
-type CheckReply = oneshot::Sender<Decision>;
+type CheckReply = oneshot::Sender<Admission>;
 type PeekReply = oneshot::Sender<Option<RateLimitStatus>>;
 type Batch = Vec<Pending<CheckReply, PeekReply>>;
-type BatchOutcome = (Batch, Result<Vec<RedisResult<Value>>, RedisError>);
+type BatchOutcome = (Batch, Result<Vec<RedisResult<Vec<Value>>>, RedisError>);
 
 /// The Redis half of the actor's state.
 #[derive(Debug)]
@@ -83,6 +90,10 @@ pub struct LimiterActor {
     shared: Arc<LimiterShared>,
     local: MemoryCounters,
     redis: Option<RedisLink>,
+    /// `rate_limit.lease_ttl_secs`.
+    lease_ttl: Duration,
+    /// The Redis leases of this instance's running turns, to renew.
+    held: HashMap<LeaseId, UserId>,
 }
 
 impl LimiterActor {
@@ -93,8 +104,18 @@ impl LimiterActor {
         fallback: Fallback,
         shared: Arc<LimiterShared>,
         redis: Option<RedisLink>,
+        lease_ttl: Duration,
     ) -> Self {
-        Self { mailbox, clock, fallback, shared, local: MemoryCounters::default(), redis }
+        Self {
+            mailbox,
+            clock,
+            fallback,
+            shared,
+            local: MemoryCounters::default(),
+            redis,
+            lease_ttl,
+            held: HashMap::new(),
+        }
     }
 
     /// Runs until every handle is dropped.
@@ -105,6 +126,9 @@ impl LimiterActor {
         let mut probes: FuturesUnordered<BoxFuture<'static, RedisResult<MultiplexedConnection>>> =
             FuturesUnordered::new();
         let mut summary = tokio::time::interval(SUMMARY_INTERVAL);
+        let mut renewal = tokio::time::interval(self.lease_ttl / 3);
+        renewal.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let releases = self.shared.releases().clone();
         loop {
             let probe_at = self
                 .redis
@@ -117,7 +141,22 @@ impl LimiterActor {
                         break;
                     }
                     self.gather(&mut batch).await;
-                    let remote = self.answer_locally(batch.drain(..));
+                    // Releases first: a slot given back before a check was
+                    // sent is free for that check.
+                    let mut remote = self.take_releases();
+                    remote.extend(self.answer_locally(batch.drain(..)));
+                    if let Some(future) = self.send(remote) {
+                        in_flight.push(future);
+                    }
+                }
+                () = releases.queued() => {
+                    let remote = self.take_releases();
+                    if let Some(future) = self.send(remote) {
+                        in_flight.push(future);
+                    }
+                }
+                _ = renewal.tick() => {
+                    let remote = self.renewals();
                     if let Some(future) = self.send(remote) {
                         in_flight.push(future);
                     }
@@ -133,7 +172,12 @@ impl LimiterActor {
                 _ = summary.tick() => self.housekeeping(),
             }
         }
-        // Answer what is still in flight before leaving.
+        // Send the last releases and answer what is still in flight before
+        // leaving.
+        let remote = self.take_releases();
+        if let Some(future) = self.send(remote) {
+            in_flight.push(future);
+        }
         while let Some((batch, outcome)) = in_flight.next().await {
             self.settle(batch, outcome);
         }
@@ -157,11 +201,65 @@ impl LimiterActor {
         }
     }
 
+    /// Whether Redis is to be asked now.
+    fn remote_ready(&self) -> bool {
+        self.redis.as_ref().is_some_and(|r| !r.health.is_degraded() && r.conn.is_some())
+    }
+
+    fn lease_ttl_ms(&self) -> i64 {
+        i64::try_from(self.lease_ttl.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// Applies the releases queued by dropped leases: in-process slots at
+    /// once, Redis ones as `ZREM`s to send (one per user). While Redis cannot
+    /// be asked they are dropped: those leases lapse within `lease_ttl`.
+    fn take_releases(&mut self) -> Batch {
+        let mut by_user: HashMap<UserId, Vec<LeaseId>> = HashMap::new();
+        for released in self.shared.releases().take() {
+            match released.store {
+                LeaseStore::Local => self.local.release(&released.user),
+                LeaseStore::Redis => {
+                    self.held.remove(&released.id);
+                    by_user.entry(released.user).or_default().push(released.id);
+                }
+            }
+        }
+        if by_user.is_empty() || !self.remote_ready() {
+            return Vec::new();
+        }
+        by_user.into_iter().map(|(user, leases)| Pending::Release { user, leases }).collect()
+    }
+
+    /// One `ZADD XX` per user pushing the expiry of every lease this
+    /// instance holds a TTL ahead. Skipped while Redis cannot be asked; a
+    /// lease that lapses meanwhile is not brought back (`XX`), and its turn
+    /// runs on without a slot rather than block its user.
+    fn renewals(&self) -> Batch {
+        if self.held.is_empty() || !self.remote_ready() {
+            return Vec::new();
+        }
+        let ttl_ms = self.lease_ttl_ms();
+        let expires_at_ms = self.clock.now_ms().saturating_add(ttl_ms);
+        let mut by_user: HashMap<&UserId, Vec<LeaseId>> = HashMap::new();
+        for (id, user) in &self.held {
+            by_user.entry(user).or_default().push(*id);
+        }
+        by_user
+            .into_iter()
+            .map(|(user, leases)| Pending::Renew {
+                user: user.clone(),
+                leases,
+                expires_at_ms,
+                ttl_ms,
+            })
+            .collect()
+    }
+
     /// Answers peeks and checks that need no Redis call; returns the rest.
     fn answer_locally(&mut self, commands: impl Iterator<Item = LimiterCommand>) -> Batch {
         let now_ms = self.clock.now_ms();
-        let remote =
-            self.redis.as_ref().is_some_and(|r| !r.health.is_degraded() && r.conn.is_some());
+        let remote = self.remote_ready();
+        let ttl_ms = self.lease_ttl_ms();
         let mut batch = Vec::new();
         for command in commands {
             // A caller that stopped waiting was already answered by the
@@ -176,15 +274,24 @@ impl LimiterActor {
                     // Known over-limit users are refused from the cache first,
                     // before Redis and before any fallback.
                     if let Some(denial) = self.shared.refusals().get(&user, limits, now_ms) {
-                        let _ = respond_to.send(Decision::Limited(denial));
+                        let _ =
+                            respond_to.send(Admission::without_lease(Decision::Limited(denial)));
                     } else if remote {
-                        batch.push(Pending::Check { user, limits, now_ms, reply: respond_to });
+                        let lease = LeaseId::random();
+                        batch.push(Pending::Check {
+                            user,
+                            limits,
+                            now_ms,
+                            lease,
+                            ttl_ms,
+                            reply: respond_to,
+                        });
                     } else if self.redis.is_none() {
-                        let decision = self.check_locally(&user, limits, now_ms);
-                        let _ = respond_to.send(decision);
+                        let admission = self.check_locally(&user, limits, now_ms);
+                        let _ = respond_to.send(admission);
                     } else {
-                        let decision = self.fallback(&user, limits, now_ms);
-                        let _ = respond_to.send(decision);
+                        let admission = self.fallback(&user, limits, now_ms);
+                        let _ = respond_to.send(admission);
                     }
                 }
                 LimiterCommand::Peek { user, limits, respond_to } => {
@@ -195,6 +302,7 @@ impl LimiterActor {
                         let _ = respond_to.send(Some(RateLimitStatus {
                             limits,
                             usage: usage(limits, counts, now_ms),
+                            active: counts.active,
                         }));
                     } else {
                         let _ = respond_to.send(None);
@@ -205,7 +313,7 @@ impl LimiterActor {
         batch
     }
 
-    fn send(&mut self, batch: Batch) -> Option<BoxFuture<'static, BatchOutcome>> {
+    fn send(&self, batch: Batch) -> Option<BoxFuture<'static, BatchOutcome>> {
         if batch.is_empty() {
             return None;
         }
@@ -215,7 +323,7 @@ impl LimiterActor {
     }
 
     /// Fans a pipeline's results out to the callers and updates health.
-    fn settle(&mut self, batch: Batch, outcome: Result<Vec<RedisResult<Value>>, RedisError>) {
+    fn settle(&mut self, batch: Batch, outcome: Result<Vec<RedisResult<Vec<Value>>>, RedisError>) {
         if batch.is_empty() {
             // Every caller gave up before it was sent: no call, no news.
             return;
@@ -235,8 +343,8 @@ impl LimiterActor {
         let mut item_error: Option<String> = None;
         for (pending, result) in batch.into_iter().zip(results) {
             match (pending, result) {
-                (Pending::Check { user, limits, now_ms, reply }, Ok(value)) => {
-                    match redis_link::parse_check(value) {
+                (Pending::Check { user, limits, now_ms, lease, reply, .. }, Ok(values)) => {
+                    match redis_link::parse_check(values) {
                         Ok(script) => {
                             let decision = self.verdict(
                                 &user,
@@ -247,22 +355,37 @@ impl LimiterActor {
                             if script.admitted != matches!(decision, Decision::Admitted(_)) {
                                 tracing::error!(user.id = %user, "limiter script and decision function disagree");
                             }
-                            let _ = reply.send(decision);
+                            // The lease follows the script, which took the
+                            // slot: an answer nobody receives drops it, and
+                            // the drop gives the slot back.
+                            let lease = script.admitted.then(|| {
+                                self.held.insert(lease, user.clone());
+                                Lease::new(
+                                    lease,
+                                    user,
+                                    LeaseStore::Redis,
+                                    self.shared.releases().clone(),
+                                )
+                            });
+                            let _ = reply.send(Admission { decision, lease });
                         }
                         Err(error) => {
                             tracing::error!(error, "unexpected limiter script reply");
-                            let decision = self.fallback(&user, limits, now_ms);
-                            let _ = reply.send(decision);
+                            let admission = self.fallback(&user, limits, now_ms);
+                            let _ = reply.send(admission);
                         }
                     }
                 }
-                (Pending::Peek { limits, now_ms, reply, .. }, Ok(value)) => {
-                    let status = redis_link::parse_peek(value).ok().map(|counts| RateLimitStatus {
-                        limits,
-                        usage: usage(limits, counts, now_ms),
-                    });
+                (Pending::Peek { limits, now_ms, reply, .. }, Ok(values)) => {
+                    let status =
+                        redis_link::parse_peek(values).ok().map(|counts| RateLimitStatus {
+                            limits,
+                            usage: usage(limits, counts, now_ms),
+                            active: counts.active,
+                        });
                     let _ = reply.send(status);
                 }
+                (Pending::Renew { .. } | Pending::Release { .. }, Ok(_)) => {}
                 (pending, Err(error)) => {
                     item_error.get_or_insert_with(|| error.to_string());
                     self.answer_by_fallback(pending);
@@ -290,13 +413,16 @@ impl LimiterActor {
 
     fn answer_by_fallback(&mut self, pending: Pending<CheckReply, PeekReply>) {
         match pending {
-            Pending::Check { user, limits, now_ms, reply } => {
-                let decision = self.fallback(&user, limits, now_ms);
-                let _ = reply.send(decision);
+            Pending::Check { user, limits, now_ms, reply, .. } => {
+                let admission = self.fallback(&user, limits, now_ms);
+                let _ = reply.send(admission);
             }
             Pending::Peek { reply, .. } => {
                 let _ = reply.send(None);
             }
+            // A lost renewal lets the lease lapse within its TTL; a lost
+            // release, the same: both are the safe side of a failure.
+            Pending::Renew { .. } | Pending::Release { .. } => {}
         }
     }
 
@@ -321,19 +447,27 @@ impl LimiterActor {
     }
 
     /// The in-process backend's answer (no Redis configured, or `local`).
-    fn check_locally(&mut self, user: &UserId, limits: Limits, now_ms: i64) -> Decision {
+    fn check_locally(&mut self, user: &UserId, limits: Limits, now_ms: i64) -> Admission {
         let verdict = self.local.check(user, limits, now_ms);
-        self.verdict(user, limits, now_ms, verdict)
+        let lease = verdict.is_admitted().then(|| {
+            let releases = self.shared.releases().clone();
+            Lease::new(LeaseId::random(), user.clone(), LeaseStore::Local, releases)
+        });
+        Admission { decision: self.verdict(user, limits, now_ms, verdict), lease }
     }
 
     /// How a check is answered while Redis cannot be asked.
-    fn fallback(&mut self, user: &UserId, limits: Limits, now_ms: i64) -> Decision {
+    fn fallback(&mut self, user: &UserId, limits: Limits, now_ms: i64) -> Admission {
         if let Some(redis) = &mut self.redis {
             redis.health.note_fallback();
         }
         match self.fallback {
-            Fallback::Allow => Decision::Skipped(SkipReason::StoreUnavailable),
-            Fallback::Deny => Decision::Unavailable(SkipReason::StoreUnavailable),
+            Fallback::Allow => {
+                Admission::without_lease(Decision::Skipped(SkipReason::StoreUnavailable))
+            }
+            Fallback::Deny => {
+                Admission::without_lease(Decision::Unavailable(SkipReason::StoreUnavailable))
+            }
             Fallback::Local => self.check_locally(user, limits, now_ms),
         }
     }
@@ -347,9 +481,12 @@ impl LimiterActor {
         verdict: Verdict,
     ) -> Decision {
         match verdict {
-            Verdict::Admitted { usage } => Decision::Admitted(RateLimitStatus { limits, usage }),
-            Verdict::Limited { usage, violated, retry_at_ms, binding } => {
-                let denial = Denial { limits, usage, violated, retry_at_ms, binding, now_ms };
+            Verdict::Admitted { usage, active } => {
+                Decision::Admitted(RateLimitStatus { limits, usage, active })
+            }
+            Verdict::Limited { usage, violated, retry_at_ms, binding, active } => {
+                let denial =
+                    Denial { limits, usage, violated, retry_at_ms, binding, active, now_ms };
                 self.shared.refusals().insert(user, &denial);
                 Decision::Limited(denial)
             }

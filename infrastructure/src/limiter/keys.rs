@@ -1,6 +1,7 @@
-//! The Redis key layout: `ratelimit:{<user_id>}:turns:<bucket>:<window_index>`.
-//! The braces are literal, a Redis Cluster hash tag: one user's keys share a
-//! slot, so the script may touch all four.
+//! The Redis key layout: `ratelimit:{<user_id>}:turns:<bucket>:<window_index>`
+//! for the window counters and `ratelimit:{<user_id>}:turns:active` for the
+//! leases of running turns. The braces are literal, a Redis Cluster hash
+//! tag: one user's keys share a slot, so the script may touch all five.
 
 use pantheon_domain::UserId;
 use pantheon_domain::limiter::{Window, window_index};
@@ -10,9 +11,14 @@ pub fn counter_key(user: &UserId, window: Window, index: i64) -> String {
     format!("ratelimit:{{{user}}}:turns:{}:{index}", window.name())
 }
 
-/// The four keys a check reads at `now_ms`: minute current and previous,
-/// hour current and previous (the script's `KEYS` order).
-pub fn check_keys(user: &UserId, now_ms: i64) -> [String; 4] {
+/// The key of `user`'s sorted set of leases.
+pub fn active_key(user: &UserId) -> String {
+    format!("ratelimit:{{{user}}}:turns:active")
+}
+
+/// The five keys a check reads at `now_ms`: minute current and previous,
+/// hour current and previous, and the leases (the script's `KEYS` order).
+pub fn check_keys(user: &UserId, now_ms: i64) -> [String; 5] {
     let minute = window_index(Window::Minute, now_ms);
     let hour = window_index(Window::Hour, now_ms);
     [
@@ -20,6 +26,7 @@ pub fn check_keys(user: &UserId, now_ms: i64) -> [String; 4] {
         counter_key(user, Window::Minute, minute - 1),
         counter_key(user, Window::Hour, hour),
         counter_key(user, Window::Hour, hour - 1),
+        active_key(user),
     ]
 }
 
@@ -35,5 +42,6 @@ mod tests {
         assert_eq!(keys[1], "ratelimit:{alice}:turns:minute:60");
         assert_eq!(keys[2], "ratelimit:{alice}:turns:hour:1");
         assert_eq!(keys[3], "ratelimit:{alice}:turns:hour:0");
+        assert_eq!(keys[4], "ratelimit:{alice}:turns:active");
     }
 }

@@ -1,4 +1,4 @@
-//! The limiter actor and its backends (SPEC §5).
+//! The limiter actor and its backends (README "Rate limiting").
 //!
 //! [`limiter`] makes the task that owns the Redis connection (or the
 //! in-process counters when no Redis is configured) and returns the
@@ -30,13 +30,23 @@ const MAILBOX: usize = 4096;
 
 /// The limits of every tier, from the settings.
 pub fn limit_table(settings: &settings::RateLimitSettings) -> LimitTable {
-    let limits = |per_minute, per_hour| Limits { per_minute, per_hour };
     let tiers: HashMap<String, Limits> = settings
         .tiers
         .iter()
-        .map(|(name, t)| (name.clone(), limits(t.per_minute, t.per_hour)))
+        .map(|(name, t)| {
+            let max_concurrent = t.max_concurrent_turns.unwrap_or(settings.max_concurrent_turns);
+            (
+                name.clone(),
+                Limits { per_minute: t.per_minute, per_hour: t.per_hour, max_concurrent },
+            )
+        })
         .collect();
-    LimitTable::new(limits(settings.per_minute, settings.per_hour), tiers)
+    let default = Limits {
+        per_minute: settings.per_minute,
+        per_hour: settings.per_hour,
+        max_concurrent: settings.max_concurrent_turns,
+    };
+    LimitTable::new(default, tiers)
 }
 
 fn fallback(setting: settings::Fallback) -> Fallback {
@@ -86,7 +96,8 @@ pub async fn limiter(
             }
         },
     };
-    let actor = LimiterActor::new(mailbox, clock, fallback, shared, redis);
+    let lease_ttl = Duration::from_secs(settings.rate_limit.lease_ttl_secs);
+    let actor = LimiterActor::new(mailbox, clock, fallback, shared, redis, lease_ttl);
     Some((handle, Box::pin(actor.run())))
 }
 

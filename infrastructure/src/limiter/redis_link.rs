@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pantheon_domain::UserId;
-use pantheon_domain::limiter::{Counts, Limits, Window, WindowCounts};
+use pantheon_domain::limiter::{Counts, LeaseId, Limits, Window, WindowCounts};
 use redis::aio::MultiplexedConnection;
 use redis::{
     AsyncConnectionConfig, Client, ErrorKind, Pipeline, RedisError, RedisResult, Script,
@@ -14,18 +14,35 @@ use redis::{
 
 use tokio::sync::oneshot;
 
-use super::keys::check_keys;
+use super::keys::{active_key, check_keys};
 
 /// The check-then-increment script.
 pub const CHECK_SCRIPT: &str = include_str!("check.lua");
 
-/// What a batch carries to Redis and back.
+/// What a batch carries to Redis and back. Every item belongs to one user
+/// (one hash slot) and is one or two commands.
 #[derive(Debug)]
 pub enum Pending<C, P> {
-    /// A check: `reply` answers the caller.
-    Check { user: UserId, limits: Limits, now_ms: i64, reply: C },
+    /// A check: `reply` answers the caller; `lease` is the member it adds
+    /// when it admits.
+    Check { user: UserId, limits: Limits, now_ms: i64, lease: LeaseId, ttl_ms: i64, reply: C },
     /// A peek.
     Peek { user: UserId, limits: Limits, now_ms: i64, reply: P },
+    /// Pushes the expiry of `user`'s running leases to `expires_at_ms` (only
+    /// those still in the set: one that lapsed stays gone).
+    Renew { user: UserId, leases: Vec<LeaseId>, expires_at_ms: i64, ttl_ms: i64 },
+    /// Gives `user`'s slots held by `leases` back.
+    Release { user: UserId, leases: Vec<LeaseId> },
+}
+
+impl<C, P> Pending<C, P> {
+    /// How many commands the item adds to a pipeline.
+    fn width(&self) -> usize {
+        match self {
+            Self::Check { .. } | Self::Release { .. } => 1,
+            Self::Peek { .. } | Self::Renew { .. } => 2,
+        }
+    }
 }
 
 impl<C: Reply, P: Reply> Pending<C, P> {
@@ -35,6 +52,7 @@ impl<C: Reply, P: Reply> Pending<C, P> {
         match self {
             Self::Check { reply, .. } => reply.abandoned(),
             Self::Peek { reply, .. } => reply.abandoned(),
+            Self::Renew { .. } | Self::Release { .. } => false,
         }
     }
 }
@@ -79,10 +97,6 @@ pub async fn connect(
     Ok(conn)
 }
 
-fn is_noscript(result: &RedisResult<Value>) -> bool {
-    matches!(result, Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript))
-}
-
 fn pipeline<'a, C: 'a, P: 'a>(
     script: &Script,
     batch: impl IntoIterator<Item = &'a Pending<C, P>>,
@@ -91,28 +105,84 @@ fn pipeline<'a, C: 'a, P: 'a>(
     pipe.ignore_errors();
     for pending in batch {
         match pending {
-            Pending::Check { user, limits, now_ms, .. } => {
+            Pending::Check { user, limits, now_ms, lease, ttl_ms, .. } => {
                 let mut cmd = redis::cmd("EVALSHA");
-                cmd.arg(script.get_hash()).arg(4).arg(&check_keys(user, *now_ms));
+                cmd.arg(script.get_hash()).arg(5).arg(&check_keys(user, *now_ms));
                 for window in Window::ALL {
                     cmd.arg(limits.limit(window))
                         .arg(window.millis())
                         .arg(now_ms.rem_euclid(window.millis()));
                 }
+                cmd.arg(*now_ms).arg(*ttl_ms).arg(limits.max_concurrent).arg(lease.to_string());
                 pipe.add_command(cmd);
             }
             Pending::Peek { user, now_ms, .. } => {
-                pipe.add_command(redis::cmd("MGET").arg(&check_keys(user, *now_ms)).to_owned());
+                let [mc, mp, hc, hp, active] = check_keys(user, *now_ms);
+                pipe.add_command(redis::cmd("MGET").arg(&[mc, mp, hc, hp]).to_owned());
+                // Unexpired only, without removing anything: a peek writes nothing.
+                let after_now = format!("({now_ms}");
+                pipe.add_command(
+                    redis::cmd("ZCOUNT").arg(active).arg(after_now).arg("+inf").to_owned(),
+                );
+            }
+            Pending::Renew { user, leases, expires_at_ms, ttl_ms } => {
+                let key = active_key(user);
+                let mut zadd = redis::cmd("ZADD");
+                zadd.arg(&key).arg("XX");
+                for lease in leases {
+                    zadd.arg(*expires_at_ms).arg(lease.to_string());
+                }
+                pipe.add_command(zadd);
+                pipe.add_command(redis::cmd("PEXPIRE").arg(key).arg(*ttl_ms).to_owned());
+            }
+            Pending::Release { user, leases } => {
+                let mut zrem = redis::cmd("ZREM");
+                zrem.arg(active_key(user));
+                for lease in leases {
+                    zrem.arg(lease.to_string());
+                }
+                pipe.add_command(zrem);
             }
         }
     }
     pipe
 }
 
-/// Sends `batch` as one pipeline and returns it with one result per item.
-/// A `NOSCRIPT` (Redis restarted or `SCRIPT FLUSH`) reloads the script and
-/// resends once: it is not an outage. The whole exchange is bounded by
-/// `timeout`.
+/// Groups a pipeline's flat results by item: each item's values, or the
+/// first error among its commands.
+fn per_item<C, P>(
+    batch: &[&Pending<C, P>],
+    results: Vec<RedisResult<Value>>,
+) -> Vec<RedisResult<Vec<Value>>> {
+    let mut results = results.into_iter();
+    batch
+        .iter()
+        .map(|pending| {
+            let mut values = Vec::with_capacity(pending.width());
+            for _ in 0..pending.width() {
+                match results.next() {
+                    Some(Ok(value)) => values.push(value),
+                    Some(Err(error)) => return Err(error),
+                    None => return Err(short_reply()),
+                }
+            }
+            Ok(values)
+        })
+        .collect()
+}
+
+fn short_reply() -> RedisError {
+    RedisError::from((ErrorKind::Client, "pipeline returned fewer replies than commands"))
+}
+
+fn is_noscript(result: &RedisResult<Vec<Value>>) -> bool {
+    matches!(result, Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript))
+}
+
+/// Sends `batch` as one pipeline and returns it with one result per item
+/// (the values of its commands). A `NOSCRIPT` (Redis restarted or `SCRIPT
+/// FLUSH`) reloads the script and resends once: it is not an outage. The
+/// whole exchange is bounded by `timeout`.
 ///
 /// Items whose caller stopped waiting are dropped first, here at the first
 /// poll, just before the pipeline is written: a check whose caller was
@@ -124,24 +194,26 @@ pub async fn run_batch<C: Reply, P: Reply>(
     script: Arc<Script>,
     mut batch: Vec<Pending<C, P>>,
     timeout: Duration,
-) -> (Vec<Pending<C, P>>, Result<Vec<RedisResult<Value>>, RedisError>) {
+) -> (Vec<Pending<C, P>>, Result<Vec<RedisResult<Vec<Value>>>, RedisError>) {
     batch.retain(|pending| !pending.abandoned());
     if batch.is_empty() {
         return (batch, Ok(Vec::new()));
     }
     let exchange = async {
-        let mut results: Vec<RedisResult<Value>> =
-            pipeline(&script, &batch).query_async(&mut conn).await?;
+        let all: Vec<&Pending<C, P>> = batch.iter().collect();
+        let flat: Vec<RedisResult<Value>> =
+            pipeline(&script, all.iter().copied()).query_async(&mut conn).await?;
+        let mut results = per_item(&all, flat);
         let missing: Vec<usize> =
             (0..results.len()).filter(|&i| is_noscript(&results[i])).collect();
         if !missing.is_empty() {
             // A pipeline is not atomic: checks before a `SCRIPT FLUSH` ran and
             // counted, so only the ones that found no script are sent again.
             script.load_async(&mut conn).await?;
-            let again = missing.iter().filter_map(|&i| batch.get(i));
-            let retried: Vec<RedisResult<Value>> =
-                pipeline(&script, again).query_async(&mut conn).await?;
-            for (i, result) in missing.into_iter().zip(retried) {
+            let again: Vec<&Pending<C, P>> = missing.iter().filter_map(|&i| batch.get(i)).collect();
+            let flat: Vec<RedisResult<Value>> =
+                pipeline(&script, again.iter().copied()).query_async(&mut conn).await?;
+            for (i, result) in missing.into_iter().zip(per_item(&again, flat)) {
                 results[i] = result;
             }
         }
@@ -157,14 +229,15 @@ pub async fn run_batch<C: Reply, P: Reply>(
     (batch, outcome)
 }
 
-/// Parses the script's `{admitted, mc, mp, hc, hp}`.
+/// Parses the script's `{admitted, mc, mp, hc, hp, active}`.
 ///
 /// # Errors
 /// A message when the reply has another shape.
-pub fn parse_check(value: Value) -> Result<ScriptReply, String> {
+pub fn parse_check(values: Vec<Value>) -> Result<ScriptReply, String> {
+    let [value] = <[Value; 1]>::try_from(values).map_err(|v| format!("{} replies", v.len()))?;
     let fields: Vec<i64> = redis::from_redis_value(value).map_err(|e| e.to_string())?;
-    let [admitted, mc, mp, hc, hp] = fields[..] else {
-        return Err(format!("script returned {} fields, expected 5", fields.len()));
+    let [admitted, mc, mp, hc, hp, active] = fields[..] else {
+        return Err(format!("script returned {} fields, expected 6", fields.len()));
     };
     let count = |n: i64| u64::try_from(n).unwrap_or(0);
     Ok(ScriptReply {
@@ -172,22 +245,27 @@ pub fn parse_check(value: Value) -> Result<ScriptReply, String> {
         counts: Counts {
             minute: WindowCounts { current: count(mc), previous: count(mp) },
             hour: WindowCounts { current: count(hc), previous: count(hp) },
+            active: count(active),
         },
     })
 }
 
-/// Parses an `MGET` of the four keys.
+/// Parses a peek's `MGET` of the four counters and `ZCOUNT` of the leases.
 ///
 /// # Errors
 /// A message when the reply has another shape.
-pub fn parse_peek(value: Value) -> Result<Counts, String> {
-    let fields: Vec<Option<u64>> = redis::from_redis_value(value).map_err(|e| e.to_string())?;
+pub fn parse_peek(values: Vec<Value>) -> Result<Counts, String> {
+    let [counters, active] =
+        <[Value; 2]>::try_from(values).map_err(|v| format!("{} replies", v.len()))?;
+    let fields: Vec<Option<u64>> = redis::from_redis_value(counters).map_err(|e| e.to_string())?;
     let [mc, mp, hc, hp] = fields[..] else {
         return Err(format!("MGET returned {} values, expected 4", fields.len()));
     };
+    let active: u64 = redis::from_redis_value(active).map_err(|e| e.to_string())?;
     let n = |v: Option<u64>| v.unwrap_or(0);
     Ok(Counts {
         minute: WindowCounts { current: n(mc), previous: n(mp) },
         hour: WindowCounts { current: n(hc), previous: n(hp) },
+        active,
     })
 }

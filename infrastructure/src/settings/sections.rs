@@ -188,7 +188,7 @@ pub enum Fallback {
     Deny,
 }
 
-/// A pair of limits.
+/// A tier's limits.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct TierLimits {
@@ -196,6 +196,10 @@ pub struct TierLimits {
     pub per_minute: u32,
     /// Turns per hour.
     pub per_hour: u32,
+    /// Turns running at once; the top-level `rate_limit.max_concurrent_turns`
+    /// when unset.
+    #[serde(default)]
+    pub max_concurrent_turns: Option<u32>,
 }
 
 /// `rate_limit.*`
@@ -212,6 +216,10 @@ pub struct RateLimitSettings {
     pub per_minute: u32,
     /// `rate_limit.per_hour`
     pub per_hour: u32,
+    /// `rate_limit.max_concurrent_turns`
+    pub max_concurrent_turns: u32,
+    /// `rate_limit.lease_ttl_secs`: how long a slot outlives its instance.
+    pub lease_ttl_secs: u64,
     /// `rate_limit.tiers.<name>`
     pub tiers: BTreeMap<String, TierLimits>,
 }
@@ -224,6 +232,8 @@ impl Default for RateLimitSettings {
             fallback: Fallback::Allow,
             per_minute: 20,
             per_hour: 300,
+            max_concurrent_turns: 4,
+            lease_ttl_secs: 15,
             tiers: BTreeMap::new(),
         }
     }

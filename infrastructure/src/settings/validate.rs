@@ -13,6 +13,11 @@ use super::{AppEnv, DEVELOPMENT_JWT_SECRET, JwtAlgorithm, ProviderKind, Settings
 /// chunks, and a heartbeat that tight would end turns on a busy machine.
 const MIN_CHECKPOINT_MS: u64 = 50;
 
+/// Leases are renewed every third of their TTL; under 3 s a renewal would be
+/// due every second and one slow Redis round trip could let a live turn's
+/// slot lapse.
+const MIN_LEASE_TTL_SECS: u64 = 3;
+
 /// HS256 keys shorter than this are guessable (RFC 7518 §3.2).
 const MIN_SECRET_BYTES: usize = 32;
 
@@ -44,6 +49,7 @@ impl Settings {
             ("redis.timeout_ms", self.redis.timeout_ms),
             ("rate_limit.per_minute", u64::from(self.rate_limit.per_minute)),
             ("rate_limit.per_hour", u64::from(self.rate_limit.per_hour)),
+            ("rate_limit.max_concurrent_turns", u64::from(self.rate_limit.max_concurrent_turns)),
             ("turns.max_input_chars", self.turns.max_input_chars as u64),
             ("turns.keep_alive_secs", self.turns.keep_alive_secs),
             ("turns.max_duration_secs", self.turns.max_duration_secs),
@@ -58,8 +64,17 @@ impl Settings {
                 return Err(SettingsError::invalid(key, "must be at least 1"));
             }
         }
+        if self.rate_limit.lease_ttl_secs < MIN_LEASE_TTL_SECS {
+            return Err(SettingsError::invalid(
+                "rate_limit.lease_ttl_secs",
+                format!("must be at least {MIN_LEASE_TTL_SECS}"),
+            ));
+        }
         for (tier, limits) in &self.rate_limit.tiers {
-            if limits.per_minute == 0 || limits.per_hour == 0 {
+            if limits.per_minute == 0
+                || limits.per_hour == 0
+                || limits.max_concurrent_turns == Some(0)
+            {
                 return Err(SettingsError::invalid(
                     &format!("rate_limit.tiers.{tier}"),
                     "limits must be at least 1",

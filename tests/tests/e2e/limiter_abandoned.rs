@@ -32,6 +32,7 @@ use crate::limiter_faults::T0;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checks_answered_by_the_fallback_are_never_counted() {
     const STALL: Duration = Duration::from_millis(2_500);
+    const LEASE_TTL: Duration = Duration::from_secs(15);
     let redis = RedisServer::start();
     let clock = Arc::new(ManualClock::at(T0));
     let options = HandleOptions {
@@ -43,11 +44,13 @@ async fn checks_answered_by_the_fallback_are_never_counted() {
     let client = redis::Client::open(redis.url()).unwrap();
     let link =
         RedisLink::start(client, Duration::from_secs(10), Fallback::Deny, shared.clone()).await;
-    tokio::spawn(LimiterActor::new(mailbox, clock, Fallback::Deny, shared, Some(link)).run());
-    let limits = Limits { per_minute: 1_000, per_hour: 10_000 };
+    tokio::spawn(
+        LimiterActor::new(mailbox, clock, Fallback::Deny, shared, Some(link), LEASE_TTL).run(),
+    );
+    let limits = Limits { per_minute: 1_000, per_hour: 10_000, max_concurrent: 1_000 };
     let check = |user| {
         let handle = handle.clone();
-        tokio::spawn(async move { handle.check(user, limits).await })
+        tokio::spawn(async move { handle.check(user, limits).await.decision })
     };
     let warm = unique_user("warm");
     assert!(matches!(check(warm).await.unwrap(), Decision::Admitted(_)), "Redis answers");

@@ -5,9 +5,11 @@
 use std::sync::Arc;
 
 use pantheon_domain::ManualClock;
-use pantheon_domain::limiter::{Decision, Denial, LimiterHandle, Limits, Window};
-use pantheon_infrastructure::limiter::keys::counter_key;
-use pantheon_tests::limiter::{memory_limiter, redis_connection, redis_limiter, unique_user};
+use pantheon_domain::limiter::{Decision, Denial, Lease, LimiterHandle, Limits, Policy, Window};
+use pantheon_infrastructure::limiter::keys::{active_key, counter_key};
+use pantheon_tests::limiter::{
+    memory_limiter, redis_connection, redis_limiter, redis_settings, spawn_limiter, unique_user,
+};
 use redis::Commands;
 
 const MINUTE: i64 = 60_000;
@@ -15,8 +17,10 @@ const HOUR: i64 = 3_600_000;
 /// An hour boundary (also a minute boundary) in 2026.
 const T0: i64 = 493_000 * HOUR;
 
+/// Window limits with a cap on running turns no window test reaches (their
+/// leases are dropped, and so released, as soon as each check returns).
 fn limits(per_minute: u32, per_hour: u32) -> Limits {
-    Limits { per_minute, per_hour }
+    Limits { per_minute, per_hour, max_concurrent: 1_000_000 }
 }
 
 fn denial(decision: Decision) -> Denial {
@@ -44,21 +48,24 @@ async fn assert_exact_retry(
     let cached = redis_limiter(clock.clone()).await;
     let user = unique_user("exact");
     for _ in 0..expected_admissions {
-        assert!(is_admitted(&cached.check(user.clone(), limits).await));
+        assert!(is_admitted(&cached.check(user.clone(), limits).await.decision));
     }
-    let refused = denial(cached.check(user.clone(), limits).await);
-    assert_eq!(refused.violated, violated);
+    let refused = denial(cached.check(user.clone(), limits).await.decision);
+    assert_eq!(refused.violated, violated.iter().map(|&w| Policy::from(w)).collect::<Vec<_>>());
     assert!(refused.retry_at_ms > start_ms);
 
     clock.set(refused.retry_at_ms - 1);
-    let by_cache = denial(cached.check(user.clone(), limits).await);
+    let by_cache = denial(cached.check(user.clone(), limits).await.decision);
     assert_eq!(by_cache.retry_at_ms, refused.retry_at_ms, "the cache answers the same retry time");
     let fresh = redis_limiter(clock.clone()).await;
-    let by_redis = denial(fresh.check(user.clone(), limits).await);
+    let by_redis = denial(fresh.check(user.clone(), limits).await.decision);
     assert_eq!(by_redis.retry_at_ms, refused.retry_at_ms, "Redis agrees at retry_at − 1 ms");
 
     clock.set(refused.retry_at_ms);
-    assert!(is_admitted(&cached.check(user.clone(), limits).await), "admitted exactly at retry_at");
+    assert!(
+        is_admitted(&cached.check(user.clone(), limits).await.decision),
+        "admitted exactly at retry_at"
+    );
     refused
 }
 
@@ -81,7 +88,7 @@ async fn a_refusal_bound_by_both_windows_is_exact() {
     let refused =
         assert_exact_retry(limits(3, 3), T0 + 5_000, 3, &[Window::Minute, Window::Hour]).await;
     // The hour is the later of the two waits, so it binds.
-    assert_eq!(refused.binding, Window::Hour);
+    assert_eq!(refused.binding, Policy::Hour);
     assert_eq!(refused.retry_at_ms, T0 + 5_000 + (HOUR - 5_000) + HOUR - 2 * HOUR / 3);
 }
 
@@ -98,14 +105,17 @@ async fn the_window_boundary_moves_the_count_into_the_previous_window() {
     let user = unique_user("boundary");
     let l = limits(2, 100);
     for _ in 0..2 {
-        assert!(is_admitted(&limiter.check(user.clone(), l).await));
+        assert!(is_admitted(&limiter.check(user.clone(), l).await.decision));
     }
     clock.set(T0 + 59_999);
-    assert!(!is_admitted(&limiter.check(user.clone(), l).await), "59,999: still the same window");
+    assert!(
+        !is_admitted(&limiter.check(user.clone(), l).await.decision),
+        "59,999: still the same window"
+    );
     clock.set(T0 + 60_000);
     // e = 0 of the next window: the previous count weighs in full (2·W + W > 2·W).
     assert!(
-        !is_admitted(&limiter.check(user.clone(), l).await),
+        !is_admitted(&limiter.check(user.clone(), l).await.decision),
         "60,000: previous window at full weight"
     );
 }
@@ -120,11 +130,11 @@ async fn the_previous_window_weighs_by_the_time_left_in_the_current_one() {
         let user = unique_user("weight");
         let l = limits(10, 1_000);
         for _ in 0..10 {
-            assert!(is_admitted(&limiter.check(user.clone(), l).await));
+            assert!(is_admitted(&limiter.check(user.clone(), l).await.decision));
         }
         clock.set(T0 + MINUTE + elapsed);
         let mut admitted = 0;
-        while is_admitted(&limiter.check(user.clone(), l).await) {
+        while is_admitted(&limiter.check(user.clone(), l).await.decision) {
             admitted += 1;
             assert!(admitted <= 10);
         }
@@ -139,24 +149,27 @@ async fn refusals_count_nothing_and_a_higher_tier_is_admitted_next() {
     let user = unique_user("tier");
     let free = limits(2, 100);
     for _ in 0..2 {
-        assert!(is_admitted(&limiter.check(user.clone(), free).await));
+        assert!(is_admitted(&limiter.check(user.clone(), free).await.decision));
     }
     let mut redis = redis_connection();
     let minute_key = counter_key(&user, Window::Minute, T0 / MINUTE);
     let hour_key = counter_key(&user, Window::Hour, T0 / HOUR);
     for _ in 0..5 {
-        denial(limiter.check(user.clone(), free).await);
+        denial(limiter.check(user.clone(), free).await.decision);
     }
     // A fresh actor: these refusals come from Redis itself, not the cache.
     let fresh = redis_limiter(clock.clone()).await;
     for _ in 0..5 {
-        denial(fresh.check(user.clone(), free).await);
+        denial(fresh.check(user.clone(), free).await.decision);
     }
     let counts: (i64, i64) = (redis.get(&minute_key).unwrap(), redis.get(&hour_key).unwrap());
     assert_eq!(counts, (2, 2), "refused attempts bump neither window");
 
     let pro = limits(10, 1_000);
-    assert!(is_admitted(&limiter.check(user.clone(), pro).await), "the upgrade applies at once");
+    assert!(
+        is_admitted(&limiter.check(user.clone(), pro).await.decision),
+        "the upgrade applies at once"
+    );
 }
 
 #[tokio::test]
@@ -171,17 +184,31 @@ async fn keys_are_named_as_documented_with_ttls_within_two_windows_and_peeks_cre
     let keys: Vec<String> = redis.keys(&pattern).unwrap();
     assert!(keys.is_empty(), "a peek creates no key: {keys:?}");
 
-    assert!(is_admitted(&limiter.check(user.clone(), l).await));
+    let admission = limiter.check(user.clone(), l).await;
+    assert!(is_admitted(&admission.decision));
     let mut keys: Vec<String> = redis.keys(&pattern).unwrap();
     keys.sort();
     let expected = vec![
+        format!("ratelimit:{{{user}}}:turns:active"),
         format!("ratelimit:{{{user}}}:turns:hour:{}", T0 / HOUR),
         format!("ratelimit:{{{user}}}:turns:minute:{}", (T0 + 25_000) / MINUTE),
     ];
     assert_eq!(keys, expected);
-    for (key, window) in keys.iter().zip([HOUR, MINUTE]) {
+    // The lease set lives a lease TTL (15 s by default) past its newest lease.
+    for (key, ttl) in keys.iter().zip([15_000, HOUR * 2, MINUTE * 2]) {
         let pttl: i64 = redis::cmd("PTTL").arg(key).query(&mut redis).unwrap();
-        assert!(pttl > 0 && pttl <= 2 * window, "{key}: PTTL {pttl}");
+        assert!(pttl > 0 && pttl <= ttl, "{key}: PTTL {pttl}");
+    }
+    let lease = admission.lease.expect("an admission holds a lease");
+    let members: Vec<(String, i64)> = redis.zrange_withscores(&keys[0], 0, -1).unwrap();
+    assert_eq!(members, vec![(lease.id().to_string(), T0 + 25_000 + 15_000)]);
+
+    // Released: the last member gone, the set goes with it.
+    drop(lease);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while redis.exists::<_, bool>(&keys[0]).unwrap() {
+        assert!(std::time::Instant::now() < deadline, "the release never reached Redis");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
 
@@ -191,7 +218,7 @@ async fn admitted_among(handles: &[LimiterHandle], checks: usize, l: Limits) -> 
         .map(|i| {
             let handle = handles[i % handles.len()].clone();
             let user = user.clone();
-            tokio::spawn(async move { handle.check(user, l).await })
+            tokio::spawn(async move { handle.check(user, l).await.decision })
         })
         .collect();
     let mut admitted = 0;
@@ -236,17 +263,24 @@ impl Rng {
     }
 }
 
+/// Both backends over the same random arrivals, finishes and clock moves:
+/// every decision equal. Turns hold their leases until the sequence ends
+/// them (the lease TTL is longer than the whole run, so only releases free
+/// slots, on both sides).
 #[tokio::test]
 async fn redis_and_in_process_backends_agree_on_every_decision() {
     let seed = 0x5eed_u64 ^ u64::from(std::process::id());
     let mut rng = Rng(seed | 1);
     let clock = Arc::new(ManualClock::at(T0 + 123));
-    let redis = redis_limiter(clock.clone()).await;
+    let mut settings = redis_settings();
+    settings.rate_limit.lease_ttl_secs = 100_000_000;
+    let redis = spawn_limiter(&settings, clock.clone()).await.unwrap();
     let memory = memory_limiter(clock.clone()).await;
     let users: Vec<_> = (0..3).map(|_| unique_user("diff")).collect();
-    let l = limits(4, 12);
-    let mut refused = 0;
-    for step in 0..400 {
+    let l = Limits { per_minute: 4, per_hour: 12, max_concurrent: 2 };
+    let mut running: Vec<(usize, Lease, Lease)> = Vec::new();
+    let (mut refused, mut by_concurrency, mut finished) = (0, 0, 0);
+    for step in 0..600 {
         // Mostly short gaps (bursts), sometimes long ones (window changes).
         let gap = match rng.next(10) {
             0..=5 => rng.next(2_000) as i64,
@@ -254,10 +288,35 @@ async fn redis_and_in_process_backends_agree_on_every_decision() {
             _ => rng.next(1_200_000) as i64,
         };
         clock.advance(gap);
-        let user = &users[rng.next(3) as usize];
+        if !running.is_empty() && rng.next(3) == 0 {
+            // A turn ends: both of its leases are dropped.
+            running.swap_remove(rng.next(running.len() as u64) as usize);
+            finished += 1;
+            continue;
+        }
+        let u = rng.next(3) as usize;
+        let user = &users[u];
         let (a, b) = (redis.check(user.clone(), l).await, memory.check(user.clone(), l).await);
-        assert_eq!(a, b, "seed {seed}, step {step}: Redis and in-process disagree");
-        refused += usize::from(matches!(a, Decision::Limited(_)));
+        assert_eq!(
+            a.decision, b.decision,
+            "seed {seed}, step {step}: Redis and in-process disagree"
+        );
+        match (a.lease, b.lease) {
+            (Some(a), Some(b)) => running.push((u, a, b)),
+            (None, None) => {}
+            _ => panic!("seed {seed}, step {step}: one backend took a slot, the other did not"),
+        }
+        if let Decision::Limited(denial) = &a.decision {
+            refused += 1;
+            by_concurrency += usize::from(denial.violated.contains(&Policy::Concurrency));
+        }
     }
     assert!(refused > 20, "the sequence exercised refusals ({refused})");
+    assert!(by_concurrency > 5, "and refusals for concurrency ({by_concurrency})");
+    assert!(finished > 20, "and turns ending ({finished})");
+    drop(running);
+    let mut conn = redis_connection();
+    for user in &users {
+        let _: () = conn.del(active_key(user)).unwrap();
+    }
 }

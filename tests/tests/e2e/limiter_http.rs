@@ -143,7 +143,10 @@ async fn a_refusal_writes_nothing_and_never_looks_the_session_up() {
 #[tokio::test]
 async fn a_higher_tier_token_is_admitted_on_its_very_next_request() {
     let (app, _) = app_with(Backend::Sqlite, 1, 100, |s| {
-        s.rate_limit.tiers.insert("pro".into(), TierLimits { per_minute: 5, per_hour: 500 });
+        s.rate_limit.tiers.insert(
+            "pro".into(),
+            TierLimits { per_minute: 5, per_hour: 500, max_concurrent_turns: None },
+        );
     })
     .await;
     let (user, token) = app.new_user();

@@ -25,6 +25,7 @@ macro_rules! on_both_databases {
 mod auth;
 mod bad_input;
 mod builtin_provider;
+mod concurrency;
 mod connections;
 mod crash_recovery;
 mod database_outage;

@@ -49,7 +49,7 @@ fn deltas(events: &[SseEvent]) -> String {
         .collect()
 }
 
-async fn get_turn(app: &TestApp, token: &str, turn: &Value) -> Value {
+pub async fn get_turn(app: &TestApp, token: &str, turn: &Value) -> Value {
     let path = format!(
         "/api/v1/sessions/{}/turns/{}",
         turn["session_id"].as_str().unwrap(),
@@ -168,7 +168,7 @@ async fn keep_alive_comments_flow_while_the_provider_is_silent() {
 }
 
 /// Reads events until `count` deltas have arrived, then hangs up.
-async fn read_deltas_then_disconnect(response: Response, count: usize) -> Value {
+pub async fn read_deltas_then_disconnect(response: Response, count: usize) -> Value {
     use futures::StreamExt;
     let mut body = response.bytes_stream();
     let mut text = String::new();
@@ -183,7 +183,7 @@ async fn read_deltas_then_disconnect(response: Response, count: usize) -> Value 
 }
 
 /// Polls the turn until it leaves `in_progress` (bounded).
-async fn wait_until_ended(app: &TestApp, token: &str, turn: &Value) -> Value {
+pub async fn wait_until_ended(app: &TestApp, token: &str, turn: &Value) -> Value {
     for _ in 0..200 {
         let now = get_turn(app, token, turn).await;
         if now["status"] != "in_progress" {
@@ -194,7 +194,7 @@ async fn wait_until_ended(app: &TestApp, token: &str, turn: &Value) -> Value {
     panic!("the turn stayed in progress");
 }
 
-const LONG_INPUT: &str = "one two three four five six seven eight nine ten eleven twelve";
+pub const LONG_INPUT: &str = "one two three four five six seven eight nine ten eleven twelve";
 
 #[tokio::test]
 async fn a_client_that_disconnects_does_not_cut_the_turn_short_by_default() {

@@ -1,0 +1,147 @@
+//! Concurrency leases: a running turn's hold on one of its user's slots.
+//!
+//! The limiter task makes a [`Lease`] when it admits a turn and the turn's
+//! task owns it until the turn's end is persisted. Dropping it is the only
+//! way to give the slot back, so a turn that ends any way at all — done,
+//! failed, cancelled, panicked, or never started because its caller went
+//! away before the answer arrived — releases it. The drop cannot await, so
+//! it queues the release in [`Releases`] and wakes the task, which sends it
+//! (batched with other releases, ahead of any check it sends next).
+//!
+//! Where the slot is held decides how it is released: a Redis lease is
+//! removed from the user's sorted set (and, if the instance dies first, it
+//! expires `rate_limit.lease_ttl_secs` after its last renewal); an
+//! in-process one is a count in the task.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::Notify;
+
+use crate::ids::UserId;
+
+/// A lease's member in the user's sorted set: a UUIDv7 (74 random bits),
+/// so instances never collide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LeaseId(u128);
+
+impl LeaseId {
+    /// A new random id.
+    pub fn random() -> Self {
+        Self(uuid::Uuid::now_v7().as_u128())
+    }
+}
+
+impl fmt::Display for LeaseId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+/// Where a lease's slot is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseStore {
+    /// In the user's sorted set in Redis.
+    Redis,
+    /// In the limiter task's in-process counts.
+    Local,
+}
+
+/// A lease given back, waiting for the task to send its release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Released {
+    /// The lease.
+    pub id: LeaseId,
+    /// Whose slot it held.
+    pub user: UserId,
+    /// Where.
+    pub store: LeaseStore,
+}
+
+/// Releases queued by dropped leases. Bounded by the number of leases alive
+/// (each is queued once), so it needs no capacity of its own; the lock is
+/// held for one push or one swap, never across an `.await`.
+#[derive(Debug, Default)]
+pub struct Releases {
+    queue: Mutex<Vec<Released>>,
+    wake: Notify,
+}
+
+impl Releases {
+    fn push(&self, released: Released) {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner).push(released);
+        self.wake.notify_one();
+    }
+
+    /// Everything queued so far.
+    pub fn take(&self) -> Vec<Released> {
+        std::mem::take(&mut *self.queue.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Resolves once a release was queued since the last wake (at once when
+    /// one was queued before the call).
+    pub async fn queued(&self) {
+        self.wake.notified().await;
+    }
+}
+
+/// A held slot; dropping it releases the slot.
+#[derive(Debug)]
+pub struct Lease {
+    id: LeaseId,
+    user: UserId,
+    store: LeaseStore,
+    releases: Arc<Releases>,
+}
+
+impl Lease {
+    /// A lease the task just took for `user` in `store`; `releases` is where
+    /// its drop queues the release.
+    pub fn new(id: LeaseId, user: UserId, store: LeaseStore, releases: Arc<Releases>) -> Self {
+        Self { id, user, store, releases }
+    }
+
+    /// The lease's id.
+    pub fn id(&self) -> LeaseId {
+        self.id
+    }
+
+    /// Where the slot is held.
+    pub fn store(&self) -> LeaseStore {
+        self.store
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.releases.push(Released { id: self.id, user: self.user.clone(), store: self.store });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_dropped_lease_queues_its_release_and_wakes_the_task() {
+        let releases = Arc::new(Releases::default());
+        let user = UserId::parse("alice").unwrap_or_else(|_| unreachable!());
+        let lease =
+            Lease::new(LeaseId::random(), user.clone(), LeaseStore::Redis, releases.clone());
+        let id = lease.id();
+        assert!(releases.take().is_empty());
+        drop(lease);
+        // The wake was stored: the task waiting after the drop is woken at once.
+        releases.queued().await;
+        assert_eq!(releases.take(), vec![Released { id, user, store: LeaseStore::Redis }]);
+        assert!(releases.take().is_empty());
+    }
+
+    #[test]
+    fn ids_are_32_hex_digits_and_differ() {
+        let (a, b) = (LeaseId::random(), LeaseId::random());
+        assert_ne!(a, b);
+        assert_eq!(a.to_string().len(), 32);
+        assert!(a.to_string().chars().all(|c| c.is_ascii_hexdigit()));
+    }
+}

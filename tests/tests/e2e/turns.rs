@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 
 use pantheon_infrastructure::provider::FAIL_MARKER;
-use pantheon_tests::{Backend, expect_json, expect_problem, spawn_app};
+use pantheon_tests::{Backend, expect_json, expect_problem, spawn_app, spawn_app_with};
 use reqwest::Method;
 
 on_both_databases!(
@@ -65,7 +65,9 @@ async fn a_turn_is_persisted_completed_with_seq_one_and_listed_in_order(backend:
 }
 
 async fn twenty_concurrent_turns_get_seqs_one_to_twenty(backend: Backend) {
-    let app = spawn_app(backend).await;
+    // Twenty at once for one user: a cap on running turns below that would
+    // refuse some (the cap has tests of its own, in `concurrency`).
+    let app = spawn_app_with(backend, |s| s.rate_limit.max_concurrent_turns = 20).await;
     let (_, token) = app.new_user();
     let session = app.create_session(&token).await["id"].as_str().unwrap().to_owned();
 

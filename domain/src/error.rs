@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::limiter::Denial;
+use crate::limiter::{Denial, Policy};
 use crate::turn::{FailureKind, Turn};
 
 /// Input that breaks a rule of the product; nothing was changed.
@@ -104,6 +104,20 @@ pub enum TurnError {
     /// The caller is over a turn limit; nothing was looked up or written.
     #[error("rate limited until {}", .0.retry_at_ms)]
     RateLimited(Box<Denial>),
+    /// The turn's input can never fit a token budget: its estimate plus
+    /// `rate_limit.min_output_tokens` exceeds the limit of `policy`. Nothing
+    /// was counted or written; retrying cannot help.
+    #[error("input of {input_tokens} tokens exceeds the {} budget of {limit}", policy.name())]
+    InputExceedsTokenBudget {
+        /// The input's estimate.
+        input_tokens: u64,
+        /// The smallest reservation it would need.
+        requested: u64,
+        /// The token budget it exceeds.
+        limit: u32,
+        /// Which one.
+        policy: Policy,
+    },
     /// The limiter cannot decide and `rate_limit.fallback = deny`.
     #[error("rate limiter unavailable")]
     LimiterUnavailable,

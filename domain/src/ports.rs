@@ -10,6 +10,7 @@ use crate::error::{ProviderError, StorageError};
 use crate::ids::{SessionId, TurnId, UserId};
 use crate::page::{Page, PageRequest};
 use crate::session::{NewSession, Session};
+use crate::tokens::TokenCounter;
 use crate::turn::{FinishReason, Turn, TurnEnd, TurnStatus, Usage};
 
 /// Persistence of sessions. Every read and write is scoped to the owner: a
@@ -192,6 +193,10 @@ pub struct ReplyRequest {
     /// Earlier completed turns of the session as `(input, output)`, oldest
     /// first; at most [`ModelProvider::context_turns`] of them.
     pub history: Vec<(String, String)>,
+    /// The most output tokens the reply may have: `turns.max_output_tokens`,
+    /// or less when the turn's token reservation holds less. A provider asks
+    /// its upstream for no more and stops there (`finish_reason` `length`).
+    pub max_output_tokens: u64,
 }
 
 /// One item of a reply stream.
@@ -227,5 +232,19 @@ pub trait ModelProvider: Send + Sync + std::fmt::Debug {
     /// carry. The default, 0, costs no query.
     fn context_turns(&self) -> usize {
         0
+    }
+
+    /// The tokens of the prompt a reply to `input` after `history` sends
+    /// upstream, as `tokens` counts them: what a turn reserves for its input,
+    /// and its input usage when the provider reports none. Additive over the
+    /// history's turns. The default counts the texts alone.
+    fn prompt_tokens(
+        &self,
+        tokens: &dyn TokenCounter,
+        input: &str,
+        history: &[(String, String)],
+    ) -> u64 {
+        let earlier: u64 = history.iter().map(|(i, o)| tokens.count(i) + tokens.count(o)).sum();
+        tokens.count(input) + earlier
     }
 }

@@ -76,7 +76,8 @@ impl FinishReason {
     }
 }
 
-/// Token usage as reported by the provider (never estimated).
+/// Token usage: as the provider reported it, else as Pantheon's tokenizer
+/// counted what was sent and received.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
     /// Tokens of the prompt.
@@ -85,6 +86,23 @@ pub struct Usage {
     pub output_tokens: i64,
     /// Their sum, as the provider reported it.
     pub total_tokens: i64,
+}
+
+impl Usage {
+    /// Usage of `input` and `output` tokens.
+    pub fn of(input: u64, output: u64) -> Self {
+        let n = |t: u64| i64::try_from(t).unwrap_or(i64::MAX);
+        Self {
+            input_tokens: n(input),
+            output_tokens: n(output),
+            total_tokens: n(input.saturating_add(output)),
+        }
+    }
+
+    /// The total as charged against a token budget (a negative report counts 0).
+    pub fn charged(&self) -> u64 {
+        u64::try_from(self.total_tokens).unwrap_or(0)
+    }
 }
 
 /// How a turn's provider failed: the closed set a failed turn records, and
@@ -144,7 +162,8 @@ pub struct Turn {
     pub status: TurnStatus,
     /// Why the reply ended, once it has.
     pub finish_reason: Option<FinishReason>,
-    /// Token usage, when the provider reported it.
+    /// Token usage (what its token budget was charged), once it ended;
+    /// `None` when nothing reached the provider.
     pub usage: Option<Usage>,
     /// Why it failed, when it did.
     pub error: Option<TurnFailure>,

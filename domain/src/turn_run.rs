@@ -12,8 +12,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{ProviderError, TurnError};
-use crate::limiter::{Lease, RateLimitStatus};
+use crate::limiter::{Lease, RateLimitStatus, Reservation};
 use crate::ports::{ReplyEvent, ReplyRequest};
+use crate::tokens::OutputMeter;
 use crate::turn::{FinishReason, Turn, TurnEnd, TurnFailure, TurnStatus, Usage};
 use crate::turn_service::TurnService;
 
@@ -97,13 +98,19 @@ impl TurnService {
     /// ended. Runs in its own (tracked) task, which owns the turn's `lease`:
     /// the slot is given back once the end is persisted and before the
     /// client hears of it, so a client that starts its next turn on seeing
-    /// the end finds the slot free (and a panic drops it too).
+    /// the end finds the slot free (and a panic drops it too). The lease is
+    /// settled first with the turn's usage, so the release refunds what the
+    /// turn did not use of its token reservation.
+    ///
+    /// The reply is held to its output cap (the reservation's, or
+    /// `turns.max_output_tokens`): the provider is asked for no more, and a
+    /// provider that sends more anyway is cut at the cap and not read on.
     pub(crate) async fn drive(
         self,
         turn: Turn,
         events: mpsc::Sender<TurnEvent>,
         cancel: CancellationToken,
-        lease: Option<Lease>,
+        mut lease: Option<Lease>,
     ) {
         let live = self.live.track(turn.id);
         let mut output = String::new();
@@ -115,10 +122,19 @@ impl TurnService {
             Some(Stop::Cancelled) => Ending::Cancelled,
             Some(Stop::ShutDown) | None => Ending::ShutDown,
         };
+        let reservation = lease.as_ref().and_then(Lease::reservation);
+        // What was sent upstream, once it was: the history and the cap.
+        let mut sent: Option<(Vec<(String, String)>, u64)> = None;
         let open = async {
-            let history = self.history(&turn).await;
-            let request =
-                ReplyRequest { session_id: turn.session_id, input: turn.input.clone(), history };
+            let mut history = self.history(&turn).await;
+            let cap = self.output_cap(reservation, &turn.input, &mut history);
+            sent = Some((history.clone(), cap));
+            let request = ReplyRequest {
+                session_id: turn.session_id,
+                input: turn.input.clone(),
+                history,
+                max_output_tokens: cap,
+            };
             self.provider.reply(request).await
         };
         let opened = tokio::select! {
@@ -127,6 +143,9 @@ impl TurnService {
             () = abort.cancelled() => Err(Stop::ShutDown),
             () = &mut deadline => Err(Stop::Provider(ProviderError::Timeout)),
         };
+        let cap = sent.as_ref().map_or(self.policy.max_output_tokens, |(_, cap)| *cap);
+        let mut meter = OutputMeter::new(self.tokens.as_ref(), cap);
+        let streamed = opened.is_ok();
         let ending = match opened {
             Err(stop) => stopped(Some(stop)),
             Ok(mut stream) => loop {
@@ -137,11 +156,19 @@ impl TurnService {
                     () = &mut deadline => break Ending::Failed(ProviderError::Timeout),
                 };
                 match item {
-                    Some(Ok(ReplyEvent::Delta(delta))) => {
-                        output.push_str(&delta);
-                        live.append(&delta);
-                        // A receiver gone means the client left; the turn goes on.
-                        let _ = events.send(TurnEvent::Delta(delta)).await;
+                    Some(Ok(ReplyEvent::Delta(mut delta))) => {
+                        let accepted = meter.accept(&output, &delta);
+                        delta.truncate(accepted.keep);
+                        if !delta.is_empty() {
+                            output.push_str(&delta);
+                            live.append(&delta);
+                            // A receiver gone means the client left; the turn goes on.
+                            let _ = events.send(TurnEvent::Delta(delta)).await;
+                        }
+                        if accepted.capped {
+                            tracing::info!(turn.id = %turn.id, cap, "the reply reached its output cap; not reading on");
+                            break Ending::Completed(FinishReason::Length, None);
+                        }
                     }
                     Some(Ok(ReplyEvent::Finished { finish_reason, usage })) => {
                         break Ending::Completed(finish_reason, usage);
@@ -151,7 +178,19 @@ impl TurnService {
                 }
             },
         };
-        let (outcome, unwritten) = self.persist(&turn, output, ending).await;
+        // Nothing reached the provider when it never opened a reply.
+        let usage = match (&ending, streamed, &sent) {
+            (Ending::Completed(_, Some(usage)), _, _) => Some(*usage),
+            (_, true, Some((history, _))) => Some(Usage::of(
+                self.provider.prompt_tokens(self.tokens.as_ref(), &turn.input, history),
+                self.tokens.count(&output),
+            )),
+            _ => None,
+        };
+        if let Some(lease) = lease.as_mut() {
+            settle(lease, &turn, usage);
+        }
+        let (outcome, unwritten) = self.persist(&turn, output, ending, usage).await;
         if let Some(end) = unwritten {
             // The client hears of the outage now; the end is written when
             // the database is back, and meanwhile `GET` shows the output.
@@ -165,6 +204,45 @@ impl TurnService {
         drop(live);
         drop(lease);
         let _ = events.send(TurnEvent::Finished(Box::new(outcome))).await;
+    }
+
+    /// The output cap of a turn and the history that fits with it. Without
+    /// a reservation: `turns.max_output_tokens`, with all the history. With
+    /// one, the history (unknown at admission, which comes before any
+    /// database read) is paid out of the reservation: the cap shrinks by its
+    /// tokens, and its oldest turns are left out while the cap would fall
+    /// below `rate_limit.min_output_tokens`.
+    fn output_cap(
+        &self,
+        reservation: Option<Reservation>,
+        input: &str,
+        history: &mut Vec<(String, String)>,
+    ) -> u64 {
+        let Some(reservation) = reservation else {
+            return self.policy.max_output_tokens;
+        };
+        if history.is_empty() {
+            return reservation.output_cap;
+        }
+        let tokens = self.tokens.as_ref();
+        let bare = self.provider.prompt_tokens(tokens, input, &[]);
+        let mut extra: u64 = history
+            .iter()
+            .map(|turn| {
+                let with = self.provider.prompt_tokens(tokens, input, std::slice::from_ref(turn));
+                with.saturating_sub(bare)
+            })
+            .sum();
+        let floor = self.policy.min_output_tokens.min(reservation.output_cap);
+        let mut dropped = 0;
+        while reservation.output_cap.saturating_sub(extra) < floor && dropped < history.len() {
+            let turn = &history[dropped];
+            let with = self.provider.prompt_tokens(tokens, input, std::slice::from_ref(turn));
+            extra = extra.saturating_sub(with.saturating_sub(bare));
+            dropped += 1;
+        }
+        history.drain(..dropped);
+        reservation.output_cap.saturating_sub(extra)
     }
 
     /// Retries the end of a turn the database refused for an outage, with
@@ -217,13 +295,14 @@ impl TurnService {
         }
     }
 
-    /// Writes how the turn ended. The second value is the end still to be
-    /// written when the database was unavailable.
+    /// Writes how the turn ended, with its usage. The second value is the
+    /// end still to be written when the database was unavailable.
     async fn persist(
         &self,
         turn: &Turn,
         output: String,
         ending: Ending,
+        usage: Option<Usage>,
     ) -> (Result<Turn, TurnError>, Option<TurnEnd>) {
         let completed_at = self.clock.now_micros();
         let end = |status, finish_reason, usage, error| TurnEnd {
@@ -235,21 +314,19 @@ impl TurnService {
             completed_at,
         };
         let (end, failure) = match ending {
-            Ending::Completed(reason, usage) => {
-                (end(TurnStatus::Completed, reason, usage, None), None)
-            }
+            Ending::Completed(reason, _) => (end(TurnStatus::Completed, reason, usage, None), None),
             Ending::Failed(error) => {
                 let failure = TurnFailure { kind: error.kind(), detail: failure_detail(&error) };
                 (
-                    end(TurnStatus::Failed, FinishReason::Error, None, Some(failure)),
+                    end(TurnStatus::Failed, FinishReason::Error, usage, Some(failure)),
                     Some(Err(error)),
                 )
             }
             Ending::Cancelled => {
-                (end(TurnStatus::Cancelled, FinishReason::Cancelled, None, None), None)
+                (end(TurnStatus::Cancelled, FinishReason::Cancelled, usage, None), None)
             }
             Ending::ShutDown => {
-                (end(TurnStatus::Incomplete, FinishReason::Cancelled, None, None), Some(Ok(())))
+                (end(TurnStatus::Incomplete, FinishReason::Cancelled, usage, None), Some(Ok(())))
             }
         };
         let persisted = match self.turns.finish(turn.id, end.clone()).await {
@@ -266,6 +343,25 @@ impl TurnService {
         };
         (outcome, None)
     }
+}
+
+/// Records the turn's usage on its lease, so the release refunds the rest of
+/// the reservation. A provider reporting more than was reserved (its
+/// tokenizer counts the prompt differently) is charged the reservation: the
+/// budget is never exceeded, and the excess is logged.
+fn settle(lease: &mut Lease, turn: &Turn, usage: Option<Usage>) {
+    let used = usage.as_ref().map_or(0, Usage::charged);
+    if let Some(reservation) = lease.reservation()
+        && used > reservation.total()
+    {
+        tracing::warn!(
+            turn.id = %turn.id,
+            used,
+            reserved = reservation.total(),
+            "the provider reported more tokens than the turn reserved; charged the reservation"
+        );
+    }
+    lease.settle(used);
 }
 
 /// The public explanation of a provider failure: no upstream detail leaks.

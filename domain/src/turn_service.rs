@@ -15,10 +15,13 @@ use tokio_util::task::TaskTracker;
 use crate::clock::Clock;
 use crate::error::TurnError;
 use crate::ids::{Caller, SessionId, TurnId};
-use crate::limiter::{Decision, Lease, LimiterHandle, LimiterState, RateLimitStatus};
+use crate::limiter::{
+    Decision, Lease, LimiterHandle, LimiterState, Policy, RateLimitStatus, TokenCost, Window,
+};
 use crate::live::LiveOutputs;
 use crate::page::{Page, PageRequest};
 use crate::ports::{ModelProvider, TurnRepository, TurnStart};
+use crate::tokens::TokenCounter;
 use crate::turn::{NewTurn, Turn, TurnStatus};
 use crate::turn_run::{ABORT_WAIT, TurnRun};
 
@@ -33,6 +36,11 @@ pub struct TurnPolicy {
     pub max_duration: Duration,
     /// How often a generating turn's output and heartbeat are saved.
     pub checkpoint_interval: Duration,
+    /// `turns.max_output_tokens`: the most output one turn may produce.
+    pub max_output_tokens: u64,
+    /// `rate_limit.min_output_tokens`: under a token budget, the fewest
+    /// output tokens a turn is admitted with.
+    pub min_output_tokens: u64,
 }
 
 impl TurnPolicy {
@@ -89,6 +97,8 @@ impl Lifecycle {
 pub struct TurnService {
     pub(crate) turns: Arc<dyn TurnRepository>,
     pub(crate) provider: Arc<dyn ModelProvider>,
+    /// The tokenizer: input estimates, output caps, usage nobody reported.
+    pub(crate) tokens: Arc<dyn TokenCounter>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) policy: TurnPolicy,
     /// `None` when `rate_limit.enabled = false`.
@@ -102,6 +112,7 @@ impl TurnService {
     pub fn new(
         turns: Arc<dyn TurnRepository>,
         provider: Arc<dyn ModelProvider>,
+        tokens: Arc<dyn TokenCounter>,
         clock: Arc<dyn Clock>,
         policy: TurnPolicy,
         limiter: Option<LimiterHandle>,
@@ -109,6 +120,7 @@ impl TurnService {
         Self {
             turns,
             provider,
+            tokens,
             clock,
             policy,
             limiter,
@@ -118,28 +130,66 @@ impl TurnService {
     }
 
     /// Asks the limiter whether the caller may submit a turn now, counting
-    /// it and taking one of the caller's slots when so. Both turn endpoints
-    /// call this first, before any repository call, so a refusal costs no
-    /// database work. The lease (when a slot was taken) must live until the
-    /// turn's end is persisted.
+    /// it, taking one of the caller's slots and reserving its tokens when
+    /// so. Both turn endpoints call this first, before any repository call,
+    /// so a refusal costs no database work. The lease (when a slot was
+    /// taken) must live until the turn's end is persisted.
     ///
     /// # Errors
+    /// - [`TurnError::InputExceedsTokenBudget`]: the input can never fit.
     /// - [`TurnError::RateLimited`]: over a limit; retry at the denial's `retry_at_ms`.
     /// - [`TurnError::LimiterUnavailable`]: the store is down and the fallback is `deny`.
     async fn admit(
         &self,
         caller: &Caller,
+        input: &str,
     ) -> Result<(Option<RateLimitStatus>, Option<Lease>), TurnError> {
         let Some(limiter) = &self.limiter else {
             return Ok((None, None));
         };
-        let admission = limiter.check(caller.user.clone(), caller.limits).await;
+        let cost = if caller.limits.has_token_budget() {
+            self.token_cost(caller, input, limiter.enforces())?
+        } else {
+            TokenCost::default()
+        };
+        let admission = limiter.check_with(caller.user.clone(), caller.limits, cost).await;
         match admission.decision {
             Decision::Admitted(status) => Ok((Some(status), admission.lease)),
             Decision::Skipped(_) => Ok((None, admission.lease)),
             Decision::Limited(denial) => Err(TurnError::RateLimited(Box::new(denial))),
             Decision::Unavailable(_) => Err(TurnError::LimiterUnavailable),
         }
+    }
+
+    /// What a turn of `input` asks of the caller's token budgets. An input
+    /// whose estimate and the least output cannot fit a budget even when
+    /// nothing else is charged is refused here, counting nothing (unless
+    /// only shadowing, which never refuses).
+    fn token_cost(
+        &self,
+        caller: &Caller,
+        input: &str,
+        enforce: bool,
+    ) -> Result<TokenCost, TurnError> {
+        let cost = TokenCost {
+            input: self.provider.prompt_tokens(self.tokens.as_ref(), input, &[]),
+            min_output: self.policy.min_output_tokens,
+            max_output: self.policy.max_output_tokens,
+        };
+        for window in Window::ALL {
+            match caller.limits.token_limit(window) {
+                Some(limit) if enforce && cost.smallest() > u64::from(limit) => {
+                    return Err(TurnError::InputExceedsTokenBudget {
+                        input_tokens: cost.input,
+                        requested: cost.smallest(),
+                        limit,
+                        policy: Policy::tokens(window),
+                    });
+                }
+                _ => {}
+            }
+        }
+        Ok(cost)
     }
 
     /// The caller's current usage, counting nothing; `None` when the limiter
@@ -176,7 +226,7 @@ impl TurnService {
         if self.lifecycle.closing.load(Ordering::SeqCst) {
             return Err(TurnError::ShuttingDown);
         }
-        let (rate_limit, lease) = self.admit(caller).await?;
+        let (rate_limit, mut lease) = self.admit(caller, new.input()).await?;
         let (committed, begun) = oneshot::channel();
         let (events, receiver) = mpsc::channel(EVENT_BUFFER);
         let cancel = CancellationToken::new();
@@ -194,11 +244,18 @@ impl TurnService {
             let turn = match service.turns.begin(start).await {
                 Ok(Some(turn)) => turn,
                 Ok(None) => {
+                    // Nothing reached the provider: the whole reservation back.
+                    if let Some(lease) = lease.as_mut() {
+                        lease.settle(0);
+                    }
                     drop(lease);
                     let _ = committed.send(Err(TurnError::SessionNotFound));
                     return;
                 }
                 Err(error) => {
+                    if let Some(lease) = lease.as_mut() {
+                        lease.settle(0);
+                    }
                     drop(lease);
                     let _ = committed.send(Err(error.into()));
                     return;

@@ -22,7 +22,9 @@ const MAX_ENTRIES: usize = 100_000;
 
 /// Denials by user, each for the limits it was made under: a token of
 /// another tier finds no entry (a different `limits`) and is asked about
-/// afresh, and its own denial replaces the other.
+/// afresh, and its own denial replaces the other. Under a token budget an
+/// entry also answers only a turn asking for the same smallest reservation:
+/// another size could fit the token windows at another time.
 ///
 /// Every check of every turn looks here first, and almost all of them find
 /// nothing, so the count of entries is kept beside the map: an empty cache
@@ -46,14 +48,23 @@ impl OverLimitCache {
         self.len.store(entries.len(), Ordering::Release);
     }
 
-    /// The cached denial of `user` under `limits` at `now_ms`, with its
-    /// reset times brought up to date; `None` once `retry_at` has come.
-    pub fn get(&self, user: &UserId, limits: Limits, now_ms: i64) -> Option<Denial> {
+    /// The cached denial of `user` under `limits` for a turn whose smallest
+    /// reservation is `requested` (`None` without a token budget) at
+    /// `now_ms`, with its reset times brought up to date; `None` once
+    /// `retry_at` has come.
+    pub fn get(
+        &self,
+        user: &UserId,
+        limits: Limits,
+        requested: Option<u64>,
+        now_ms: i64,
+    ) -> Option<Denial> {
         if self.len.load(Ordering::Acquire) == 0 {
             return None;
         }
         let mut entries = self.entries();
-        let denial = entries.get(user).filter(|d| d.limits == limits)?;
+        let denial =
+            entries.get(user).filter(|d| d.limits == limits && d.requested == requested)?;
         if now_ms >= denial.retry_at_ms {
             entries.remove(user);
             self.counted(&entries);
@@ -61,7 +72,7 @@ impl OverLimitCache {
         }
         let mut denial = denial.clone();
         drop(entries);
-        for usage in &mut denial.usage {
+        for usage in denial.usage.iter_mut().chain(denial.tokens.iter_mut().flatten()) {
             usage.reset_ms = denial.retry_at_ms - now_ms;
         }
         denial.now_ms = now_ms;
@@ -99,7 +110,13 @@ mod tests {
     use super::*;
     use crate::limiter::{Policy, Window, WindowUsage};
 
-    const LIMITS: Limits = Limits { per_minute: 2, per_hour: 100, max_concurrent: 4 };
+    const LIMITS: Limits = Limits {
+        per_minute: 2,
+        per_hour: 100,
+        max_concurrent: 4,
+        tokens_per_minute: None,
+        tokens_per_hour: None,
+    };
 
     fn user(name: &str) -> UserId {
         UserId::parse(name).unwrap_or_else(|_| unreachable!())
@@ -114,6 +131,8 @@ mod tests {
             retry_at_ms,
             binding: Policy::Minute,
             active: 0,
+            tokens: [None, None],
+            requested: None,
             now_ms,
         }
     }
@@ -121,15 +140,15 @@ mod tests {
     #[test]
     fn a_denial_is_answered_until_its_retry_time_with_resets_brought_up_to_date() {
         let cache = OverLimitCache::default();
-        assert_eq!(cache.get(&user("alice"), LIMITS, 1_000), None);
+        assert_eq!(cache.get(&user("alice"), LIMITS, None, 1_000), None);
         cache.insert(&user("alice"), &denial(LIMITS, 1_000, 5_000));
-        let hit = cache.get(&user("alice"), LIMITS, 2_000).unwrap_or_else(|| unreachable!());
+        let hit = cache.get(&user("alice"), LIMITS, None, 2_000).unwrap_or_else(|| unreachable!());
         assert_eq!(
             (hit.now_ms, hit.usage[0].reset_ms, hit.usage[1].reset_ms),
             (2_000, 3_000, 3_000)
         );
-        assert_eq!(cache.get(&user("bob"), LIMITS, 2_000), None);
-        assert_eq!(cache.get(&user("alice"), LIMITS, 5_000), None);
+        assert_eq!(cache.get(&user("bob"), LIMITS, None, 2_000), None);
+        assert_eq!(cache.get(&user("alice"), LIMITS, None, 5_000), None);
         // Expired on that read, and gone: the lock-free emptiness check holds.
         assert_eq!(cache.len.load(Ordering::Acquire), 0);
     }
@@ -137,12 +156,33 @@ mod tests {
     #[test]
     fn other_limits_find_nothing_and_their_denial_replaces_the_entry() {
         let cache = OverLimitCache::default();
-        let pro = Limits { per_minute: 50, per_hour: 1_000, max_concurrent: 4 };
+        let pro = Limits::turns(50, 1_000, 4);
         cache.insert(&user("alice"), &denial(LIMITS, 1_000, 5_000));
-        assert_eq!(cache.get(&user("alice"), pro, 2_000), None);
+        assert_eq!(cache.get(&user("alice"), pro, None, 2_000), None);
         cache.insert(&user("alice"), &denial(pro, 2_000, 9_000));
-        assert_eq!(cache.get(&user("alice"), LIMITS, 3_000), None);
-        assert_eq!(cache.get(&user("alice"), pro, 3_000).map(|d| d.retry_at_ms), Some(9_000));
+        assert_eq!(cache.get(&user("alice"), LIMITS, None, 3_000), None);
+        assert_eq!(cache.get(&user("alice"), pro, None, 3_000).map(|d| d.retry_at_ms), Some(9_000));
+    }
+
+    #[test]
+    fn under_a_token_budget_only_the_same_smallest_reservation_is_answered() {
+        let cache = OverLimitCache::default();
+        let budget = Limits { tokens_per_minute: Some(1_000), ..LIMITS };
+        cache.insert(
+            &user("alice"),
+            &Denial { requested: Some(116), ..denial(budget, 1_000, 5_000) },
+        );
+        assert_eq!(cache.get(&user("alice"), budget, Some(500), 2_000), None);
+        assert!(cache.get(&user("alice"), budget, Some(116), 2_000).is_some());
+        // A token window refused: a refund may let it in at any time.
+        let by_tokens = Denial {
+            violated: vec![Policy::TokensMinute],
+            binding: Policy::TokensMinute,
+            requested: Some(116),
+            ..denial(budget, 1_000, 5_000)
+        };
+        cache.insert(&user("bob"), &by_tokens);
+        assert_eq!(cache.get(&user("bob"), budget, Some(116), 2_000), None);
     }
 
     #[test]
@@ -152,6 +192,9 @@ mod tests {
         cache.insert(&user("bob"), &denial(LIMITS, 1_000, 9_000));
         cache.sweep(6_000);
         assert_eq!(cache.len.load(Ordering::Acquire), 1);
-        assert_eq!(cache.get(&user("bob"), LIMITS, 6_000).map(|d| d.retry_at_ms), Some(9_000));
+        assert_eq!(
+            cache.get(&user("bob"), LIMITS, None, 6_000).map(|d| d.retry_at_ms),
+            Some(9_000)
+        );
     }
 }

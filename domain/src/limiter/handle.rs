@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use super::cache::OverLimitCache;
-use super::decision::Limits;
+use super::decision::{Limits, TokenCost};
 use super::lease::Releases;
 use super::protocol::{
     Admission, Decision, Fallback, LimiterCommand, LimiterState, Mode, RateLimitStatus, SkipReason,
@@ -101,33 +101,37 @@ pub fn limiter_channel(
 }
 
 impl LimiterHandle {
-    /// Decides on one turn of `user`; an admission carries the lease of the
-    /// slot it took. Never fails: trouble is answered by the fallback, and
-    /// shadow mode turns refusals into admissions (counted, holding no slot).
+    /// [`LimiterHandle::check_with`] for a turn that asks nothing of the
+    /// token budgets.
     pub async fn check(&self, user: UserId, limits: Limits) -> Admission {
-        let cached = self.shared.refusals.get(&user, limits, self.clock.now_ms());
+        self.check_with(user, limits, TokenCost::default()).await
+    }
+
+    /// Decides on one turn of `user` costing `cost`; an admission carries the
+    /// lease of the slot it took, with the tokens it reserved. Never fails:
+    /// trouble is answered by the fallback, and shadow mode turns refusals
+    /// into admissions (counted, holding no slot, reserving nothing).
+    pub async fn check_with(&self, user: UserId, limits: Limits, cost: TokenCost) -> Admission {
+        let requested = limits.has_token_budget().then(|| cost.smallest());
+        let cached = self.shared.refusals.get(&user, limits, requested, self.clock.now_ms());
         let admission = match cached {
             Some(denial) => Admission::without_lease(Decision::Limited(denial)),
-            None => self.ask(user.clone(), limits).await,
+            None => self.ask(user.clone(), limits, cost).await,
         };
         match admission.decision {
             Decision::Limited(denial) if self.options.mode == Mode::Shadow => {
                 self.shared.shadow_refusals.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(user.id = %user, retry_at_ms = denial.retry_at_ms, "shadow mode: would have refused");
-                Admission::without_lease(Decision::Admitted(RateLimitStatus {
-                    limits: denial.limits,
-                    usage: denial.usage,
-                    active: denial.active,
-                }))
+                Admission::without_lease(Decision::Admitted(denial.status()))
             }
             _ => admission,
         }
     }
 
     /// Asks the task.
-    async fn ask(&self, user: UserId, limits: Limits) -> Admission {
+    async fn ask(&self, user: UserId, limits: Limits, cost: TokenCost) -> Admission {
         let (respond_to, reply) = oneshot::channel();
-        let command = LimiterCommand::Check { user, limits, respond_to };
+        let command = LimiterCommand::Check { user, limits, cost, respond_to };
         // A full mailbox is overload: answer now rather than queue.
         if self.sender.try_send(command).is_err() {
             Admission::without_lease(self.fallback(SkipReason::Overloaded))
@@ -144,6 +148,11 @@ impl LimiterHandle {
         let (respond_to, reply) = oneshot::channel();
         self.sender.try_send(LimiterCommand::Peek { user, limits, respond_to }).ok()?;
         tokio::time::timeout(self.options.wait, reply).await.ok()?.ok()?
+    }
+
+    /// Whether refusals are enforced (not `rate_limit.mode = shadow`).
+    pub fn enforces(&self) -> bool {
+        self.options.mode == Mode::Enforce
     }
 
     /// The limiter's current state.

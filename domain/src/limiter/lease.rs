@@ -12,12 +12,19 @@
 //! removed from the user's sorted set (and, if the instance dies first, it
 //! expires `rate_limit.lease_ttl_secs` after its last renewal); an
 //! in-process one is a count in the task.
+//!
+//! A lease also carries the turn's token [`Reservation`], if any. The turn
+//! [`settles`](Lease::settle) it with its actual usage before the drop, and
+//! the release then refunds the difference into the buckets that were
+//! charged, in the same batch. A lease dropped unsettled (a panic) refunds
+//! nothing: the reservation stays charged, the safe side.
 
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::Notify;
 
+use super::decision::Reservation;
 use crate::ids::UserId;
 
 /// A lease's member in the user's sorted set: a UUIDv7 (74 random bits),
@@ -47,6 +54,15 @@ pub enum LeaseStore {
     Local,
 }
 
+/// Tokens to give back to the buckets a reservation charged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refund {
+    /// Reserved less used.
+    pub tokens: u64,
+    /// The window index charged in the minute and the hour token window.
+    pub buckets: [Option<i64>; 2],
+}
+
 /// A lease given back, waiting for the task to send its release.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Released {
@@ -56,6 +72,8 @@ pub struct Released {
     pub user: UserId,
     /// Where.
     pub store: LeaseStore,
+    /// The unused part of its reservation, when it was settled below it.
+    pub refund: Option<Refund>,
 }
 
 /// Releases queued by dropped leases. Bounded by the number of leases alive
@@ -85,20 +103,40 @@ impl Releases {
     }
 }
 
-/// A held slot; dropping it releases the slot.
+/// A held slot (and its token reservation); dropping it releases the slot.
 #[derive(Debug)]
 pub struct Lease {
     id: LeaseId,
     user: UserId,
     store: LeaseStore,
     releases: Arc<Releases>,
+    reservation: Option<Reservation>,
+    used: Option<u64>,
 }
 
 impl Lease {
     /// A lease the task just took for `user` in `store`; `releases` is where
     /// its drop queues the release.
     pub fn new(id: LeaseId, user: UserId, store: LeaseStore, releases: Arc<Releases>) -> Self {
-        Self { id, user, store, releases }
+        Self { id, user, store, releases, reservation: None, used: None }
+    }
+
+    /// The lease with the tokens its admission reserved.
+    #[must_use]
+    pub fn with_reservation(mut self, reservation: Option<Reservation>) -> Self {
+        self.reservation = reservation;
+        self
+    }
+
+    /// The tokens reserved for the turn, when a budget applies.
+    pub fn reservation(&self) -> Option<Reservation> {
+        self.reservation
+    }
+
+    /// Records what the turn actually used, so the release refunds the rest
+    /// of its reservation (never more than it charged).
+    pub fn settle(&mut self, used: u64) {
+        self.used = Some(used);
     }
 
     /// The lease's id.
@@ -114,7 +152,18 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.releases.push(Released { id: self.id, user: self.user.clone(), store: self.store });
+        let refund = match (self.reservation, self.used) {
+            (Some(r), Some(used)) if used < r.total() => {
+                Some(Refund { tokens: r.total() - used, buckets: r.buckets })
+            }
+            _ => None,
+        };
+        self.releases.push(Released {
+            id: self.id,
+            user: self.user.clone(),
+            store: self.store,
+            refund,
+        });
     }
 }
 
@@ -133,8 +182,33 @@ mod tests {
         drop(lease);
         // The wake was stored: the task waiting after the drop is woken at once.
         releases.queued().await;
-        assert_eq!(releases.take(), vec![Released { id, user, store: LeaseStore::Redis }]);
+        let released = Released { id, user: user.clone(), store: LeaseStore::Redis, refund: None };
+        assert_eq!(releases.take(), vec![released]);
         assert!(releases.take().is_empty());
+    }
+
+    #[test]
+    fn a_settled_lease_refunds_the_unused_part_of_its_reservation_and_an_unsettled_one_none() {
+        let releases = Arc::new(Releases::default());
+        let user = UserId::parse("alice").unwrap_or_else(|_| unreachable!());
+        let reservation = Reservation { input: 100, output_cap: 400, buckets: [Some(7), None] };
+        let lease = |used: Option<u64>| {
+            let mut lease =
+                Lease::new(LeaseId::random(), user.clone(), LeaseStore::Local, releases.clone())
+                    .with_reservation(Some(reservation));
+            if let Some(used) = used {
+                lease.settle(used);
+            }
+            lease
+        };
+        drop(lease(Some(130)));
+        drop(lease(Some(600)));
+        drop(lease(None));
+        let refunds: Vec<_> = releases.take().into_iter().map(|r| r.refund).collect();
+        assert_eq!(
+            refunds,
+            vec![Some(Refund { tokens: 370, buckets: [Some(7), None] }), None, None]
+        );
     }
 
     #[test]

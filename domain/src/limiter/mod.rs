@@ -11,8 +11,8 @@
 //!   answers and the cloneable handle that sends them;
 //! - `cache`: the over-limit cache both sides share, so known refusals are
 //!   answered on the caller's thread;
-//! - `lease`: a running turn's hold on one of its user's concurrency slots,
-//!   released by its drop.
+//! - `lease`: a running turn's hold on one of its user's concurrency slots
+//!   and its token reservation, released (and refunded) by its drop.
 
 mod cache;
 mod decision;
@@ -23,13 +23,15 @@ mod window;
 
 pub use cache::OverLimitCache;
 pub use decision::{
-    CONCURRENCY_RETRY_MS, Counts, Limits, Policy, Verdict, WindowUsage, decide, retry_after_secs,
-    usage,
+    CONCURRENCY_RETRY_MS, Counts, Limits, Policy, Reservation, TokenCost, TokenUsage, Verdict,
+    WindowUsage, decide, retry_after_secs, token_usage, usage,
 };
 pub use handle::{HandleOptions, LimiterHandle, LimiterShared, limiter_channel};
-pub use lease::{Lease, LeaseId, LeaseStore, Released, Releases};
+pub use lease::{Lease, LeaseId, LeaseStore, Refund, Released, Releases};
 pub use protocol::{
     Admission, Decision, Denial, Fallback, LimitTable, LimiterCommand, LimiterState, Mode,
     RateLimitStatus, SkipReason,
 };
-pub use window::{Window, WindowCounts, fits, remaining, wait_ms, window_index};
+pub use window::{
+    Window, WindowCounts, fits, fits_cost, remaining, wait_cost_ms, wait_ms, window_index,
+};

@@ -7,19 +7,22 @@ use std::collections::HashMap;
 
 use tokio::sync::oneshot;
 
-use super::decision::{Limits, Policy, WindowUsage};
+use super::decision::{Limits, Policy, TokenCost, TokenUsage, WindowUsage};
 use super::lease::Lease;
 use crate::ids::UserId;
 
 /// A request to the limiter task.
 #[derive(Debug)]
 pub enum LimiterCommand {
-    /// Decide on one turn and, when admitted, count it and take a slot.
+    /// Decide on one turn and, when admitted, count it, take a slot and
+    /// reserve its tokens.
     Check {
         /// Whose turn.
         user: UserId,
         /// The caller's limits (from the token's tier).
         limits: Limits,
+        /// What the turn asks of the token budgets (ignored without one).
+        cost: TokenCost,
         /// Where the answer goes; an answer nobody receives drops its lease,
         /// which gives the slot back.
         respond_to: oneshot::Sender<Admission>,
@@ -44,6 +47,8 @@ pub struct RateLimitStatus {
     pub usage: [WindowUsage; 2],
     /// Turns holding a slot (after this one's admission, for a check).
     pub active: u64,
+    /// Per-token-window usage (after this one's reservation, for a check).
+    pub tokens: TokenUsage,
 }
 
 impl RateLimitStatus {
@@ -69,16 +74,32 @@ pub struct Denial {
     pub binding: Policy,
     /// Turns holding a slot when the decision was made.
     pub active: u64,
+    /// Per-token-window usage (counts unchanged).
+    pub tokens: TokenUsage,
+    /// The smallest reservation the turn could have been admitted with
+    /// (`None` without a token budget): what a token refusal refused.
+    pub requested: Option<u64>,
     /// When the decision was made (ms since the epoch).
     pub now_ms: i64,
 }
 
 impl Denial {
     /// Whether the over-limit cache may answer for it until `retry_at_ms`:
-    /// only when a window binds, since a slot frees at a time no clock
-    /// predicts.
+    /// only when a turn window binds and no token window was violated. A
+    /// slot frees, and a token refund lands, at a time no clock predicts;
+    /// a turn window's count only grows until it rolls over.
     pub fn cacheable(&self) -> bool {
-        self.binding != Policy::Concurrency
+        self.binding != Policy::Concurrency && !self.violated.iter().any(|p| p.is_tokens())
+    }
+
+    /// The usage to report with the `429`.
+    pub fn status(&self) -> RateLimitStatus {
+        RateLimitStatus {
+            limits: self.limits,
+            usage: self.usage,
+            active: self.active,
+            tokens: self.tokens,
+        }
     }
 }
 

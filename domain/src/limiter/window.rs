@@ -68,8 +68,13 @@ pub fn window_index(window: Window, now_ms: i64) -> i64 {
 
 /// Whether a request of cost 1 fits `window` at `now_ms` given its counts.
 pub fn fits(window: Window, limit: u32, counts: WindowCounts, now_ms: i64) -> bool {
+    fits_cost(window, limit, counts, now_ms, 1)
+}
+
+/// Whether a request of cost `k` (a turn's tokens) fits `window` at `now_ms`.
+pub fn fits_cost(window: Window, limit: u32, counts: WindowCounts, now_ms: i64, k: u64) -> bool {
     let w = window.millis();
-    fits_w(w, limit, counts, now_ms.rem_euclid(w))
+    fits_w(w, limit, counts, now_ms.rem_euclid(w), k)
 }
 
 /// How many more requests would fit `window` at `now_ms` (0 when full): the
@@ -83,16 +88,22 @@ pub fn remaining(window: Window, limit: u32, counts: WindowCounts, now_ms: i64) 
 /// changes (0 when it fits now). Exact: one millisecond earlier it does not
 /// fit. A limit of 0 never fits and gives `i64::MAX`.
 pub fn wait_ms(window: Window, limit: u32, counts: WindowCounts, now_ms: i64) -> i64 {
-    let w = window.millis();
-    wait_w(w, limit, counts, now_ms.rem_euclid(w))
+    wait_cost_ms(window, limit, counts, now_ms, 1)
 }
 
-/// `fits` for a window of `w` ms at `e` ms into it:
-/// `p·(W−e) + (c+1)·W ≤ L·W`.
-pub(super) fn fits_w(w: i64, limit: u32, counts: WindowCounts, e: i64) -> bool {
-    let (w, e) = (i128::from(w), i128::from(e));
+/// [`wait_ms`] for a request of cost `k`: exact in the same way; a cost
+/// above the limit never fits and gives `i64::MAX`.
+pub fn wait_cost_ms(window: Window, limit: u32, counts: WindowCounts, now_ms: i64, k: u64) -> i64 {
+    let w = window.millis();
+    wait_w(w, limit, counts, now_ms.rem_euclid(w), k)
+}
+
+/// `fits` for a window of `w` ms at `e` ms into it and a cost `k`:
+/// `p·(W−e) + (c+k)·W ≤ L·W`.
+pub(super) fn fits_w(w: i64, limit: u32, counts: WindowCounts, e: i64, k: u64) -> bool {
+    let (w, e, k) = (i128::from(w), i128::from(e), i128::from(k));
     let [c, p, l] = widen(limit, counts);
-    p * (w - e) + (c + 1) * w <= l * w
+    p * (w - e) + (c + k) * w <= l * w
 }
 
 /// `remaining` for a window of `w` ms at `e` ms into it: the largest `k ≥ 0`
@@ -107,25 +118,27 @@ pub(super) fn remaining_w(w: i64, limit: u32, counts: WindowCounts, e: i64) -> u
     u64::try_from((room / w - c).max(0)).unwrap_or(u64::MAX)
 }
 
-/// `wait_ms` for a window of `w` ms at `e` ms into it.
+/// `wait_ms` for a window of `w` ms at `e` ms into it and a cost `k`.
 ///
 /// The estimate only falls as time passes with the counts frozen (inside a
 /// window the previous count's weight shrinks; at a boundary `p·0 + c·W`
 /// becomes `c·W + 0·W`), so the first instant it fits is the answer.
-pub(super) fn wait_w(w: i64, limit: u32, counts: WindowCounts, e: i64) -> i64 {
-    let (w, e) = (i128::from(w), i128::from(e));
+pub(super) fn wait_w(w: i64, limit: u32, counts: WindowCounts, e: i64, k: u64) -> i64 {
+    let (w, e, k) = (i128::from(w), i128::from(e), i128::from(k));
     let [c, p, l] = widen(limit, counts);
-    let d = if c < l {
-        // Fits at the latest at the next boundary, where the estimate is c+1.
-        if p == 0 { 0 } else { (w - e - (l - c - 1) * w / p).max(0) }
-    } else if l == 0 {
+    let d = if k > l {
+        // Not even an empty window holds it (a limit of 0 holds nothing).
         return i64::MAX;
+    } else if c + k <= l {
+        // Fits at the latest at the next boundary, where the estimate is c+k:
+        // `p·(W−e−d) ≤ (L−c−k)·W`.
+        if p == 0 { 0 } else { (w - e - (l - c - k) * w / p).max(0) }
     } else {
-        // Current window full: wait until `e'` into the next one, where `c`
-        // has become the previous count and needs `c·(W−e') ≤ (L−1)·W`. Here
-        // `c ≥ L ≥ 1`, so the floor is below `W` and `e' > 0`; `e' = W` is
-        // the start of the window after next, where both counts are 0.
-        (w - e) + w - (l - 1) * w / c
+        // Not before the next window: `e'` into it, where `c` has become the
+        // previous count and needs `c·(W−e') ≤ (L−k)·W`. Here `c > L−k ≥ 0`,
+        // so the floor is below `W` and `e' > 0`; `e' = W` is the start of
+        // the window after next, where both counts are 0 and `k ≤ L` fits.
+        (w - e) + w - (l - k) * w / c
     };
     i64::try_from(d).unwrap_or(i64::MAX)
 }
@@ -154,9 +167,10 @@ pub(super) mod tests {
         WindowCounts { current, previous }
     }
 
-    /// Whether a request fits `d` ms after `e`, with the counts frozen at `e`.
-    fn fits_after(w: i64, limit: u32, counts: WindowCounts, e: i64, d: i64) -> bool {
-        fits_w(w, limit, advance(w, counts, e, e + d), (e + d) % w)
+    /// Whether a request of cost `k` fits `d` ms after `e`, with the counts
+    /// frozen at `e`.
+    fn fits_after(w: i64, limit: u32, counts: WindowCounts, e: i64, d: i64, k: u64) -> bool {
+        fits_w(w, limit, advance(w, counts, e, e + d), (e + d) % w, k)
     }
 
     #[test]
@@ -247,12 +261,46 @@ pub(super) mod tests {
         {
             for e in 0..W {
                 let (counts, case) = (wc(c, p), format!("L={l} c={c} p={p} e={e}"));
-                let brute = (0..=3 * W).find(|&d| fits_after(W, l, counts, e, d));
-                assert_eq!(Some(wait_w(W, l, counts, e)), brute, "{case}");
-                let room = (0..).take_while(|&k| fits_w(W, l, wc(c + k, p), e)).count();
+                let brute = (0..=3 * W).find(|&d| fits_after(W, l, counts, e, d, 1));
+                assert_eq!(Some(wait_w(W, l, counts, e, 1)), brute, "{case}");
+                let room = (0..).take_while(|&k| fits_w(W, l, wc(c + k, p), e, 1)).count();
                 assert_eq!(remaining_w(W, l, counts, e), room as u64, "{case}");
             }
         }
+    }
+
+    #[test]
+    fn a_cost_k_waits_exactly_as_a_brute_force_search_finds_and_fits_up_to_remaining() {
+        const W: i64 = 100;
+        for (l, c, p) in (1..=9u32)
+            .flat_map(|l| (0..=9u64).flat_map(move |c| (0..=9u64).map(move |p| (l, c, p))))
+            .filter(|&(l, c, p)| c <= u64::from(l) && p <= u64::from(l))
+        {
+            for (e, k) in (0..W).step_by(7).flat_map(|e| (1..=10u64).map(move |k| (e, k))) {
+                let (counts, case) = (wc(c, p), format!("L={l} c={c} p={p} e={e} k={k}"));
+                let brute = (0..=3 * W).find(|&d| fits_after(W, l, counts, e, d, k));
+                let wait = wait_w(W, l, counts, e, k);
+                assert_eq!(brute.unwrap_or(i64::MAX), wait, "{case}");
+                // The largest cost that fits now is what `remaining` reports.
+                let fits_now = fits_w(W, l, counts, e, k);
+                assert_eq!(fits_now, k <= remaining_w(W, l, counts, e), "{case}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_cost_above_the_limit_never_fits_and_a_token_window_waits_for_its_share() {
+        let (m, now) = (Window::Minute, 60_000 * 9 + 30_000);
+        assert_eq!(wait_cost_ms(m, 100, wc(0, 0), now, 101), i64::MAX);
+        assert_eq!(wait_cost_ms(m, 100, wc(0, 0), now, 100), 0);
+        // 60 of 100 used this minute, 50 asked: the next minute at e' where
+        // 60·(W−e') ≤ 50·W, i.e. e' ≥ W/6 = 10 000.
+        assert!(!fits_cost(m, 100, wc(60, 0), now, 50));
+        assert_eq!(wait_cost_ms(m, 100, wc(60, 0), now, 50), 30_000 + 10_000);
+        assert!(fits_cost(m, 100, wc(0, 60), now + 40_000, 50));
+        assert!(!fits_cost(m, 100, wc(0, 60), now + 39_999, 50));
+        // Inside the window: p = 80 fades until 80·(W−e) ≤ 60·W, e ≥ 15 000.
+        assert_eq!(wait_cost_ms(m, 100, wc(0, 80), 60_000 * 9, 40), 15_000);
     }
 
     #[test]

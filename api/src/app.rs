@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pantheon_domain::ports::ModelProvider;
-use pantheon_domain::{Clock, SessionService, SystemClock, TurnPolicy, TurnService};
+use pantheon_domain::{Clock, SessionService, SystemClock, TokenCounter, TurnPolicy, TurnService};
 use pantheon_infrastructure::auth::TokenVerifier;
 use pantheon_infrastructure::db::{
     self, DatabaseProbe, SeaOrmSessionRepository, SeaOrmTurnRepository,
@@ -14,6 +14,7 @@ use pantheon_infrastructure::db::{
 use pantheon_infrastructure::limiter::{limit_table, limiter};
 use pantheon_infrastructure::provider::{BuiltinProvider, OpenAiProvider};
 use pantheon_infrastructure::settings::{ProviderKind, ProviderSettings, Settings};
+use pantheon_infrastructure::tokenizer::Tiktoken;
 use thiserror::Error;
 
 use crate::background::Background;
@@ -48,10 +49,17 @@ pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> Result<AppStat
     }
     let conn =
         db::connect(&settings.database).await.map_err(|e| StartError::Database(e.to_string()))?;
-    let provider = model_provider(&settings.provider)?;
+    for deprecation in settings.deprecations() {
+        tracing::warn!("{deprecation}");
+    }
+    // Loaded once per process, here rather than on the first turn.
+    let tokens: Arc<dyn TokenCounter> = Arc::new(Tiktoken::new(settings.rate_limit.tokenizer));
+    let provider = model_provider(&settings.provider, tokens.clone())?;
     let policy = TurnPolicy {
         max_duration: Duration::from_secs(settings.turns.max_duration_secs),
         checkpoint_interval: Duration::from_millis(settings.turns.checkpoint_ms),
+        max_output_tokens: u64::from(settings.max_output_tokens()),
+        min_output_tokens: u64::from(settings.rate_limit.min_output_tokens),
     };
     let verifier =
         TokenVerifier::new(&settings.auth, limit_table(&settings.rate_limit)).map_err(|e| {
@@ -70,7 +78,8 @@ pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> Result<AppStat
     for writer in writers {
         background.spawn(writer);
     }
-    let turns = TurnService::new(Arc::new(repository), provider, clock.clone(), policy, limiter);
+    let turns =
+        TurnService::new(Arc::new(repository), provider, tokens, clock.clone(), policy, limiter);
     spawn_turn_upkeep(&background, &turns, policy);
     Ok(AppState::new(AppParts {
         sessions: SessionService::new(
@@ -91,11 +100,15 @@ pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> Result<AppStat
 
 /// The provider `provider.kind` names, built once: the `openai` one holds
 /// the process's one HTTP client (connection pool).
-fn model_provider(settings: &ProviderSettings) -> Result<Arc<dyn ModelProvider>, StartError> {
+fn model_provider(
+    settings: &ProviderSettings,
+    tokens: Arc<dyn TokenCounter>,
+) -> Result<Arc<dyn ModelProvider>, StartError> {
     Ok(match settings.kind {
-        ProviderKind::Builtin => {
-            Arc::new(BuiltinProvider::new(Duration::from_millis(settings.builtin.chunk_delay_ms)))
-        }
+        ProviderKind::Builtin => Arc::new(BuiltinProvider::new(
+            Duration::from_millis(settings.builtin.chunk_delay_ms),
+            tokens,
+        )),
         ProviderKind::Openai => Arc::new(
             OpenAiProvider::new(&settings.openai)
                 .map_err(|e| StartError::Settings(e.to_string()))?,

@@ -137,6 +137,11 @@ pub fn failure(error: TurnError) -> Failure {
             let (problem, headers) = rate_limit::too_many_requests(&denial);
             Failure { problem, headers, turn: None }
         }
+        error @ TurnError::InputExceedsTokenBudget { .. } => Failure {
+            problem: rate_limit::input_exceeds_token_budget(&error),
+            headers: HeaderMap::new(),
+            turn: None,
+        },
         TurnError::LimiterUnavailable => {
             let (problem, headers) = rate_limit::limiter_unavailable();
             Failure { problem, headers, turn: None }

@@ -1,13 +1,16 @@
 //! The rate-limit headers of draft-ietf-httpapi-ratelimit-headers-10 and the
-//! `429` / `503` problems (README "Rate limiting"). Values are Structured
-//! Field lists:
+//! `429` / `503` / `422` problems (README "Rate limiting"). Values are
+//! Structured Field lists:
 //! `RateLimit-Policy: "minute";q=20;w=60, "hour";q=300;w=3600, "concurrency";q=4;qu="concurrency"`
-//! and `RateLimit: "minute";r=19;t=0, "hour";r=299;t=0, "concurrency";r=3`.
+//! and `RateLimit: "minute";r=19;t=0, "hour";r=299;t=0, "concurrency";r=3`;
+//! under a token budget, `"tokens-minute";q=L;w=60;qu="tokens"` (and
+//! `tokens-hour`) join them after the windows, their `r` in tokens.
 
 use std::fmt::Write as _;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use chrono::{DateTime, SecondsFormat};
+use pantheon_domain::TurnError;
 use pantheon_domain::limiter::{Denial, Limits, Policy, RateLimitStatus, Window, retry_after_secs};
 use serde_json::json;
 
@@ -31,6 +34,12 @@ pub fn policy_value(limits: Limits) -> String {
         let sep = if i == 0 { "" } else { ", " };
         let _ = write!(value, "{sep}\"{}\";q={};w={}", w.name(), limits.limit(w), w.seconds());
     }
+    for w in Window::ALL {
+        if let Some(limit) = limits.token_limit(w) {
+            let name = Policy::tokens(w).name();
+            let _ = write!(value, ", \"{name}\";q={limit};w={};qu=\"tokens\"", w.seconds());
+        }
+    }
     let _ = write!(value, ", \"concurrency\";q={};qu=\"concurrency\"", limits.max_concurrent);
     value
 }
@@ -43,6 +52,10 @@ pub fn usage_value(status: &RateLimitStatus) -> String {
         let sep = if i == 0 { "" } else { ", " };
         let (name, remaining, t) = (u.window.name(), u.remaining, ceil_secs(u.reset_ms));
         let _ = write!(value, "{sep}\"{name}\";r={remaining};t={t}");
+    }
+    for u in status.tokens.iter().flatten() {
+        let (name, t) = (Policy::tokens(u.window).name(), ceil_secs(u.reset_ms));
+        let _ = write!(value, ", \"{name}\";r={};t={t}", u.remaining);
     }
     let _ = write!(value, ", \"concurrency\";r={}", status.free_slots());
     value
@@ -73,10 +86,30 @@ pub fn too_many_requests(denial: &Denial) -> (Problem, HeaderMap) {
         .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
         .unwrap_or_default();
     let violated: Vec<&str> = denial.violated.iter().map(|p| p.name()).collect();
-    let status =
-        RateLimitStatus { limits: denial.limits, usage: denial.usage, active: denial.active };
-    let problem = match denial.binding.window() {
-        Some(window) => {
+    let status = denial.status();
+    let binding = denial.binding;
+    let token_window = binding.window().filter(|_| binding.is_tokens());
+    let problem = match (token_window, binding.window()) {
+        (Some(window), _) => {
+            let limit = denial.limits.token_limit(window).unwrap_or_default();
+            let usage = status.tokens.iter().flatten().find(|u| u.window == window).copied();
+            let requested = denial.requested.unwrap_or_default();
+            Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!(
+                    "Token budget of {limit} per {} reached: this turn needs at least \
+                     {requested}; retry in {retry_after} s.",
+                    window.name()
+                ),
+            )
+            .with("limit", json!(limit))
+            .with("window", json!(binding.name()))
+            .with("window_seconds", json!(window.seconds()))
+            .with("remaining", json!(usage.map_or(0, |u| u.remaining)))
+            .with("requested", json!(requested))
+        }
+        (None, Some(window)) => {
             let limit = denial.limits.limit(window);
             let usage = denial.usage.iter().find(|u| u.window == window).copied();
             Problem::new(
@@ -92,7 +125,7 @@ pub fn too_many_requests(denial: &Denial) -> (Problem, HeaderMap) {
             .with("window_seconds", json!(window.seconds()))
             .with("remaining", json!(usage.map_or(0, |u| u.remaining)))
         }
-        None => {
+        (None, None) => {
             let cap = denial.limits.max_concurrent;
             Problem::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -115,6 +148,28 @@ pub fn too_many_requests(denial: &Denial) -> (Problem, HeaderMap) {
     let mut headers = headers(denial.limits, Some(&status));
     headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
     (problem, headers)
+}
+
+/// The `422` for an input that can never fit a token budget (a `429` would
+/// be retried forever).
+pub fn input_exceeds_token_budget(error: &TurnError) -> Problem {
+    let TurnError::InputExceedsTokenBudget { input_tokens, requested, limit, policy } = error
+    else {
+        return Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "input_exceeds_token_budget", "");
+    };
+    Problem::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "input_exceeds_token_budget",
+        format!(
+            "The input is {input_tokens} tokens; with the least output a turn needs \
+             ({requested} in all) it can never fit the token budget of {limit} per {}.",
+            policy.window().map_or("window", Window::name)
+        ),
+    )
+    .with("input_tokens", json!(input_tokens))
+    .with("requested", json!(requested))
+    .with("limit", json!(limit))
+    .with("window", json!(policy.name()))
 }
 
 /// The `503` of `fallback = deny` while the limiter cannot decide.

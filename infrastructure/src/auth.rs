@@ -263,10 +263,7 @@ mod tests {
 
     fn verifier() -> (TokenVerifier, TokenMinter) {
         let auth = AuthSettings::default();
-        let limits = LimitTable::new(
-            Limits { per_minute: 20, per_hour: 300, max_concurrent: 4 },
-            Default::default(),
-        );
+        let limits = LimitTable::new(Limits::turns(20, 300, 4), Default::default());
         (TokenVerifier::new(&auth, limits).unwrap(), TokenMinter::new(&auth).unwrap())
     }
 
@@ -303,7 +300,7 @@ mod tests {
             jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &minter.key).unwrap();
         assert!(verifier.verify(&expired).is_err(), "expired: refused");
         // As if it had been verified an hour ago, when it was still valid.
-        let limits = Limits { per_minute: 20, per_hour: 300, max_concurrent: 4 };
+        let limits = Limits::turns(20, 300, 4);
         let caller = Caller { user: UserId::parse("bob").unwrap(), tier: None, limits };
         verifier
             .verified

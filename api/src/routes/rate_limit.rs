@@ -1,9 +1,11 @@
-//! `GET /api/v1/rate-limit`: the caller's usage per window and turns
+//! `GET /api/v1/rate-limit`: the caller's usage per window, per token
+//! window (settled: a finished turn's refund shows at once) and turns
 //! running. A peek: it counts nothing and creates no key.
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
+use pantheon_domain::limiter::{Policy, WindowUsage};
 use serde_json::{Value, json};
 
 use crate::extract::Authenticated;
@@ -19,19 +21,21 @@ pub async fn rate_limit_status(
         return (HeaderMap::new(), Json(json!({ "enabled": false, "windows": [] })));
     };
     let status = state.turns.rate_limit_status(&caller).await;
-    let windows = status.as_ref().map(|s| {
-        s.usage
-            .iter()
-            .map(|u| {
-                json!({
-                    "window": u.window.name(),
-                    "limit": u.limit,
-                    "window_seconds": u.window.seconds(),
-                    "remaining": u.remaining,
-                    "reset_seconds": (u.reset_ms.max(0) + 999) / 1000,
-                })
-            })
-            .collect::<Vec<_>>()
+    let window = |name: &str, u: &WindowUsage| {
+        json!({
+            "window": name,
+            "limit": u.limit,
+            "window_seconds": u.window.seconds(),
+            "remaining": u.remaining,
+            "reset_seconds": (u.reset_ms.max(0) + 999) / 1000,
+        })
+    };
+    let windows = status
+        .as_ref()
+        .map(|s| s.usage.iter().map(|u| window(u.window.name(), u)).collect::<Vec<_>>());
+    let tokens = status.as_ref().map(|s| {
+        let budgets = s.tokens.iter().flatten();
+        budgets.map(|u| window(Policy::tokens(u.window).name(), u)).collect::<Vec<_>>()
     });
     let concurrency = status.as_ref().map(
         |s| json!({ "limit": s.limits.max_concurrent, "active": s.active, "free": s.free_slots() }),
@@ -41,6 +45,7 @@ pub async fn rate_limit_status(
         "tier": caller.tier,
         "limiter": limiter.as_str(),
         "windows": windows,
+        "tokens": tokens,
         "active": status.as_ref().map(|s| s.active),
         "concurrency": concurrency,
     });

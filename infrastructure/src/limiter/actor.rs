@@ -23,7 +23,8 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use pantheon_domain::limiter::{
     Admission, Decision, Denial, Fallback, Lease, LeaseId, LeaseStore, LimiterCommand,
-    LimiterShared, Limits, RateLimitStatus, SkipReason, Verdict, decide, usage,
+    LimiterShared, Limits, RateLimitStatus, Reservation, SkipReason, TokenCost, Verdict, Window,
+    decide, token_usage, usage,
 };
 use pantheon_domain::{Clock, UserId};
 use redis::aio::MultiplexedConnection;
@@ -33,7 +34,7 @@ use tokio::time::MissedTickBehavior;
 
 use super::health::Health;
 use super::memory::MemoryCounters;
-use super::redis_link::{self, Pending};
+use super::redis_link::{self, Pending, TokenRefund};
 
 /// Most commands taken from the mailbox per loop turn (one pipeline).
 const MAX_BATCH: usize = 256;
@@ -210,24 +211,43 @@ impl LimiterActor {
         i64::try_from(self.lease_ttl.as_millis()).unwrap_or(i64::MAX)
     }
 
-    /// Applies the releases queued by dropped leases: in-process slots at
-    /// once, Redis ones as `ZREM`s to send (one per user). While Redis cannot
-    /// be asked they are dropped: those leases lapse within `lease_ttl`.
+    /// Applies the releases queued by dropped leases: in-process slots and
+    /// refunds at once, Redis ones as one item per user to send (a `ZREM`,
+    /// and a `DECRBY` and `PEXPIRE` per token bucket refunded). While Redis
+    /// cannot be asked they are dropped: those leases lapse within
+    /// `lease_ttl`, and their reservations stay charged (the safe side).
     fn take_releases(&mut self) -> Batch {
-        let mut by_user: HashMap<UserId, Vec<LeaseId>> = HashMap::new();
+        let now_ms = self.clock.now_ms();
+        let mut by_user: HashMap<UserId, (Vec<LeaseId>, Vec<TokenRefund>)> = HashMap::new();
         for released in self.shared.releases().take() {
             match released.store {
-                LeaseStore::Local => self.local.release(&released.user),
+                LeaseStore::Local => {
+                    self.local.release(&released.user);
+                    if let Some(refund) = released.refund {
+                        self.local.refund(&released.user, refund);
+                    }
+                }
                 LeaseStore::Redis => {
                     self.held.remove(&released.id);
-                    by_user.entry(released.user).or_default().push(released.id);
+                    let (leases, refunds) = by_user.entry(released.user).or_default();
+                    leases.push(released.id);
+                    if let Some(refund) = released.refund {
+                        for (window, index) in Window::ALL.into_iter().zip(refund.buckets) {
+                            if let Some(index) = index {
+                                add_refund(refunds, window, index, refund.tokens, now_ms);
+                            }
+                        }
+                    }
                 }
             }
         }
         if by_user.is_empty() || !self.remote_ready() {
             return Vec::new();
         }
-        by_user.into_iter().map(|(user, leases)| Pending::Release { user, leases }).collect()
+        by_user
+            .into_iter()
+            .map(|(user, (leases, refunds))| Pending::Release { user, leases, refunds })
+            .collect()
     }
 
     /// One `ZADD XX` per user pushing the expiry of every lease this
@@ -270,10 +290,13 @@ impl LimiterActor {
                 continue;
             }
             match command {
-                LimiterCommand::Check { user, limits, respond_to } => {
+                LimiterCommand::Check { user, limits, cost, respond_to } => {
                     // Known over-limit users are refused from the cache first,
                     // before Redis and before any fallback.
-                    if let Some(denial) = self.shared.refusals().get(&user, limits, now_ms) {
+                    let requested = limits.has_token_budget().then(|| cost.smallest());
+                    if let Some(denial) =
+                        self.shared.refusals().get(&user, limits, requested, now_ms)
+                    {
                         let _ =
                             respond_to.send(Admission::without_lease(Decision::Limited(denial)));
                     } else if remote {
@@ -281,16 +304,17 @@ impl LimiterActor {
                         batch.push(Pending::Check {
                             user,
                             limits,
+                            cost,
                             now_ms,
                             lease,
                             ttl_ms,
                             reply: respond_to,
                         });
                     } else if self.redis.is_none() {
-                        let admission = self.check_locally(&user, limits, now_ms);
+                        let admission = self.check_locally(&user, limits, cost, now_ms);
                         let _ = respond_to.send(admission);
                     } else {
-                        let admission = self.fallback(&user, limits, now_ms);
+                        let admission = self.fallback(&user, limits, cost, now_ms);
                         let _ = respond_to.send(admission);
                     }
                 }
@@ -299,11 +323,7 @@ impl LimiterActor {
                         batch.push(Pending::Peek { user, limits, now_ms, reply: respond_to });
                     } else if self.redis.is_none() || self.fallback == Fallback::Local {
                         let counts = self.local.counts(&user, now_ms);
-                        let _ = respond_to.send(Some(RateLimitStatus {
-                            limits,
-                            usage: usage(limits, counts, now_ms),
-                            active: counts.active,
-                        }));
+                        let _ = respond_to.send(Some(status(limits, counts, now_ms)));
                     } else {
                         let _ = respond_to.send(None);
                     }
@@ -343,14 +363,14 @@ impl LimiterActor {
         let mut item_error: Option<String> = None;
         for (pending, result) in batch.into_iter().zip(results) {
             match (pending, result) {
-                (Pending::Check { user, limits, now_ms, lease, reply, .. }, Ok(values)) => {
+                (Pending::Check { user, limits, cost, now_ms, lease, reply, .. }, Ok(values)) => {
                     match redis_link::parse_check(values) {
                         Ok(script) => {
-                            let decision = self.verdict(
+                            let (decision, reservation) = self.verdict(
                                 &user,
                                 limits,
                                 now_ms,
-                                decide(limits, script.counts, now_ms),
+                                decide(limits, script.counts, cost, now_ms),
                             );
                             if script.admitted != matches!(decision, Decision::Admitted(_)) {
                                 tracing::error!(user.id = %user, "limiter script and decision function disagree");
@@ -366,23 +386,20 @@ impl LimiterActor {
                                     LeaseStore::Redis,
                                     self.shared.releases().clone(),
                                 )
+                                .with_reservation(reservation)
                             });
                             let _ = reply.send(Admission { decision, lease });
                         }
                         Err(error) => {
                             tracing::error!(error, "unexpected limiter script reply");
-                            let admission = self.fallback(&user, limits, now_ms);
+                            let admission = self.fallback(&user, limits, cost, now_ms);
                             let _ = reply.send(admission);
                         }
                     }
                 }
                 (Pending::Peek { limits, now_ms, reply, .. }, Ok(values)) => {
                     let status =
-                        redis_link::parse_peek(values).ok().map(|counts| RateLimitStatus {
-                            limits,
-                            usage: usage(limits, counts, now_ms),
-                            active: counts.active,
-                        });
+                        redis_link::parse_peek(values).ok().map(|c| status(limits, c, now_ms));
                     let _ = reply.send(status);
                 }
                 (Pending::Renew { .. } | Pending::Release { .. }, Ok(_)) => {}
@@ -413,8 +430,8 @@ impl LimiterActor {
 
     fn answer_by_fallback(&mut self, pending: Pending<CheckReply, PeekReply>) {
         match pending {
-            Pending::Check { user, limits, now_ms, reply, .. } => {
-                let admission = self.fallback(&user, limits, now_ms);
+            Pending::Check { user, limits, cost, now_ms, reply, .. } => {
+                let admission = self.fallback(&user, limits, cost, now_ms);
                 let _ = reply.send(admission);
             }
             Pending::Peek { reply, .. } => {
@@ -447,17 +464,32 @@ impl LimiterActor {
     }
 
     /// The in-process backend's answer (no Redis configured, or `local`).
-    fn check_locally(&mut self, user: &UserId, limits: Limits, now_ms: i64) -> Admission {
-        let verdict = self.local.check(user, limits, now_ms);
-        let lease = verdict.is_admitted().then(|| {
+    fn check_locally(
+        &mut self,
+        user: &UserId,
+        limits: Limits,
+        cost: TokenCost,
+        now_ms: i64,
+    ) -> Admission {
+        let verdict = self.local.check(user, limits, cost, now_ms);
+        let admitted = verdict.is_admitted();
+        let (decision, reservation) = self.verdict(user, limits, now_ms, verdict);
+        let lease = admitted.then(|| {
             let releases = self.shared.releases().clone();
             Lease::new(LeaseId::random(), user.clone(), LeaseStore::Local, releases)
+                .with_reservation(reservation)
         });
-        Admission { decision: self.verdict(user, limits, now_ms, verdict), lease }
+        Admission { decision, lease }
     }
 
     /// How a check is answered while Redis cannot be asked.
-    fn fallback(&mut self, user: &UserId, limits: Limits, now_ms: i64) -> Admission {
+    fn fallback(
+        &mut self,
+        user: &UserId,
+        limits: Limits,
+        cost: TokenCost,
+        now_ms: i64,
+    ) -> Admission {
         if let Some(redis) = &mut self.redis {
             redis.health.note_fallback();
         }
@@ -468,29 +500,82 @@ impl LimiterActor {
             Fallback::Deny => {
                 Admission::without_lease(Decision::Unavailable(SkipReason::StoreUnavailable))
             }
-            Fallback::Local => self.check_locally(user, limits, now_ms),
+            Fallback::Local => self.check_locally(user, limits, cost, now_ms),
         }
     }
 
-    /// Turns a verdict into the caller's decision, caching refusals.
+    /// Turns a verdict into the caller's decision and the tokens reserved,
+    /// caching refusals.
     fn verdict(
         &mut self,
         user: &UserId,
         limits: Limits,
         now_ms: i64,
         verdict: Verdict,
-    ) -> Decision {
+    ) -> (Decision, Option<Reservation>) {
         match verdict {
-            Verdict::Admitted { usage, active } => {
-                Decision::Admitted(RateLimitStatus { limits, usage, active })
+            Verdict::Admitted { usage, active, tokens, reservation } => {
+                (Decision::Admitted(RateLimitStatus { limits, usage, active, tokens }), reservation)
             }
-            Verdict::Limited { usage, violated, retry_at_ms, binding, active } => {
-                let denial =
-                    Denial { limits, usage, violated, retry_at_ms, binding, active, now_ms };
+            Verdict::Limited {
+                usage,
+                violated,
+                retry_at_ms,
+                binding,
+                active,
+                tokens,
+                requested,
+            } => {
+                let denial = Denial {
+                    limits,
+                    usage,
+                    violated,
+                    retry_at_ms,
+                    binding,
+                    active,
+                    tokens,
+                    requested,
+                    now_ms,
+                };
                 self.shared.refusals().insert(user, &denial);
-                Decision::Limited(denial)
+                (Decision::Limited(denial), None)
             }
         }
+    }
+}
+
+/// What a peek reports for `counts`.
+fn status(
+    limits: Limits,
+    counts: pantheon_domain::limiter::Counts,
+    now_ms: i64,
+) -> RateLimitStatus {
+    RateLimitStatus {
+        limits,
+        usage: usage(limits, counts, now_ms),
+        active: counts.active,
+        tokens: token_usage(limits, counts, now_ms),
+    }
+}
+
+/// Adds a refund of `tokens` to the bucket `index` of `window`, merged with
+/// one to the same bucket; none once the bucket is past being anyone's
+/// previous window (it has expired, or is about to, and counts for nothing).
+fn add_refund(
+    refunds: &mut Vec<TokenRefund>,
+    window: Window,
+    index: i64,
+    tokens: u64,
+    now_ms: i64,
+) {
+    let ends_at = index.saturating_add(2).saturating_mul(window.millis());
+    let ttl_ms = ends_at.saturating_sub(now_ms);
+    if ttl_ms <= 0 || tokens == 0 {
+        return;
+    }
+    match refunds.iter_mut().find(|r| r.window == window && r.index == index) {
+        Some(refund) => refund.tokens = refund.tokens.saturating_add(tokens),
+        None => refunds.push(TokenRefund { window, index, tokens, ttl_ms }),
     }
 }
 

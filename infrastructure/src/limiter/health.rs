@@ -108,12 +108,13 @@ impl Health {
         match self.fallback {
             Fallback::Local => tracing::warn!(
                 error,
-                "rate limiter degraded: Redis is failing; limits are now enforced PER INSTANCE \
-                 by the in-process fallback until it recovers"
+                "rate limiter degraded: Redis is failing; limits and token budgets are now \
+                 enforced PER INSTANCE by the in-process fallback until it recovers"
             ),
             Fallback::Allow => tracing::warn!(
                 error,
-                "rate limiter degraded: Redis is failing; turns are admitted unchecked until it recovers"
+                "rate limiter degraded: Redis is failing; turns are admitted unchecked, with no \
+                 token accounting (no reservation, no refund), until it recovers"
             ),
             Fallback::Deny => tracing::warn!(
                 error,

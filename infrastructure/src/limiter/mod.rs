@@ -35,16 +35,22 @@ pub fn limit_table(settings: &settings::RateLimitSettings) -> LimitTable {
         .iter()
         .map(|(name, t)| {
             let max_concurrent = t.max_concurrent_turns.unwrap_or(settings.max_concurrent_turns);
-            (
-                name.clone(),
-                Limits { per_minute: t.per_minute, per_hour: t.per_hour, max_concurrent },
-            )
+            let limits = Limits {
+                per_minute: t.per_minute,
+                per_hour: t.per_hour,
+                max_concurrent,
+                tokens_per_minute: t.tokens_per_minute.or(settings.tokens_per_minute),
+                tokens_per_hour: t.tokens_per_hour.or(settings.tokens_per_hour),
+            };
+            (name.clone(), limits)
         })
         .collect();
     let default = Limits {
         per_minute: settings.per_minute,
         per_hour: settings.per_hour,
         max_concurrent: settings.max_concurrent_turns,
+        tokens_per_minute: settings.tokens_per_minute,
+        tokens_per_hour: settings.tokens_per_hour,
     };
     LimitTable::new(default, tiers)
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pantheon_domain::UserId;
-use pantheon_domain::limiter::{Counts, LeaseId, Limits, Window, WindowCounts};
+use pantheon_domain::limiter::{Counts, LeaseId, Limits, TokenCost, Window, WindowCounts};
 use redis::aio::MultiplexedConnection;
 use redis::{
     AsyncConnectionConfig, Client, ErrorKind, Pipeline, RedisError, RedisResult, Script,
@@ -14,32 +14,58 @@ use redis::{
 
 use tokio::sync::oneshot;
 
-use super::keys::{active_key, check_keys};
+use super::keys::{active_key, check_keys, token_key, token_keys};
 
 /// The check-then-increment script.
 pub const CHECK_SCRIPT: &str = include_str!("check.lua");
 
 /// What a batch carries to Redis and back. Every item belongs to one user
-/// (one hash slot) and is one or two commands.
+/// (one hash slot) and is one command, or a few that stand together.
 #[derive(Debug)]
 pub enum Pending<C, P> {
     /// A check: `reply` answers the caller; `lease` is the member it adds
-    /// when it admits.
-    Check { user: UserId, limits: Limits, now_ms: i64, lease: LeaseId, ttl_ms: i64, reply: C },
+    /// when it admits; `cost` what it reserves under a token budget.
+    Check {
+        user: UserId,
+        limits: Limits,
+        cost: TokenCost,
+        now_ms: i64,
+        lease: LeaseId,
+        ttl_ms: i64,
+        reply: C,
+    },
     /// A peek.
     Peek { user: UserId, limits: Limits, now_ms: i64, reply: P },
     /// Pushes the expiry of `user`'s running leases to `expires_at_ms` (only
     /// those still in the set: one that lapsed stays gone).
     Renew { user: UserId, leases: Vec<LeaseId>, expires_at_ms: i64, ttl_ms: i64 },
-    /// Gives `user`'s slots held by `leases` back.
-    Release { user: UserId, leases: Vec<LeaseId> },
+    /// Gives `user`'s slots held by `leases` back, and the unused tokens of
+    /// their reservations to the buckets that were charged.
+    Release { user: UserId, leases: Vec<LeaseId>, refunds: Vec<TokenRefund> },
+}
+
+/// Tokens to take back off one of a user's token counters: `DECRBY`, then
+/// `PEXPIRE` to the bucket's own end (`ttl_ms`, from the application's
+/// clock, as the script set it), so a counter that had already expired and
+/// is made anew by the `DECRBY` never lives without a TTL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenRefund {
+    /// Which window's counter.
+    pub window: Window,
+    /// The window index charged.
+    pub index: i64,
+    /// Tokens to give back.
+    pub tokens: u64,
+    /// Until the end of the window after `index`.
+    pub ttl_ms: i64,
 }
 
 impl<C, P> Pending<C, P> {
     /// How many commands the item adds to a pipeline.
     fn width(&self) -> usize {
         match self {
-            Self::Check { .. } | Self::Release { .. } => 1,
+            Self::Check { .. } => 1,
+            Self::Release { refunds, .. } => 1 + 2 * refunds.len(),
             Self::Peek { .. } | Self::Renew { .. } => 2,
         }
     }
@@ -105,20 +131,37 @@ fn pipeline<'a, C: 'a, P: 'a>(
     pipe.ignore_errors();
     for pending in batch {
         match pending {
-            Pending::Check { user, limits, now_ms, lease, ttl_ms, .. } => {
+            Pending::Check { user, limits, cost, now_ms, lease, ttl_ms, .. } => {
+                let budgeted = limits.has_token_budget();
                 let mut cmd = redis::cmd("EVALSHA");
-                cmd.arg(script.get_hash()).arg(5).arg(&check_keys(user, *now_ms));
+                cmd.arg(script.get_hash())
+                    .arg(if budgeted { 9 } else { 5 })
+                    .arg(&check_keys(user, *now_ms));
+                if budgeted {
+                    cmd.arg(&token_keys(user, *now_ms));
+                }
                 for window in Window::ALL {
                     cmd.arg(limits.limit(window))
                         .arg(window.millis())
                         .arg(now_ms.rem_euclid(window.millis()));
                 }
                 cmd.arg(*now_ms).arg(*ttl_ms).arg(limits.max_concurrent).arg(lease.to_string());
+                if budgeted {
+                    for window in Window::ALL {
+                        cmd.arg(limits.token_limit(window).map_or(-1, i64::from));
+                    }
+                    cmd.arg(cost.input).arg(cost.min_output).arg(cost.max_output);
+                }
                 pipe.add_command(cmd);
             }
-            Pending::Peek { user, now_ms, .. } => {
+            Pending::Peek { user, limits, now_ms, .. } => {
                 let [mc, mp, hc, hp, active] = check_keys(user, *now_ms);
-                pipe.add_command(redis::cmd("MGET").arg(&[mc, mp, hc, hp]).to_owned());
+                let mut mget = redis::cmd("MGET");
+                mget.arg(&[mc, mp, hc, hp]);
+                if limits.has_token_budget() {
+                    mget.arg(&token_keys(user, *now_ms));
+                }
+                pipe.add_command(mget);
                 // Unexpired only, without removing anything: a peek writes nothing.
                 let after_now = format!("({now_ms}");
                 pipe.add_command(
@@ -135,13 +178,18 @@ fn pipeline<'a, C: 'a, P: 'a>(
                 pipe.add_command(zadd);
                 pipe.add_command(redis::cmd("PEXPIRE").arg(key).arg(*ttl_ms).to_owned());
             }
-            Pending::Release { user, leases } => {
+            Pending::Release { user, leases, refunds } => {
                 let mut zrem = redis::cmd("ZREM");
                 zrem.arg(active_key(user));
                 for lease in leases {
                     zrem.arg(lease.to_string());
                 }
                 pipe.add_command(zrem);
+                for refund in refunds {
+                    let key = token_key(user, refund.window, refund.index);
+                    pipe.add_command(redis::cmd("DECRBY").arg(&key).arg(refund.tokens).to_owned());
+                    pipe.add_command(redis::cmd("PEXPIRE").arg(key).arg(refund.ttl_ms).to_owned());
+                }
             }
         }
     }
@@ -229,43 +277,59 @@ pub async fn run_batch<C: Reply, P: Reply>(
     (batch, outcome)
 }
 
-/// Parses the script's `{admitted, mc, mp, hc, hp, active}`.
+/// Parses the script's `{admitted, mc, mp, hc, hp, active}` and, under a
+/// token budget, `{tmc, tmp, thc, thp, output cap}` after them.
 ///
 /// # Errors
 /// A message when the reply has another shape.
 pub fn parse_check(values: Vec<Value>) -> Result<ScriptReply, String> {
     let [value] = <[Value; 1]>::try_from(values).map_err(|v| format!("{} replies", v.len()))?;
     let fields: Vec<i64> = redis::from_redis_value(value).map_err(|e| e.to_string())?;
-    let [admitted, mc, mp, hc, hp, active] = fields[..] else {
-        return Err(format!("script returned {} fields, expected 6", fields.len()));
-    };
     let count = |n: i64| u64::try_from(n).unwrap_or(0);
+    let pair = |c: i64, p: i64| WindowCounts { current: count(c), previous: count(p) };
+    let (turns, tokens) = match fields[..] {
+        [a, mc, mp, hc, hp, active] => ((a, mc, mp, hc, hp, active), None),
+        [a, mc, mp, hc, hp, active, tmc, tmp, thc, thp, _cap] => {
+            ((a, mc, mp, hc, hp, active), Some((pair(tmc, tmp), pair(thc, thp))))
+        }
+        _ => return Err(format!("script returned {} fields, expected 6 or 11", fields.len())),
+    };
+    let (admitted, mc, mp, hc, hp, active) = turns;
+    let (tokens_minute, tokens_hour) = tokens.unwrap_or_default();
     Ok(ScriptReply {
         admitted: admitted == 1,
         counts: Counts {
-            minute: WindowCounts { current: count(mc), previous: count(mp) },
-            hour: WindowCounts { current: count(hc), previous: count(hp) },
+            minute: pair(mc, mp),
+            hour: pair(hc, hp),
             active: count(active),
+            tokens_minute,
+            tokens_hour,
         },
     })
 }
 
-/// Parses a peek's `MGET` of the four counters and `ZCOUNT` of the leases.
+/// Parses a peek's `MGET` of the four counters (and the four token counters
+/// under a budget) and `ZCOUNT` of the leases.
 ///
 /// # Errors
 /// A message when the reply has another shape.
 pub fn parse_peek(values: Vec<Value>) -> Result<Counts, String> {
     let [counters, active] =
         <[Value; 2]>::try_from(values).map_err(|v| format!("{} replies", v.len()))?;
-    let fields: Vec<Option<u64>> = redis::from_redis_value(counters).map_err(|e| e.to_string())?;
-    let [mc, mp, hc, hp] = fields[..] else {
-        return Err(format!("MGET returned {} values, expected 4", fields.len()));
+    // A token counter a refund took below zero (never, but Redis would
+    // allow it) reads as 0, as in the script.
+    let fields: Vec<Option<i64>> = redis::from_redis_value(counters).map_err(|e| e.to_string())?;
+    let n = |v: Option<i64>| v.map_or(0, |v| u64::try_from(v).unwrap_or(0));
+    let pair = |c: Option<i64>, p: Option<i64>| WindowCounts { current: n(c), previous: n(p) };
+    let (turns, tokens) = match fields[..] {
+        [mc, mp, hc, hp] => ([mc, mp, hc, hp], None),
+        [mc, mp, hc, hp, tmc, tmp, thc, thp] => {
+            ([mc, mp, hc, hp], Some((pair(tmc, tmp), pair(thc, thp))))
+        }
+        _ => return Err(format!("MGET returned {} values, expected 4 or 8", fields.len())),
     };
+    let [mc, mp, hc, hp] = turns;
     let active: u64 = redis::from_redis_value(active).map_err(|e| e.to_string())?;
-    let n = |v: Option<u64>| v.unwrap_or(0);
-    Ok(Counts {
-        minute: WindowCounts { current: n(mc), previous: n(mp) },
-        hour: WindowCounts { current: n(hc), previous: n(hp) },
-        active,
-    })
+    let (tokens_minute, tokens_hour) = tokens.unwrap_or_default();
+    Ok(Counts { minute: pair(mc, mp), hour: pair(hc, hp), active, tokens_minute, tokens_hour })
 }

@@ -51,6 +51,27 @@ impl Settings {
         Sources::from_process().load()
     }
 
+    /// `turns.max_output_tokens` in force: the setting, else the deprecated
+    /// `provider.openai.max_output_tokens`, else 4,096.
+    pub fn max_output_tokens(&self) -> u32 {
+        self.turns
+            .max_output_tokens
+            .or(self.provider.openai.max_output_tokens)
+            .unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS)
+    }
+
+    /// Deprecated settings in use, one line each, for the start to log.
+    pub fn deprecations(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        if self.provider.openai.max_output_tokens.is_some() {
+            lines.push(match self.turns.max_output_tokens {
+                None => "provider.openai.max_output_tokens is deprecated; it now sets turns.max_output_tokens, for every provider".to_owned(),
+                Some(_) => "provider.openai.max_output_tokens is deprecated and ignored: turns.max_output_tokens is set".to_owned(),
+            });
+        }
+        lines
+    }
+
     /// The log format in force: the configured one, else `json` in
     /// production and `pretty` elsewhere.
     pub fn log_format(&self) -> LogFormat {

@@ -23,6 +23,23 @@ pub struct BuiltinProviderSettings {
     pub chunk_delay_ms: u64,
 }
 
+/// `provider.openai.max_tokens_field`: which request field carries a turn's
+/// output cap. OpenAI refuses a request with both ("Setting 'max_tokens' and
+/// 'max_completion_tokens' at the same time is not supported"), and its
+/// reasoning models refuse `max_tokens`; other servers read only `max_tokens`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum MaxTokensField {
+    /// `max_tokens`: every compatible server reads it.
+    #[default]
+    MaxTokens,
+    /// `max_completion_tokens`: OpenAI's current name, required by its
+    /// reasoning models.
+    MaxCompletionTokens,
+    /// Both (for proxies that forward either one).
+    Both,
+}
+
 /// `provider.openai.*`: an OpenAI-compatible upstream. Only read (and
 /// validated) when `provider.kind = openai`.
 #[derive(Clone, Deserialize, PartialEq)]
@@ -49,9 +66,11 @@ pub struct OpenAiProviderSettings {
     /// `provider.openai.idle_timeout_ms`: the longest silence between two
     /// chunks of the streamed body.
     pub idle_timeout_ms: u64,
-    /// `provider.openai.max_output_tokens`: sent as `max_tokens`; unset
-    /// leaves the upstream's default.
+    /// `provider.openai.max_output_tokens`: deprecated alias of
+    /// `turns.max_output_tokens`, used when that one is unset.
     pub max_output_tokens: Option<u32>,
+    /// `provider.openai.max_tokens_field`
+    pub max_tokens_field: MaxTokensField,
 }
 
 impl Default for OpenAiProviderSettings {
@@ -66,6 +85,7 @@ impl Default for OpenAiProviderSettings {
             first_byte_timeout_ms: 60_000,
             idle_timeout_ms: 60_000,
             max_output_tokens: None,
+            max_tokens_field: MaxTokensField::MaxTokens,
         }
     }
 }
@@ -83,6 +103,7 @@ impl std::fmt::Debug for OpenAiProviderSettings {
             .field("first_byte_timeout_ms", &self.first_byte_timeout_ms)
             .field("idle_timeout_ms", &self.idle_timeout_ms)
             .field("max_output_tokens", &self.max_output_tokens)
+            .field("max_tokens_field", &self.max_tokens_field)
             .finish()
     }
 }

@@ -188,6 +188,17 @@ pub enum Fallback {
     Deny,
 }
 
+/// `rate_limit.tokenizer`: the encoding that counts tokens.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenizerKind {
+    /// `o200k_base` (GPT-4o and later).
+    #[default]
+    O200k,
+    /// `cl100k_base` (GPT-4, GPT-3.5).
+    Cl100k,
+}
+
 /// A tier's limits.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -200,6 +211,13 @@ pub struct TierLimits {
     /// when unset.
     #[serde(default)]
     pub max_concurrent_turns: Option<u32>,
+    /// Tokens per minute; the top-level `rate_limit.tokens_per_minute` when
+    /// unset.
+    #[serde(default)]
+    pub tokens_per_minute: Option<u32>,
+    /// Tokens per hour; the top-level `rate_limit.tokens_per_hour` when unset.
+    #[serde(default)]
+    pub tokens_per_hour: Option<u32>,
 }
 
 /// `rate_limit.*`
@@ -220,6 +238,15 @@ pub struct RateLimitSettings {
     pub max_concurrent_turns: u32,
     /// `rate_limit.lease_ttl_secs`: how long a slot outlives its instance.
     pub lease_ttl_secs: u64,
+    /// `rate_limit.tokens_per_minute`: unset, no token budget per minute.
+    pub tokens_per_minute: Option<u32>,
+    /// `rate_limit.tokens_per_hour`: unset, no token budget per hour.
+    pub tokens_per_hour: Option<u32>,
+    /// `rate_limit.min_output_tokens`: under a token budget, a turn is
+    /// admitted only with room for at least this much output.
+    pub min_output_tokens: u32,
+    /// `rate_limit.tokenizer`
+    pub tokenizer: TokenizerKind,
     /// `rate_limit.tiers.<name>`
     pub tiers: BTreeMap<String, TierLimits>,
 }
@@ -234,6 +261,10 @@ impl Default for RateLimitSettings {
             per_hour: 300,
             max_concurrent_turns: 4,
             lease_ttl_secs: 15,
+            tokens_per_minute: None,
+            tokens_per_hour: None,
+            min_output_tokens: 16,
+            tokenizer: TokenizerKind::O200k,
             tiers: BTreeMap::new(),
         }
     }
@@ -269,7 +300,15 @@ pub struct TurnSettings {
     /// `turns.write_timeout_secs`: how long a response may wait for a client
     /// that stopped reading before its connection is dropped.
     pub write_timeout_secs: u64,
+    /// `turns.max_output_tokens`: the most output one turn may produce, for
+    /// every provider; unset, [`DEFAULT_MAX_OUTPUT_TOKENS`] (or the
+    /// deprecated `provider.openai.max_output_tokens`); see
+    /// [`super::Settings::max_output_tokens`].
+    pub max_output_tokens: Option<u32>,
 }
+
+/// `turns.max_output_tokens` when unset.
+pub const DEFAULT_MAX_OUTPUT_TOKENS: u32 = 4_096;
 
 impl Default for TurnSettings {
     fn default() -> Self {
@@ -280,6 +319,7 @@ impl Default for TurnSettings {
             max_duration_secs: 300,
             checkpoint_ms: 1_000,
             write_timeout_secs: 30,
+            max_output_tokens: None,
         }
     }
 }

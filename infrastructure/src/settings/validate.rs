@@ -18,6 +18,10 @@ const MIN_CHECKPOINT_MS: u64 = 50;
 /// slot lapse.
 const MIN_LEASE_TTL_SECS: u64 = 3;
 
+/// The largest token limit: the limiter's script computes in Lua's doubles,
+/// exact for integers below 2^53, and an hour's `L·W` must stay below that.
+pub const MAX_TOKEN_LIMIT: u32 = 1_000_000_000;
+
 /// HS256 keys shorter than this are guessable (RFC 7518 §3.2).
 const MIN_SECRET_BYTES: usize = 32;
 
@@ -64,6 +68,7 @@ impl Settings {
                 return Err(SettingsError::invalid(key, "must be at least 1"));
             }
         }
+        self.validate_tokens()?;
         if self.rate_limit.lease_ttl_secs < MIN_LEASE_TTL_SECS {
             return Err(SettingsError::invalid(
                 "rate_limit.lease_ttl_secs",
@@ -98,6 +103,44 @@ impl Settings {
                 .openai
                 .check()
                 .map_err(|(key, message)| SettingsError::invalid(key, message))?;
+        }
+        Ok(())
+    }
+
+    fn validate_tokens(&self) -> Result<(), SettingsError> {
+        let rate_limit = &self.rate_limit;
+        let mut limits = vec![
+            ("rate_limit.tokens_per_minute".to_owned(), rate_limit.tokens_per_minute),
+            ("rate_limit.tokens_per_hour".to_owned(), rate_limit.tokens_per_hour),
+            ("turns.max_output_tokens".to_owned(), self.turns.max_output_tokens),
+            (
+                "provider.openai.max_output_tokens".to_owned(),
+                self.provider.openai.max_output_tokens,
+            ),
+            ("rate_limit.min_output_tokens".to_owned(), Some(rate_limit.min_output_tokens)),
+        ];
+        for (tier, t) in &rate_limit.tiers {
+            limits
+                .push((format!("rate_limit.tiers.{tier}.tokens_per_minute"), t.tokens_per_minute));
+            limits.push((format!("rate_limit.tiers.{tier}.tokens_per_hour"), t.tokens_per_hour));
+        }
+        for (key, value) in limits {
+            match value {
+                Some(0) => return Err(SettingsError::invalid(&key, "must be at least 1")),
+                Some(v) if v > MAX_TOKEN_LIMIT => {
+                    return Err(SettingsError::invalid(
+                        &key,
+                        format!("must be at most {MAX_TOKEN_LIMIT}"),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        if rate_limit.min_output_tokens > self.max_output_tokens() {
+            return Err(SettingsError::invalid(
+                "rate_limit.min_output_tokens",
+                "must be at most turns.max_output_tokens",
+            ));
         }
         Ok(())
     }

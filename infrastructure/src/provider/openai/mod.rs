@@ -24,13 +24,13 @@ mod tests;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pantheon_domain::ProviderError;
 use pantheon_domain::ports::{ModelProvider, ReplyRequest, ReplyStream};
+use pantheon_domain::{ProviderError, TokenCounter};
 use reqwest::header::{self, HeaderValue};
 use reqwest::{Client, Url};
 use serde::Serialize;
 
-use crate::settings::{OpenAiProviderSettings, SettingsError};
+use crate::settings::{MaxTokensField, OpenAiProviderSettings, SettingsError};
 use failure::Secret;
 
 /// How long idle pooled connections are kept for the next turn.
@@ -47,8 +47,13 @@ pub struct OpenAiProvider {
     context_turns: usize,
     first_byte_timeout: Duration,
     idle_timeout: Duration,
-    max_output_tokens: Option<u32>,
+    max_tokens_field: MaxTokensField,
 }
+
+/// Tokens the chat format adds per message (its role and delimiters) and
+/// once to prime the reply, as OpenAI documents for its chat models.
+const TOKENS_PER_MESSAGE: u64 = 4;
+const REPLY_PRIMING_TOKENS: u64 = 3;
 
 impl OpenAiProvider {
     /// The provider for validated settings, with its HTTP client.
@@ -87,7 +92,7 @@ impl OpenAiProvider {
             context_turns: settings.context_turns,
             first_byte_timeout: Duration::from_millis(settings.first_byte_timeout_ms),
             idle_timeout: Duration::from_millis(settings.idle_timeout_ms),
-            max_output_tokens: settings.max_output_tokens,
+            max_tokens_field: settings.max_tokens_field,
         })
     }
 
@@ -102,12 +107,19 @@ impl OpenAiProvider {
             messages.push(Message { role: "assistant", content: output });
         }
         messages.push(Message { role: "user", content: &request.input });
+        let cap = request.max_output_tokens;
+        let (max_tokens, max_completion_tokens) = match self.max_tokens_field {
+            MaxTokensField::MaxTokens => (Some(cap), None),
+            MaxTokensField::MaxCompletionTokens => (None, Some(cap)),
+            MaxTokensField::Both => (Some(cap), Some(cap)),
+        };
         ChatRequest {
             model: &self.model,
             messages,
             stream: true,
             stream_options: StreamOptions { include_usage: true },
-            max_tokens: self.max_output_tokens,
+            max_tokens,
+            max_completion_tokens,
         }
     }
 }
@@ -119,7 +131,9 @@ struct ChatRequest<'a> {
     stream: bool,
     stream_options: StreamOptions,
     #[serde(skip_serializing_if = "Option::is_none")]
-    max_tokens: Option<u32>,
+    max_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_completion_tokens: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -166,5 +180,19 @@ impl ModelProvider for OpenAiProvider {
 
     fn context_turns(&self) -> usize {
         self.context_turns
+    }
+
+    /// The system prompt, the history and the input, each a message with
+    /// its framing, plus the reply's priming.
+    fn prompt_tokens(
+        &self,
+        tokens: &dyn TokenCounter,
+        input: &str,
+        history: &[(String, String)],
+    ) -> u64 {
+        let message = |content: &str| TOKENS_PER_MESSAGE + tokens.count(content);
+        let system = self.system_prompt.as_deref().map_or(0, message);
+        let earlier: u64 = history.iter().map(|(i, o)| message(i) + message(o)).sum();
+        system + earlier + message(input) + REPLY_PRIMING_TOKENS
     }
 }

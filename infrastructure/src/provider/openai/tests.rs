@@ -4,13 +4,13 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use pantheon_domain::ports::{ReplyEvent, ReplyRequest};
+use pantheon_domain::ports::{ModelProvider, ReplyEvent, ReplyRequest};
 use pantheon_domain::{FinishReason, ProviderError, SessionId, Usage};
 
 use super::OpenAiProvider;
 use super::failure::Secret;
 use super::stream::from_bytes;
-use crate::settings::OpenAiProviderSettings;
+use crate::settings::{MaxTokensField, OpenAiProviderSettings};
 
 const IDLE: Duration = Duration::from_millis(200);
 
@@ -121,7 +121,6 @@ fn the_request_carries_the_system_prompt_the_history_in_order_and_the_input() {
         base_url: Some("http://127.0.0.1:9/v1".into()),
         model: Some("m".into()),
         system_prompt: Some("Be brief.".into()),
-        max_output_tokens: Some(64),
         ..Default::default()
     };
     let provider = OpenAiProvider::new(&settings).map_err(|e| e.to_string());
@@ -129,6 +128,7 @@ fn the_request_carries_the_system_prompt_the_history_in_order_and_the_input() {
         session_id: SessionId::new(),
         input: "third".into(),
         history: vec![("first".into(), "one".into()), ("second".into(), "two".into())],
+        max_output_tokens: 64,
     };
     let body = provider.map(|p| serde_json::to_value(p.body(&request)).unwrap_or_default());
     let expected = serde_json::json!({
@@ -144,4 +144,53 @@ fn the_request_carries_the_system_prompt_the_history_in_order_and_the_input() {
         "max_tokens": 64,
     });
     assert_eq!(body, Ok(expected));
+}
+
+#[test]
+fn the_output_cap_goes_in_the_configured_field() {
+    let request = ReplyRequest {
+        session_id: SessionId::new(),
+        input: "hi".into(),
+        history: Vec::new(),
+        max_output_tokens: 77,
+    };
+    let fields = [
+        (MaxTokensField::MaxTokens, Some(77), None),
+        (MaxTokensField::MaxCompletionTokens, None, Some(77)),
+        (MaxTokensField::Both, Some(77), Some(77)),
+    ];
+    for (field, max_tokens, max_completion_tokens) in fields {
+        let settings = OpenAiProviderSettings {
+            base_url: Some("http://127.0.0.1:9/v1".into()),
+            model: Some("m".into()),
+            max_tokens_field: field,
+            ..Default::default()
+        };
+        let body = OpenAiProvider::new(&settings)
+            .map(|p| serde_json::to_value(p.body(&request)).unwrap_or_default())
+            .unwrap_or_default();
+        assert_eq!(body.get("max_tokens").and_then(|v| v.as_u64()), max_tokens, "{field:?}");
+        let completion = body.get("max_completion_tokens").and_then(|v| v.as_u64());
+        assert_eq!(completion, max_completion_tokens, "{field:?}");
+    }
+}
+
+#[test]
+fn the_prompt_estimate_frames_every_message_as_the_chat_format_does() {
+    let tokens = crate::tokenizer::Tiktoken::new(crate::settings::TokenizerKind::O200k);
+    let settings = OpenAiProviderSettings {
+        base_url: Some("http://127.0.0.1:9/v1".into()),
+        model: Some("m".into()),
+        system_prompt: Some("Be brief.".into()),
+        ..Default::default()
+    };
+    let provider = OpenAiProvider::new(&settings).unwrap_or_else(|_| unreachable!());
+    let history = vec![("first".to_owned(), "one".to_owned())];
+    let count = |t: &str| pantheon_domain::TokenCounter::count(&tokens, t);
+    let expected = (4 + count("Be brief."))
+        + (4 + count("first"))
+        + (4 + count("one"))
+        + (4 + count("third"))
+        + 3;
+    assert_eq!(provider.prompt_tokens(&tokens, "third", &history), expected);
 }

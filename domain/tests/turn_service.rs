@@ -14,8 +14,8 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use pantheon_domain::limiter::{
     Admission, Decision, Denial, Fallback, HandleOptions, Lease, LeaseId, LeaseStore,
-    LimiterCommand, Limits, Mode, Policy, RateLimitStatus, Releases, Window, WindowUsage,
-    limiter_channel,
+    LimiterCommand, Limits, Mode, Policy, RateLimitStatus, Refund, Releases, Reservation, Window,
+    WindowUsage, limiter_channel,
 };
 use pantheon_domain::ports::{
     Checkpoint, ModelProvider, ReplyEvent, ReplyRequest, ReplyStream, TurnRepository, TurnStart,
@@ -23,7 +23,8 @@ use pantheon_domain::ports::{
 use pantheon_domain::turn::TurnEnd;
 use pantheon_domain::{
     Caller, FinishReason, NewTurn, Page, PageRequest, ProviderError, SessionId, StorageError,
-    SystemClock, Turn, TurnError, TurnId, TurnPolicy, TurnService, TurnStatus, UserId,
+    SystemClock, TokenCounter, Turn, TurnError, TurnId, TurnPolicy, TurnService, TurnStatus, Usage,
+    UserId,
 };
 
 /// Turns in memory, every call counted.
@@ -139,7 +140,40 @@ impl ModelProvider for SlowProvider {
     }
 }
 
-const LIMITS: Limits = Limits { per_minute: 1, per_hour: 1, max_concurrent: 1 };
+const LIMITS: Limits = Limits {
+    per_minute: 1,
+    per_hour: 1,
+    max_concurrent: 1,
+    tokens_per_minute: None,
+    tokens_per_hour: None,
+};
+
+/// A tokenizer of one token per character: every boundary settles.
+#[derive(Debug)]
+struct Chars;
+
+impl TokenCounter for Chars {
+    fn count(&self, text: &str) -> u64 {
+        text.chars().count() as u64
+    }
+
+    fn fit(&self, text: &str, max: u64) -> usize {
+        text.char_indices().nth(max as usize).map_or(text.len(), |(i, _)| i)
+    }
+
+    fn settled_len(&self, text: &str) -> usize {
+        text.len()
+    }
+}
+
+fn policy(max_duration: Duration) -> TurnPolicy {
+    TurnPolicy {
+        max_duration,
+        checkpoint_interval: CHECKPOINT,
+        max_output_tokens: 4_096,
+        min_output_tokens: 16,
+    }
+}
 
 fn caller() -> Caller {
     Caller { user: UserId::parse("alice").unwrap(), tier: None, limits: LIMITS }
@@ -149,6 +183,15 @@ fn caller() -> Caller {
 /// an admission carries a lease whose release lands in `releases`.
 fn fake_limiter(
     answer: Decision,
+    releases: Arc<Releases>,
+) -> pantheon_domain::limiter::LimiterHandle {
+    reserving_limiter(answer, None, releases)
+}
+
+/// [`fake_limiter`] whose leases carry `reservation`.
+fn reserving_limiter(
+    answer: Decision,
+    reservation: Option<Reservation>,
     releases: Arc<Releases>,
 ) -> pantheon_domain::limiter::LimiterHandle {
     let options = HandleOptions {
@@ -162,6 +205,7 @@ fn fake_limiter(
             if let LimiterCommand::Check { user, respond_to, .. } = command {
                 let lease = matches!(answer, Decision::Admitted(_)).then(|| {
                     Lease::new(LeaseId::random(), user, LeaseStore::Local, releases.clone())
+                        .with_reservation(reservation)
                 });
                 let _ = respond_to.send(Admission { decision: answer.clone(), lease });
             }
@@ -181,8 +225,15 @@ fn service(
     let session = SessionId::new();
     turns.owner.lock().unwrap().insert(session, caller().user);
     let limiter = limiter.map(|answer| fake_limiter(answer, Arc::default()));
-    let policy = TurnPolicy { max_duration: max, checkpoint_interval: CHECKPOINT };
-    (TurnService::new(turns, Arc::new(provider), Arc::new(SystemClock), policy, limiter), session)
+    let service = TurnService::new(
+        turns,
+        Arc::new(provider),
+        Arc::new(Chars),
+        Arc::new(SystemClock),
+        policy(max),
+        limiter,
+    );
+    (service, session)
 }
 
 fn input() -> NewTurn {
@@ -204,6 +255,8 @@ async fn a_refused_turn_never_reaches_the_repository() {
         retry_at_ms: 1_000,
         binding: Policy::Minute,
         active: 0,
+        tokens: [None, None],
+        requested: None,
         now_ms: 0,
     };
     let turns = Arc::new(FakeTurns::default());
@@ -226,7 +279,7 @@ fn admitted() -> Decision {
         remaining: 0,
         reset_ms: 0,
     });
-    Decision::Admitted(RateLimitStatus { limits: LIMITS, usage, active: 1 })
+    Decision::Admitted(RateLimitStatus { limits: LIMITS, usage, active: 1, tokens: [None, None] })
 }
 
 #[tokio::test]
@@ -236,11 +289,15 @@ async fn a_turn_gives_its_slot_back_once_persisted_and_before_its_end_is_reporte
     let session = SessionId::new();
     turns.owner.lock().unwrap().insert(session, caller().user);
     let provider = SlowProvider { chunks: 3, delay: Duration::from_millis(5) };
-    let policy =
-        TurnPolicy { max_duration: Duration::from_secs(5), checkpoint_interval: CHECKPOINT };
     let limiter = fake_limiter(admitted(), releases.clone());
-    let service =
-        TurnService::new(turns, Arc::new(provider), Arc::new(SystemClock), policy, Some(limiter));
+    let service = TurnService::new(
+        turns,
+        Arc::new(provider),
+        Arc::new(Chars),
+        Arc::new(SystemClock),
+        policy(Duration::from_secs(5)),
+        Some(limiter),
+    );
 
     let run = service.start(&caller(), session, input()).await.unwrap();
     assert!(releases.take().is_empty(), "the slot is held while the turn generates");
@@ -407,4 +464,89 @@ async fn after_an_outage_the_sweep_waits_until_heartbeats_could_be_stamped_again
     tokio::time::sleep(CHECKPOINT * 2).await;
     service.sweep_stale().await.unwrap();
     assert_eq!(turns.sweeps.load(Ordering::SeqCst), 2, "resumed");
+}
+
+/// A service whose limiter admits every turn with `reservation`, over a
+/// provider of `chunks` words of 3 characters (tokens, for [`Chars`]) that
+/// ignores any cap.
+fn budgeted(
+    chunks: usize,
+    reservation: Reservation,
+    releases: Arc<Releases>,
+) -> (TurnService, SessionId, Arc<FakeTurns>) {
+    let turns = Arc::new(FakeTurns::default());
+    let session = SessionId::new();
+    turns.owner.lock().unwrap().insert(session, caller().user);
+    let limiter = reserving_limiter(admitted(), Some(reservation), releases);
+    let service = TurnService::new(
+        turns.clone(),
+        Arc::new(SlowProvider { chunks, delay: Duration::ZERO }),
+        Arc::new(Chars),
+        Arc::new(SystemClock),
+        policy(Duration::from_secs(5)),
+        Some(limiter),
+    );
+    (service, session, turns)
+}
+
+fn budget_caller() -> Caller {
+    Caller { limits: Limits { tokens_per_minute: Some(1_000), ..LIMITS }, ..caller() }
+}
+
+#[tokio::test]
+async fn a_reply_that_ignores_its_cap_is_cut_there_and_charged_its_reservation_only() {
+    let releases = Arc::new(Releases::default());
+    let reservation = Reservation { input: 5, output_cap: 10, buckets: [Some(3), None] };
+    let (service, session, _) = budgeted(100, reservation, releases.clone());
+    let turn = service.submit(&budget_caller(), session, input()).await.unwrap().turn;
+    assert_eq!(turn.output, "w0 w1 w2 w", "cut at the tenth character");
+    assert_eq!(turn.finish_reason, Some(FinishReason::Length));
+    assert_eq!(
+        turn.usage,
+        Some(Usage::of(5, 10)),
+        "the input and the cut output, by the tokenizer"
+    );
+    let released = releases.take();
+    assert_eq!(released.len(), 1);
+    assert_eq!(released[0].refund, None, "it used all of its reservation, no more");
+}
+
+#[tokio::test]
+async fn a_short_reply_refunds_the_rest_of_its_reservation() {
+    let releases = Arc::new(Releases::default());
+    let reservation = Reservation { input: 5, output_cap: 100, buckets: [Some(3), Some(0)] };
+    let (service, session, _) = budgeted(2, reservation, releases.clone());
+    let turn = service.submit(&budget_caller(), session, input()).await.unwrap().turn;
+    assert_eq!((turn.output.as_str(), turn.finish_reason), ("w0 w1 ", Some(FinishReason::Stop)));
+    assert_eq!(turn.usage, Some(Usage::of(5, 6)));
+    let refund = releases.take().pop().and_then(|r| r.refund);
+    assert_eq!(refund, Some(Refund { tokens: 105 - 11, buckets: [Some(3), Some(0)] }));
+}
+
+#[tokio::test]
+async fn a_turn_whose_session_is_missing_refunds_its_whole_reservation() {
+    let releases = Arc::new(Releases::default());
+    let reservation = Reservation { input: 5, output_cap: 100, buckets: [Some(3), None] };
+    let (service, _, _) = budgeted(2, reservation, releases.clone());
+    let result = service.submit(&budget_caller(), SessionId::new(), input()).await;
+    assert!(matches!(result, Err(TurnError::SessionNotFound)), "{result:?}");
+    let refund = releases.take().pop().and_then(|r| r.refund);
+    assert_eq!(refund.map(|r| r.tokens), Some(105));
+}
+
+#[tokio::test]
+async fn an_input_that_can_never_fit_its_token_budget_is_refused_before_anything_else() {
+    let releases = Arc::new(Releases::default());
+    let reservation = Reservation { input: 5, output_cap: 100, buckets: [Some(3), None] };
+    let (service, session, turns) = budgeted(2, reservation, releases.clone());
+    // 5 input tokens + 16 least output > 20.
+    let caller = Caller { limits: Limits { tokens_per_minute: Some(20), ..LIMITS }, ..caller() };
+    let result = service.submit(&caller, session, input()).await;
+    let Err(TurnError::InputExceedsTokenBudget { input_tokens, requested, limit, policy }) = result
+    else {
+        panic!("refused: {result:?}");
+    };
+    assert_eq!((input_tokens, requested, limit, policy), (5, 21, 20, Policy::TokensMinute));
+    assert_eq!(turns.calls.load(Ordering::SeqCst), 0, "nothing looked up or written");
+    assert!(releases.take().is_empty(), "the limiter was never asked: no lease, no count");
 }

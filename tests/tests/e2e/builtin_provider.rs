@@ -5,16 +5,24 @@ use futures::StreamExt;
 use pantheon_domain::SessionId;
 use pantheon_domain::ports::{ModelProvider, ReplyEvent, ReplyRequest};
 use pantheon_infrastructure::provider::BuiltinProvider;
+use pantheon_infrastructure::settings::TokenizerKind;
+use pantheon_infrastructure::tokenizer::Tiktoken;
 use tokio::time::{Duration, Instant};
 
 fn request(input: &str) -> ReplyRequest {
-    ReplyRequest { session_id: SessionId::new(), input: input.into(), history: Vec::new() }
+    ReplyRequest {
+        session_id: SessionId::new(),
+        input: input.into(),
+        history: Vec::new(),
+        max_output_tokens: 4_096,
+    }
 }
 
 /// When each delta arrived, in ms after the reply began, for a reader
 /// that spends `work` on each delta before asking for the next.
 async fn arrivals(work: Duration) -> Vec<u128> {
-    let provider = BuiltinProvider::new(Duration::from_millis(50));
+    let tokens = std::sync::Arc::new(Tiktoken::new(TokenizerKind::O200k));
+    let provider = BuiltinProvider::new(Duration::from_millis(50), tokens);
     let began = Instant::now();
     let mut stream = provider.reply(request("a b c d")).await.unwrap_or_else(|_| unreachable!());
     let mut at = Vec::new();

@@ -47,7 +47,7 @@ async fn checks_answered_by_the_fallback_are_never_counted() {
     tokio::spawn(
         LimiterActor::new(mailbox, clock, Fallback::Deny, shared, Some(link), LEASE_TTL).run(),
     );
-    let limits = Limits { per_minute: 1_000, per_hour: 10_000, max_concurrent: 1_000 };
+    let limits = Limits::turns(1_000, 10_000, 1_000);
     let check = |user| {
         let handle = handle.clone();
         tokio::spawn(async move { handle.check(user, limits).await.decision })

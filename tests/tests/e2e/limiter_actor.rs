@@ -20,7 +20,7 @@ const T0: i64 = 493_000 * HOUR;
 /// Window limits with a cap on running turns no window test reaches (their
 /// leases are dropped, and so released, as soon as each check returns).
 fn limits(per_minute: u32, per_hour: u32) -> Limits {
-    Limits { per_minute, per_hour, max_concurrent: 1_000_000 }
+    Limits::turns(per_minute, per_hour, 1_000_000)
 }
 
 fn denial(decision: Decision) -> Denial {
@@ -277,7 +277,7 @@ async fn redis_and_in_process_backends_agree_on_every_decision() {
     let redis = spawn_limiter(&settings, clock.clone()).await.unwrap();
     let memory = memory_limiter(clock.clone()).await;
     let users: Vec<_> = (0..3).map(|_| unique_user("diff")).collect();
-    let l = Limits { per_minute: 4, per_hour: 12, max_concurrent: 2 };
+    let l = Limits::turns(4, 12, 2);
     let mut running: Vec<(usize, Lease, Lease)> = Vec::new();
     let (mut refused, mut by_concurrency, mut finished) = (0, 0, 0);
     for step in 0..600 {

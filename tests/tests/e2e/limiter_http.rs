@@ -145,7 +145,13 @@ async fn a_higher_tier_token_is_admitted_on_its_very_next_request() {
     let (app, _) = app_with(Backend::Sqlite, 1, 100, |s| {
         s.rate_limit.tiers.insert(
             "pro".into(),
-            TierLimits { per_minute: 5, per_hour: 500, max_concurrent_turns: None },
+            TierLimits {
+                per_minute: 5,
+                per_hour: 500,
+                max_concurrent_turns: None,
+                tokens_per_minute: None,
+                tokens_per_hour: None,
+            },
         );
     })
     .await;

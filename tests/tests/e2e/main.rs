@@ -41,5 +41,6 @@ mod sessions;
 mod shutdown;
 mod simultaneous_start;
 mod streaming;
+mod tokens;
 mod turn_writes;
 mod turns;

@@ -6,8 +6,10 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use pantheon_domain::TokenCounter;
 use pantheon_infrastructure::Settings;
-use pantheon_infrastructure::settings::{OnDisconnect, ProviderKind};
+use pantheon_infrastructure::settings::{OnDisconnect, ProviderKind, TokenizerKind};
+use pantheon_infrastructure::tokenizer::Tiktoken;
 use pantheon_tests::fake_openai::{
     Answer, FakeOpenAi, Step, delta, done, error_line, finish, reply, status,
 };
@@ -80,22 +82,35 @@ async fn a_streamed_reply_lands_in_the_turn_with_its_usage() {
     assert_eq!(seen[0].body["model"], "fake-model");
     assert_eq!(seen[0].body["stream"], true);
     assert_eq!(seen[0].body["stream_options"], json!({"include_usage": true}));
-    assert!(seen[0].body.get("max_tokens").is_none(), "unset max_output_tokens sends none");
+    assert_eq!(seen[0].body["max_tokens"], 4_096, "turns.max_output_tokens, by default");
+    assert!(seen[0].body.get("max_completion_tokens").is_none(), "one field, as OpenAI wants");
     assert_eq!(seen[0].messages(), messages(&[SYSTEM, ("user", "Say hello")]));
 }
 
 #[tokio::test]
-async fn a_reply_cut_at_its_length_limit_keeps_length_and_unknown_usage_stays_null() {
+async fn a_reply_cut_at_its_length_limit_keeps_length_and_unreported_usage_is_counted() {
     let fake =
         FakeOpenAi::start(|_| Answer::Stream(vec![delta("Once upon"), finish("length"), done()]))
             .await;
-    let app =
-        spawn_on(Backend::Sqlite, &fake, |s| s.provider.openai.max_output_tokens = Some(2)).await;
+    // The deprecated alias still sets the cap.
+    let app = spawn_on(Backend::Sqlite, &fake, |s| {
+        s.provider.openai.max_output_tokens = Some(2);
+        s.rate_limit.min_output_tokens = 1;
+    })
+    .await;
     let (token, session) = user_with_session(&app).await;
     let turn = expect_json(app.submit_turn(&token, &session, "Tell a story").await, 201).await;
     assert_eq!((&turn["status"], &turn["finish_reason"]), (&json!("completed"), &json!("length")));
     assert_eq!(turn["output"], "Once upon");
-    assert!(turn["usage"].is_null(), "never a made-up usage: {turn}");
+    // No usage chunk: the tokenizer's count of the prompt as sent (each
+    // message framed, the reply primed) and of the reply.
+    let tokens = Tiktoken::new(TokenizerKind::O200k);
+    let prompt = (4 + tokens.count("You are a test.")) + (4 + tokens.count("Tell a story")) + 3;
+    let output = tokens.count("Once upon");
+    assert_eq!(
+        turn["usage"],
+        json!({"input_tokens": prompt, "output_tokens": output, "total_tokens": prompt + output})
+    );
     assert_eq!(fake.seen()[0].body["max_tokens"], 2);
 }
 

@@ -2,9 +2,13 @@
 
 use std::collections::BTreeSet;
 
+use pantheon_domain::TokenCounter;
 use pantheon_infrastructure::provider::FAIL_MARKER;
+use pantheon_infrastructure::settings::TokenizerKind;
+use pantheon_infrastructure::tokenizer::Tiktoken;
 use pantheon_tests::{Backend, expect_json, expect_problem, spawn_app, spawn_app_with};
 use reqwest::Method;
+use serde_json::json;
 
 on_both_databases!(
     a_turn_is_persisted_completed_with_seq_one_and_listed_in_order,
@@ -25,7 +29,14 @@ async fn a_turn_is_persisted_completed_with_seq_one_and_listed_in_order(backend:
     assert_eq!(turn["output"], "You said: hello pantheon");
     assert_eq!(turn["status"], "completed");
     assert_eq!(turn["finish_reason"], "stop");
-    assert_eq!(turn["usage"]["total_tokens"], 5);
+    // The builtin provider counts with the server's tokenizer.
+    let tokens = Tiktoken::new(TokenizerKind::O200k);
+    let (input, output) =
+        (tokens.count("hello pantheon"), tokens.count("You said: hello pantheon"));
+    assert_eq!(
+        turn["usage"],
+        json!({"input_tokens": input, "output_tokens": output, "total_tokens": input + output})
+    );
     assert!(turn["error"].is_null() && turn["completed_at"].is_string());
     assert_eq!(
         location,

@@ -61,13 +61,16 @@ local tmc, tmp = tonumber(v[5] or 0), tonumber(v[6] or 0)
 local thc, thp = tonumber(v[7] or 0), tonumber(v[8] or 0)
 local tml, thl = tonumber(ARGV[11]), tonumber(ARGV[12])
 local input, least, out = tonumber(ARGV[13]), tonumber(ARGV[14]), tonumber(ARGV[15])
+local fits = true
 -- The output room of each budgeted window: floor((L*W - p*(W-e)) / W) - c
--- - input, the division checked back by multiplication.
+-- - input, the division checked back by multiplication; it must hold the
+-- least output, and the cap is the smallest room (at most the most output).
 if tml >= 0 then
   local x = tml * mw - tmp * (mw - me)
   local r = math.floor(x / mw)
   if r * mw > x then r = r - 1 elseif (r + 1) * mw <= x then r = r + 1 end
   r = r - tmc - input
+  if r < least then fits = false end
   if r < out then out = r end
 end
 if thl >= 0 then
@@ -75,11 +78,12 @@ if thl >= 0 then
   local r = math.floor(x / hw)
   if r * hw > x then r = r - 1 elseif (r + 1) * hw <= x then r = r + 1 end
   r = r - thc - input
+  if r < least then fits = false end
   if r < out then out = r end
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
 local active = redis.call('ZCARD', KEYS[5])
-if active < cap and out >= least and mp * (mw - me) + (mc + 1) * mw <= ml * mw
+if active < cap and fits and mp * (mw - me) + (mc + 1) * mw <= ml * mw
     and hp * (hw - he) + (hc + 1) * hw <= hl * hw then
   if redis.call('INCR', KEYS[1]) == 1 then redis.call('PEXPIRE', KEYS[1], 2 * mw - me) end
   if redis.call('INCR', KEYS[3]) == 1 then redis.call('PEXPIRE', KEYS[3], 2 * hw - he) end

@@ -42,5 +42,6 @@ mod shutdown;
 mod simultaneous_start;
 mod streaming;
 mod tokens;
+mod tokens_actor;
 mod turn_writes;
 mod turns;

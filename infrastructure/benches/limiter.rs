@@ -21,8 +21,7 @@ use pantheon_infrastructure::Settings;
 use pantheon_infrastructure::limiter::keys::check_keys;
 use pantheon_infrastructure::limiter::{CHECK_SCRIPT, limiter};
 
-const HIGH: Limits =
-    Limits { per_minute: u32::MAX / 4, per_hour: u32::MAX / 4, max_concurrent: u32::MAX / 4 };
+const HIGH: Limits = Limits::turns(u32::MAX / 4, u32::MAX / 4, u32::MAX / 4);
 
 fn user(tag: &str, i: usize) -> UserId {
     UserId::parse(&format!("bench-{tag}-{}-{i}", std::process::id())).unwrap()
@@ -141,7 +140,7 @@ async fn main() {
     }
     let per_admitted = (total_commands(&mut stats) - before) as f64 / 1_000.0;
     let refused_user = user("count", 1);
-    let one = Limits { per_minute: 1, per_hour: 1, max_concurrent: 1_000 };
+    let one = Limits::turns(1, 1, 1_000);
     handle.check(refused_user.clone(), one).await;
     assert!(matches!(handle.check(refused_user.clone(), one).await.decision, Decision::Limited(_)));
     let before = total_commands(&mut stats);

@@ -26,7 +26,7 @@ pub struct Limits {
 
 impl Limits {
     /// Turn limits with no token budget.
-    pub fn turns(per_minute: u32, per_hour: u32, max_concurrent: u32) -> Self {
+    pub const fn turns(per_minute: u32, per_hour: u32, max_concurrent: u32) -> Self {
         Self {
             per_minute,
             per_hour,

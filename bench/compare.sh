@@ -15,7 +15,10 @@
 # schema; when AFTER only adds a migration BEFORE can run beside (a new
 # nullable column, an index), set
 # COMPARE_BEFORE_ENV=PANTHEON__DATABASE__AUTO_MIGRATE=false and BEFORE runs
-# on AFTER's schema without migrating.
+# on AFTER's schema without migrating. COMPARE_AFTER_ENV sets AFTER's own
+# extra settings: one build against itself with a feature off and on, e.g.
+#   COMPARE_AFTER_ENV="PANTHEON__RATE_LIMIT__TOKENS_PER_MINUTE=1000000000" \
+#     bench/compare.sh target/release/pantheon target/release/pantheon json
 # Scenarios (default: all): json — run.sh's A and B on each build (the
 # limiter overhead 1 − A/B per build); refusal — C and /healthz on each;
 # sse — E on a fresh server of each, alternately.
@@ -89,7 +92,11 @@ ratio() { awk -v a="$(total "$1")" -v b="$(total "$2")" 'BEGIN { printf "%.3f", 
 build() { if [ "$1" = after ]; then echo "$AFTER"; else echo "$BEFORE"; fi; }
 # Extra settings of the BEFORE build's servers (space-separated VAR=value).
 read -r -a BEFORE_ENV <<<"${COMPARE_BEFORE_ENV:-}"
-build_env() { if [ "$1" = before ] && [ ${#BEFORE_ENV[@]} -gt 0 ]; then printf '%s\n' "${BEFORE_ENV[@]}"; fi; }
+read -r -a AFTER_ENV <<<"${COMPARE_AFTER_ENV:-}"
+build_env() {
+  if [ "$1" = before ] && [ ${#BEFORE_ENV[@]} -gt 0 ]; then printf '%s\n' "${BEFORE_ENV[@]}"; fi
+  if [ "$1" = after ] && [ ${#AFTER_ENV[@]} -gt 0 ]; then printf '%s\n' "${AFTER_ENV[@]}"; fi
+}
 
 log "setup: users and sessions"
 start_build setup "$AFTER" "${HIGH_ENV[@]}"
@@ -106,8 +113,8 @@ for scenario in "${SCENARIOS[@]}"; do
     json)
       start_build A-before "$BEFORE" "${HIGH_ENV[@]}" "${BEFORE_ENV[@]}"
       start_build B-before "$BEFORE" "${HIGH_ENV[@]}" "${BEFORE_ENV[@]}" PANTHEON__RATE_LIMIT__ENABLED=false
-      start_build A-after "$AFTER" "${HIGH_ENV[@]}"
-      start_build B-after "$AFTER" "${HIGH_ENV[@]}" PANTHEON__RATE_LIMIT__ENABLED=false
+      start_build A-after "$AFTER" "${HIGH_ENV[@]}" "${AFTER_ENV[@]}"
+      start_build B-after "$AFTER" "${HIGH_ENV[@]}" "${AFTER_ENV[@]}" PANTHEON__RATE_LIMIT__ENABLED=false
       for s in A-before B-before A-after B-after; do
         wrk -t2 -c64 -d2s -s bench/wrk/turns.lua "${SBASE[$s]}" -- "$WORK/users-a.txt" >/dev/null
       done

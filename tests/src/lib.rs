@@ -13,6 +13,7 @@ pub mod logs;
 pub mod postgres_server;
 pub mod process;
 pub mod redis_server;
+pub mod rng;
 pub mod sse;
 
 use std::sync::Arc;
@@ -80,6 +81,33 @@ pub async fn spawn_app_on(
     adjust(&mut settings);
     settings.validate().expect("test settings are valid");
     spawn_with_settings(database, settings, clock).await
+}
+
+/// `count` servers over one database (`database` stays the caller's), with
+/// one JWT secret (a token minted by any is good on all) and `clock`, each
+/// after `adjust`: instances of one deployment.
+pub async fn spawn_instances(
+    count: usize,
+    database: &TestDatabase,
+    clock: Arc<dyn Clock>,
+    adjust: impl Fn(&mut Settings),
+) -> Vec<TestApp> {
+    let secret = format!("test-secret-{}", uuid::Uuid::new_v4());
+    let mut apps = Vec::with_capacity(count);
+    for _ in 0..count {
+        let at = TestDatabase::at(database.url.clone());
+        let app = spawn_app_on(
+            at,
+            |s| {
+                s.auth.jwt_secret = secret.clone();
+                adjust(s);
+            },
+            clock.clone(),
+        )
+        .await;
+        apps.push(app);
+    }
+    apps
 }
 
 async fn spawn_with_settings(

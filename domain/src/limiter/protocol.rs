@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use tokio::sync::oneshot;
 
-use super::decision::{Limits, Policy, TokenCost, TokenUsage, WindowUsage};
+use super::decision::{Limits, Policy, Reservation, TokenCost, TokenUsage, Verdict, WindowUsage};
 use super::lease::Lease;
 use crate::ids::UserId;
 
@@ -125,6 +125,44 @@ pub enum Decision {
     Skipped(SkipReason),
     /// Not checked (fallback `deny`): refuse with `503`.
     Unavailable(SkipReason),
+}
+
+impl Decision {
+    /// The decision a verdict on `limits` at `now_ms` makes, and what an
+    /// admission reserved.
+    pub fn from_verdict(
+        verdict: Verdict,
+        limits: Limits,
+        now_ms: i64,
+    ) -> (Decision, Option<Reservation>) {
+        match verdict {
+            Verdict::Admitted { usage, active, tokens, reservation } => {
+                (Decision::Admitted(RateLimitStatus { limits, usage, active, tokens }), reservation)
+            }
+            Verdict::Limited {
+                usage,
+                violated,
+                retry_at_ms,
+                binding,
+                active,
+                tokens,
+                requested,
+            } => {
+                let denial = Denial {
+                    limits,
+                    usage,
+                    violated,
+                    retry_at_ms,
+                    binding,
+                    active,
+                    tokens,
+                    requested,
+                    now_ms,
+                };
+                (Decision::Limited(denial), None)
+            }
+        }
+    }
 }
 
 /// A check's answer, with the lease of the slot an admission took (`None`

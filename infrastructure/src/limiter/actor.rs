@@ -22,9 +22,9 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use pantheon_domain::limiter::{
-    Admission, Decision, Denial, Fallback, Lease, LeaseId, LeaseStore, LimiterCommand,
-    LimiterShared, Limits, RateLimitStatus, Reservation, SkipReason, TokenCost, Verdict, Window,
-    decide, token_usage, usage,
+    Admission, Decision, Fallback, Lease, LeaseId, LeaseStore, LimiterCommand, LimiterShared,
+    Limits, RateLimitStatus, Reservation, SkipReason, TokenCost, Verdict, Window, decide,
+    token_usage, usage,
 };
 use pantheon_domain::{Clock, UserId};
 use redis::aio::MultiplexedConnection;
@@ -513,34 +513,11 @@ impl LimiterActor {
         now_ms: i64,
         verdict: Verdict,
     ) -> (Decision, Option<Reservation>) {
-        match verdict {
-            Verdict::Admitted { usage, active, tokens, reservation } => {
-                (Decision::Admitted(RateLimitStatus { limits, usage, active, tokens }), reservation)
-            }
-            Verdict::Limited {
-                usage,
-                violated,
-                retry_at_ms,
-                binding,
-                active,
-                tokens,
-                requested,
-            } => {
-                let denial = Denial {
-                    limits,
-                    usage,
-                    violated,
-                    retry_at_ms,
-                    binding,
-                    active,
-                    tokens,
-                    requested,
-                    now_ms,
-                };
-                self.shared.refusals().insert(user, &denial);
-                (Decision::Limited(denial), None)
-            }
+        let (decision, reservation) = Decision::from_verdict(verdict, limits, now_ms);
+        if let Decision::Limited(denial) = &decision {
+            self.shared.refusals().insert(user, denial);
         }
+        (decision, reservation)
     }
 }
 

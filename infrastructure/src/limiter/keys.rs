@@ -22,14 +22,7 @@ pub fn token_key(user: &UserId, window: Window, index: i64) -> String {
 /// [`check_keys`] in the script's `KEYS`): minute current and previous,
 /// hour current and previous.
 pub fn token_keys(user: &UserId, now_ms: i64) -> [String; 4] {
-    let minute = window_index(Window::Minute, now_ms);
-    let hour = window_index(Window::Hour, now_ms);
-    [
-        token_key(user, Window::Minute, minute),
-        token_key(user, Window::Minute, minute - 1),
-        token_key(user, Window::Hour, hour),
-        token_key(user, Window::Hour, hour - 1),
-    ]
+    windows(user, now_ms, token_key)
 }
 
 /// The key of `user`'s sorted set of leases.
@@ -40,14 +33,19 @@ pub fn active_key(user: &UserId) -> String {
 /// The five keys a check reads at `now_ms`: minute current and previous,
 /// hour current and previous, and the leases (the script's `KEYS` order).
 pub fn check_keys(user: &UserId, now_ms: i64) -> [String; 5] {
+    let [mc, mp, hc, hp] = windows(user, now_ms, counter_key);
+    [mc, mp, hc, hp, active_key(user)]
+}
+
+/// `key` of the current and previous minute, then hour, at `now_ms`.
+fn windows(user: &UserId, now_ms: i64, key: fn(&UserId, Window, i64) -> String) -> [String; 4] {
     let minute = window_index(Window::Minute, now_ms);
     let hour = window_index(Window::Hour, now_ms);
     [
-        counter_key(user, Window::Minute, minute),
-        counter_key(user, Window::Minute, minute - 1),
-        counter_key(user, Window::Hour, hour),
-        counter_key(user, Window::Hour, hour - 1),
-        active_key(user),
+        key(user, Window::Minute, minute),
+        key(user, Window::Minute, minute - 1),
+        key(user, Window::Hour, hour),
+        key(user, Window::Hour, hour - 1),
     ]
 }
 

@@ -19,7 +19,9 @@ use pantheon_tests::limiter::{redis_connection, redis_url};
 use pantheon_tests::process::ServerCommand;
 use pantheon_tests::redis_server::refused_url;
 use pantheon_tests::sse::parse_raw;
-use pantheon_tests::{Backend, TestApp, TestDatabase, expect_json, spawn_app_on, spawn_app_with};
+use pantheon_tests::{
+    Backend, TestApp, TestDatabase, expect_json, spawn_app_on, spawn_app_with, spawn_instances,
+};
 use redis::Commands;
 use reqwest::{Method, Response};
 use serde_json::{Value, json};
@@ -293,26 +295,15 @@ async fn three_instances_never_run_more_than_the_cap_for_one_user() {
     const CAP: usize = 3;
     const TURNS: usize = 200;
     let database = TestDatabase::create(Backend::Postgres).await;
-    let secret = format!("test-secret-{}", uuid::Uuid::new_v4());
-    let mut apps = Vec::new();
-    for _ in 0..3 {
-        let secret = secret.clone();
-        let app = spawn_app_on(
-            TestDatabase::at(database.url.clone()),
-            move |s| {
-                s.auth.jwt_secret = secret;
-                s.redis.url = Some(redis_url());
-                s.redis.timeout_ms = 2_000;
-                s.rate_limit.per_minute = 10_000;
-                s.rate_limit.per_hour = 100_000;
-                s.rate_limit.max_concurrent_turns = CAP as u32;
-                s.provider.builtin.chunk_delay_ms = 50;
-            },
-            Arc::new(pantheon_domain::SystemClock),
-        )
-        .await;
-        apps.push(app);
-    }
+    let apps = spawn_instances(3, &database, Arc::new(pantheon_domain::SystemClock), |s| {
+        s.redis.url = Some(redis_url());
+        s.redis.timeout_ms = 2_000;
+        s.rate_limit.per_minute = 10_000;
+        s.rate_limit.per_hour = 100_000;
+        s.rate_limit.max_concurrent_turns = CAP as u32;
+        s.provider.builtin.chunk_delay_ms = 50;
+    })
+    .await;
     let (user, token) = apps[0].new_user();
     let user = user_of(&user);
     let session = apps[0].create_session(&token).await["id"].as_str().unwrap().to_owned();

@@ -10,6 +10,7 @@ use pantheon_infrastructure::limiter::keys::{active_key, counter_key};
 use pantheon_tests::limiter::{
     memory_limiter, redis_connection, redis_limiter, redis_settings, spawn_limiter, unique_user,
 };
+use pantheon_tests::rng::Rng;
 use redis::Commands;
 
 const MINUTE: i64 = 60_000;
@@ -248,19 +249,6 @@ async fn five_hundred_concurrent_checks_admit_exactly_the_limit() {
         20,
         "three instances, one Redis"
     );
-}
-
-/// A tiny deterministic generator (xorshift), so a failure is reproducible
-/// from the printed seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self, bound: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % bound
-    }
 }
 
 /// Both backends over the same random arrivals, finishes and clock moves:

@@ -20,6 +20,7 @@ use pantheon_tests::redis_server::refused_url;
 use pantheon_tests::sse::parse_raw;
 use pantheon_tests::{
     Backend, TestApp, TestDatabase, expect_json, expect_problem, header, spawn_app_on,
+    spawn_instances,
 };
 use redis::Commands;
 use reqwest::{Method, Response};
@@ -96,30 +97,19 @@ async fn concurrent_long_turns_over_three_instances_never_settle_more_than_the_b
     const ATTEMPTS: usize = 4;
     let clock = Arc::new(ManualClock::at(NOW));
     let database = TestDatabase::create(Backend::Postgres).await;
-    let secret = format!("test-secret-{}", uuid::Uuid::new_v4());
-    let mut apps = Vec::new();
-    for _ in 0..3 {
-        let secret = secret.clone();
-        let app = spawn_app_on(
-            TestDatabase::at(database.url.clone()),
-            move |s| {
-                s.auth.jwt_secret = secret;
-                s.redis.url = Some(redis_url());
-                s.redis.timeout_ms = 2_000;
-                s.rate_limit.per_minute = 10_000;
-                s.rate_limit.per_hour = 100_000;
-                s.rate_limit.max_concurrent_turns = 1_000;
-                s.rate_limit.tokens_per_minute = Some(LIMIT as u32);
-                s.turns.max_output_tokens = Some(120);
-                // About a second per turn: they overlap, and refunds land
-                // while others are still asking.
-                s.provider.builtin.chunk_delay_ms = 20;
-            },
-            clock.clone(),
-        )
-        .await;
-        apps.push(app);
-    }
+    let apps = spawn_instances(3, &database, clock.clone(), |s| {
+        s.redis.url = Some(redis_url());
+        s.redis.timeout_ms = 2_000;
+        s.rate_limit.per_minute = 10_000;
+        s.rate_limit.per_hour = 100_000;
+        s.rate_limit.max_concurrent_turns = 1_000;
+        s.rate_limit.tokens_per_minute = Some(LIMIT as u32);
+        s.turns.max_output_tokens = Some(120);
+        // About a second per turn: they overlap, and refunds land while
+        // others are still asking.
+        s.provider.builtin.chunk_delay_ms = 20;
+    })
+    .await;
     let (user, token, session) = user_and_session(&apps[0]).await;
     let input = words(40);
     let clients = (0..CLIENTS).map(|i| {

@@ -11,6 +11,7 @@ use pantheon_infrastructure::limiter::keys::{active_key, token_key};
 use pantheon_tests::limiter::{
     memory_limiter, redis_connection, redis_limiter, redis_settings, spawn_limiter, unique_user,
 };
+use pantheon_tests::rng::Rng;
 use redis::Commands;
 
 const MINUTE: i64 = 60_000;
@@ -92,19 +93,6 @@ async fn a_refund_for_a_bucket_past_being_anyone_s_previous_window_is_not_sent()
     let minute = token_key(&user, Window::Minute, T0 / MINUTE);
     let value: i64 = redis_connection().get(&minute).unwrap();
     assert_eq!(value, 300, "the old minute bucket was left alone");
-}
-
-/// A tiny deterministic generator (xorshift), so a failure is reproducible
-/// from the printed seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self, bound: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % bound
-    }
 }
 
 /// Both backends over the same random arrivals, costs, settlements and

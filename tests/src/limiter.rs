@@ -48,6 +48,16 @@ pub async fn memory_limiter(clock: Arc<ManualClock>) -> LimiterHandle {
     spawn_limiter(&Settings::default(), clock).await.expect("limiting is enabled")
 }
 
+/// A Redis and an in-process limiter on one `clock`, for differential
+/// tests: the Redis leases outlive any run, so only releases free slots, on
+/// both sides.
+pub async fn twin_limiters(clock: Arc<ManualClock>) -> (LimiterHandle, LimiterHandle) {
+    let mut settings = redis_settings();
+    settings.rate_limit.lease_ttl_secs = 100_000_000;
+    let redis = spawn_limiter(&settings, clock.clone()).await.expect("limiting is enabled");
+    (redis, memory_limiter(clock).await)
+}
+
 /// A synchronous Redis connection for looking behind the limiter.
 pub fn redis_connection() -> redis::Connection {
     redis::Client::open(redis_url()).unwrap().get_connection().unwrap()

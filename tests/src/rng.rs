@@ -13,4 +13,16 @@ impl Rng {
         self.0 ^= self.0 << 17;
         self.0 % bound
     }
+
+    /// A gap between two events of a limiter sequence, in ms: mostly short
+    /// (bursts), sometimes tens of seconds, now and then twenty minutes
+    /// (window changes).
+    pub fn gap_ms(&mut self) -> i64 {
+        let gap = match self.next(10) {
+            0..=5 => self.next(2_000),
+            6..=8 => self.next(40_000),
+            _ => self.next(1_200_000),
+        };
+        i64::try_from(gap).unwrap_or(0)
+    }
 }

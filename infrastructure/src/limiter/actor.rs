@@ -213,7 +213,8 @@ impl LimiterActor {
 
     /// Applies the releases queued by dropped leases: in-process slots and
     /// refunds at once, Redis ones as one item per user to send (a `ZREM`,
-    /// and a `DECRBY` and `PEXPIRE` per token bucket refunded). While Redis
+    /// or with refunds the script's release: the `ZREM` and a `DECRBY` per
+    /// token bucket that still exists, in one call). While Redis
     /// cannot be asked they are dropped: those leases lapse within
     /// `lease_ttl`, and their reservations stay charged (the safe side).
     fn take_releases(&mut self) -> Batch {
@@ -546,13 +547,12 @@ fn add_refund(
     now_ms: i64,
 ) {
     let ends_at = index.saturating_add(2).saturating_mul(window.millis());
-    let ttl_ms = ends_at.saturating_sub(now_ms);
-    if ttl_ms <= 0 || tokens == 0 {
+    if ends_at <= now_ms || tokens == 0 {
         return;
     }
     match refunds.iter_mut().find(|r| r.window == window && r.index == index) {
         Some(refund) => refund.tokens = refund.tokens.saturating_add(tokens),
-        None => refunds.push(TokenRefund { window, index, tokens, ttl_ms }),
+        None => refunds.push(TokenRefund { window, index, tokens }),
     }
 }
 

@@ -1,5 +1,15 @@
 -- Pantheon's turn limiter: check, then count, take a slot and reserve
--- tokens, atomically.
+-- tokens, atomically; and (ARGV[1] = 'release') give slots and unused tokens
+-- back.
+--
+-- Release: KEYS: the active turns, then the token counters to refund;
+-- ARGV: 'release', the number n of leases, the n lease ids, then the tokens
+-- to take off each counter in KEYS order. Removes the leases and takes the
+-- tokens off each counter that still exists: a refund never makes a key
+-- (one made anew would live without a TTL), and an expired counter counts
+-- for nothing any more. Returns n.
+--
+-- Check:
 -- KEYS: minute current, minute previous, hour current, hour previous
 --       (ratelimit:{<user>}:turns:<bucket>:<window index>), the active
 --       turns (ratelimit:{<user>}:turns:active, a sorted set of lease ids
@@ -35,6 +45,14 @@
 -- each closure is work Redis does under its one thread). Token arithmetic
 -- stays exact in Lua's doubles: limits are at most 10^9, so every product
 -- is below 2^53.
+if ARGV[1] == 'release' then
+  local n = tonumber(ARGV[2])
+  redis.call('ZREM', KEYS[1], unpack(ARGV, 3, 2 + n))
+  for i = 2, #KEYS do
+    if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('DECRBY', KEYS[i], ARGV[1 + n + i]) end
+  end
+  return n
+end
 local ml, mw, me = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local hl, hw, he = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local now, ttl, cap = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])

@@ -44,10 +44,8 @@ pub enum Pending<C, P> {
     Release { user: UserId, leases: Vec<LeaseId>, refunds: Vec<TokenRefund> },
 }
 
-/// Tokens to take back off one of a user's token counters: `DECRBY`, then
-/// `PEXPIRE` to the bucket's own end (`ttl_ms`, from the application's
-/// clock, as the script set it), so a counter that had already expired and
-/// is made anew by the `DECRBY` never lives without a TTL.
+/// Tokens to take back off one of a user's token counters (by the script,
+/// which leaves a counter that no longer exists alone).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenRefund {
     /// Which window's counter.
@@ -56,16 +54,13 @@ pub struct TokenRefund {
     pub index: i64,
     /// Tokens to give back.
     pub tokens: u64,
-    /// Until the end of the window after `index`.
-    pub ttl_ms: i64,
 }
 
 impl<C, P> Pending<C, P> {
     /// How many commands the item adds to a pipeline.
     fn width(&self) -> usize {
         match self {
-            Self::Check { .. } => 1,
-            Self::Release { refunds, .. } => 1 + 2 * refunds.len(),
+            Self::Check { .. } | Self::Release { .. } => 1,
             Self::Peek { .. } | Self::Renew { .. } => 2,
         }
     }
@@ -178,18 +173,29 @@ fn pipeline<'a, C: 'a, P: 'a>(
                 pipe.add_command(zadd);
                 pipe.add_command(redis::cmd("PEXPIRE").arg(key).arg(*ttl_ms).to_owned());
             }
-            Pending::Release { user, leases, refunds } => {
+            Pending::Release { user, leases, refunds } if refunds.is_empty() => {
                 let mut zrem = redis::cmd("ZREM");
                 zrem.arg(active_key(user));
                 for lease in leases {
                     zrem.arg(lease.to_string());
                 }
                 pipe.add_command(zrem);
+            }
+            Pending::Release { user, leases, refunds } => {
+                // One call: the leases out, the unused tokens back.
+                let mut cmd = redis::cmd("EVALSHA");
+                cmd.arg(script.get_hash()).arg(1 + refunds.len()).arg(active_key(user));
                 for refund in refunds {
-                    let key = token_key(user, refund.window, refund.index);
-                    pipe.add_command(redis::cmd("DECRBY").arg(&key).arg(refund.tokens).to_owned());
-                    pipe.add_command(redis::cmd("PEXPIRE").arg(key).arg(refund.ttl_ms).to_owned());
+                    cmd.arg(token_key(user, refund.window, refund.index));
                 }
+                cmd.arg("release").arg(leases.len());
+                for lease in leases {
+                    cmd.arg(lease.to_string());
+                }
+                for refund in refunds {
+                    cmd.arg(refund.tokens);
+                }
+                pipe.add_command(cmd);
             }
         }
     }

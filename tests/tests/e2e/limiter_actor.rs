@@ -7,9 +7,7 @@ use std::sync::Arc;
 use pantheon_domain::ManualClock;
 use pantheon_domain::limiter::{Decision, Denial, Lease, LimiterHandle, Limits, Policy, Window};
 use pantheon_infrastructure::limiter::keys::{active_key, counter_key};
-use pantheon_tests::limiter::{
-    memory_limiter, redis_connection, redis_limiter, redis_settings, spawn_limiter, unique_user,
-};
+use pantheon_tests::limiter::{redis_connection, redis_limiter, twin_limiters, unique_user};
 use pantheon_tests::rng::Rng;
 use redis::Commands;
 
@@ -260,22 +258,13 @@ async fn redis_and_in_process_backends_agree_on_every_decision() {
     let seed = 0x5eed_u64 ^ u64::from(std::process::id());
     let mut rng = Rng(seed | 1);
     let clock = Arc::new(ManualClock::at(T0 + 123));
-    let mut settings = redis_settings();
-    settings.rate_limit.lease_ttl_secs = 100_000_000;
-    let redis = spawn_limiter(&settings, clock.clone()).await.unwrap();
-    let memory = memory_limiter(clock.clone()).await;
+    let (redis, memory) = twin_limiters(clock.clone()).await;
     let users: Vec<_> = (0..3).map(|_| unique_user("diff")).collect();
     let l = Limits::turns(4, 12, 2);
     let mut running: Vec<(usize, Lease, Lease)> = Vec::new();
     let (mut refused, mut by_concurrency, mut finished) = (0, 0, 0);
     for step in 0..600 {
-        // Mostly short gaps (bursts), sometimes long ones (window changes).
-        let gap = match rng.next(10) {
-            0..=5 => rng.next(2_000) as i64,
-            6..=8 => rng.next(40_000) as i64,
-            _ => rng.next(1_200_000) as i64,
-        };
-        clock.advance(gap);
+        clock.advance(rng.gap_ms());
         if !running.is_empty() && rng.next(3) == 0 {
             // A turn ends: both of its leases are dropped.
             running.swap_remove(rng.next(running.len() as u64) as usize);

@@ -8,9 +8,7 @@ use std::sync::Arc;
 use pantheon_domain::ManualClock;
 use pantheon_domain::limiter::{Decision, Lease, Limits, Policy, TokenCost, Window};
 use pantheon_infrastructure::limiter::keys::{active_key, token_key};
-use pantheon_tests::limiter::{
-    memory_limiter, redis_connection, redis_limiter, redis_settings, spawn_limiter, unique_user,
-};
+use pantheon_tests::limiter::{redis_connection, redis_limiter, twin_limiters, unique_user};
 use pantheon_tests::rng::Rng;
 use redis::Commands;
 
@@ -104,21 +102,13 @@ async fn redis_and_in_process_backends_agree_on_every_token_decision() {
     let seed = 0x70_c3_u64 ^ u64::from(std::process::id());
     let mut rng = Rng(seed | 1);
     let clock = Arc::new(ManualClock::at(T0 + 123));
-    let mut settings = redis_settings();
-    settings.rate_limit.lease_ttl_secs = 100_000_000;
-    let redis = spawn_limiter(&settings, clock.clone()).await.unwrap();
-    let memory = memory_limiter(clock.clone()).await;
+    let (redis, memory) = twin_limiters(clock.clone()).await;
     let users: Vec<_> = (0..3).map(|_| unique_user("tokdiff")).collect();
     let small = Limits { per_minute: 50, per_hour: 500, max_concurrent: 3, ..budget(600, 3_000) };
     let large = Limits { tokens_per_hour: Some(1_000_000_000), ..small };
     let (mut running, mut refused_by_tokens, mut admitted) = (Vec::<(Lease, Lease)>::new(), 0, 0);
     for step in 0..800 {
-        let gap = match rng.next(10) {
-            0..=5 => rng.next(2_000) as i64,
-            6..=8 => rng.next(40_000) as i64,
-            _ => rng.next(1_200_000) as i64,
-        };
-        clock.advance(gap);
+        clock.advance(rng.gap_ms());
         if !running.is_empty() && rng.next(3) == 0 {
             // A turn ends: both leases settle alike, then drop.
             let (mut a, mut b) = running.swap_remove(rng.next(running.len() as u64) as usize);

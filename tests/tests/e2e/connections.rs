@@ -209,6 +209,8 @@ async fn a_stream_whose_client_stops_reading_is_dropped_after_write_timeout() {
         // 60,000 events (about 10 MB) over 60 s: far more than the socket
         // buffers hold, even as the kernel grows the server's.
         s.turns.max_input_chars = 600_000;
+        // The whole echo: far past the default cap of 4,096 tokens.
+        s.turns.max_output_tokens = Some(100_000);
         s.provider.builtin.chunk_delay_ms = 1;
     })
     .await;

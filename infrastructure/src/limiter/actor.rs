@@ -187,9 +187,7 @@ impl LimiterActor {
     /// batch goes out: one scheduler pass, no timer, so a busy instance sends
     /// fewer, larger pipelines and an idle one is not slowed.
     async fn gather(&mut self, batch: &mut Vec<LimiterCommand>) {
-        let remote =
-            self.redis.as_ref().is_some_and(|r| !r.health.is_degraded() && r.conn.is_some());
-        if !remote || batch.len() >= MAX_BATCH {
+        if !self.remote_ready() || batch.len() >= MAX_BATCH {
             return;
         }
         tokio::task::yield_now().await;

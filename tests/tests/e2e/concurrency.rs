@@ -381,29 +381,9 @@ async fn a_sigkilled_instance_s_slots_are_free_again_within_the_lease_ttl() {
     let (user, token) = survivor.new_user();
     let user = user_of(&user);
     let client = reqwest::Client::new();
-    let doomed_session: Value = client
-        .post(format!("{}/api/v1/sessions", doomed.address()))
-        .bearer_auth(&token)
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doomed_session = doomed.create_session(&client, &token).await;
     for _ in 0..2 {
-        let response = client
-            .post(format!(
-                "{}/api/v1/sessions/{}/turns/stream",
-                doomed.address(),
-                doomed_session["id"].as_str().unwrap()
-            ))
-            .bearer_auth(&token)
-            .json(&json!({ "input": LONG_INPUT }))
-            .send()
-            .await
-            .unwrap();
-        started(response).await;
+        started(doomed.stream(&client, &token, &doomed_session, LONG_INPUT).await).await;
     }
     let session = survivor.create_session(&token).await["id"].as_str().unwrap().to_owned();
     expect_concurrency_refusal(survivor.submit_turn(&token, &session, "hi").await, 2, 2).await;

@@ -5,33 +5,39 @@
 //! It never waits for one check before taking the next: each turn of the
 //! loop drains the mailbox (after one scheduler pass, so callers that are
 //! ready add theirs), answers what it can locally (cache, in-process
-//! backend, degraded fallback), and sends the rest as one pipeline, with up
-//! to [`MAX_IN_FLIGHT`] pipelines outstanding.
+//! backend, degraded fallback), and sends the rest as one pipeline per
+//! node serving them (one for a single Redis; one per master of a cluster
+//! holding a user of the batch), with up to [`MAX_IN_FLIGHT`] pipelines
+//! outstanding per node: no user waits behind another node's round trip.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use pantheon_domain::limiter::Limits;
 use pantheon_domain::limiter::{
     Decision, Denial, Fallback, LimiterCommand, LimiterShared, RateLimitStatus, SkipReason,
     Verdict, decide, usage,
 };
 use pantheon_domain::{Clock, UserId};
-use redis::aio::MultiplexedConnection;
-use redis::{Client, RedisError, RedisResult, Script, Value};
+use redis::{Client, ConnectionInfo, RedisResult, Script};
 use tokio::sync::{mpsc, oneshot};
 
-use super::health::Health;
+use super::exchange::Exchange;
+use super::health::HealthBoard;
 use super::memory::MemoryCounters;
+use super::nodes::Nodes;
 use super::redis_link::{self, Pending};
+use super::topology::{NodeAddr, slot_of};
 
 /// Most commands taken from the mailbox per loop turn (one pipeline).
 const MAX_BATCH: usize = 256;
-/// Most pipelines outstanding; past it the mailbox fills and callers get
-/// the fallback at once instead of queueing behind a slow Redis.
+/// Most pipelines outstanding per node; past it the mailbox fills (a single
+/// Redis) or that node's checks are answered by the fallback (a cluster),
+/// at once, instead of queueing behind a slow node.
 const MAX_IN_FLIGHT: usize = 16;
 /// How often the fallback summary is logged and the cache swept.
 const SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
@@ -39,21 +45,29 @@ const SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
 type CheckReply = oneshot::Sender<Decision>;
 type PeekReply = oneshot::Sender<Option<RateLimitStatus>>;
 type Batch = Vec<Pending<CheckReply, PeekReply>>;
-type BatchOutcome = (Batch, Result<Vec<RedisResult<Value>>, RedisError>);
+type BatchOutcome = (NodeAddr, Batch, Exchange);
+
+/// What a background Redis job found.
+enum Job {
+    /// A probe of a degraded node: `Ok(true)` it answers again, `Ok(false)`
+    /// it serves no slot any more.
+    Probe(NodeAddr, RedisResult<bool>),
+    /// The cluster's layout was read again (after a `MOVED`).
+    Refresh(RedisResult<()>),
+}
 
 /// The Redis half of the actor's state.
 #[derive(Debug)]
 pub struct RedisLink {
-    client: Client,
-    script: Arc<Script>,
-    timeout: Duration,
-    conn: Option<MultiplexedConnection>,
-    health: Health,
+    nodes: Arc<Nodes>,
+    health: HealthBoard,
+    /// Pipelines outstanding per node.
+    in_flight: HashMap<NodeAddr, usize>,
 }
 
 impl RedisLink {
-    /// Connects once at start; Pantheon starts even when Redis is down, with
-    /// the link degraded.
+    /// One Redis. Connects once at start; Pantheon starts even when Redis
+    /// is down, with the link degraded.
     pub async fn start(
         client: Client,
         timeout: Duration,
@@ -61,15 +75,55 @@ impl RedisLink {
         shared: Arc<LimiterShared>,
     ) -> Self {
         let script = Arc::new(Script::new(redis_link::CHECK_SCRIPT));
-        let conn = match redis_link::connect(&client, &script, timeout).await {
-            Ok(conn) => Some(conn),
-            Err(e) => {
-                tracing::debug!(error = %e, "Redis connect at start failed");
-                None
+        let nodes = Nodes::single(client.get_connection_info().clone(), script, timeout);
+        Self::connect(nodes, fallback, shared).await
+    }
+
+    /// A Redis Cluster found from `seeds` (at least one): its layout is read
+    /// and every master connected at start; a cluster that cannot be reached
+    /// starts degraded, and so does each master that cannot.
+    pub async fn start_cluster(
+        seeds: Vec<ConnectionInfo>,
+        timeout: Duration,
+        fallback: Fallback,
+        shared: Arc<LimiterShared>,
+    ) -> Option<Self> {
+        let script = Arc::new(Script::new(redis_link::CHECK_SCRIPT));
+        let nodes = Nodes::cluster(seeds, script, timeout)?;
+        if let Err(e) = nodes.refresh().await {
+            tracing::debug!(error = %e, "reading the Redis Cluster layout at start failed");
+        }
+        Some(Self::connect(nodes, fallback, shared).await)
+    }
+
+    async fn connect(nodes: Nodes, fallback: Fallback, shared: Arc<LimiterShared>) -> Self {
+        let masters = nodes.masters();
+        let connected =
+            futures::future::join_all(masters.iter().map(|m| nodes.connection(m))).await;
+        let states = masters.into_iter().zip(connected).map(|(node, connected)| {
+            let error = connected.err().map(|e| e.to_string());
+            if let Some(error) = &error {
+                tracing::debug!(error, node = %node, "Redis connect at start failed");
             }
-        };
-        let health = Health::new(conn.is_some(), fallback, shared);
-        Self { client, script, timeout, conn, health }
+            (node, error)
+        });
+        let health = HealthBoard::new(states, fallback, shared);
+        Self { nodes: Arc::new(nodes), health, in_flight: HashMap::new() }
+    }
+
+    /// Whether `user`'s node can be asked (it is not degraded).
+    fn routes(&self, user: &UserId) -> bool {
+        !self.health.is_degraded(&self.nodes.node_for(slot_of(user)))
+    }
+
+    /// Whether any node can be asked.
+    fn any_up(&self) -> bool {
+        !self.health.all_degraded()
+    }
+
+    /// Pipelines the loop may have outstanding in all.
+    fn max_in_flight(&self) -> usize {
+        MAX_IN_FLIGHT * self.nodes.masters().len().max(1)
     }
 }
 
@@ -102,40 +156,53 @@ impl LimiterActor {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut in_flight: FuturesUnordered<BoxFuture<'static, BatchOutcome>> =
             FuturesUnordered::new();
-        let mut probes: FuturesUnordered<BoxFuture<'static, RedisResult<MultiplexedConnection>>> =
-            FuturesUnordered::new();
+        let mut jobs: FuturesUnordered<BoxFuture<'static, Job>> = FuturesUnordered::new();
+        let mut probing: HashSet<NodeAddr> = HashSet::new();
+        let mut refreshing = false;
         let mut summary = tokio::time::interval(SUMMARY_INTERVAL);
         loop {
-            let probe_at = self
-                .redis
-                .as_ref()
-                .filter(|r| r.health.is_degraded())
-                .map(|r| r.health.next_probe());
+            let probe_at = self.redis.as_ref().and_then(|r| r.health.next_probe(&probing));
+            let room = self.redis.as_ref().map_or(MAX_IN_FLIGHT, RedisLink::max_in_flight);
             tokio::select! {
-                n = self.mailbox.recv_many(&mut batch, MAX_BATCH), if in_flight.len() < MAX_IN_FLIGHT => {
+                n = self.mailbox.recv_many(&mut batch, MAX_BATCH), if in_flight.len() < room => {
                     if n == 0 {
                         break;
                     }
                     self.gather(&mut batch).await;
                     let remote = self.answer_locally(batch.drain(..));
-                    if let Some(future) = self.send(remote) {
-                        in_flight.push(future);
+                    self.send(remote, &mut in_flight);
+                }
+                Some((node, batch, outcome)) = in_flight.next() => {
+                    self.settle(&node, batch, outcome);
+                    if let Some(redis) = &self.redis && !refreshing && redis.nodes.take_stale() {
+                        refreshing = true;
+                        let nodes = redis.nodes.clone();
+                        jobs.push(Box::pin(async move { Job::Refresh(nodes.refresh().await) }));
                     }
                 }
-                Some((batch, outcome)) = in_flight.next() => self.settle(batch, outcome),
-                () = sleep_until(probe_at), if probe_at.is_some() && probes.is_empty() => {
+                () = sleep_until(probe_at), if probe_at.is_some() => {
                     if let Some(redis) = &self.redis {
-                        let (client, script, timeout) = (redis.client.clone(), redis.script.clone(), redis.timeout);
-                        probes.push(Box::pin(async move { redis_link::connect(&client, &script, timeout).await }));
+                        for node in redis.health.due(tokio::time::Instant::now(), &probing) {
+                            probing.insert(node.clone());
+                            let nodes = redis.nodes.clone();
+                            jobs.push(Box::pin(probe(nodes, node)));
+                        }
                     }
                 }
-                Some(probe) = probes.next() => self.probed(probe),
+                Some(job) = jobs.next() => {
+                    if let Job::Probe(node, _) = &job {
+                        probing.remove(node);
+                    } else {
+                        refreshing = false;
+                    }
+                    self.job_done(job);
+                }
                 _ = summary.tick() => self.housekeeping(),
             }
         }
         // Answer what is still in flight before leaving.
-        while let Some((batch, outcome)) = in_flight.next().await {
-            self.settle(batch, outcome);
+        while let Some((node, batch, outcome)) = in_flight.next().await {
+            self.settle(&node, batch, outcome);
         }
     }
 
@@ -143,8 +210,7 @@ impl LimiterActor {
     /// batch goes out: one scheduler pass, no timer, so a busy instance sends
     /// fewer, larger pipelines and an idle one is not slowed.
     async fn gather(&mut self, batch: &mut Vec<LimiterCommand>) {
-        let remote =
-            self.redis.as_ref().is_some_and(|r| !r.health.is_degraded() && r.conn.is_some());
+        let remote = self.redis.as_ref().is_some_and(RedisLink::any_up);
         if !remote || batch.len() >= MAX_BATCH {
             return;
         }
@@ -160,8 +226,6 @@ impl LimiterActor {
     /// Answers peeks and checks that need no Redis call; returns the rest.
     fn answer_locally(&mut self, commands: impl Iterator<Item = LimiterCommand>) -> Batch {
         let now_ms = self.clock.now_ms();
-        let remote =
-            self.redis.as_ref().is_some_and(|r| !r.health.is_degraded() && r.conn.is_some());
         let mut batch = Vec::new();
         for command in commands {
             // A caller that stopped waiting was already answered by the
@@ -171,6 +235,7 @@ impl LimiterActor {
             if abandoned(&command) {
                 continue;
             }
+            let remote = self.redis.as_ref().is_some_and(|r| r.routes(command_user(&command)));
             match command {
                 LimiterCommand::Check { user, limits, respond_to } => {
                     // Known over-limit users are refused from the cache first,
@@ -205,35 +270,59 @@ impl LimiterActor {
         batch
     }
 
-    fn send(&mut self, batch: Batch) -> Option<BoxFuture<'static, BatchOutcome>> {
+    /// Splits `batch` by the node serving each user and sends each node's
+    /// share as one pipeline; a node already at [`MAX_IN_FLIGHT`] answers
+    /// its share by the fallback.
+    fn send(
+        &mut self,
+        batch: Batch,
+        in_flight: &mut FuturesUnordered<BoxFuture<'static, BatchOutcome>>,
+    ) {
         if batch.is_empty() {
-            return None;
+            return;
         }
-        let redis = self.redis.as_ref()?;
-        let conn = redis.conn.clone()?;
-        Some(Box::pin(redis_link::run_batch(conn, redis.script.clone(), batch, redis.timeout)))
+        let Some(redis) = &self.redis else { return };
+        let owners = redis.nodes.nodes_for(batch.iter().map(|p| slot_of(p.user())));
+        let mut groups: BTreeMap<NodeAddr, Batch> = BTreeMap::new();
+        for (node, pending) in owners.into_iter().zip(batch) {
+            groups.entry(node).or_default().push(pending);
+        }
+        for (node, group) in groups {
+            let Some(redis) = &mut self.redis else { return };
+            let outstanding = redis.in_flight.entry(node.clone()).or_default();
+            if *outstanding >= MAX_IN_FLIGHT {
+                for pending in group {
+                    self.answer_by_fallback(pending);
+                }
+                continue;
+            }
+            *outstanding += 1;
+            let nodes = redis.nodes.clone();
+            in_flight.push(Box::pin(
+                redis_link::run_batch(nodes, node.clone(), group)
+                    .map(move |(batch, outcome)| (node, batch, outcome)),
+            ));
+        }
     }
 
-    /// Fans a pipeline's results out to the callers and updates health.
-    fn settle(&mut self, batch: Batch, outcome: Result<Vec<RedisResult<Value>>, RedisError>) {
+    /// Fans a pipeline's results out to the callers and updates each
+    /// node's health.
+    fn settle(&mut self, node: &NodeAddr, batch: Batch, outcome: Exchange) {
+        if let Some(redis) = &mut self.redis
+            && let Some(outstanding) = redis.in_flight.get_mut(node)
+        {
+            *outstanding = outstanding.saturating_sub(1);
+        }
         if batch.is_empty() {
             // Every caller gave up before it was sent: no call, no news.
             return;
         }
-        let results = match outcome {
-            Ok(results) => results,
-            Err(error) => {
-                self.failed(&error.to_string());
-                for pending in batch {
-                    self.answer_by_fallback(pending);
-                }
-                return;
-            }
-        };
-        // Error replies inside a pipeline count as one failed call, like a
-        // pipeline that failed whole.
-        let mut item_error: Option<String> = None;
-        for (pending, result) in batch.into_iter().zip(results) {
+        // Error replies inside a pipeline count as one failed call of their
+        // node, like a pipeline that failed whole.
+        for (node, error) in &outcome.reports {
+            self.record(node, error.as_deref());
+        }
+        for (pending, result) in batch.into_iter().zip(outcome.results) {
             match (pending, result) {
                 (Pending::Check { user, limits, now_ms, reply }, Ok(value)) => {
                     match redis_link::parse_check(value) {
@@ -263,28 +352,22 @@ impl LimiterActor {
                     });
                     let _ = reply.send(status);
                 }
-                (pending, Err(error)) => {
-                    item_error.get_or_insert_with(|| error.to_string());
-                    self.answer_by_fallback(pending);
-                }
-            }
-        }
-        match item_error {
-            Some(error) => self.failed(&error),
-            None => {
-                if let Some(redis) = &mut self.redis {
-                    redis.health.record_success();
-                }
+                (pending, Err(_)) => self.answer_by_fallback(pending),
             }
         }
     }
 
-    fn failed(&mut self, error: &str) {
-        if let Some(redis) = &mut self.redis
-            && redis.health.record_failure(error)
-        {
-            // The connection may be broken for good; the probe makes a new one.
-            redis.conn = None;
+    /// How a call to `node` went.
+    fn record(&mut self, node: &NodeAddr, error: Option<&str>) {
+        let Some(redis) = &mut self.redis else { return };
+        match error {
+            None => redis.health.record_success(node),
+            Some(error) => {
+                if redis.health.record_failure(node, error) {
+                    // The connection may be broken for good; the probe makes a new one.
+                    redis.nodes.forget(node);
+                }
+            }
         }
     }
 
@@ -300,14 +383,22 @@ impl LimiterActor {
         }
     }
 
-    fn probed(&mut self, probe: RedisResult<MultiplexedConnection>) {
+    fn job_done(&mut self, job: Job) {
         let Some(redis) = &mut self.redis else { return };
-        match probe {
-            Ok(conn) => {
-                redis.conn = Some(conn);
-                redis.health.recovered();
+        match job {
+            Job::Probe(node, Ok(true)) => redis.health.recovered(&node),
+            Job::Probe(node, Ok(false)) => redis.health.retire(&node),
+            Job::Probe(node, Err(error)) => redis.health.probe_failed(&node, &error.to_string()),
+            Job::Refresh(Err(error)) => {
+                tracing::debug!(error = %error, "reading the Redis Cluster layout failed");
             }
-            Err(error) => redis.health.probe_failed(&error.to_string()),
+            Job::Refresh(Ok(())) => {}
+        }
+        // A layout read by the probe or the refresh may show other nodes
+        // gone (a failover moves every slot of the failed master).
+        if redis.nodes.is_cluster() {
+            let nodes = redis.nodes.clone();
+            redis.health.retain(|node| nodes.serves(node));
         }
     }
 
@@ -354,6 +445,27 @@ impl LimiterActor {
                 Decision::Limited(denial)
             }
         }
+    }
+}
+
+/// Probes `node`: on a cluster, reads the layout first (the node may have
+/// been replaced by its replica), then reconnects if it still serves slots.
+async fn probe(nodes: Arc<Nodes>, node: NodeAddr) -> Job {
+    if nodes.is_cluster() {
+        if let Err(error) = nodes.refresh().await {
+            return Job::Probe(node, Err(error));
+        }
+        if !nodes.serves(&node) {
+            return Job::Probe(node, Ok(false));
+        }
+    }
+    let connected = nodes.reconnect(&node).await.map(|_| true);
+    Job::Probe(node, connected)
+}
+
+fn command_user(command: &LimiterCommand) -> &UserId {
+    match command {
+        LimiterCommand::Check { user, .. } | LimiterCommand::Peek { user, .. } => user,
     }
 }
 

@@ -1,5 +1,6 @@
-//! The Redis side of the actor: connecting (with the script loaded) and
-//! sending one batch of checks and peeks as one pipeline.
+//! The Redis side of the actor: connecting (with the script loaded), the
+//! command of each check and peek, and sending one node's share of a batch
+//! as one pipeline.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,14 +8,14 @@ use std::time::Duration;
 use pantheon_domain::UserId;
 use pantheon_domain::limiter::{Counts, Limits, Window, WindowCounts};
 use redis::aio::MultiplexedConnection;
-use redis::{
-    AsyncConnectionConfig, Client, ErrorKind, Pipeline, RedisError, RedisResult, Script,
-    ServerErrorKind, Value,
-};
+use redis::{AsyncConnectionConfig, Client, Cmd, RedisResult, Script, Value};
 
 use tokio::sync::oneshot;
 
+use super::exchange::{Exchange, Routed, exchange};
 use super::keys::check_keys;
+use super::nodes::Nodes;
+use super::topology::{NodeAddr, slot_of};
 
 /// The check-then-increment script.
 pub const CHECK_SCRIPT: &str = include_str!("check.lua");
@@ -29,6 +30,13 @@ pub enum Pending<C, P> {
 }
 
 impl<C: Reply, P: Reply> Pending<C, P> {
+    /// Whose keys it touches.
+    pub fn user(&self) -> &UserId {
+        match self {
+            Self::Check { user, .. } | Self::Peek { user, .. } => user,
+        }
+    }
+
     /// Whether its caller stopped waiting (the handle's timeout fired and
     /// answered by the fallback, or the request was cancelled).
     pub fn abandoned(&self) -> bool {
@@ -79,40 +87,29 @@ pub async fn connect(
     Ok(conn)
 }
 
-fn is_noscript(result: &RedisResult<Value>) -> bool {
-    matches!(result, Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript))
-}
-
-fn pipeline<'a, C: 'a, P: 'a>(
-    script: &Script,
-    batch: impl IntoIterator<Item = &'a Pending<C, P>>,
-) -> Pipeline {
-    let mut pipe = redis::pipe();
-    pipe.ignore_errors();
-    for pending in batch {
-        match pending {
-            Pending::Check { user, limits, now_ms, .. } => {
-                let mut cmd = redis::cmd("EVALSHA");
-                cmd.arg(script.get_hash()).arg(4).arg(&check_keys(user, *now_ms));
-                for window in Window::ALL {
-                    cmd.arg(limits.limit(window))
-                        .arg(window.millis())
-                        .arg(now_ms.rem_euclid(window.millis()));
-                }
-                pipe.add_command(cmd);
+/// The command of one pending item: `EVALSHA` of the script for a check,
+/// `MGET` of the four counters for a peek. Every key of it is `user`'s, in
+/// `user`'s slot.
+fn command<C, P>(script: &Script, pending: &Pending<C, P>) -> Cmd {
+    match pending {
+        Pending::Check { user, limits, now_ms, .. } => {
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(script.get_hash()).arg(4).arg(&check_keys(user, *now_ms));
+            for window in Window::ALL {
+                cmd.arg(limits.limit(window))
+                    .arg(window.millis())
+                    .arg(now_ms.rem_euclid(window.millis()));
             }
-            Pending::Peek { user, now_ms, .. } => {
-                pipe.add_command(redis::cmd("MGET").arg(&check_keys(user, *now_ms)).to_owned());
-            }
+            cmd
+        }
+        Pending::Peek { user, now_ms, .. } => {
+            redis::cmd("MGET").arg(&check_keys(user, *now_ms)).to_owned()
         }
     }
-    pipe
 }
 
-/// Sends `batch` as one pipeline and returns it with one result per item.
-/// A `NOSCRIPT` (Redis restarted or `SCRIPT FLUSH`) reloads the script and
-/// resends once: it is not an outage. The whole exchange is bounded by
-/// `timeout`.
+/// Sends `batch` to `node` as one pipeline (see [`exchange`]) and returns
+/// it with one result per item and how each node reached did.
 ///
 /// Items whose caller stopped waiting are dropped first, here at the first
 /// poll, just before the pipeline is written: a check whose caller was
@@ -120,40 +117,22 @@ fn pipeline<'a, C: 'a, P: 'a>(
 /// caller got a `503`). Once written, a check cannot be recalled; the
 /// returned batch (maybe empty) lines up with the results.
 pub async fn run_batch<C: Reply, P: Reply>(
-    mut conn: MultiplexedConnection,
-    script: Arc<Script>,
+    nodes: Arc<Nodes>,
+    node: NodeAddr,
     mut batch: Vec<Pending<C, P>>,
-    timeout: Duration,
-) -> (Vec<Pending<C, P>>, Result<Vec<RedisResult<Value>>, RedisError>) {
+) -> (Vec<Pending<C, P>>, Exchange) {
     batch.retain(|pending| !pending.abandoned());
     if batch.is_empty() {
-        return (batch, Ok(Vec::new()));
+        return (batch, Exchange::default());
     }
-    let exchange = async {
-        let mut results: Vec<RedisResult<Value>> =
-            pipeline(&script, &batch).query_async(&mut conn).await?;
-        let missing: Vec<usize> =
-            (0..results.len()).filter(|&i| is_noscript(&results[i])).collect();
-        if !missing.is_empty() {
-            // A pipeline is not atomic: checks before a `SCRIPT FLUSH` ran and
-            // counted, so only the ones that found no script are sent again.
-            script.load_async(&mut conn).await?;
-            let again = missing.iter().filter_map(|&i| batch.get(i));
-            let retried: Vec<RedisResult<Value>> =
-                pipeline(&script, again).query_async(&mut conn).await?;
-            for (i, result) in missing.into_iter().zip(retried) {
-                results[i] = result;
-            }
-        }
-        Ok(results)
-    };
-    let outcome = match tokio::time::timeout(timeout, exchange).await {
-        Ok(outcome) => outcome,
-        Err(_) => Err(RedisError::from(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "Redis call exceeded redis.timeout_ms",
-        ))),
-    };
+    let items = batch
+        .iter()
+        .map(|pending| Routed {
+            slot: slot_of(pending.user()),
+            cmd: command(nodes.script(), pending),
+        })
+        .collect();
+    let outcome = exchange(nodes, node, items).await;
     (batch, outcome)
 }
 

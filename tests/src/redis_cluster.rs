@@ -222,12 +222,17 @@ pub struct RedisCluster {
 }
 
 impl RedisCluster {
-    /// Starts the six nodes (a node is failed after `node_timeout_ms`
-    /// without an answer; a failed master stops only its own slots) and
-    /// joins them with `redis-cli --cluster create`.
+    /// Starts 3 masters and 3 replicas (a node is failed after
+    /// `node_timeout_ms` without an answer; a failed master stops only its
+    /// own slots) and joins them with `redis-cli --cluster create`.
     pub fn start(node_timeout_ms: u64) -> Self {
+        Self::start_with(3, 1, node_timeout_ms)
+    }
+
+    /// Starts `masters` masters with `replicas` replicas each.
+    pub fn start_with(masters: usize, replicas: usize, node_timeout_ms: u64) -> Self {
         let timeout = node_timeout_ms.to_string();
-        let servers: Vec<RedisServer> = (0..6)
+        let servers: Vec<RedisServer> = (0..masters * (1 + replicas))
             .map(|_| {
                 RedisServer::start_with(&[
                     "--cluster-enabled",
@@ -245,7 +250,7 @@ impl RedisCluster {
             .arg("--cluster")
             .arg("create")
             .args(&addresses)
-            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("redis-cli runs");
         assert!(

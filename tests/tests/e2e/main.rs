@@ -50,6 +50,7 @@ mod database_outage;
 mod http_surface;
 mod limiter_abandoned;
 mod limiter_actor;
+mod limiter_cluster;
 mod limiter_faults;
 mod limiter_http;
 mod migrations;

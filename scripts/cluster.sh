@@ -40,13 +40,16 @@ free_port() {
 
 node_up() { redis-cli -p "$1" ping 2>/dev/null | grep -q PONG; }
 
-# cluster_ok PORT: the node sees every slot served and every node joined.
+# cluster_ok PORT: the node sees every slot served, every node joined and
+# every replica attached to its master.
 cluster_ok() {
-  local info
+  local info replicas
   info=$(redis-cli -p "$1" cluster info 2>/dev/null | tr -d '\r') || return 1
+  replicas=$(redis-cli -p "$1" cluster nodes 2>/dev/null | grep -c ' slave ' || true)
   grep -qx 'cluster_state:ok' <<<"$info" \
     && grep -qx 'cluster_slots_ok:16384' <<<"$info" \
-    && grep -qx "cluster_known_nodes:$NODES" <<<"$info"
+    && grep -qx "cluster_known_nodes:$NODES" <<<"$info" \
+    && [ "$replicas" = "$MASTERS" ]
 }
 
 start() {

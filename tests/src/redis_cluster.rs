@@ -261,6 +261,13 @@ impl RedisCluster {
         );
         let view = ClusterView { ports: servers.iter().map(RedisServer::port).collect() };
         view.wait_until_settled();
+        // And every replica attached (a fresh node lists itself as a master
+        // until it learns its role).
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        while view.nodes().iter().filter(|n| !n.master).count() < masters * replicas {
+            assert!(Instant::now() < deadline, "the replicas did not attach in {SETTLE_TIMEOUT:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
         Self { servers, view }
     }
 

@@ -51,6 +51,7 @@ mod http_surface;
 mod limiter_abandoned;
 mod limiter_actor;
 mod limiter_cluster;
+mod limiter_cluster_faults;
 mod limiter_faults;
 mod limiter_http;
 mod migrations;

@@ -45,7 +45,7 @@ node_up() { redis-cli -p "$1" ping 2>/dev/null | grep -q PONG; }
 cluster_ok() {
   local info replicas
   info=$(redis-cli -p "$1" cluster info 2>/dev/null | tr -d '\r') || return 1
-  replicas=$(redis-cli -p "$1" cluster nodes 2>/dev/null | grep -c ' slave ' || true)
+  replicas=$(redis-cli -p "$1" cluster nodes 2>/dev/null | grep -cE ' (myself,)?slave ' || true)
   grep -qx 'cluster_state:ok' <<<"$info" \
     && grep -qx 'cluster_slots_ok:16384' <<<"$info" \
     && grep -qx "cluster_known_nodes:$NODES" <<<"$info" \

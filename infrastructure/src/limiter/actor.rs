@@ -35,10 +35,15 @@ use super::topology::{NodeAddr, slot_of};
 
 /// Most commands taken from the mailbox per loop turn (one pipeline).
 const MAX_BATCH: usize = 256;
-/// Most pipelines outstanding per node; past it the mailbox fills (a single
-/// Redis) or that node's checks are answered by the fallback (a cluster),
-/// at once, instead of queueing behind a slow node.
+/// Most pipelines outstanding per node. Past it on a single Redis the
+/// mailbox fills and callers get the fallback at once instead of queueing
+/// behind a slow Redis; on a cluster that node's share of a batch waits for
+/// its next free pipeline (up to [`MAX_BACKLOG`] checks), while the other
+/// nodes' shares go out.
 const MAX_IN_FLIGHT: usize = 16;
+/// Checks waiting for a busy node's next pipeline; past it they are
+/// answered by the fallback at once (that node is not keeping up).
+const MAX_BACKLOG: usize = MAX_BATCH;
 /// How often the fallback summary is logged and the cache swept.
 const SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -63,6 +68,8 @@ pub struct RedisLink {
     health: HealthBoard,
     /// Pipelines outstanding per node.
     in_flight: HashMap<NodeAddr, usize>,
+    /// Per node at [`MAX_IN_FLIGHT`]: what its next pipeline takes.
+    backlog: HashMap<NodeAddr, Batch>,
 }
 
 impl RedisLink {
@@ -108,7 +115,7 @@ impl RedisLink {
             (node, error)
         });
         let health = HealthBoard::new(states, fallback, shared);
-        Self { nodes: Arc::new(nodes), health, in_flight: HashMap::new() }
+        Self { nodes: Arc::new(nodes), health, in_flight: HashMap::new(), backlog: HashMap::new() }
     }
 
     /// Whether `user`'s node can be asked (it is not degraded).
@@ -123,7 +130,7 @@ impl RedisLink {
 
     /// Pipelines the loop may have outstanding in all.
     fn max_in_flight(&self) -> usize {
-        MAX_IN_FLIGHT * self.nodes.masters().len().max(1)
+        MAX_IN_FLIGHT * self.nodes.master_count().max(1)
     }
 }
 
@@ -174,6 +181,10 @@ impl LimiterActor {
                 }
                 Some((node, batch, outcome)) = in_flight.next() => {
                     self.settle(&node, batch, outcome);
+                    let waiting = self.redis.as_mut().and_then(|r| r.backlog.remove(&node));
+                    if let Some(waiting) = waiting {
+                        self.dispatch(node, waiting, &mut in_flight);
+                    }
                     if let Some(redis) = &self.redis && !refreshing && redis.nodes.take_stale() {
                         refreshing = true;
                         let nodes = redis.nodes.clone();
@@ -200,9 +211,13 @@ impl LimiterActor {
                 _ = summary.tick() => self.housekeeping(),
             }
         }
-        // Answer what is still in flight before leaving.
+        // Answer what is still in flight (and waiting behind it) before leaving.
         while let Some((node, batch, outcome)) = in_flight.next().await {
             self.settle(&node, batch, outcome);
+            let waiting = self.redis.as_mut().and_then(|r| r.backlog.remove(&node));
+            if let Some(waiting) = waiting {
+                self.dispatch(node, waiting, &mut in_flight);
+            }
         }
     }
 
@@ -271,8 +286,7 @@ impl LimiterActor {
     }
 
     /// Splits `batch` by the node serving each user and sends each node's
-    /// share as one pipeline; a node already at [`MAX_IN_FLIGHT`] answers
-    /// its share by the fallback.
+    /// share as one pipeline.
     fn send(
         &mut self,
         batch: Batch,
@@ -288,21 +302,44 @@ impl LimiterActor {
             groups.entry(node).or_default().push(pending);
         }
         for (node, group) in groups {
-            let Some(redis) = &mut self.redis else { return };
-            let outstanding = redis.in_flight.entry(node.clone()).or_default();
-            if *outstanding >= MAX_IN_FLIGHT {
-                for pending in group {
-                    self.answer_by_fallback(pending);
-                }
-                continue;
-            }
-            *outstanding += 1;
-            let nodes = redis.nodes.clone();
-            in_flight.push(Box::pin(
-                redis_link::run_batch(nodes, node.clone(), group)
-                    .map(move |(batch, outcome)| (node, batch, outcome)),
-            ));
+            self.dispatch(node, group, in_flight);
         }
+    }
+
+    /// Sends `group` to `node` as one pipeline, or, with the node at
+    /// [`MAX_IN_FLIGHT`], keeps it for the node's next one (what does not
+    /// fit in [`MAX_BACKLOG`] is answered by the fallback).
+    fn dispatch(
+        &mut self,
+        node: NodeAddr,
+        group: Batch,
+        in_flight: &mut FuturesUnordered<BoxFuture<'static, BatchOutcome>>,
+    ) {
+        let Some(redis) = &mut self.redis else { return };
+        if redis.health.is_degraded(&node) {
+            // Turned degraded while this waited in its backlog.
+            for pending in group {
+                self.answer_by_fallback(pending);
+            }
+            return;
+        }
+        let outstanding = redis.in_flight.entry(node.clone()).or_default();
+        if *outstanding >= MAX_IN_FLIGHT {
+            let waiting = redis.backlog.entry(node).or_default();
+            let room = MAX_BACKLOG.saturating_sub(waiting.len());
+            let mut group = group.into_iter();
+            waiting.extend(group.by_ref().take(room));
+            for pending in group {
+                self.answer_by_fallback(pending);
+            }
+            return;
+        }
+        *outstanding += 1;
+        let nodes = redis.nodes.clone();
+        in_flight.push(Box::pin(
+            redis_link::run_batch(nodes, node.clone(), group)
+                .map(move |(batch, outcome)| (node, batch, outcome)),
+        ));
     }
 
     /// Fans a pipeline's results out to the callers and updates each

@@ -120,6 +120,11 @@ impl Nodes {
         self.slots().masters().cloned().collect()
     }
 
+    /// How many nodes serve a slot.
+    pub fn master_count(&self) -> usize {
+        self.slots().master_count()
+    }
+
     /// Whether `node` still serves a slot.
     pub fn serves(&self, node: &NodeAddr) -> bool {
         self.slots().serves(node)

@@ -58,13 +58,16 @@ pub struct SlotMap {
     nodes: Vec<NodeAddr>,
     /// Index into `nodes`, per slot.
     owner: Vec<u16>,
+    /// The nodes serving a slot, kept as the map changes (the actor asks
+    /// on every loop turn how many there are).
+    serving: Vec<NodeAddr>,
 }
 
 impl SlotMap {
     /// Every slot on `node`: a single Redis, or a cluster whose layout is
     /// not known yet (its seed stands in until `CLUSTER SLOTS` answers).
     pub fn single(node: NodeAddr) -> Self {
-        Self { nodes: vec![node], owner: vec![0; SLOTS] }
+        Self { nodes: vec![node.clone()], owner: vec![0; SLOTS], serving: vec![node] }
     }
 
     /// The node serving `slot`.
@@ -75,23 +78,27 @@ impl SlotMap {
 
     /// Every node that serves at least one slot.
     pub fn masters(&self) -> impl Iterator<Item = &NodeAddr> {
-        let mut serving = vec![false; self.nodes.len()];
-        for &index in &self.owner {
-            serving[usize::from(index)] = true;
-        }
-        self.nodes.iter().zip(serving).filter(|(_, s)| *s).map(|(node, _)| node)
+        self.serving.iter()
+    }
+
+    /// How many nodes serve a slot.
+    pub fn master_count(&self) -> usize {
+        self.serving.len()
     }
 
     /// Whether `node` serves any slot.
     pub fn serves(&self, node: &NodeAddr) -> bool {
-        self.masters().any(|m| m == node)
+        self.serving.contains(node)
     }
 
     /// Points `slot` at `node` (what a `MOVED` reply says).
     pub fn assign(&mut self, slot: u16, node: NodeAddr) {
         let index = self.index_of(node);
-        if let Some(owner) = self.owner.get_mut(usize::from(slot)) {
+        if let Some(owner) = self.owner.get_mut(usize::from(slot))
+            && *owner != index
+        {
             *owner = index;
+            self.compact();
         }
     }
 
@@ -123,7 +130,13 @@ impl SlotMap {
     /// Drops nodes that no longer serve a slot, so the list stays as long
     /// as the cluster's masters however often the layout changes.
     fn compact(&mut self) {
-        let serving: Vec<NodeAddr> = self.masters().cloned().collect();
+        let mut used = vec![false; self.nodes.len()];
+        for &index in &self.owner {
+            used[usize::from(index)] = true;
+        }
+        let serving: Vec<NodeAddr> =
+            self.nodes.iter().zip(&used).filter(|(_, u)| **u).map(|(n, _)| n.clone()).collect();
+        self.serving = serving.clone();
         if serving.len() == self.nodes.len() {
             return;
         }

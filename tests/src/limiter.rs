@@ -6,10 +6,15 @@
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use pantheon_domain::ManualClock;
-use pantheon_domain::limiter::LimiterHandle;
+use pantheon_domain::limiter::{
+    Fallback, HandleOptions, LimiterHandle, LimiterShared, Mode, limiter_channel,
+};
 use pantheon_infrastructure::Settings;
-use pantheon_infrastructure::limiter::limiter;
+use pantheon_infrastructure::limiter::{LimiterActor, RedisLink, limiter};
+use redis::IntoConnectionInfo;
 
 /// The Redis the suite shares (`PANTHEON_TEST_REDIS_URL`, default local).
 pub fn redis_url() -> String {
@@ -48,6 +53,28 @@ pub async fn redis_limiter(clock: Arc<ManualClock>) -> LimiterHandle {
 pub async fn memory_limiter(clock: Arc<ManualClock>) -> LimiterHandle {
     spawn_limiter(&Settings::default(), clock).await.expect("limiting is enabled")
 }
+
+/// A limiter on the cluster at `urls`, built by hand: the handle answers
+/// by `fallback` after `wait`, Redis calls are bounded by `timeout`. The
+/// actor is returned unspawned, so a test can fill its mailbox first.
+pub async fn cluster_limiter(
+    urls: &[String],
+    fallback: Fallback,
+    timeout: Duration,
+    wait: Duration,
+) -> (LimiterHandle, LimiterActor, Arc<LimiterShared>) {
+    let clock = Arc::new(ManualClock::at(crate::limiter::T0));
+    let options = HandleOptions { fallback, mode: Mode::Enforce, wait };
+    let (handle, mailbox, shared) = limiter_channel(4096, options, clock.clone());
+    let seeds = urls.iter().map(|u| u.as_str().into_connection_info().unwrap()).collect();
+    let link = RedisLink::start_cluster(seeds, timeout, fallback, shared.clone()).await.unwrap();
+    let actor = LimiterActor::new(mailbox, clock, fallback, shared.clone(), Some(link));
+    (handle, actor, shared)
+}
+
+/// A few seconds past an hour boundary in 2026: the stopped clock of the
+/// hand-built limiters, so no window rolls over while a test counts.
+pub const T0: i64 = 493_000 * 3_600_000 + 5_000;
 
 /// A synchronous Redis connection for looking behind the limiter.
 pub fn redis_connection() -> redis::Connection {

@@ -98,7 +98,11 @@ impl RedisLink {
         let script = Arc::new(Script::new(redis_link::CHECK_SCRIPT));
         let nodes = Nodes::cluster(seeds, script, timeout)?;
         if let Err(e) = nodes.refresh().await {
-            tracing::debug!(error = %e, "reading the Redis Cluster layout at start failed");
+            tracing::warn!(
+                error = %e,
+                "redis.cluster_urls: no seed answered CLUSTER SLOTS; checks go to the first seed \
+                 until the layout can be read"
+            );
         }
         Some(Self::connect(nodes, fallback, shared).await)
     }

@@ -162,7 +162,13 @@ pub async fn exchange(nodes: Arc<Nodes>, node: NodeAddr, items: Vec<Routed>) -> 
     }
     let results = results
         .into_iter()
-        .map(|r| r.unwrap_or_else(|| Err(timed_out("redirected too often or"))))
+        .map(|r| {
+            r.unwrap_or_else(|| {
+                Err(RedisError::from(std::io::Error::other(format!(
+                    "still redirected after {MAX_ROUNDS} rounds"
+                ))))
+            })
+        })
         .collect();
     Exchange { results, reports: reports.into_iter().collect() }
 }

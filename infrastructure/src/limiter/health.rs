@@ -342,6 +342,29 @@ mod tests {
     }
 
     #[test]
+    fn each_node_degrades_alone_and_readiness_follows_the_worst() {
+        let shared = Arc::new(LimiterShared::default());
+        let (a, b) = (NodeAddr::new("10.0.0.1", 7000), NodeAddr::new("10.0.0.2", 7000));
+        let mut board = HealthBoard::new(
+            [(a.clone(), None), (b.clone(), None)],
+            Fallback::Allow,
+            shared.clone(),
+        );
+        assert_eq!(shared.state(), LimiterState::Healthy);
+        for i in 1..=FAILURES_TO_DEGRADE {
+            assert_eq!(board.record_failure(&a, "refused"), i == FAILURES_TO_DEGRADE);
+            board.record_success(&b);
+        }
+        assert!(board.is_degraded(&a) && !board.is_degraded(&b) && !board.all_degraded());
+        assert_eq!(shared.state(), LimiterState::Degraded);
+        assert_eq!(board.due(Instant::now() + MAX_BACKOFF * 2, &HashSet::new()), vec![a.clone()]);
+        // Its replica took its slots over: nothing is degraded any more.
+        board.retain(|node| *node != a);
+        assert_eq!(shared.state(), LimiterState::Healthy);
+        assert_eq!(board.next_probe(&HashSet::new()), None);
+    }
+
+    #[test]
     fn an_outage_after_recovery_starts_again_at_100_ms() {
         let mut health = Health::new(false);
         for _ in 0..10 {

@@ -9,17 +9,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pantheon_domain::limiter::{
-    Decision, Fallback, HandleOptions, LimiterHandle, Limits, Mode, Window, limiter_channel,
-    window_index,
-};
+use pantheon_domain::limiter::{Decision, Fallback, LimiterHandle, Limits, Window, window_index};
 use pantheon_domain::{ManualClock, UserId};
 use pantheon_infrastructure::limiter::keys::counter_key;
 use pantheon_infrastructure::limiter::topology::slot_of;
-use pantheon_infrastructure::limiter::{LimiterActor, RedisLink};
-use pantheon_tests::limiter::Store;
+use pantheon_tests::limiter::{Store, cluster_limiter};
 use pantheon_tests::redis_cluster::{ClusterView, RedisCluster, shared_cluster, user_on};
-use redis::{Commands, IntoConnectionInfo};
+use redis::Commands;
 
 use crate::limiter_faults::T0;
 
@@ -141,18 +137,13 @@ async fn a_batch_for_users_on_every_master_goes_as_one_pipeline_per_node() {
     let users: Vec<UserId> =
         masters.iter().flat_map(|m| (0..10).map(|_| user_on(view, m.port, "pipe"))).collect();
 
-    let clock = Arc::new(ManualClock::at(T0));
-    let options = HandleOptions {
-        fallback: Fallback::Deny,
-        mode: Mode::Enforce,
-        wait: Duration::from_secs(10),
-    };
-    let (handle, mailbox, shared) = limiter_channel(4096, options, clock.clone());
-    let seeds = cluster.urls().iter().map(|u| u.as_str().into_connection_info().unwrap()).collect();
-    let link =
-        RedisLink::start_cluster(seeds, Duration::from_secs(5), Fallback::Deny, shared.clone())
-            .await
-            .unwrap();
+    let (handle, actor, _) = cluster_limiter(
+        &cluster.urls(),
+        Fallback::Deny,
+        Duration::from_secs(5),
+        Duration::from_secs(10),
+    )
+    .await;
     let tasks: Vec<_> = users
         .iter()
         .map(|user| {
@@ -164,7 +155,7 @@ async fn a_batch_for_users_on_every_master_goes_as_one_pipeline_per_node() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut meter = Meter::new(view);
     let before = meter.read();
-    tokio::spawn(LimiterActor::new(mailbox, clock, Fallback::Deny, shared, Some(link)).run());
+    tokio::spawn(actor.run());
     for task in tasks {
         assert!(matches!(task.await.unwrap(), Decision::Admitted(_)));
     }

@@ -9,17 +9,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use pantheon_domain::limiter::{
-    Decision, Fallback, HandleOptions, LimiterHandle, LimiterState, Limits, Mode, SkipReason,
-    Window, limiter_channel, window_index,
+    Decision, Fallback, LimiterHandle, LimiterShared, LimiterState, Limits, SkipReason, Window,
+    window_index,
 };
 use pantheon_domain::{ManualClock, UserId};
 use pantheon_infrastructure::limiter::keys::counter_key;
 use pantheon_infrastructure::limiter::topology::slot_of;
-use pantheon_infrastructure::limiter::{LimiterActor, RedisLink};
 use pantheon_infrastructure::settings::TierLimits;
+use pantheon_tests::limiter::cluster_limiter;
 use pantheon_tests::redis_cluster::{RedisCluster, user_in, user_on};
 use pantheon_tests::{Backend, TestApp, expect_json, header, spawn_app_with_clock};
-use redis::IntoConnectionInfo;
 
 use crate::limiter_faults::T0;
 
@@ -30,13 +29,9 @@ async fn actor_on(
     fallback: Fallback,
     timeout: Duration,
     wait: Duration,
-) -> (LimiterHandle, Arc<pantheon_domain::limiter::LimiterShared>) {
-    let clock = Arc::new(ManualClock::at(T0));
-    let options = HandleOptions { fallback, mode: Mode::Enforce, wait };
-    let (handle, mailbox, shared) = limiter_channel(4096, options, clock.clone());
-    let seeds = cluster.urls().iter().map(|u| u.as_str().into_connection_info().unwrap()).collect();
-    let link = RedisLink::start_cluster(seeds, timeout, fallback, shared.clone()).await.unwrap();
-    tokio::spawn(LimiterActor::new(mailbox, clock, fallback, shared.clone(), Some(link)).run());
+) -> (LimiterHandle, Arc<LimiterShared>) {
+    let (handle, actor, shared) = cluster_limiter(&cluster.urls(), fallback, timeout, wait).await;
+    tokio::spawn(actor.run());
     (handle, shared)
 }
 

@@ -52,30 +52,47 @@ cluster_ok() {
     && [ "$replicas" = "$MASTERS" ]
 }
 
-start() {
-  command -v redis-server >/dev/null && command -v redis-cli >/dev/null || die "redis-server and redis-cli are needed"
-  mkdir -p "$DIR"
-  : >"$DIR/ports"
-  local port
-  for _ in $(seq 1 "$NODES"); do
+# launch_node: starts one node on a free port (another, when the port was
+# taken before it could bind) and prints the port once it answers PING.
+launch_node() {
+  local port attempt
+  for attempt in 1 2 3 4 5; do
     port=$(free_port)
     echo "$port" >>"$DIR/ports"
     redis-server --bind 127.0.0.1 --port "$port" --save "" --appendonly no \
       --cluster-enabled yes --cluster-config-file "$DIR/nodes-$port.conf" \
       --cluster-node-timeout "$NODE_TIMEOUT" --cluster-require-full-coverage no \
       --daemonize yes --pidfile "$DIR/redis-$port.pid" --dir "$DIR" --logfile "$DIR/redis-$port.log"
+    for _ in $(seq 1 300); do
+      if node_up "$port"; then
+        echo "$port"
+        return
+      fi
+      # Gone without answering: the port was taken; try another.
+      grep -q 'Could not create server TCP listening socket' "$DIR/redis-$port.log" 2>/dev/null && break
+      sleep 0.05
+    done
+    log "redis-server on $port did not start (attempt $attempt):"
+    tail -n 5 "$DIR/redis-$port.log" >&2 || true
+    [ -f "$DIR/redis-$port.pid" ] && kill -KILL "$(cat "$DIR/redis-$port.pid")" 2>/dev/null || true
   done
-  local ports addresses=()
-  mapfile -t ports <"$DIR/ports"
-  for port in "${ports[@]}"; do
-    for _ in $(seq 1 100); do node_up "$port" && break; sleep 0.05; done
-    node_up "$port" || die "redis-server on $port did not start (log: $DIR/redis-$port.log)"
+  die "no node could be started"
+}
+
+start() {
+  command -v redis-server >/dev/null && command -v redis-cli >/dev/null || die "redis-server and redis-cli are needed"
+  mkdir -p "$DIR"
+  : >"$DIR/ports"
+  local port ports addresses=()
+  for _ in $(seq 1 "$NODES"); do
+    port=$(launch_node)
+    ports+=("$port")
     addresses+=("127.0.0.1:$port")
   done
   redis-cli --cluster create "${addresses[@]}" --cluster-replicas 1 --cluster-yes >"$DIR/create.log" 2>&1 \
     || { cat "$DIR/create.log" >&2; die "redis-cli --cluster create failed"; }
   for port in "${ports[@]}"; do
-    for _ in $(seq 1 200); do cluster_ok "$port" && break; sleep 0.05; done
+    for _ in $(seq 1 600); do cluster_ok "$port" && break; sleep 0.05; done
     cluster_ok "$port" || die "node $port does not see the cluster as ok"
   done
   local urls=()

@@ -148,7 +148,7 @@ async fn a_batch_for_users_on_every_master_goes_as_one_pipeline_per_node() {
         .iter()
         .map(|user| {
             let (handle, user) = (handle.clone(), user.clone());
-            tokio::spawn(async move { handle.check(user, limits(5)).await.decision })
+            tokio::spawn(async move { handle.check(user, limits(5)).await })
         })
         .collect();
     // Every check waits in the mailbox: the actor is not running yet.
@@ -156,10 +156,16 @@ async fn a_batch_for_users_on_every_master_goes_as_one_pipeline_per_node() {
     let mut meter = Meter::new(view);
     let before = meter.read();
     tokio::spawn(actor.run());
+    // The admissions are kept until the meter is read: their leases'
+    // releases would be pipelines of their own.
+    let mut admissions = Vec::new();
     for task in tasks {
-        assert!(matches!(task.await.unwrap(), Decision::Admitted(_)));
+        let admission = task.await.unwrap();
+        assert!(matches!(admission.decision, Decision::Admitted(_)));
+        admissions.push(admission);
     }
     let after = meter.read();
+    drop(admissions);
     for ((port, evalsha_before, reads_before), (_, evalsha_after, reads_after)) in
         before.into_iter().zip(after)
     {

@@ -68,7 +68,9 @@ HIGH_ENV=("${ENV[@]}" PANTHEON__RATE_LIMIT__PER_MINUTE=$HIGH PANTHEON__RATE_LIMI
 
 # CPU ticks (1/100 s) of a process, of every PostgreSQL process, of the Redis.
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
-pg_ticks() { cat /proc/[0-9]*/stat 2>/dev/null | awk '$2 ~ /^\(postgres/ { n += $14 + $15 } END { print n + 0 }'; }
+# A process that exits between the glob and the read makes cat fail; with
+# pipefail that would end the run, so its status is ignored.
+pg_ticks() { { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk '$2 ~ /^\(postgres/ { n += $14 + $15 } END { print n + 0 }'; }
 redis_ticks() { ticks "$(cat "$WORK/redis-limiter.pid")"; }
 us_per() { awk -v t="$1" -v n="$2" 'BEGIN { printf "%.0f", (n > 0 ? t * 10000 / n : 0) }'; }
 

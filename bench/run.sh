@@ -7,6 +7,9 @@
 #
 #   bench/run.sh            # the full run (20 s per scenario, ~3 min once built)
 #   bench/run.sh --quick    # a smoke test (3 s per scenario)
+#   bench/run.sh --cluster  # also A against a Redis Cluster of its own (3 masters,
+#                           # 3 replicas, scripts/cluster.sh), in A's rounds, and
+#                           # the limiter micro-benchmark on it beside the single Redis
 #
 # Environment (all optional): BENCH_DURATION (seconds per scenario),
 # BENCH_DB (default pantheon_bench; created afresh, dropped after a
@@ -19,18 +22,21 @@
 # side, so drift in the machine's speed hits both sides of a ratio alike.
 #
 # It never touches the shared Redis on 6379: the limiters use redis-servers
-# of the bench's own on free ports (scenario D kills its one). Every process
-# it starts is stopped on exit. All traffic goes to 127.0.0.1.
+# (and with --cluster a Redis Cluster) of the bench's own on free ports
+# (scenario D kills its one). Every process it starts is stopped on exit.
+# All traffic goes to 127.0.0.1.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
 QUICK=0
+CLUSTER=0
 for arg in "$@"; do
   case "$arg" in
     --quick) QUICK=1 ;;
-    -h | --help) sed -n '2,23p' "$0"; exit 0 ;;
+    --cluster) CLUSTER=1 ;;
+    -h | --help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "bench: unknown argument $arg" >&2; exit 2 ;;
   esac
 done
@@ -65,6 +71,7 @@ cleanup() {
   for name in "${!SPID[@]}"; do stop_server "$name"; done
   stop_redis limiter
   stop_redis doomed
+  if [ "$CLUSTER" = 1 ]; then scripts/cluster.sh stop "$WORK/cluster"; fi
   if [ "$OK" = 1 ] && [ -z "${BENCH_KEEP:-}" ]; then
     rm -rf "$WORK"
     psql_admin -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" 2>/dev/null || true
@@ -110,6 +117,10 @@ REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 # Scenario D's, killed during the run.
 DOOMED_PORT=$(start_redis doomed)
 DOOMED_URL="redis://127.0.0.1:$DOOMED_PORT"
+if [ "$CLUSTER" = 1 ]; then
+  log "starting a Redis Cluster (3 masters, 3 replicas)"
+  CLUSTER_URLS=$(scripts/cluster.sh start "$WORK/cluster")
+fi
 
 psql_admin -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB" 2>/dev/null
 PG_URL="postgres://postgres@127.0.0.1:5432/$DB"
@@ -248,25 +259,33 @@ fi
 
 # --- A, B, D: JSON turns with the limiter, without it, with its Redis dead ---
 
-log "A, B, D: JSON turns from $USERS users, $CONNECTIONS connections, $ROUNDS interleaved rounds of ${ROUND}s"
+order=(A B D)
+if [ "$CLUSTER" = 1 ]; then order+=(AC); fi
+log "${order[*]}: JSON turns from $USERS users, $CONNECTIONS connections, $ROUNDS interleaved rounds of ${ROUND}s"
 start_server A "${PG_ENV[@]}"
 start_server B "${PG_ENV[@]}" PANTHEON__RATE_LIMIT__ENABLED=false
 start_server D PANTHEON__DATABASE__URL="$PG_URL" PANTHEON__REDIS__URL="$DOOMED_URL" \
   PANTHEON__RATE_LIMIT__PER_MINUTE=$HIGH PANTHEON__RATE_LIMIT__PER_HOUR=$HIGH \
   PANTHEON__RATE_LIMIT__FALLBACK=allow
-for s in A B D; do wrk_once warmup "$s" "$WARMUP" turns.lua "$WORK/users-a.txt" "$JSON_INPUT"; done
+if [ "$CLUSTER" = 1 ]; then
+  start_server AC PANTHEON__DATABASE__URL="$PG_URL" PANTHEON__REDIS__CLUSTER_URLS="$CLUSTER_URLS" \
+    PANTHEON__RATE_LIMIT__PER_MINUTE=$HIGH PANTHEON__RATE_LIMIT__PER_HOUR=$HIGH
+fi
+for s in "${order[@]}"; do wrk_once warmup "$s" "$WARMUP" turns.lua "$WORK/users-a.txt" "$JSON_INPUT"; done
 # D: its Redis dies while it serves; the next checks fail and turn it degraded.
 stop_redis doomed
 wrk_once warmup D 1 turns.lua "$WORK/users-a.txt" "$JSON_INPUT"
 D_STATE=$(curl -s "${SBASE[D]}/readyz" | sed -E 's/.*"limiter":"([^"]*)".*/\1/')
-order=(A B D)
 for r in $(seq 1 "$ROUNDS"); do
-  for i in 0 1 2; do
-    s=${order[$(((r + i) % 3))]}
+  for i in $(seq 0 $((${#order[@]} - 1))); do
+    s=${order[$(((r + i) % ${#order[@]}))]}
     wrk_once "$s" "$s" "$ROUND" turns.lua "$WORK/users-a.txt" "$JSON_INPUT"
   done
 done
-for s in A B D; do record_wrk "$s" "$s"; stop_server "$s"; done
+if [ "$CLUSTER" = 1 ]; then
+  AC_STATE=$(curl -s "${SBASE[AC]}/readyz" | sed -E 's/.*"limiter":"([^"]*)".*/\1/')
+fi
+for s in "${order[@]}"; do record_wrk "$s" "$s"; stop_server "$s"; done
 
 # --- C: one user far over the limit, against /healthz -----------------------
 
@@ -336,7 +355,8 @@ stop_server E
 log "limiter micro-benchmark on the bench Redis"
 quick_arg=()
 [ "$QUICK" = 1 ] && quick_arg=(-- --quick)
-PANTHEON_BENCH_REDIS_URL="$REDIS_URL" cargo bench -q -p pantheon-infrastructure --bench limiter \
+PANTHEON_BENCH_REDIS_URL="$REDIS_URL" PANTHEON_BENCH_CLUSTER_URLS="${CLUSTER_URLS:-}" \
+  cargo bench -q -p pantheon-infrastructure --bench limiter \
   "${quick_arg[@]}" >"$WORK/limiter.txt" 2>"$WORK/limiter.err" \
   || { cat "$WORK/limiter.txt" "$WORK/limiter.err" >&2; die "the limiter bench failed"; }
 
@@ -372,7 +392,7 @@ verdict() { if awk "BEGIN { exit !($1) }"; then echo met; else echo "**missed**"
 echo
 echo "### Scenarios"
 echo
-echo "$(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD 2>/dev/null || echo ' + uncommitted changes'), $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo); \`bench/run.sh$([ "$QUICK" = 1 ] && echo ' --quick')\`: wrk -t2 -c$CONNECTIONS, $ROUNDS round(s) of ${ROUND} s per scenario after a ${WARMUP} s warm-up, log.level $LOG_LEVEL; 1-minute load average ${LOAD_START} before the scenarios, $(cut -d' ' -f1 /proc/loadavg) after."
+echo "$(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD 2>/dev/null || echo ' + uncommitted changes'), $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo); \`bench/run.sh$([ "$QUICK" = 1 ] && echo ' --quick')$([ "$CLUSTER" = 1 ] && echo ' --cluster')\`: wrk -t2 -c$CONNECTIONS, $ROUNDS round(s) of ${ROUND} s per scenario after a ${WARMUP} s warm-up, log.level $LOG_LEVEL; 1-minute load average ${LOAD_START} before the scenarios, $(cut -d' ' -f1 /proc/loadavg) after."
 echo
 echo "| scenario | rate | p50 | p99 | errors | RSS after | peak RSS | notes |"
 echo "|---|---:|---:|---:|---:|---:|---:|---|"
@@ -381,6 +401,9 @@ row B "B: A with \`rate_limit.enabled = false\`" "turns/s" "limiter overhead 1 �
 row C "C: one user over \`per_minute = 1\`" "refusals/s" "${REFUSAL_RATIO}× /healthz; ${REDIS_PER_REFUSAL} Redis commands per refusal; statuses ${C_STATUSES}"
 row H "C: \`GET /healthz\`, same server, same rounds" "req/s" ""
 row D "D: A with its Redis killed, \`fallback = allow\`" "turns/s" "${D_RATIO}× A; limiter ${D_STATE}"
+if [ "$CLUSTER" = 1 ]; then
+  row AC "A on a Redis Cluster (3 masters, 3 replicas)" "turns/s" "$(calc "%.2f" "${RATE[AC]} / ${RATE[A]}")× A; limiter ${AC_STATE}"
+fi
 row E "E: $SSE_STREAMS concurrent SSE turns, 20 chunks × ${SSE_CHUNK_MS} ms" "events/s" "${E_COMPLETED}/${SSE_STREAMS} completed (\`turn.completed\`); wall ${E_WALL} ms = ${E_RATIO}× the ideal 1 s; first event p50 ${E_FIRST_P50} ms, p99 ${E_FIRST_P99} ms; p50/p99 per stream"
 row F "F: A on SQLite + in-process limiter (the embedded default)" "turns/s" ""
 echo
@@ -410,7 +433,7 @@ echo "| A: p99 / p50 at $CONNECTIONS connections | ≤ 4× | ${A_TAIL}× | $(ver
 echo
 echo "### Limiter micro-benchmark"
 echo
-echo "\`cargo bench -p pantheon-infrastructure --bench limiter$([ "$QUICK" = 1 ] && echo ' -- --quick')\` on the bench Redis:"
+echo "\`cargo bench -p pantheon-infrastructure --bench limiter$([ "$QUICK" = 1 ] && echo ' -- --quick')\` on the bench Redis$([ "$CLUSTER" = 1 ] && echo ' and the bench cluster'):"
 echo
 cat "$WORK/limiter.txt"
 OK=1

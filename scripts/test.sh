@@ -1,11 +1,23 @@
 #!/usr/bin/env bash
-# The whole test suite: ensures PostgreSQL and Redis, clears databases left
-# by earlier runs, then runs every test of the workspace. Extra arguments go
-# to `cargo test` (e.g. `scripts/test.sh -p pantheon-tests sessions`).
+# The whole test suite: ensures PostgreSQL and Redis, starts a local Redis
+# Cluster (scripts/cluster.sh) unless PANTHEON_TEST_CLUSTER_URLS names one
+# that answers, clears databases left by earlier runs, then runs every test
+# of the workspace, and stops the cluster it started. Extra arguments go to
+# `cargo test` (e.g. `scripts/test.sh -p pantheon-tests sessions`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/services.sh
+
+# The limiter's tests run on the single Redis and on a cluster. Tests that
+# kill, stall or reshard a cluster start their own; this one is shared.
+if [ -z "${PANTHEON_TEST_CLUSTER_URLS:-}" ] || ! scripts/cluster.sh check "$PANTHEON_TEST_CLUSTER_URLS"; then
+  CLUSTER_DIR=$(mktemp -d "${TMPDIR:-/tmp}/pantheon-test-cluster.XXXXXX")
+  trap 'scripts/cluster.sh stop "$CLUSTER_DIR"' EXIT
+  PANTHEON_TEST_CLUSTER_URLS=$(scripts/cluster.sh start "$CLUSTER_DIR")
+  export PANTHEON_TEST_CLUSTER_URLS
+  echo "test: Redis Cluster started at $PANTHEON_TEST_CLUSTER_URLS" >&2
+fi
 
 # Each end-to-end test creates its own pantheon_test_* database; drop the
 # ones earlier runs left behind.

@@ -12,6 +12,7 @@ pub mod limiter;
 pub mod logs;
 pub mod postgres_server;
 pub mod process;
+pub mod redis_cluster;
 pub mod redis_server;
 pub mod rng;
 pub mod sse;

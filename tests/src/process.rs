@@ -195,6 +195,38 @@ impl ServerProcess {
         self.child.as_ref().unwrap().id()
     }
 
+    /// Creates a session for `token`'s user on this server; its id.
+    pub async fn create_session(&self, client: &reqwest::Client, token: &str) -> String {
+        let session: serde_json::Value = client
+            .post(format!("{}/api/v1/sessions", self.address()))
+            .bearer_auth(token)
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        session["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Starts a streamed turn; the response, its body unread.
+    pub async fn stream(
+        &self,
+        client: &reqwest::Client,
+        token: &str,
+        session: &str,
+        input: &str,
+    ) -> reqwest::Response {
+        client
+            .post(format!("{}/api/v1/sessions/{session}/turns/stream", self.address()))
+            .bearer_auth(token)
+            .json(&serde_json::json!({ "input": input }))
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// What it logged and wrote to stderr so far.
     pub fn output(&self) -> String {
         std::fs::read_to_string(&self.output_path).unwrap_or_default()

@@ -28,6 +28,18 @@ pub fn free_port() -> u16 {
     listener.local_addr().unwrap().port()
 }
 
+/// A free port below 55,536 whose port + 10,000 is free too (a cluster
+/// node's bus port).
+fn bus_free_port() -> u16 {
+    for _ in 0..100 {
+        let port = free_port();
+        if port < 55_536 && TcpListener::bind((Ipv4Addr::LOCALHOST, port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port with a free bus port");
+}
+
 /// A `redis://` URL on which connections are refused.
 pub fn refused_url() -> String {
     format!("redis://127.0.0.1:{}", free_port())
@@ -38,15 +50,24 @@ pub fn refused_url() -> String {
 pub struct RedisServer {
     port: u16,
     dir: PathBuf,
+    /// Arguments besides the port, bind address, persistence and files.
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
 impl RedisServer {
     /// Starts a server on a free port and waits until it answers `PING`.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with `extra` arguments (e.g. `--cluster-enabled yes`)
+    /// on a free port whose port + 10,000 (a cluster bus) is free too.
+    pub fn start_with(extra: &[&str]) -> Self {
         let dir = std::env::temp_dir().join(format!("pantheon-redis-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut server = Self { port: free_port(), dir, child: None };
+        let extra = extra.iter().map(|a| (*a).to_owned()).collect();
+        let mut server = Self { port: bus_free_port(), dir, extra, child: None };
         let mut attempt = 1;
         loop {
             match server.launch() {
@@ -57,7 +78,7 @@ impl RedisServer {
                 // The port was taken between `free_port` and the bind: try another.
                 Err(_) => {
                     server.kill();
-                    server.port = free_port();
+                    server.port = bus_free_port();
                     attempt += 1;
                 }
             }
@@ -72,6 +93,18 @@ impl RedisServer {
     /// The port it listens on.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Its directory (logs, a cluster node's `nodes.conf`).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// A count from `INFO`: `field` of `section` (e.g. `stats`,
+    /// `total_reads_processed`), 0 when absent.
+    pub fn info_field(&self, section: &str, field: &str) -> u64 {
+        let info = self.command(&["INFO", section]);
+        info_value(&info, field)
     }
 
     /// Kills the process with SIGKILL (no shutdown, no goodbye to clients)
@@ -120,31 +153,14 @@ impl RedisServer {
     /// Runs one command over a fresh connection and renders its reply as
     /// text (`OK`, a string, a number, or the debug form of anything else).
     pub fn command(&self, args: &[&str]) -> String {
-        let client = redis::Client::open(self.url()).unwrap();
-        let mut conn = client.get_connection_with_timeout(Duration::from_secs(5)).unwrap();
-        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut cmd = redis::cmd(args[0]);
-        for arg in &args[1..] {
-            cmd.arg(*arg);
-        }
-        match cmd.query::<redis::Value>(&mut conn) {
-            Ok(redis::Value::Okay) => "OK".to_owned(),
-            Ok(redis::Value::SimpleString(s)) => s,
-            Ok(redis::Value::BulkString(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
-            Ok(redis::Value::VerbatimString { text, .. }) => text,
-            Ok(redis::Value::Int(n)) => n.to_string(),
-            Ok(other) => format!("{other:?}"),
-            Err(e) => panic!("redis {args:?} failed: {e}"),
-        }
+        command_at(self.port, args)
     }
 
     /// How many times `EVALSHA` has run since the server started
     /// (`cmdstat_evalsha:calls=N,...` of `INFO commandstats`; 0 when never).
     pub fn evalsha_calls(&self) -> u64 {
         let info = self.command(&["INFO", "commandstats"]);
-        info.lines()
-            .find_map(|line| line.trim().strip_prefix("cmdstat_evalsha:calls="))
-            .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
+        info_value(&info, "cmdstat_evalsha")
     }
 
     /// Spawns the process on `self.port` and waits for `PING`; an error when
@@ -154,6 +170,7 @@ impl RedisServer {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .args(&self.extra)
             .arg("--dir")
             .arg(&self.dir)
             .arg("--logfile")
@@ -197,4 +214,43 @@ impl Drop for RedisServer {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The first number of `field` in an `INFO` reply: `field:N` or
+/// `field:calls=N,...` (`cmdstat_*`, `errorstat_*`); 0 when absent.
+pub fn info_value(info: &str, field: &str) -> u64 {
+    info.lines().find_map(|line| line.trim().strip_prefix(field)?.strip_prefix(':')).map_or(
+        0,
+        |rest| {
+            let rest = rest.split_once('=').map_or(rest, |(_, v)| v);
+            rest.split(',').next().unwrap().trim().parse().unwrap()
+        },
+    )
+}
+
+/// Runs one command on the Redis at `127.0.0.1:port` over a fresh
+/// connection and renders its reply as text (`OK`, a string, a number, or
+/// the debug form of anything else); panics on an error reply.
+pub fn command_at(port: u16, args: &[&str]) -> String {
+    try_command_at(port, args).unwrap_or_else(|e| panic!("redis {args:?} on {port} failed: {e}"))
+}
+
+/// [`command_at`], with the error instead of a panic (a node may be down).
+pub fn try_command_at(port: u16, args: &[&str]) -> redis::RedisResult<String> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
+    let mut conn = client.get_connection_with_timeout(Duration::from_secs(5))?;
+    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut cmd = redis::cmd(args[0]);
+    for arg in &args[1..] {
+        cmd.arg(*arg);
+    }
+    Ok(match cmd.query::<redis::Value>(&mut conn)? {
+        redis::Value::Okay => "OK".to_owned(),
+        redis::Value::SimpleString(s) => s,
+        redis::Value::BulkString(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        redis::Value::VerbatimString { text, .. } => text,
+        redis::Value::Int(n) => n.to_string(),
+        redis::Value::Nil => "nil".to_owned(),
+        other => format!("{other:?}"),
+    })
 }

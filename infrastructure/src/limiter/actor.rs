@@ -1,67 +1,87 @@
-//! The limiter task: the only owner of the Redis connection, the loaded
+//! The limiter task: the only owner of the Redis connections, the loaded
 //! script, the health state, the over-limit cache, the in-process counters
 //! and the leases this instance holds.
 //!
 //! It never waits for one check before taking the next: each turn of the
 //! loop drains the mailbox (after one scheduler pass, so callers that are
 //! ready add theirs), answers what it can locally (cache, in-process
-//! backend, degraded fallback), and sends the rest as one pipeline, with up
-//! to [`MAX_IN_FLIGHT`] pipelines outstanding.
+//! backend, degraded fallback), and sends the rest as one pipeline per
+//! node serving them (one for a single Redis; one per master of a cluster
+//! holding a user of the batch), with up to [`MAX_IN_FLIGHT`] pipelines
+//! outstanding per node: no user waits behind another node's round trip.
 //!
-//! Leases: every `lease_ttl / 3` one pipeline renews all the Redis leases
-//! this instance holds; a dropped lease wakes the task, which sends its
-//! release at once, or ahead of the checks of the pipeline it is building.
-//! Neither waits for the in-flight cap: a slot must not stay taken (or
-//! lapse) because checks are queueing.
+//! Leases: every `lease_ttl / 3` one pipeline per node renews all the Redis
+//! leases this instance holds; a dropped lease wakes the task, which sends
+//! its release at once, or ahead of the checks of the pipeline it is
+//! building. Renewals and releases sent on their own never wait for the
+//! in-flight cap: a slot must not stay taken (or lapse) because checks are
+//! queueing.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use pantheon_domain::limiter::{
     Admission, Decision, Fallback, Lease, LeaseId, LeaseStore, LimiterCommand, LimiterShared,
     Limits, RateLimitStatus, Reservation, SkipReason, TokenCost, Verdict, Window, decide,
     token_usage, usage,
 };
 use pantheon_domain::{Clock, UserId};
-use redis::aio::MultiplexedConnection;
-use redis::{Client, RedisError, RedisResult, Script, Value};
+use redis::{Client, ConnectionInfo, RedisResult, Script};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::MissedTickBehavior;
 
-use super::health::Health;
+use super::health::HealthBoard;
 use super::memory::MemoryCounters;
-use super::redis_link::{self, Pending, TokenRefund};
+use super::nodes::Nodes;
+use super::redis_link::{self, BatchReply, Pending, TokenRefund};
+use super::topology::{NodeAddr, slot_of};
 
 /// Most commands taken from the mailbox per loop turn (one pipeline).
 const MAX_BATCH: usize = 256;
-/// Most pipelines outstanding; past it the mailbox fills and callers get
-/// the fallback at once instead of queueing behind a slow Redis.
+/// Most pipelines outstanding per node. Past it on a single Redis the
+/// mailbox fills and callers get the fallback at once instead of queueing
+/// behind a slow Redis; on a cluster that node's share of a batch waits for
+/// its next free pipeline (up to [`MAX_BACKLOG`] checks), while the other
+/// nodes' shares go out.
 const MAX_IN_FLIGHT: usize = 16;
+/// Checks waiting for a busy node's next pipeline; past it they are
+/// answered by the fallback at once (that node is not keeping up).
+const MAX_BACKLOG: usize = MAX_BATCH;
 /// How often the fallback summary is logged and the cache swept.
 const SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
 
 type CheckReply = oneshot::Sender<Admission>;
 type PeekReply = oneshot::Sender<Option<RateLimitStatus>>;
 type Batch = Vec<Pending<CheckReply, PeekReply>>;
-type BatchOutcome = (Batch, Result<Vec<RedisResult<Vec<Value>>>, RedisError>);
+type BatchOutcome = (NodeAddr, Batch, BatchReply);
+
+/// What a background Redis job found.
+enum Job {
+    /// A probe of a degraded node: `Ok(true)` it answers again, `Ok(false)`
+    /// it serves no slot any more.
+    Probe(NodeAddr, RedisResult<bool>),
+    /// The cluster's layout was read again (after a `MOVED`).
+    Refresh(RedisResult<()>),
+}
 
 /// The Redis half of the actor's state.
 #[derive(Debug)]
 pub struct RedisLink {
-    client: Client,
-    script: Arc<Script>,
-    timeout: Duration,
-    conn: Option<MultiplexedConnection>,
-    health: Health,
+    nodes: Arc<Nodes>,
+    health: HealthBoard,
+    /// Pipelines outstanding per node.
+    in_flight: HashMap<NodeAddr, usize>,
+    /// Per node at [`MAX_IN_FLIGHT`]: what its next pipeline takes.
+    backlog: HashMap<NodeAddr, Batch>,
 }
 
 impl RedisLink {
-    /// Connects once at start; Pantheon starts even when Redis is down, with
-    /// the link degraded.
+    /// One Redis. Connects once at start; Pantheon starts even when Redis
+    /// is down, with the link degraded.
     pub async fn start(
         client: Client,
         timeout: Duration,
@@ -69,15 +89,59 @@ impl RedisLink {
         shared: Arc<LimiterShared>,
     ) -> Self {
         let script = Arc::new(Script::new(redis_link::CHECK_SCRIPT));
-        let conn = match redis_link::connect(&client, &script, timeout).await {
-            Ok(conn) => Some(conn),
-            Err(e) => {
-                tracing::debug!(error = %e, "Redis connect at start failed");
-                None
+        let nodes = Nodes::single(client.get_connection_info().clone(), script, timeout);
+        Self::connect(nodes, fallback, shared).await
+    }
+
+    /// A Redis Cluster found from `seeds` (at least one): its layout is read
+    /// and every master connected at start; a cluster that cannot be reached
+    /// starts degraded, and so does each master that cannot.
+    pub async fn start_cluster(
+        seeds: Vec<ConnectionInfo>,
+        timeout: Duration,
+        fallback: Fallback,
+        shared: Arc<LimiterShared>,
+    ) -> Option<Self> {
+        let script = Arc::new(Script::new(redis_link::CHECK_SCRIPT));
+        let nodes = Nodes::cluster(seeds, script, timeout)?;
+        if let Err(e) = nodes.refresh().await {
+            tracing::warn!(
+                error = %e,
+                "redis.cluster_urls: no seed answered CLUSTER SLOTS; checks go to the first seed \
+                 until the layout can be read"
+            );
+        }
+        Some(Self::connect(nodes, fallback, shared).await)
+    }
+
+    async fn connect(nodes: Nodes, fallback: Fallback, shared: Arc<LimiterShared>) -> Self {
+        let masters = nodes.masters();
+        let connected =
+            futures::future::join_all(masters.iter().map(|m| nodes.connection(m))).await;
+        let states = masters.into_iter().zip(connected).map(|(node, connected)| {
+            let error = connected.err().map(|e| e.to_string());
+            if let Some(error) = &error {
+                tracing::debug!(error, node = %node, "Redis connect at start failed");
             }
-        };
-        let health = Health::new(conn.is_some(), fallback, shared);
-        Self { client, script, timeout, conn, health }
+            (node, error)
+        });
+        let health = HealthBoard::new(states, fallback, shared);
+        Self { nodes: Arc::new(nodes), health, in_flight: HashMap::new(), backlog: HashMap::new() }
+    }
+
+    /// Whether `user`'s node can be asked (it is not degraded).
+    fn routes(&self, user: &UserId) -> bool {
+        !self.health.is_degraded(&self.nodes.node_for(slot_of(user)))
+    }
+
+    /// Whether any node can be asked.
+    fn any_up(&self) -> bool {
+        !self.health.all_degraded()
+    }
+
+    /// Pipelines the loop may have outstanding in all.
+    fn max_in_flight(&self) -> usize {
+        MAX_IN_FLIGHT * self.nodes.master_count().max(1)
     }
 }
 
@@ -124,20 +188,18 @@ impl LimiterActor {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut in_flight: FuturesUnordered<BoxFuture<'static, BatchOutcome>> =
             FuturesUnordered::new();
-        let mut probes: FuturesUnordered<BoxFuture<'static, RedisResult<MultiplexedConnection>>> =
-            FuturesUnordered::new();
+        let mut jobs: FuturesUnordered<BoxFuture<'static, Job>> = FuturesUnordered::new();
+        let mut probing: HashSet<NodeAddr> = HashSet::new();
+        let mut refreshing = false;
         let mut summary = tokio::time::interval(SUMMARY_INTERVAL);
         let mut renewal = tokio::time::interval(self.lease_ttl / 3);
         renewal.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let releases = self.shared.releases().clone();
         loop {
-            let probe_at = self
-                .redis
-                .as_ref()
-                .filter(|r| r.health.is_degraded())
-                .map(|r| r.health.next_probe());
+            let probe_at = self.redis.as_ref().and_then(|r| r.health.next_probe(&probing));
+            let room = self.redis.as_ref().map_or(MAX_IN_FLIGHT, RedisLink::max_in_flight);
             tokio::select! {
-                n = self.mailbox.recv_many(&mut batch, MAX_BATCH), if in_flight.len() < MAX_IN_FLIGHT => {
+                n = self.mailbox.recv_many(&mut batch, MAX_BATCH), if in_flight.len() < room => {
                     if n == 0 {
                         break;
                     }
@@ -146,41 +208,58 @@ impl LimiterActor {
                     // sent is free for that check.
                     let mut remote = self.take_releases();
                     remote.extend(self.answer_locally(batch.drain(..)));
-                    if let Some(future) = self.send(remote) {
-                        in_flight.push(future);
-                    }
+                    self.send(remote, &mut in_flight);
                 }
                 () = releases.queued() => {
                     let remote = self.take_releases();
-                    if let Some(future) = self.send(remote) {
-                        in_flight.push(future);
-                    }
+                    self.send(remote, &mut in_flight);
                 }
                 _ = renewal.tick() => {
                     let remote = self.renewals();
-                    if let Some(future) = self.send(remote) {
-                        in_flight.push(future);
+                    self.send(remote, &mut in_flight);
+                }
+                Some((node, batch, outcome)) = in_flight.next() => {
+                    self.settle(&node, batch, outcome);
+                    let waiting = self.redis.as_mut().and_then(|r| r.backlog.remove(&node));
+                    if let Some(waiting) = waiting {
+                        self.dispatch(node, waiting, &mut in_flight);
+                    }
+                    if let Some(redis) = &self.redis && !refreshing && redis.nodes.take_stale() {
+                        refreshing = true;
+                        let nodes = redis.nodes.clone();
+                        jobs.push(Box::pin(async move { Job::Refresh(nodes.refresh().await) }));
                     }
                 }
-                Some((batch, outcome)) = in_flight.next() => self.settle(batch, outcome),
-                () = sleep_until(probe_at), if probe_at.is_some() && probes.is_empty() => {
+                () = sleep_until(probe_at), if probe_at.is_some() => {
                     if let Some(redis) = &self.redis {
-                        let (client, script, timeout) = (redis.client.clone(), redis.script.clone(), redis.timeout);
-                        probes.push(Box::pin(async move { redis_link::connect(&client, &script, timeout).await }));
+                        for node in redis.health.due(tokio::time::Instant::now(), &probing) {
+                            probing.insert(node.clone());
+                            let nodes = redis.nodes.clone();
+                            jobs.push(Box::pin(probe(nodes, node)));
+                        }
                     }
                 }
-                Some(probe) = probes.next() => self.probed(probe),
+                Some(job) = jobs.next() => {
+                    if let Job::Probe(node, _) = &job {
+                        probing.remove(node);
+                    } else {
+                        refreshing = false;
+                    }
+                    self.job_done(job);
+                }
                 _ = summary.tick() => self.housekeeping(),
             }
         }
-        // Send the last releases and answer what is still in flight before
-        // leaving.
+        // Send the last releases and answer what is still in flight (and
+        // waiting behind it) before leaving.
         let remote = self.take_releases();
-        if let Some(future) = self.send(remote) {
-            in_flight.push(future);
-        }
-        while let Some((batch, outcome)) = in_flight.next().await {
-            self.settle(batch, outcome);
+        self.send(remote, &mut in_flight);
+        while let Some((node, batch, outcome)) = in_flight.next().await {
+            self.settle(&node, batch, outcome);
+            let waiting = self.redis.as_mut().and_then(|r| r.backlog.remove(&node));
+            if let Some(waiting) = waiting {
+                self.dispatch(node, waiting, &mut in_flight);
+            }
         }
     }
 
@@ -188,8 +267,7 @@ impl LimiterActor {
     /// batch goes out: one scheduler pass, no timer, so a busy instance sends
     /// fewer, larger pipelines and an idle one is not slowed.
     async fn gather(&mut self, batch: &mut Vec<LimiterCommand>) {
-        let remote =
-            self.redis.as_ref().is_some_and(|r| !r.health.is_degraded() && r.conn.is_some());
+        let remote = self.redis.as_ref().is_some_and(RedisLink::any_up);
         if !remote || batch.len() >= MAX_BATCH {
             return;
         }
@@ -202,9 +280,9 @@ impl LimiterActor {
         }
     }
 
-    /// Whether Redis is to be asked now.
-    fn remote_ready(&self) -> bool {
-        self.redis.as_ref().is_some_and(|r| !r.health.is_degraded() && r.conn.is_some())
+    /// Whether `user`'s node is to be asked now.
+    fn routes(&self, user: &UserId) -> bool {
+        self.redis.as_ref().is_some_and(|r| r.routes(user))
     }
 
     fn lease_ttl_ms(&self) -> i64 {
@@ -214,8 +292,8 @@ impl LimiterActor {
     /// Applies the releases queued by dropped leases: in-process slots and
     /// refunds at once, Redis ones as one item per user to send (a `ZREM`,
     /// or with refunds the script's release: the `ZREM` and a `DECRBY` per
-    /// token bucket that still exists, in one call). While Redis
-    /// cannot be asked they are dropped: those leases lapse within
+    /// token bucket that still exists, in one call). A user whose node
+    /// cannot be asked now has them dropped: those leases lapse within
     /// `lease_ttl`, and their reservations stay charged (the safe side).
     fn take_releases(&mut self) -> Batch {
         let now_ms = self.clock.now_ms();
@@ -242,21 +320,19 @@ impl LimiterActor {
                 }
             }
         }
-        if by_user.is_empty() || !self.remote_ready() {
-            return Vec::new();
-        }
         by_user
             .into_iter()
+            .filter(|(user, _)| self.routes(user))
             .map(|(user, (leases, refunds))| Pending::Release { user, leases, refunds })
             .collect()
     }
 
     /// One `ZADD XX` per user pushing the expiry of every lease this
-    /// instance holds a TTL ahead. Skipped while Redis cannot be asked; a
-    /// lease that lapses meanwhile is not brought back (`XX`), and its turn
-    /// runs on without a slot rather than block its user.
+    /// instance holds a TTL ahead. Skipped for a user whose node cannot be
+    /// asked; a lease that lapses meanwhile is not brought back (`XX`), and
+    /// its turn runs on without a slot rather than block its user.
     fn renewals(&self) -> Batch {
-        if self.held.is_empty() || !self.remote_ready() {
+        if self.held.is_empty() {
             return Vec::new();
         }
         let ttl_ms = self.lease_ttl_ms();
@@ -267,6 +343,7 @@ impl LimiterActor {
         }
         by_user
             .into_iter()
+            .filter(|(user, _)| self.routes(user))
             .map(|(user, leases)| Pending::Renew {
                 user: user.clone(),
                 leases,
@@ -279,7 +356,6 @@ impl LimiterActor {
     /// Answers peeks and checks that need no Redis call; returns the rest.
     fn answer_locally(&mut self, commands: impl Iterator<Item = LimiterCommand>) -> Batch {
         let now_ms = self.clock.now_ms();
-        let remote = self.remote_ready();
         let ttl_ms = self.lease_ttl_ms();
         let mut batch = Vec::new();
         for command in commands {
@@ -290,6 +366,7 @@ impl LimiterActor {
             if abandoned(&command) {
                 continue;
             }
+            let remote = self.redis.as_ref().is_some_and(|r| r.routes(command_user(&command)));
             match command {
                 LimiterCommand::Check { user, limits, cost, respond_to } => {
                     // Known over-limit users are refused from the cache first,
@@ -334,35 +411,83 @@ impl LimiterActor {
         batch
     }
 
-    fn send(&self, batch: Batch) -> Option<BoxFuture<'static, BatchOutcome>> {
+    /// Splits `batch` by the node serving each user and sends each node's
+    /// share as one pipeline.
+    fn send(
+        &mut self,
+        batch: Batch,
+        in_flight: &mut FuturesUnordered<BoxFuture<'static, BatchOutcome>>,
+    ) {
         if batch.is_empty() {
-            return None;
+            return;
         }
-        let redis = self.redis.as_ref()?;
-        let conn = redis.conn.clone()?;
-        Some(Box::pin(redis_link::run_batch(conn, redis.script.clone(), batch, redis.timeout)))
+        let Some(redis) = &self.redis else { return };
+        let owners = redis.nodes.nodes_for(batch.iter().map(|p| slot_of(p.user())));
+        let mut groups: BTreeMap<NodeAddr, Batch> = BTreeMap::new();
+        for (node, pending) in owners.into_iter().zip(batch) {
+            groups.entry(node).or_default().push(pending);
+        }
+        for (node, group) in groups {
+            self.dispatch(node, group, in_flight);
+        }
     }
 
-    /// Fans a pipeline's results out to the callers and updates health.
-    fn settle(&mut self, batch: Batch, outcome: Result<Vec<RedisResult<Vec<Value>>>, RedisError>) {
+    /// Sends `group` to `node` as one pipeline, or, with the node at
+    /// [`MAX_IN_FLIGHT`], keeps it for the node's next one (what does not
+    /// fit in [`MAX_BACKLOG`] is answered by the fallback).
+    fn dispatch(
+        &mut self,
+        node: NodeAddr,
+        group: Batch,
+        in_flight: &mut FuturesUnordered<BoxFuture<'static, BatchOutcome>>,
+    ) {
+        let Some(redis) = &mut self.redis else { return };
+        if redis.health.is_degraded(&node) {
+            // Turned degraded while this waited in its backlog.
+            for pending in group {
+                self.answer_by_fallback(pending);
+            }
+            return;
+        }
+        let outstanding = redis.in_flight.entry(node.clone()).or_default();
+        // Lease upkeep alone never waits for the cap (see the module doc).
+        let upkeep = group.iter().all(Pending::is_upkeep);
+        if *outstanding >= MAX_IN_FLIGHT && !upkeep {
+            let waiting = redis.backlog.entry(node).or_default();
+            let room = MAX_BACKLOG.saturating_sub(waiting.len());
+            let mut group = group.into_iter();
+            waiting.extend(group.by_ref().take(room));
+            for pending in group {
+                self.answer_by_fallback(pending);
+            }
+            return;
+        }
+        *outstanding += 1;
+        let nodes = redis.nodes.clone();
+        in_flight.push(Box::pin(
+            redis_link::run_batch(nodes, node.clone(), group)
+                .map(move |(batch, outcome)| (node, batch, outcome)),
+        ));
+    }
+
+    /// Fans a pipeline's results out to the callers and updates each
+    /// node's health.
+    fn settle(&mut self, node: &NodeAddr, batch: Batch, outcome: BatchReply) {
+        if let Some(redis) = &mut self.redis
+            && let Some(outstanding) = redis.in_flight.get_mut(node)
+        {
+            *outstanding = outstanding.saturating_sub(1);
+        }
         if batch.is_empty() {
             // Every caller gave up before it was sent: no call, no news.
             return;
         }
-        let results = match outcome {
-            Ok(results) => results,
-            Err(error) => {
-                self.failed(&error.to_string());
-                for pending in batch {
-                    self.answer_by_fallback(pending);
-                }
-                return;
-            }
-        };
-        // Error replies inside a pipeline count as one failed call, like a
-        // pipeline that failed whole.
-        let mut item_error: Option<String> = None;
-        for (pending, result) in batch.into_iter().zip(results) {
+        // Error replies inside a pipeline count as one failed call of their
+        // node, like a pipeline that failed whole.
+        for (node, error) in &outcome.reports {
+            self.record(node, error.as_deref());
+        }
+        for (pending, result) in batch.into_iter().zip(outcome.results) {
             match (pending, result) {
                 (Pending::Check { user, limits, cost, now_ms, lease, reply, .. }, Ok(values)) => {
                     match redis_link::parse_check(values) {
@@ -381,13 +506,9 @@ impl LimiterActor {
                             // the drop gives the slot back.
                             let lease = script.admitted.then(|| {
                                 self.held.insert(lease, user.clone());
-                                Lease::new(
-                                    lease,
-                                    user,
-                                    LeaseStore::Redis,
-                                    self.shared.releases().clone(),
-                                )
-                                .with_reservation(reservation)
+                                let releases = self.shared.releases().clone();
+                                Lease::new(lease, user, LeaseStore::Redis, releases)
+                                    .with_reservation(reservation)
                             });
                             let _ = reply.send(Admission { decision, lease });
                         }
@@ -404,28 +525,22 @@ impl LimiterActor {
                     let _ = reply.send(status);
                 }
                 (Pending::Renew { .. } | Pending::Release { .. }, Ok(_)) => {}
-                (pending, Err(error)) => {
-                    item_error.get_or_insert_with(|| error.to_string());
-                    self.answer_by_fallback(pending);
-                }
-            }
-        }
-        match item_error {
-            Some(error) => self.failed(&error),
-            None => {
-                if let Some(redis) = &mut self.redis {
-                    redis.health.record_success();
-                }
+                (pending, Err(_)) => self.answer_by_fallback(pending),
             }
         }
     }
 
-    fn failed(&mut self, error: &str) {
-        if let Some(redis) = &mut self.redis
-            && redis.health.record_failure(error)
-        {
-            // The connection may be broken for good; the probe makes a new one.
-            redis.conn = None;
+    /// How a call to `node` went.
+    fn record(&mut self, node: &NodeAddr, error: Option<&str>) {
+        let Some(redis) = &mut self.redis else { return };
+        match error {
+            None => redis.health.record_success(node),
+            Some(error) => {
+                if redis.health.record_failure(node, error) {
+                    // The connection may be broken for good; the probe makes a new one.
+                    redis.nodes.forget(node);
+                }
+            }
         }
     }
 
@@ -444,14 +559,22 @@ impl LimiterActor {
         }
     }
 
-    fn probed(&mut self, probe: RedisResult<MultiplexedConnection>) {
+    fn job_done(&mut self, job: Job) {
         let Some(redis) = &mut self.redis else { return };
-        match probe {
-            Ok(conn) => {
-                redis.conn = Some(conn);
-                redis.health.recovered();
+        match job {
+            Job::Probe(node, Ok(true)) => redis.health.recovered(&node),
+            Job::Probe(node, Ok(false)) => redis.health.retire(&node),
+            Job::Probe(node, Err(error)) => redis.health.probe_failed(&node, &error.to_string()),
+            Job::Refresh(Err(error)) => {
+                tracing::debug!(error = %error, "reading the Redis Cluster layout failed");
             }
-            Err(error) => redis.health.probe_failed(&error.to_string()),
+            Job::Refresh(Ok(())) => {}
+        }
+        // A layout read by the probe or the refresh may show other nodes
+        // gone (a failover moves every slot of the failed master).
+        if redis.nodes.is_cluster() {
+            let nodes = redis.nodes.clone();
+            redis.health.retain(|node| nodes.serves(node));
         }
     }
 
@@ -553,6 +676,27 @@ fn add_refund(
     match refunds.iter_mut().find(|r| r.window == window && r.index == index) {
         Some(refund) => refund.tokens = refund.tokens.saturating_add(tokens),
         None => refunds.push(TokenRefund { window, index, tokens }),
+    }
+}
+
+/// Probes `node`: on a cluster, reads the layout first (the node may have
+/// been replaced by its replica), then reconnects if it still serves slots.
+async fn probe(nodes: Arc<Nodes>, node: NodeAddr) -> Job {
+    if nodes.is_cluster() {
+        if let Err(error) = nodes.refresh().await {
+            return Job::Probe(node, Err(error));
+        }
+        if !nodes.serves(&node) {
+            return Job::Probe(node, Ok(false));
+        }
+    }
+    let connected = nodes.reconnect(&node).await.map(|_| true);
+    Job::Probe(node, connected)
+}
+
+fn command_user(command: &LimiterCommand) -> &UserId {
+    match command {
+        LimiterCommand::Check { user, .. } | LimiterCommand::Peek { user, .. } => user,
     }
 }
 

@@ -5,10 +5,13 @@
 //! domain's [`LimiterHandle`]; everything else talks to it through that.
 
 mod actor;
+mod exchange;
 mod health;
 pub mod keys;
 mod memory;
+mod nodes;
 mod redis_link;
+pub mod topology;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -88,32 +91,40 @@ pub async fn limiter(
     let wait = timeout + (timeout / 2).max(Duration::from_millis(20));
     let (handle, mailbox, shared) =
         limiter_channel(MAILBOX, HandleOptions { fallback, mode, wait }, clock.clone());
-    let redis = match &settings.redis.url {
-        None => {
-            shared.set_state(LimiterState::InProcess);
-            None
+    let redis = if !settings.redis.cluster_urls.is_empty() {
+        match settings.redis.cluster_urls.iter().map(|url| connection_info(url)).collect() {
+            Ok(seeds) => RedisLink::start_cluster(seeds, timeout, fallback, shared.clone()).await,
+            Err(e) => {
+                tracing::error!(error = %e, "redis.cluster_urls cannot be used; limiting in process");
+                None
+            }
         }
-        Some(url) => match client(url) {
+    } else if let Some(url) = &settings.redis.url {
+        match connection_info(url).and_then(redis::Client::open) {
             Ok(client) => Some(RedisLink::start(client, timeout, fallback, shared.clone()).await),
             Err(e) => {
                 tracing::error!(error = %e, "redis.url cannot be used; limiting in process");
-                shared.set_state(LimiterState::InProcess);
                 None
             }
-        },
+        }
+    } else {
+        None
     };
+    if redis.is_none() {
+        shared.set_state(LimiterState::InProcess);
+    }
     let lease_ttl = Duration::from_secs(settings.rate_limit.lease_ttl_secs);
     let actor = LimiterActor::new(mailbox, clock, fallback, shared, redis, lease_ttl);
     Some((handle, Box::pin(actor.run())))
 }
 
-/// A client for `url` whose TCP connections send at once (`TCP_NODELAY`;
-/// redis-rs leaves Nagle's algorithm on): a check is a small write, and with
-/// a pipeline already unanswered Nagle would hold the next one back.
-fn client(url: &str) -> redis::RedisResult<redis::Client> {
+/// The connection settings of `url`, with TCP connections that send at
+/// once (`TCP_NODELAY`; redis-rs leaves Nagle's algorithm on): a check is a
+/// small write, and with a pipeline already unanswered Nagle would hold the
+/// next one back.
+fn connection_info(url: &str) -> redis::RedisResult<redis::ConnectionInfo> {
     use redis::IntoConnectionInfo;
-    let info = url
+    Ok(url
         .into_connection_info()?
-        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-    redis::Client::open(info)
+        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true)))
 }

@@ -1,5 +1,6 @@
-//! The Redis side of the actor: connecting (with the script loaded) and
-//! sending one batch of checks and peeks as one pipeline.
+//! The Redis side of the actor: connecting (with the script loaded), the
+//! command of each check and peek, and sending one node's share of a batch
+//! as one pipeline.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,13 +9,15 @@ use pantheon_domain::UserId;
 use pantheon_domain::limiter::{Counts, LeaseId, Limits, TokenCost, Window, WindowCounts};
 use redis::aio::MultiplexedConnection;
 use redis::{
-    AsyncConnectionConfig, Client, ErrorKind, Pipeline, RedisError, RedisResult, Script,
-    ServerErrorKind, Value,
+    AsyncConnectionConfig, Client, Cmd, ErrorKind, RedisError, RedisResult, Script, Value,
 };
 
 use tokio::sync::oneshot;
 
+use super::exchange::{Exchange, Routed, exchange};
 use super::keys::{active_key, check_keys, token_key, token_keys};
+use super::nodes::Nodes;
+use super::topology::{NodeAddr, slot_of};
 
 /// The check-then-increment script.
 pub const CHECK_SCRIPT: &str = include_str!("check.lua");
@@ -57,12 +60,20 @@ pub struct TokenRefund {
 }
 
 impl<C, P> Pending<C, P> {
-    /// How many commands the item adds to a pipeline.
-    fn width(&self) -> usize {
+    /// Whose keys it touches.
+    pub fn user(&self) -> &UserId {
         match self {
-            Self::Check { .. } | Self::Release { .. } => 1,
-            Self::Peek { .. } | Self::Renew { .. } => 2,
+            Self::Check { user, .. }
+            | Self::Peek { user, .. }
+            | Self::Renew { user, .. }
+            | Self::Release { user, .. } => user,
         }
+    }
+
+    /// Whether it only keeps leases (a renewal or a release), which no
+    /// caller waits for and which must not queue behind checks.
+    pub fn is_upkeep(&self) -> bool {
+        matches!(self, Self::Renew { .. } | Self::Release { .. })
     }
 }
 
@@ -118,125 +129,96 @@ pub async fn connect(
     Ok(conn)
 }
 
-fn pipeline<'a, C: 'a, P: 'a>(
-    script: &Script,
-    batch: impl IntoIterator<Item = &'a Pending<C, P>>,
-) -> Pipeline {
-    let mut pipe = redis::pipe();
-    pipe.ignore_errors();
-    for pending in batch {
-        match pending {
-            Pending::Check { user, limits, cost, now_ms, lease, ttl_ms, .. } => {
-                let budgeted = limits.has_token_budget();
-                let mut cmd = redis::cmd("EVALSHA");
-                cmd.arg(script.get_hash())
-                    .arg(if budgeted { 9 } else { 5 })
-                    .arg(&check_keys(user, *now_ms));
-                if budgeted {
-                    cmd.arg(&token_keys(user, *now_ms));
-                }
+/// The commands of one pending item, every key of them `user`'s, in
+/// `user`'s slot: `EVALSHA` of the script for a check; `MGET` of the four
+/// counters (and the four token counters under a budget) and `ZCOUNT` of
+/// the unexpired leases for a peek (read-only: it removes nothing); `ZADD
+/// XX` and `PEXPIRE` for a renewal; `ZREM` for a release, or with refunds
+/// the script's release branch (the `ZREM` and the refunds in one call).
+fn commands<C, P>(script: &Script, pending: &Pending<C, P>) -> Vec<Cmd> {
+    match pending {
+        Pending::Check { user, limits, cost, now_ms, lease, ttl_ms, .. } => {
+            let budgeted = limits.has_token_budget();
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(script.get_hash())
+                .arg(if budgeted { 9 } else { 5 })
+                .arg(&check_keys(user, *now_ms));
+            if budgeted {
+                cmd.arg(&token_keys(user, *now_ms));
+            }
+            for window in Window::ALL {
+                cmd.arg(limits.limit(window))
+                    .arg(window.millis())
+                    .arg(now_ms.rem_euclid(window.millis()));
+            }
+            cmd.arg(*now_ms).arg(*ttl_ms).arg(limits.max_concurrent).arg(lease.to_string());
+            if budgeted {
                 for window in Window::ALL {
-                    cmd.arg(limits.limit(window))
-                        .arg(window.millis())
-                        .arg(now_ms.rem_euclid(window.millis()));
+                    cmd.arg(limits.token_limit(window).map_or(-1, i64::from));
                 }
-                cmd.arg(*now_ms).arg(*ttl_ms).arg(limits.max_concurrent).arg(lease.to_string());
-                if budgeted {
-                    for window in Window::ALL {
-                        cmd.arg(limits.token_limit(window).map_or(-1, i64::from));
-                    }
-                    cmd.arg(cost.input).arg(cost.min_output).arg(cost.max_output);
-                }
-                pipe.add_command(cmd);
+                cmd.arg(cost.input).arg(cost.min_output).arg(cost.max_output);
             }
-            Pending::Peek { user, limits, now_ms, .. } => {
-                let [mc, mp, hc, hp, active] = check_keys(user, *now_ms);
-                let mut mget = redis::cmd("MGET");
-                mget.arg(&[mc, mp, hc, hp]);
-                if limits.has_token_budget() {
-                    mget.arg(&token_keys(user, *now_ms));
-                }
-                pipe.add_command(mget);
-                // Unexpired only, without removing anything: a peek writes nothing.
-                let after_now = format!("({now_ms}");
-                pipe.add_command(
-                    redis::cmd("ZCOUNT").arg(active).arg(after_now).arg("+inf").to_owned(),
-                );
+            vec![cmd]
+        }
+        Pending::Peek { user, limits, now_ms, .. } => {
+            let [mc, mp, hc, hp, active] = check_keys(user, *now_ms);
+            let mut mget = redis::cmd("MGET");
+            mget.arg(&[mc, mp, hc, hp]);
+            if limits.has_token_budget() {
+                mget.arg(&token_keys(user, *now_ms));
             }
-            Pending::Renew { user, leases, expires_at_ms, ttl_ms } => {
-                let key = active_key(user);
-                let mut zadd = redis::cmd("ZADD");
-                zadd.arg(&key).arg("XX");
-                for lease in leases {
-                    zadd.arg(*expires_at_ms).arg(lease.to_string());
-                }
-                pipe.add_command(zadd);
-                pipe.add_command(redis::cmd("PEXPIRE").arg(key).arg(*ttl_ms).to_owned());
+            let zcount =
+                redis::cmd("ZCOUNT").arg(active).arg(format!("({now_ms}")).arg("+inf").to_owned();
+            vec![mget, zcount]
+        }
+        Pending::Renew { user, leases, expires_at_ms, ttl_ms } => {
+            let key = active_key(user);
+            let mut zadd = redis::cmd("ZADD");
+            zadd.arg(&key).arg("XX");
+            for lease in leases {
+                zadd.arg(*expires_at_ms).arg(lease.to_string());
             }
-            Pending::Release { user, leases, refunds } if refunds.is_empty() => {
-                let mut zrem = redis::cmd("ZREM");
-                zrem.arg(active_key(user));
-                for lease in leases {
-                    zrem.arg(lease.to_string());
-                }
-                pipe.add_command(zrem);
+            vec![zadd, redis::cmd("PEXPIRE").arg(key).arg(*ttl_ms).to_owned()]
+        }
+        Pending::Release { user, leases, refunds } if refunds.is_empty() => {
+            let mut zrem = redis::cmd("ZREM");
+            zrem.arg(active_key(user));
+            for lease in leases {
+                zrem.arg(lease.to_string());
             }
-            Pending::Release { user, leases, refunds } => {
-                // One call: the leases out, the unused tokens back.
-                let mut cmd = redis::cmd("EVALSHA");
-                cmd.arg(script.get_hash()).arg(1 + refunds.len()).arg(active_key(user));
-                for refund in refunds {
-                    cmd.arg(token_key(user, refund.window, refund.index));
-                }
-                cmd.arg("release").arg(leases.len());
-                for lease in leases {
-                    cmd.arg(lease.to_string());
-                }
-                for refund in refunds {
-                    cmd.arg(refund.tokens);
-                }
-                pipe.add_command(cmd);
+            vec![zrem]
+        }
+        Pending::Release { user, leases, refunds } => {
+            // One call: the leases out, the unused tokens back.
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(script.get_hash()).arg(1 + refunds.len()).arg(active_key(user));
+            for refund in refunds {
+                cmd.arg(token_key(user, refund.window, refund.index));
             }
+            cmd.arg("release").arg(leases.len());
+            for lease in leases {
+                cmd.arg(lease.to_string());
+            }
+            for refund in refunds {
+                cmd.arg(refund.tokens);
+            }
+            vec![cmd]
         }
     }
-    pipe
 }
 
-/// Groups a pipeline's flat results by item: each item's values, or the
-/// first error among its commands.
-fn per_item<C, P>(
-    batch: &[&Pending<C, P>],
-    results: Vec<RedisResult<Value>>,
-) -> Vec<RedisResult<Vec<Value>>> {
-    let mut results = results.into_iter();
-    batch
-        .iter()
-        .map(|pending| {
-            let mut values = Vec::with_capacity(pending.width());
-            for _ in 0..pending.width() {
-                match results.next() {
-                    Some(Ok(value)) => values.push(value),
-                    Some(Err(error)) => return Err(error),
-                    None => return Err(short_reply()),
-                }
-            }
-            Ok(values)
-        })
-        .collect()
+/// What a batch brings back: per item, the values of its commands or the
+/// first error among them; and how each node reached did.
+#[derive(Debug, Default)]
+pub struct BatchReply {
+    /// One per item, in the batch's order.
+    pub results: Vec<RedisResult<Vec<Value>>>,
+    /// Per node reached (`None`: it answered; `Some`: the error).
+    pub reports: Vec<(NodeAddr, Option<String>)>,
 }
 
-fn short_reply() -> RedisError {
-    RedisError::from((ErrorKind::Client, "pipeline returned fewer replies than commands"))
-}
-
-fn is_noscript(result: &RedisResult<Vec<Value>>) -> bool {
-    matches!(result, Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript))
-}
-
-/// Sends `batch` as one pipeline and returns it with one result per item
-/// (the values of its commands). A `NOSCRIPT` (Redis restarted or `SCRIPT
-/// FLUSH`) reloads the script and resends once: it is not an outage. The
-/// whole exchange is bounded by `timeout`.
+/// Sends `batch` to `node` as one pipeline (see [`exchange`]) and returns
+/// it with one result per item and how each node reached did.
 ///
 /// Items whose caller stopped waiting are dropped first, here at the first
 /// poll, just before the pipeline is written: a check whose caller was
@@ -244,43 +226,48 @@ fn is_noscript(result: &RedisResult<Vec<Value>>) -> bool {
 /// caller got a `503`). Once written, a check cannot be recalled; the
 /// returned batch (maybe empty) lines up with the results.
 pub async fn run_batch<C: Reply, P: Reply>(
-    mut conn: MultiplexedConnection,
-    script: Arc<Script>,
+    nodes: Arc<Nodes>,
+    node: NodeAddr,
     mut batch: Vec<Pending<C, P>>,
-    timeout: Duration,
-) -> (Vec<Pending<C, P>>, Result<Vec<RedisResult<Vec<Value>>>, RedisError>) {
+) -> (Vec<Pending<C, P>>, BatchReply) {
     batch.retain(|pending| !pending.abandoned());
     if batch.is_empty() {
-        return (batch, Ok(Vec::new()));
+        return (batch, BatchReply::default());
     }
-    let exchange = async {
-        let all: Vec<&Pending<C, P>> = batch.iter().collect();
-        let flat: Vec<RedisResult<Value>> =
-            pipeline(&script, all.iter().copied()).query_async(&mut conn).await?;
-        let mut results = per_item(&all, flat);
-        let missing: Vec<usize> =
-            (0..results.len()).filter(|&i| is_noscript(&results[i])).collect();
-        if !missing.is_empty() {
-            // A pipeline is not atomic: checks before a `SCRIPT FLUSH` ran and
-            // counted, so only the ones that found no script are sent again.
-            script.load_async(&mut conn).await?;
-            let again: Vec<&Pending<C, P>> = missing.iter().filter_map(|&i| batch.get(i)).collect();
-            let flat: Vec<RedisResult<Value>> =
-                pipeline(&script, again.iter().copied()).query_async(&mut conn).await?;
-            for (i, result) in missing.into_iter().zip(per_item(&again, flat)) {
-                results[i] = result;
+    let mut widths = Vec::with_capacity(batch.len());
+    let mut items = Vec::with_capacity(batch.len());
+    for pending in &batch {
+        let slot = slot_of(pending.user());
+        let cmds = commands(nodes.script(), pending);
+        widths.push(cmds.len());
+        items.extend(cmds.into_iter().map(|cmd| Routed { slot, cmd }));
+    }
+    let Exchange { results, reports } = exchange(nodes, node, items).await;
+    (batch, BatchReply { results: per_item(&widths, results), reports })
+}
+
+/// Groups an exchange's results, one per command, by item.
+fn per_item(widths: &[usize], results: Vec<RedisResult<Value>>) -> Vec<RedisResult<Vec<Value>>> {
+    let mut results = results.into_iter();
+    widths
+        .iter()
+        .map(|&width| {
+            let mut values = Vec::with_capacity(width);
+            for _ in 0..width {
+                match results.next() {
+                    Some(Ok(value)) => values.push(value),
+                    Some(Err(error)) => return Err(error),
+                    None => {
+                        return Err(RedisError::from((
+                            ErrorKind::Client,
+                            "fewer replies than commands",
+                        )));
+                    }
+                }
             }
-        }
-        Ok(results)
-    };
-    let outcome = match tokio::time::timeout(timeout, exchange).await {
-        Ok(outcome) => outcome,
-        Err(_) => Err(RedisError::from(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "Redis call exceeded redis.timeout_ms",
-        ))),
-    };
-    (batch, outcome)
+            Ok(values)
+        })
+        .collect()
 }
 
 /// Parses the script's `{admitted, mc, mp, hc, hp, active}` and, under a

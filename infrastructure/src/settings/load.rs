@@ -77,6 +77,10 @@ impl Sources {
                     .separator("__")
                     .ignore_empty(true)
                     .try_parsing(true)
+                    // `PANTHEON__REDIS__CLUSTER_URLS=redis://a:6379,redis://b:6379`;
+                    // every other value stays one string, commas and all.
+                    .list_separator(",")
+                    .with_list_parse_key("redis.cluster_urls")
                     .source(Some(self.environment()?.into_iter().collect())),
             )
             .build()
@@ -168,6 +172,38 @@ mod tests {
             let err = load(&[(var, value)]).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(err.contains(key), "{var}={value}: {err:?} should name {key}");
         }
+    }
+
+    #[test]
+    fn cluster_urls_come_comma_separated_from_the_environment() {
+        let s = load(&[(
+            "PANTHEON__REDIS__CLUSTER_URLS",
+            "redis://10.0.0.1:6379,redis://10.0.0.2:6379",
+        )]);
+        assert_eq!(
+            s.map(|s| s.redis.cluster_urls),
+            Ok(vec!["redis://10.0.0.1:6379".to_owned(), "redis://10.0.0.2:6379".to_owned()])
+        );
+        let one = load(&[("PANTHEON__REDIS__CLUSTER_URLS", "redis://10.0.0.1:6379")]);
+        assert_eq!(one.map(|s| s.redis.cluster_urls.len()), Ok(1));
+        // Other values keep their commas.
+        let title = load(&[("PANTHEON__PROVIDER__OPENAI__SYSTEM_PROMPT", "Be brief, be kind.")]);
+        assert!(title.is_ok(), "{title:?}");
+    }
+
+    #[test]
+    fn a_single_redis_and_a_cluster_are_exclusive_and_the_error_names_both() {
+        let err = load(&[
+            ("PANTHEON__REDIS__URL", "redis://127.0.0.1:6379"),
+            ("PANTHEON__REDIS__CLUSTER_URLS", "redis://10.0.0.1:6379"),
+        ])
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(err.contains("redis.url") && err.contains("redis.cluster_urls"), "{err:?}");
+        let bad = load(&[("PANTHEON__REDIS__CLUSTER_URLS", "redis://10.0.0.1:6379,http://x")]);
+        let bad = bad.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(bad.contains("redis.cluster_urls"), "{bad:?}");
     }
 
     #[test]

@@ -93,15 +93,27 @@ impl Default for DatabaseSettings {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisSettings {
-    /// `redis.url`: unset means the in-process limiter.
+    /// `redis.url`: one Redis; unset (with no `cluster_urls`) means the
+    /// in-process limiter.
     pub url: Option<String>,
+    /// `redis.cluster_urls`: seed nodes of a Redis Cluster (from the
+    /// environment, comma-separated); the rest of the cluster is found from
+    /// them. Exclusive with `url`.
+    pub cluster_urls: Vec<String>,
     /// `redis.timeout_ms`: the longest a limiter call may take.
     pub timeout_ms: u64,
 }
 
+impl RedisSettings {
+    /// Whether a Redis (single or cluster) is configured.
+    pub fn is_configured(&self) -> bool {
+        self.url.is_some() || !self.cluster_urls.is_empty()
+    }
+}
+
 impl Default for RedisSettings {
     fn default() -> Self {
-        Self { url: None, timeout_ms: 50 }
+        Self { url: None, cluster_urls: Vec::new(), timeout_ms: 50 }
     }
 }
 

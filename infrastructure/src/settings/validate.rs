@@ -37,18 +37,7 @@ impl Settings {
     pub fn validate(&self) -> Result<(), SettingsError> {
         self.validate_auth()?;
         validate_database_url(&self.database.url)?;
-        if let Some(url) = &self.redis.url {
-            let schemes = ["redis://", "rediss://", "redis+unix://", "unix://"];
-            if !schemes.iter().any(|s| url.starts_with(s)) {
-                return Err(SettingsError::invalid(
-                    "redis.url",
-                    "must be a redis://, rediss:// or unix:// URL",
-                ));
-            }
-            redis::Client::open(url.as_str()).map_err(|e| {
-                SettingsError::invalid("redis.url", format!("cannot be parsed: {e}"))
-            })?;
-        }
+        self.validate_redis()?;
         let positive = [
             ("redis.timeout_ms", self.redis.timeout_ms),
             ("rate_limit.per_minute", u64::from(self.rate_limit.per_minute)),
@@ -145,6 +134,24 @@ impl Settings {
         Ok(())
     }
 
+    fn validate_redis(&self) -> Result<(), SettingsError> {
+        let redis = &self.redis;
+        if redis.url.is_some() && !redis.cluster_urls.is_empty() {
+            return Err(SettingsError::invalid(
+                "redis.url",
+                "cannot be set together with redis.cluster_urls: set redis.url for one Redis, \
+                 or redis.cluster_urls for the seed nodes of a Redis Cluster",
+            ));
+        }
+        if let Some(url) = &redis.url {
+            validate_redis_url("redis.url", url, true)?;
+        }
+        for url in &redis.cluster_urls {
+            validate_redis_url("redis.cluster_urls", url, false)?;
+        }
+        Ok(())
+    }
+
     fn validate_auth(&self) -> Result<(), SettingsError> {
         let auth = &self.auth;
         if auth.leeway_secs > MAX_LEEWAY_SECS {
@@ -186,4 +193,24 @@ fn validate_database_url(url: &str) -> Result<(), SettingsError> {
         return Err(SettingsError::invalid("database.url", "must be a postgres:// or sqlite: URL"));
     };
     parsed.map_err(|e| SettingsError::invalid("database.url", format!("cannot be parsed: {e}")))
+}
+
+/// A Redis URL the limiter can connect with; a cluster node is reached over
+/// TCP, so `unix://` is for a single Redis only.
+fn validate_redis_url(key: &str, url: &str, unix_allowed: bool) -> Result<(), SettingsError> {
+    let tcp = ["redis://", "rediss://"];
+    let unix = ["redis+unix://", "unix://"];
+    let known = tcp.iter().any(|s| url.starts_with(s))
+        || (unix_allowed && unix.iter().any(|s| url.starts_with(s)));
+    if !known {
+        let expected = if unix_allowed {
+            "must be a redis://, rediss:// or unix:// URL"
+        } else {
+            "must be redis:// or rediss:// URLs"
+        };
+        return Err(SettingsError::invalid(key, expected));
+    }
+    redis::Client::open(url)
+        .map_err(|e| SettingsError::invalid(key, format!("cannot be parsed: {e}")))?;
+    Ok(())
 }

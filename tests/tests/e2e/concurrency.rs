@@ -15,7 +15,7 @@ use pantheon_infrastructure::limiter::keys::{active_key, counter_key};
 use pantheon_infrastructure::provider::FAIL_MARKER;
 use pantheon_infrastructure::settings::{Fallback, OnDisconnect};
 use pantheon_tests::headers::{parse_sf_list, parse_sf_string_params};
-use pantheon_tests::limiter::{redis_connection, redis_url};
+use pantheon_tests::limiter::{self, redis_connection, redis_url};
 use pantheon_tests::process::ServerCommand;
 use pantheon_tests::redis_server::refused_url;
 use pantheon_tests::sse::parse_raw;
@@ -37,7 +37,19 @@ const NOW: i64 = 493_200 * 3_600_000 + 42_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Store {
     Redis,
+    Cluster,
     InProcess,
+}
+
+impl Store {
+    /// The suite's shared Redis or cluster; `None` in process.
+    fn remote(self) -> Option<limiter::Store> {
+        match self {
+            Self::Redis => Some(limiter::Store::Single),
+            Self::Cluster => Some(limiter::Store::Cluster),
+            Self::InProcess => None,
+        }
+    }
 }
 
 async fn app(
@@ -50,7 +62,10 @@ async fn app(
     let app = spawn_app_on(
         database,
         |s| {
-            s.redis.url = (store == Store::Redis).then(redis_url);
+            s.redis.url = None;
+            if let Some(remote) = store.remote() {
+                remote.configure(s);
+            }
             s.redis.timeout_ms = 2_000;
             s.rate_limit.per_minute = 1_000;
             s.rate_limit.per_hour = 10_000;
@@ -110,13 +125,21 @@ async fn expect_concurrency_refusal(response: Response, cap: i64, active: i64) -
     body
 }
 
-fn minute_count(user: &pantheon_domain::UserId, now_ms: i64) -> i64 {
+fn minute_count_in(store: limiter::Store, user: &pantheon_domain::UserId, now_ms: i64) -> i64 {
     let key = counter_key(user, Window::Minute, window_index(Window::Minute, now_ms));
-    redis_connection().get::<_, Option<i64>>(key).unwrap().unwrap_or(0)
+    store.connection().get::<_, Option<i64>>(key).unwrap().unwrap_or(0)
+}
+
+fn minute_count(user: &pantheon_domain::UserId, now_ms: i64) -> i64 {
+    minute_count_in(limiter::Store::Single, user, now_ms)
+}
+
+fn leases_in(store: limiter::Store, user: &pantheon_domain::UserId) -> Vec<(String, i64)> {
+    store.connection().zrange_withscores(active_key(user), 0, -1).unwrap()
 }
 
 fn leases(user: &pantheon_domain::UserId) -> Vec<(String, i64)> {
-    redis_connection().zrange_withscores(active_key(user), 0, -1).unwrap()
+    leases_in(limiter::Store::Single, user)
 }
 
 async fn submit(app: &TestApp, token: &str, session: &str, input: &str) -> Response {
@@ -146,9 +169,10 @@ async fn the_cap_refuses_the_next_turn_on_both_endpoints_until_one_ends(store: S
     assert_eq!(peek["concurrency"], json!({ "limit": 2, "active": 2, "free": 0 }));
     assert_eq!(peek_usage["concurrency"]["r"], 0);
     assert_eq!(peek_usage["minute"]["r"], 998, "the refusals counted nothing");
-    if store == Store::Redis {
-        assert_eq!(minute_count(&user, NOW), 2, "refused attempts changed no window counter");
-        assert_eq!(leases(&user).len(), 2, "one lease per running turn");
+    if let Some(remote) = store.remote() {
+        let counted = minute_count_in(remote, &user, NOW);
+        assert_eq!(counted, 2, "refused attempts changed no window counter");
+        assert_eq!(leases_in(remote, &user).len(), 2, "one lease per running turn");
     }
     assert_eq!(app.count("turns").await, 2, "a refusal writes nothing");
 
@@ -160,14 +184,19 @@ async fn the_cap_refuses_the_next_turn_on_both_endpoints_until_one_ends(store: S
     expect_json(admitted, 201).await;
     assert_eq!(usage["concurrency"]["r"], 0, "this turn and the long stream ran at its admission");
     assert_eq!(usage["minute"]["r"], 997);
-    if store == Store::Redis {
-        assert_eq!(minute_count(&user, NOW), 3);
+    if let Some(remote) = store.remote() {
+        assert_eq!(minute_count_in(remote, &user, NOW), 3);
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cap_holds_on_redis() {
     the_cap_refuses_the_next_turn_on_both_endpoints_until_one_ends(Store::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cap_holds_on_a_redis_cluster() {
+    the_cap_refuses_the_next_turn_on_both_endpoints_until_one_ends(Store::Cluster).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -372,29 +401,9 @@ async fn a_sigkilled_instance_s_slots_are_free_again_within_the_lease_ttl() {
     let (user, token) = survivor.new_user();
     let user = user_of(&user);
     let client = reqwest::Client::new();
-    let doomed_session: Value = client
-        .post(format!("{}/api/v1/sessions", doomed.address()))
-        .bearer_auth(&token)
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doomed_session = doomed.create_session(&client, &token).await;
     for _ in 0..2 {
-        let response = client
-            .post(format!(
-                "{}/api/v1/sessions/{}/turns/stream",
-                doomed.address(),
-                doomed_session["id"].as_str().unwrap()
-            ))
-            .bearer_auth(&token)
-            .json(&json!({ "input": LONG_INPUT }))
-            .send()
-            .await
-            .unwrap();
-        started(response).await;
+        started(doomed.stream(&client, &token, &doomed_session, LONG_INPUT).await).await;
     }
     let session = survivor.create_session(&token).await["id"].as_str().unwrap().to_owned();
     expect_concurrency_refusal(survivor.submit_turn(&token, &session, "hi").await, 2, 2).await;

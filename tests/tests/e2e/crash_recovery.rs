@@ -13,7 +13,6 @@ use pantheon_tests::process::ServerCommand;
 use pantheon_tests::sse::parse_raw;
 use pantheon_tests::{Backend, TestDatabase};
 use sea_orm::{ConnectionTrait, Statement};
-use serde_json::{Value, json};
 
 const STREAMS: usize = 10;
 const CHUNK_DELAY_MS: u64 = 100;
@@ -67,27 +66,8 @@ async fn after_a_sigkill_no_turn_stays_in_progress_and_each_keeps_its_checkpoint
         (0..STREAMS).map(|_| Arc::new(Mutex::new(String::new()))).collect();
     for text in &received {
         let token = minter.mint(&format!("crash-{}", uuid::Uuid::new_v4()), None, WAIT).unwrap();
-        let session: Value = client
-            .post(format!("{}/api/v1/sessions", first.address()))
-            .bearer_auth(&token)
-            .json(&json!({}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let response = client
-            .post(format!(
-                "{}/api/v1/sessions/{}/turns/stream",
-                first.address(),
-                session["id"].as_str().unwrap()
-            ))
-            .bearer_auth(&token)
-            .json(&json!({ "input": input }))
-            .send()
-            .await
-            .unwrap();
+        let session = first.create_session(&client, &token).await;
+        let response = first.stream(&client, &token, &session, &input).await;
         assert_eq!(response.status(), 200);
         let text = text.clone();
         tokio::spawn(async move {

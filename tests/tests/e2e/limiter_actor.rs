@@ -1,15 +1,29 @@
-//! The limiter through its port, against real Redis: exact retry times,
-//! sliding weights, atomicity under concurrency, keys and TTLs, and the
-//! Redis and in-process backends agreeing decision for decision.
+//! The limiter through its port, against real Redis — the single Redis and
+//! the Redis Cluster, every test on both: exact retry times, sliding
+//! weights, atomicity under concurrency, keys and TTLs, and the Redis and
+//! in-process backends agreeing decision for decision.
 
 use std::sync::Arc;
 
 use pantheon_domain::ManualClock;
 use pantheon_domain::limiter::{Decision, Denial, Lease, LimiterHandle, Limits, Policy, Window};
 use pantheon_infrastructure::limiter::keys::{active_key, counter_key};
-use pantheon_tests::limiter::{redis_connection, redis_limiter, twin_limiters, unique_user};
+use pantheon_tests::limiter::{Store, twin_limiters, unique_user};
 use pantheon_tests::rng::Rng;
 use redis::Commands;
+
+on_both_stores!(
+    a_minute_bound_refusal_is_exact,
+    an_hour_bound_refusal_is_exact,
+    a_refusal_bound_by_both_windows_is_exact,
+    a_limit_of_one_waits_for_the_window_after_next,
+    the_window_boundary_moves_the_count_into_the_previous_window,
+    the_previous_window_weighs_by_the_time_left_in_the_current_one,
+    refusals_count_nothing_and_a_higher_tier_is_admitted_next,
+    keys_are_named_as_documented_with_ttls_within_two_windows_and_peeks_create_none,
+    five_hundred_concurrent_checks_admit_exactly_the_limit,
+    redis_and_in_process_backends_agree_on_every_decision,
+);
 
 const MINUTE: i64 = 60_000;
 const HOUR: i64 = 3_600_000;
@@ -38,13 +52,14 @@ fn is_admitted(decision: &Decision) -> bool {
 /// cache and, on a fresh actor with an empty cache, by Redis; at `retry_at`
 /// admitted.
 async fn assert_exact_retry(
+    store: Store,
     limits: Limits,
     start_ms: i64,
     expected_admissions: usize,
     violated: &[Window],
 ) -> Denial {
     let clock = Arc::new(ManualClock::at(start_ms));
-    let cached = redis_limiter(clock.clone()).await;
+    let cached = store.limiter(clock.clone()).await;
     let user = unique_user("exact");
     for _ in 0..expected_admissions {
         assert!(is_admitted(&cached.check(user.clone(), limits).await.decision));
@@ -56,7 +71,7 @@ async fn assert_exact_retry(
     clock.set(refused.retry_at_ms - 1);
     let by_cache = denial(cached.check(user.clone(), limits).await.decision);
     assert_eq!(by_cache.retry_at_ms, refused.retry_at_ms, "the cache answers the same retry time");
-    let fresh = redis_limiter(clock.clone()).await;
+    let fresh = store.limiter(clock.clone()).await;
     let by_redis = denial(fresh.check(user.clone(), limits).await.decision);
     assert_eq!(by_redis.retry_at_ms, refused.retry_at_ms, "Redis agrees at retry_at − 1 ms");
 
@@ -68,39 +83,38 @@ async fn assert_exact_retry(
     refused
 }
 
-#[tokio::test]
-async fn a_minute_bound_refusal_is_exact() {
-    let refused = assert_exact_retry(limits(3, 100), T0 + 10_000, 3, &[Window::Minute]).await;
+async fn a_minute_bound_refusal_is_exact(store: Store) {
+    let refused =
+        assert_exact_retry(store, limits(3, 100), T0 + 10_000, 3, &[Window::Minute]).await;
     // c = 3 = L in the current minute: the first instant the previous
     // minute's weight lets one more in is (W − e) + W − ⌊(L−1)·W/c⌋.
     assert_eq!(refused.retry_at_ms, T0 + 10_000 + (MINUTE - 10_000) + MINUTE - 2 * MINUTE / 3);
 }
 
-#[tokio::test]
-async fn an_hour_bound_refusal_is_exact() {
-    let refused = assert_exact_retry(limits(100, 3), T0 + 20 * MINUTE, 3, &[Window::Hour]).await;
+async fn an_hour_bound_refusal_is_exact(store: Store) {
+    let refused =
+        assert_exact_retry(store, limits(100, 3), T0 + 20 * MINUTE, 3, &[Window::Hour]).await;
     assert_eq!(refused.retry_at_ms, T0 + 20 * MINUTE + (HOUR - 20 * MINUTE) + HOUR - 2 * HOUR / 3);
 }
 
-#[tokio::test]
-async fn a_refusal_bound_by_both_windows_is_exact() {
+async fn a_refusal_bound_by_both_windows_is_exact(store: Store) {
     let refused =
-        assert_exact_retry(limits(3, 3), T0 + 5_000, 3, &[Window::Minute, Window::Hour]).await;
+        assert_exact_retry(store, limits(3, 3), T0 + 5_000, 3, &[Window::Minute, Window::Hour])
+            .await;
     // The hour is the later of the two waits, so it binds.
     assert_eq!(refused.binding, Policy::Hour);
     assert_eq!(refused.retry_at_ms, T0 + 5_000 + (HOUR - 5_000) + HOUR - 2 * HOUR / 3);
 }
 
-#[tokio::test]
-async fn a_limit_of_one_waits_for_the_window_after_next() {
-    let refused = assert_exact_retry(limits(1, 100), T0 + 59_999, 1, &[Window::Minute]).await;
+async fn a_limit_of_one_waits_for_the_window_after_next(store: Store) {
+    let refused =
+        assert_exact_retry(store, limits(1, 100), T0 + 59_999, 1, &[Window::Minute]).await;
     assert_eq!(refused.retry_at_ms, T0 + 2 * MINUTE, "2W − e from 59,999 ms");
 }
 
-#[tokio::test]
-async fn the_window_boundary_moves_the_count_into_the_previous_window() {
+async fn the_window_boundary_moves_the_count_into_the_previous_window(store: Store) {
     let clock = Arc::new(ManualClock::at(T0 + 59_998));
-    let limiter = redis_limiter(clock.clone()).await;
+    let limiter = store.limiter(clock.clone()).await;
     let user = unique_user("boundary");
     let l = limits(2, 100);
     for _ in 0..2 {
@@ -121,11 +135,10 @@ async fn the_window_boundary_moves_the_count_into_the_previous_window() {
 
 /// The previous window's share at e = 0, W/2 and W − 1 with p = 10, L = 10:
 /// turns that fit are ⌊(L·W − p·(W − e)) / W⌋.
-#[tokio::test]
-async fn the_previous_window_weighs_by_the_time_left_in_the_current_one() {
+async fn the_previous_window_weighs_by_the_time_left_in_the_current_one(store: Store) {
     for (elapsed, expected) in [(0, 0), (MINUTE / 2, 5), (MINUTE - 1, 9)] {
         let clock = Arc::new(ManualClock::at(T0 + MINUTE - 1));
-        let limiter = redis_limiter(clock.clone()).await;
+        let limiter = store.limiter(clock.clone()).await;
         let user = unique_user("weight");
         let l = limits(10, 1_000);
         for _ in 0..10 {
@@ -141,23 +154,22 @@ async fn the_previous_window_weighs_by_the_time_left_in_the_current_one() {
     }
 }
 
-#[tokio::test]
-async fn refusals_count_nothing_and_a_higher_tier_is_admitted_next() {
+async fn refusals_count_nothing_and_a_higher_tier_is_admitted_next(store: Store) {
     let clock = Arc::new(ManualClock::at(T0 + 1_000));
-    let limiter = redis_limiter(clock.clone()).await;
+    let limiter = store.limiter(clock.clone()).await;
     let user = unique_user("tier");
     let free = limits(2, 100);
     for _ in 0..2 {
         assert!(is_admitted(&limiter.check(user.clone(), free).await.decision));
     }
-    let mut redis = redis_connection();
+    let mut redis = store.connection();
     let minute_key = counter_key(&user, Window::Minute, T0 / MINUTE);
     let hour_key = counter_key(&user, Window::Hour, T0 / HOUR);
     for _ in 0..5 {
         denial(limiter.check(user.clone(), free).await.decision);
     }
     // A fresh actor: these refusals come from Redis itself, not the cache.
-    let fresh = redis_limiter(clock.clone()).await;
+    let fresh = store.limiter(clock.clone()).await;
     for _ in 0..5 {
         denial(fresh.check(user.clone(), free).await.decision);
     }
@@ -171,14 +183,15 @@ async fn refusals_count_nothing_and_a_higher_tier_is_admitted_next() {
     );
 }
 
-#[tokio::test]
-async fn keys_are_named_as_documented_with_ttls_within_two_windows_and_peeks_create_none() {
+async fn keys_are_named_as_documented_with_ttls_within_two_windows_and_peeks_create_none(
+    store: Store,
+) {
     let clock = Arc::new(ManualClock::at(T0 + 25_000));
-    let limiter = redis_limiter(clock.clone()).await;
+    let limiter = store.limiter(clock.clone()).await;
     let user = unique_user("keys");
     let l = limits(5, 50);
     assert!(limiter.peek(user.clone(), l).await.is_some());
-    let mut redis = redis_connection();
+    let mut redis = store.connection();
     let pattern = format!("ratelimit:{{{user}}}:*");
     let keys: Vec<String> = redis.keys(&pattern).unwrap();
     assert!(keys.is_empty(), "a peek creates no key: {keys:?}");
@@ -231,16 +244,15 @@ async fn admitted_among(handles: &[LimiterHandle], checks: usize, l: Limits) -> 
     admitted
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn five_hundred_concurrent_checks_admit_exactly_the_limit() {
+async fn five_hundred_concurrent_checks_admit_exactly_the_limit(store: Store) {
     let clock = Arc::new(ManualClock::at(T0 + 30_000));
-    let one = redis_limiter(clock.clone()).await;
+    let one = store.limiter(clock.clone()).await;
     assert_eq!(admitted_among(&[one], 500, limits(20, 1_000)).await, 20);
 
     let three = [
-        redis_limiter(clock.clone()).await,
-        redis_limiter(clock.clone()).await,
-        redis_limiter(clock.clone()).await,
+        store.limiter(clock.clone()).await,
+        store.limiter(clock.clone()).await,
+        store.limiter(clock.clone()).await,
     ];
     assert_eq!(
         admitted_among(&three, 500, limits(20, 1_000)).await,
@@ -253,12 +265,11 @@ async fn five_hundred_concurrent_checks_admit_exactly_the_limit() {
 /// every decision equal. Turns hold their leases until the sequence ends
 /// them (the lease TTL is longer than the whole run, so only releases free
 /// slots, on both sides).
-#[tokio::test]
-async fn redis_and_in_process_backends_agree_on_every_decision() {
+async fn redis_and_in_process_backends_agree_on_every_decision(store: Store) {
     let seed = 0x5eed_u64 ^ u64::from(std::process::id());
     let mut rng = Rng(seed | 1);
     let clock = Arc::new(ManualClock::at(T0 + 123));
-    let (redis, memory) = twin_limiters(clock.clone()).await;
+    let (redis, memory) = twin_limiters(store, clock.clone()).await;
     let users: Vec<_> = (0..3).map(|_| unique_user("diff")).collect();
     let l = Limits::turns(4, 12, 2);
     let mut running: Vec<(usize, Lease, Lease)> = Vec::new();
@@ -292,7 +303,7 @@ async fn redis_and_in_process_backends_agree_on_every_decision() {
     assert!(by_concurrency > 5, "and refusals for concurrency ({by_concurrency})");
     assert!(finished > 20, "and turns ending ({finished})");
     drop(running);
-    let mut conn = redis_connection();
+    let mut conn = store.connection();
     for user in &users {
         let _: () = conn.del(active_key(user)).unwrap();
     }

@@ -19,7 +19,7 @@ use serde_json::Value;
 
 /// A few seconds past an hour boundary in 2026; the clock stays there, so no
 /// window rolls over while a test counts.
-pub(crate) const T0: i64 = 493_000 * 3_600_000 + 5_000;
+pub(crate) const T0: i64 = pantheon_tests::limiter::T0;
 
 /// Starts Pantheon with `redis_url` and a stopped clock. The Redis timeout
 /// is generous unless `adjust` says otherwise: tests that count turns must

@@ -1,6 +1,7 @@
-//! The rate-limit contract over HTTP (SPEC §5): the original system's
-//! cases, the `429` exactly, headers parsed as Structured Fields, refusals
-//! that touch no storage, tiers, shadow mode and the peek.
+//! The rate-limit contract over HTTP: the original system's cases, the
+//! `429` exactly, headers parsed as Structured Fields, refusals that touch
+//! no storage, tiers, shadow mode and the peek — on the single Redis and on
+//! the Redis Cluster alike.
 
 use std::sync::Arc;
 
@@ -8,15 +9,26 @@ use pantheon_domain::ManualClock;
 use pantheon_infrastructure::Settings;
 use pantheon_infrastructure::settings::{LimitMode, TierLimits};
 use pantheon_tests::headers::sf_header;
-use pantheon_tests::limiter::redis_url;
+use pantheon_tests::limiter::Store;
 use pantheon_tests::{Backend, TestApp, expect_json, spawn_app_with_clock};
 use reqwest::Method;
 use serde_json::Value;
+
+on_both_stores!(
+    below_the_limit_a_turn_is_201_with_its_usage,
+    the_minute_limit_answers_429_with_retry_after,
+    the_hour_limit_answers_429,
+    a_refusal_writes_nothing_and_never_looks_the_session_up,
+    a_higher_tier_token_is_admitted_on_its_very_next_request,
+    shadow_mode_never_refuses_but_reports_the_usage,
+    the_peek_reports_usage_and_consumes_nothing,
+);
 
 /// 42 s into a minute, 10 min into an hour.
 const NOW: i64 = 493_100 * 3_600_000 + 600_000 + 42_000;
 
 async fn app_with(
+    store: Store,
     backend: Backend,
     per_minute: u32,
     per_hour: u32,
@@ -26,7 +38,7 @@ async fn app_with(
     let app = spawn_app_with_clock(
         backend,
         |s| {
-            s.redis.url = Some(redis_url());
+            store.configure(s);
             s.redis.timeout_ms = 2_000;
             s.rate_limit.per_minute = per_minute;
             s.rate_limit.per_hour = per_hour;
@@ -70,9 +82,8 @@ async fn expect_rate_limited(response: reqwest::Response, window: &str, limit: i
     body
 }
 
-#[tokio::test]
-async fn below_the_limit_a_turn_is_201_with_its_usage() {
-    let (app, _) = app_with(Backend::Sqlite, 3, 100, |_| {}).await;
+async fn below_the_limit_a_turn_is_201_with_its_usage(store: Store) {
+    let (app, _) = app_with(store, Backend::Sqlite, 3, 100, |_| {}).await;
     let (_, token) = app.new_user();
     let session = app.create_session(&token).await["id"].as_str().unwrap().to_owned();
     let response = app.submit_turn(&token, &session, "hi").await;
@@ -83,9 +94,8 @@ async fn below_the_limit_a_turn_is_201_with_its_usage() {
     assert_eq!((policy["minute"]["q"], policy["hour"]["q"]), (3, 100));
 }
 
-#[tokio::test]
-async fn the_minute_limit_answers_429_with_retry_after() {
-    let (app, clock) = app_with(Backend::Postgres, 3, 100, |_| {}).await;
+async fn the_minute_limit_answers_429_with_retry_after(store: Store) {
+    let (app, clock) = app_with(store, Backend::Postgres, 3, 100, |_| {}).await;
     let (_, token) = app.new_user();
     let session = app.create_session(&token).await["id"].as_str().unwrap().to_owned();
     for _ in 0..3 {
@@ -106,9 +116,8 @@ async fn the_minute_limit_answers_429_with_retry_after() {
     );
 }
 
-#[tokio::test]
-async fn the_hour_limit_answers_429() {
-    let (app, _) = app_with(Backend::Sqlite, 100, 2, |_| {}).await;
+async fn the_hour_limit_answers_429(store: Store) {
+    let (app, _) = app_with(store, Backend::Sqlite, 100, 2, |_| {}).await;
     let (_, token) = app.new_user();
     let session = app.create_session(&token).await["id"].as_str().unwrap().to_owned();
     for _ in 0..2 {
@@ -117,9 +126,8 @@ async fn the_hour_limit_answers_429() {
     expect_rate_limited(app.submit_turn(&token, &session, "hi").await, "hour", 2).await;
 }
 
-#[tokio::test]
-async fn a_refusal_writes_nothing_and_never_looks_the_session_up() {
-    let (app, _) = app_with(Backend::Postgres, 1, 100, |_| {}).await;
+async fn a_refusal_writes_nothing_and_never_looks_the_session_up(store: Store) {
+    let (app, _) = app_with(store, Backend::Postgres, 1, 100, |_| {}).await;
     let (_, token) = app.new_user();
     let session = app.create_session(&token).await["id"].as_str().unwrap().to_owned();
     assert_eq!(app.submit_turn(&token, &session, "hi").await.status(), 201);
@@ -140,9 +148,8 @@ async fn a_refusal_writes_nothing_and_never_looks_the_session_up() {
     assert_eq!(turn_count, 1, "no seq was allocated for the refused turn");
 }
 
-#[tokio::test]
-async fn a_higher_tier_token_is_admitted_on_its_very_next_request() {
-    let (app, _) = app_with(Backend::Sqlite, 1, 100, |s| {
+async fn a_higher_tier_token_is_admitted_on_its_very_next_request(store: Store) {
+    let (app, _) = app_with(store, Backend::Sqlite, 1, 100, |s| {
         s.rate_limit.tiers.insert(
             "pro".into(),
             TierLimits {
@@ -166,10 +173,9 @@ async fn a_higher_tier_token_is_admitted_on_its_very_next_request() {
     assert_eq!(policy["minute"]["q"], 5);
 }
 
-#[tokio::test]
-async fn shadow_mode_never_refuses_but_reports_the_usage() {
+async fn shadow_mode_never_refuses_but_reports_the_usage(store: Store) {
     let (app, _) =
-        app_with(Backend::Sqlite, 1, 100, |s| s.rate_limit.mode = LimitMode::Shadow).await;
+        app_with(store, Backend::Sqlite, 1, 100, |s| s.rate_limit.mode = LimitMode::Shadow).await;
     let (_, token) = app.new_user();
     let session = app.create_session(&token).await["id"].as_str().unwrap().to_owned();
     for _ in 0..3 {
@@ -181,9 +187,8 @@ async fn shadow_mode_never_refuses_but_reports_the_usage() {
     assert_eq!(app.count("turns").await, 3);
 }
 
-#[tokio::test]
-async fn the_peek_reports_usage_and_consumes_nothing() {
-    let (app, _) = app_with(Backend::Sqlite, 3, 100, |_| {}).await;
+async fn the_peek_reports_usage_and_consumes_nothing(store: Store) {
+    let (app, _) = app_with(store, Backend::Sqlite, 3, 100, |_| {}).await;
     let (_, token) = app.new_user();
     let session = app.create_session(&token).await["id"].as_str().unwrap().to_owned();
     assert_eq!(app.submit_turn(&token, &session, "hi").await.status(), 201);
@@ -206,7 +211,8 @@ async fn the_peek_reports_usage_and_consumes_nothing() {
 
 #[tokio::test]
 async fn with_limiting_disabled_no_rate_limit_headers_are_sent() {
-    let (app, _) = app_with(Backend::Sqlite, 1, 1, |s| s.rate_limit.enabled = false).await;
+    let (app, _) =
+        app_with(Store::Single, Backend::Sqlite, 1, 1, |s| s.rate_limit.enabled = false).await;
     let (_, token) = app.new_user();
     let session = app.create_session(&token).await["id"].as_str().unwrap().to_owned();
     for _ in 0..3 {
@@ -219,7 +225,7 @@ async fn with_limiting_disabled_no_rate_limit_headers_are_sent() {
 
 #[tokio::test]
 async fn the_in_process_limiter_serves_the_same_contract() {
-    let (app, _) = app_with(Backend::Sqlite, 2, 100, |s| s.redis.url = None).await;
+    let (app, _) = app_with(Store::Single, Backend::Sqlite, 2, 100, |s| s.redis.url = None).await;
     let (_, token) = app.new_user();
     let session = app.create_session(&token).await["id"].as_str().unwrap().to_owned();
     for _ in 0..2 {

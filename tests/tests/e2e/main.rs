@@ -22,6 +22,25 @@ macro_rules! on_both_databases {
     };
 }
 
+/// Runs a limiter test body (`async fn name(Store)`) once per Redis
+/// deployment, as `name::single_redis` and `name::cluster`.
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn single_redis() {
+                    super::$name(pantheon_tests::limiter::Store::Single).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn cluster() {
+                    super::$name(pantheon_tests::limiter::Store::Cluster).await
+                }
+            }
+        )*
+    };
+}
+
 mod auth;
 mod bad_input;
 mod builtin_provider;
@@ -32,6 +51,8 @@ mod database_outage;
 mod http_surface;
 mod limiter_abandoned;
 mod limiter_actor;
+mod limiter_cluster;
+mod limiter_cluster_faults;
 mod limiter_faults;
 mod limiter_http;
 mod migrations;

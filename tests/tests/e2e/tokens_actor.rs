@@ -8,7 +8,7 @@ use std::sync::Arc;
 use pantheon_domain::ManualClock;
 use pantheon_domain::limiter::{Decision, Lease, Limits, Policy, TokenCost, Window};
 use pantheon_infrastructure::limiter::keys::{active_key, token_key};
-use pantheon_tests::limiter::{redis_connection, redis_limiter, twin_limiters, unique_user};
+use pantheon_tests::limiter::{Store, redis_connection, redis_limiter, twin_limiters, unique_user};
 use pantheon_tests::rng::Rng;
 use redis::Commands;
 
@@ -102,7 +102,7 @@ async fn redis_and_in_process_backends_agree_on_every_token_decision() {
     let seed = 0x70_c3_u64 ^ u64::from(std::process::id());
     let mut rng = Rng(seed | 1);
     let clock = Arc::new(ManualClock::at(T0 + 123));
-    let (redis, memory) = twin_limiters(clock.clone()).await;
+    let (redis, memory) = twin_limiters(Store::Single, clock.clone()).await;
     let users: Vec<_> = (0..3).map(|_| unique_user("tokdiff")).collect();
     let small = Limits { per_minute: 50, per_hour: 500, max_concurrent: 3, ..budget(600, 3_000) };
     let large = Limits { tokens_per_hour: Some(1_000_000_000), ..small };

@@ -15,7 +15,7 @@ use crate::error::{ProviderError, TurnError};
 use crate::limiter::RateLimitStatus;
 use crate::ports::{ReplyEvent, ReplyRequest};
 use crate::turn::{FinishReason, Turn, TurnEnd, TurnFailure, TurnStatus, Usage};
-use crate::turn_service::TurnService;
+use crate::turn_service::{Measured, TurnService};
 
 /// What a run reports while it generates.
 #[derive(Debug)]
@@ -79,6 +79,18 @@ enum Ending {
     ShutDown,
 }
 
+impl Ending {
+    /// The status the turn ends with, and the usage the provider reported.
+    fn reported(&self) -> (TurnStatus, Option<Usage>) {
+        match self {
+            Self::Completed(_, usage) => (TurnStatus::Completed, *usage),
+            Self::Failed(_) => (TurnStatus::Failed, None),
+            Self::Cancelled => (TurnStatus::Cancelled, None),
+            Self::ShutDown => (TurnStatus::Incomplete, None),
+        }
+    }
+}
+
 /// Why the provider stopped early, besides its own failure.
 enum Stop {
     Provider(ProviderError),
@@ -100,6 +112,7 @@ impl TurnService {
         turn: Turn,
         events: mpsc::Sender<TurnEvent>,
         cancel: CancellationToken,
+        measured: Measured,
     ) {
         let live = self.live.track(turn.id);
         let mut output = String::new();
@@ -134,6 +147,9 @@ impl TurnService {
                 };
                 match item {
                     Some(Ok(ReplyEvent::Delta(delta))) => {
+                        if output.is_empty() {
+                            self.observer.first_delta(measured.endpoint, measured.since.elapsed());
+                        }
                         output.push_str(&delta);
                         live.append(&delta);
                         // A receiver gone means the client left; the turn goes on.
@@ -147,7 +163,11 @@ impl TurnService {
                 }
             },
         };
+        let (status, usage) = ending.reported();
         let (outcome, unwritten) = self.persist(&turn, output, ending).await;
+        // Before the client hears of the end, so whoever saw the response
+        // finds it counted.
+        self.observer.ended(measured.endpoint, status, measured.since.elapsed(), usage.as_ref());
         if let Some(end) = unwritten {
             // The client hears of the outage now; the end is written when
             // the database is back, and meanwhile `GET` shows the output.

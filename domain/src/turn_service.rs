@@ -17,6 +17,7 @@ use crate::error::TurnError;
 use crate::ids::{Caller, SessionId, TurnId};
 use crate::limiter::{Decision, LimiterHandle, LimiterState, RateLimitStatus};
 use crate::live::LiveOutputs;
+use crate::observe::{Endpoint, TurnObserver, Unobserved};
 use crate::page::{Page, PageRequest};
 use crate::ports::{ModelProvider, TurnRepository, TurnStart};
 use crate::turn::{NewTurn, Turn, TurnStatus};
@@ -95,6 +96,15 @@ pub struct TurnService {
     limiter: Option<LimiterHandle>,
     pub(crate) live: LiveOutputs,
     pub(crate) lifecycle: Arc<Lifecycle>,
+    pub(crate) observer: Arc<dyn TurnObserver>,
+}
+
+/// Which endpoint a turn came from and when it was admitted, for the
+/// observer's durations.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Measured {
+    pub(crate) endpoint: Endpoint,
+    pub(crate) since: Instant,
 }
 
 impl TurnService {
@@ -114,7 +124,15 @@ impl TurnService {
             limiter,
             live: LiveOutputs::default(),
             lifecycle: Arc::default(),
+            observer: Arc::new(Unobserved),
         }
+    }
+
+    /// The same service, reporting to `observer` (the metrics).
+    #[must_use]
+    pub fn with_observer(mut self, observer: Arc<dyn TurnObserver>) -> Self {
+        self.observer = observer;
+        self
     }
 
     /// Asks the limiter whether the caller may submit a turn now, counting
@@ -128,7 +146,9 @@ impl TurnService {
         let Some(limiter) = &self.limiter else {
             return Ok(None);
         };
-        match limiter.check(caller.user.clone(), caller.limits).await {
+        let decision = limiter.check(caller.user.clone(), caller.limits).await;
+        self.observer.decided(&decision);
+        match decision {
             Decision::Admitted(status) => Ok(Some(status)),
             Decision::Skipped(_) => Ok(None),
             Decision::Limited(denial) => Err(TurnError::RateLimited(Box::new(denial))),
@@ -145,6 +165,17 @@ impl TurnService {
     /// The limiter's state, `None` when rate limiting is off.
     pub fn limiter_state(&self) -> Option<LimiterState> {
         self.limiter.as_ref().map(LimiterHandle::state)
+    }
+
+    /// Refusals the limiter answered from its over-limit cache; `None`
+    /// when rate limiting is off.
+    pub fn limiter_cache_refusals(&self) -> Option<u64> {
+        self.limiter.as_ref().map(LimiterHandle::cache_refusals)
+    }
+
+    /// Turns generating in this process (committed, not yet ended).
+    pub fn turns_in_progress(&self) -> usize {
+        self.lifecycle.tracker.len()
     }
 
     /// Starts a turn: the limiter, then the session lookup and the commit of
@@ -167,6 +198,18 @@ impl TurnService {
         session_id: SessionId,
         new: NewTurn,
     ) -> Result<TurnRun, TurnError> {
+        self.start_for(Endpoint::Stream, caller, session_id, new).await
+    }
+
+    /// [`TurnService::start`] on behalf of `endpoint`.
+    async fn start_for(
+        &self,
+        endpoint: Endpoint,
+        caller: &Caller,
+        session_id: SessionId,
+        new: NewTurn,
+    ) -> Result<TurnRun, TurnError> {
+        let measured = Measured { endpoint, since: Instant::now() };
         if self.lifecycle.closing.load(Ordering::SeqCst) {
             return Err(TurnError::ShuttingDown);
         }
@@ -197,7 +240,7 @@ impl TurnService {
                 }
             };
             let _ = committed.send(Ok(turn.clone()));
-            service.drive(turn, events, task_cancel).await;
+            service.drive(turn, events, task_cancel, measured).await;
         });
         let turn = begun.await.map_err(|_| TurnError::Internal("turn task lost".into()))??;
         Ok(TurnRun::new(turn, rate_limit, receiver, cancel))
@@ -215,7 +258,7 @@ impl TurnService {
         session_id: SessionId,
         new: NewTurn,
     ) -> Result<Submitted, TurnError> {
-        let run = self.start(caller, session_id, new).await?;
+        let run = self.start_for(Endpoint::Json, caller, session_id, new).await?;
         let rate_limit = run.rate_limit;
         let turn = run.outcome().await?;
         Ok(Submitted { turn, rate_limit })

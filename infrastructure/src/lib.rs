@@ -3,11 +3,13 @@
 //! - [`settings`]: the typed configuration, loaded and validated once;
 //! - [`db`]: the SeaORM connection and the repositories on PostgreSQL/SQLite;
 //! - [`auth`]: bearer-token verification and minting;
-//! - [`provider`]: model providers.
+//! - [`provider`]: model providers;
+//! - [`metrics`]: the lock-free histogram and the limiter's measurements.
 
 pub mod auth;
 pub mod db;
 pub mod limiter;
+pub mod metrics;
 pub mod provider;
 pub mod settings;
 

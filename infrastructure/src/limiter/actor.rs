@@ -25,6 +25,7 @@ use redis::{Client, RedisError, RedisResult, Script, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use super::health::Health;
+use crate::metrics::LimiterMetrics;
 use super::memory::MemoryCounters;
 use super::redis_link::{self, Pending};
 
@@ -83,6 +84,7 @@ pub struct LimiterActor {
     shared: Arc<LimiterShared>,
     local: MemoryCounters,
     redis: Option<RedisLink>,
+    metrics: LimiterMetrics,
 }
 
 impl LimiterActor {
@@ -94,7 +96,15 @@ impl LimiterActor {
         shared: Arc<LimiterShared>,
         redis: Option<RedisLink>,
     ) -> Self {
-        Self { mailbox, clock, fallback, shared, local: MemoryCounters::default(), redis }
+        let (local, metrics) = (MemoryCounters::default(), LimiterMetrics::default());
+        Self { mailbox, clock, fallback, shared, local, redis, metrics }
+    }
+
+    /// The same actor, recording its pipelines into `metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: LimiterMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Runs until every handle is dropped.
@@ -211,7 +221,16 @@ impl LimiterActor {
         }
         let redis = self.redis.as_ref()?;
         let conn = redis.conn.clone()?;
-        Some(Box::pin(redis_link::run_batch(conn, redis.script.clone(), batch, redis.timeout)))
+        let exchange = redis_link::run_batch(conn, redis.script.clone(), batch, redis.timeout);
+        let metrics = self.metrics.clone();
+        Some(Box::pin(async move {
+            let started = std::time::Instant::now();
+            let (batch, outcome) = exchange.await;
+            if !batch.is_empty() {
+                metrics.pipeline(batch.len(), started.elapsed());
+            }
+            (batch, outcome)
+        }))
     }
 
     /// Fans a pipeline's results out to the callers and updates health.

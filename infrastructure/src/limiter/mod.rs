@@ -1,4 +1,5 @@
-//! The limiter actor and its backends (SPEC §5).
+//! The limiter actor and its backends (semantics: `docs/API.md`, "Rate
+//! limiting").
 //!
 //! [`limiter`] makes the task that owns the Redis connection (or the
 //! in-process counters when no Redis is configured) and returns the
@@ -22,6 +23,7 @@ use pantheon_domain::limiter::{
 pub use actor::{LimiterActor, RedisLink};
 pub use redis_link::CHECK_SCRIPT;
 
+use crate::metrics::LimiterMetrics;
 use crate::settings::{self, Settings};
 
 /// Waiting checks the mailbox holds; past this, callers get the fallback at
@@ -58,6 +60,15 @@ pub async fn limiter(
     settings: &Settings,
     clock: Arc<dyn Clock>,
 ) -> Option<(LimiterHandle, LimiterTask)> {
+    measured_limiter(settings, clock, LimiterMetrics::default()).await
+}
+
+/// [`limiter`], its actor recording its Redis pipelines into `metrics`.
+pub async fn measured_limiter(
+    settings: &Settings,
+    clock: Arc<dyn Clock>,
+    metrics: LimiterMetrics,
+) -> Option<(LimiterHandle, LimiterTask)> {
     if !settings.rate_limit.enabled {
         return None;
     }
@@ -86,7 +97,7 @@ pub async fn limiter(
             }
         },
     };
-    let actor = LimiterActor::new(mailbox, clock, fallback, shared, redis);
+    let actor = LimiterActor::new(mailbox, clock, fallback, shared, redis).with_metrics(metrics);
     Some((handle, Box::pin(actor.run())))
 }
 

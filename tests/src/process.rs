@@ -117,6 +117,8 @@ impl ServerCommand {
         let mut command = Self { env: Vec::new(), nofile: None };
         command.set("PANTHEON__DATABASE__URL", database_url);
         command.set("PANTHEON__LOG__FORMAT", "json");
+        // Any free port: processes of parallel tests must not share 9464.
+        command.set("PANTHEON__SERVER__METRICS_ADDR", "127.0.0.1:0");
         command
     }
 

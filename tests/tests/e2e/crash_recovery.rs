@@ -13,7 +13,7 @@ use pantheon_tests::process::ServerCommand;
 use pantheon_tests::sse::parse_raw;
 use pantheon_tests::{Backend, TestDatabase};
 use sea_orm::{ConnectionTrait, Statement};
-use serde_json::{Value, json};
+use serde_json::json;
 
 const STREAMS: usize = 10;
 const CHUNK_DELAY_MS: u64 = 100;
@@ -67,16 +67,16 @@ async fn after_a_sigkill_no_turn_stays_in_progress_and_each_keeps_its_checkpoint
         (0..STREAMS).map(|_| Arc::new(Mutex::new(String::new()))).collect();
     for text in &received {
         let token = minter.mint(&format!("crash-{}", uuid::Uuid::new_v4()), None, WAIT).unwrap();
-        let session: Value = client
-            .post(format!("{}/api/v1/sessions", first.address()))
-            .bearer_auth(&token)
-            .json(&json!({}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let session = pantheon_tests::read_json(
+            client
+                .post(format!("{}/api/v1/sessions", first.address()))
+                .bearer_auth(&token)
+                .json(&json!({}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
         let response = client
             .post(format!(
                 "{}/api/v1/sessions/{}/turns/stream",

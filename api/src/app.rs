@@ -69,14 +69,15 @@ pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> Result<AppStat
         })?;
     let mut metrics = settings.server.metrics_addr.map(|_| Metrics::new(route_templates()));
     let metrics_listener = match settings.server.metrics_addr {
-        Some(addr) => Some(
-            crate::listen(addr).map_err(|error| StartError::MetricsListener { addr, error })?,
-        ),
+        Some(addr) => {
+            Some(crate::listen(addr).map_err(|error| StartError::MetricsListener { addr, error })?)
+        }
         None => None,
     };
     // Nothing runs before this point, so a failed start leaves no task behind.
     let background = Background::default();
-    let limiter_metrics = metrics.as_ref().map_or_else(LimiterMetrics::default, |m| m.limiter.clone());
+    let limiter_metrics =
+        metrics.as_ref().map_or_else(LimiterMetrics::default, |m| m.limiter.clone());
     let limiter = match measured_limiter(settings, clock.clone(), limiter_metrics).await {
         Some((handle, actor)) => {
             background.spawn(actor);
@@ -88,7 +89,8 @@ pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> Result<AppStat
     for writer in writers {
         background.spawn(writer);
     }
-    let mut turns = TurnService::new(Arc::new(repository), provider, clock.clone(), policy, limiter);
+    let mut turns =
+        TurnService::new(Arc::new(repository), provider, clock.clone(), policy, limiter);
     if let Some(metrics) = &mut metrics {
         turns = turns.with_observer(metrics.turns.clone());
         metrics.read_at_scrape(turns.clone(), DatabaseProbe::new(conn.clone()));

@@ -6,9 +6,11 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, SecondsFormat, Utc};
-use pantheon_domain::page::{DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT};
 use pantheon_domain::limiter::LimiterState;
-use pantheon_domain::{FinishReason, Page, PageRequest, Session, SessionId, Turn, TurnStatus, Usage};
+use pantheon_domain::page::{DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT};
+use pantheon_domain::{
+    FinishReason, Page, PageRequest, Session, SessionId, Turn, TurnStatus, Usage,
+};
 use serde::{Deserialize, Serialize, Serializer};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;

@@ -35,8 +35,10 @@ static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
 pub fn init(settings: &Settings) -> Result<WorkerGuard, String> {
     let filter = EnvFilter::try_new(&settings.log.level)
         .map_err(|e| format!("configuration error: log.level: {e}"))?;
-    let (writer, guard) =
-        NonBlockingBuilder::default().lossy(true).thread_name("pantheon-log").finish(std::io::stdout());
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(true)
+        .thread_name("pantheon-log")
+        .finish(std::io::stdout());
     let _ = DROPPED.set(writer.error_counter());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -150,7 +150,13 @@ impl TurnObserver for TurnMetrics {
         self.first_delta.observe(after.as_secs_f64());
     }
 
-    fn ended(&self, endpoint: Endpoint, status: TurnStatus, after: Duration, usage: Option<&Usage>) {
+    fn ended(
+        &self,
+        endpoint: Endpoint,
+        status: TurnStatus,
+        after: Duration,
+        usage: Option<&Usage>,
+    ) {
         if let Some(end) = end_index(status) {
             self.turns[endpoint_index(endpoint)][end].inc();
         }

@@ -13,8 +13,8 @@ use std::sync::OnceLock;
 
 use axum::body::Bytes;
 use utoipa::OpenApi;
-use utoipa::openapi::extensions::Extensions;
 use utoipa::openapi::Required;
+use utoipa::openapi::extensions::Extensions;
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -103,13 +103,8 @@ fn finish(api: &mut Document) {
         components.responses.insert(name.into(), RefOr::T(problems::response(status, &[code])));
     }
     for item in api.paths.paths.values_mut() {
-        let operations = [
-            &mut item.get,
-            &mut item.put,
-            &mut item.post,
-            &mut item.delete,
-            &mut item.patch,
-        ];
+        let operations =
+            [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
         for operation in operations.into_iter().flatten() {
             finish_operation(operation);
         }

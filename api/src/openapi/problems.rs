@@ -52,8 +52,11 @@ pub const unauthenticated: Code = code(
     "no valid bearer token (missing, malformed, expired, wrong signature, issuer or audience); \
      `WWW-Authenticate: Bearer`",
 );
-pub const session_not_found: Code =
-    code("session_not_found", 404, "no such session of the caller's (another user's looks the same)");
+pub const session_not_found: Code = code(
+    "session_not_found",
+    404,
+    "no such session of the caller's (another user's looks the same)",
+);
 pub const turn_not_found: Code =
     code("turn_not_found", 404, "no such turn in a session of the caller's");
 pub const request_timeout: Code =
@@ -165,16 +168,15 @@ pub fn response(status: u16, codes: &[Code]) -> Response {
     let base = if status == 429 { "RateLimitedProblem" } else { "Problem" };
     let names: Vec<&str> = codes.iter().map(|c| c.name).collect();
     let narrowed = ObjectBuilder::new()
-        .property("status", ObjectBuilder::new().schema_type(Type::Integer).enum_values(Some([status])))
+        .property(
+            "status",
+            ObjectBuilder::new().schema_type(Type::Integer).enum_values(Some([status])),
+        )
         .property("code", ObjectBuilder::new().schema_type(Type::String).enum_values(Some(names)));
-    let schema = Schema::AllOf(
-        AllOfBuilder::new().item(Ref::from_schema_name(base)).item(narrowed).build(),
-    );
-    let description = codes
-        .iter()
-        .map(|c| format!("`{}`: {}.", c.name, c.meaning))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let schema =
+        Schema::AllOf(AllOfBuilder::new().item(Ref::from_schema_name(base)).item(narrowed).build());
+    let description =
+        codes.iter().map(|c| format!("`{}`: {}.", c.name, c.meaning)).collect::<Vec<_>>().join(" ");
     let mut builder = ResponseBuilder::new()
         .description(description)
         .content(PROBLEM_JSON, ContentBuilder::new().schema(Some(schema)).build());

@@ -25,9 +25,9 @@ use redis::{Client, RedisError, RedisResult, Script, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use super::health::Health;
-use crate::metrics::LimiterMetrics;
 use super::memory::MemoryCounters;
 use super::redis_link::{self, Pending};
+use crate::metrics::LimiterMetrics;
 
 /// Most commands taken from the mailbox per loop turn (one pipeline).
 const MAX_BATCH: usize = 256;

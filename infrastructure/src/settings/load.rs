@@ -174,7 +174,10 @@ mod tests {
     #[test]
     fn the_metrics_listener_defaults_to_loopback_9464_and_off_disables_it() {
         let addr = |vars: &[(&str, &str)]| load(vars).map(|s| s.server.metrics_addr);
-        assert_eq!(addr(&[]), Ok(Some("127.0.0.1:9464".parse().unwrap_or_else(|_| unreachable!()))));
+        assert_eq!(
+            addr(&[]),
+            Ok(Some("127.0.0.1:9464".parse().unwrap_or_else(|_| unreachable!())))
+        );
         assert_eq!(addr(&[("PANTHEON__SERVER__METRICS_ADDR", "off")]), Ok(None));
         assert_eq!(
             addr(&[("PANTHEON__SERVER__METRICS_ADDR", "0.0.0.0:9100")]),

@@ -35,6 +35,7 @@ mod limiter_faults;
 mod limiter_http;
 mod migrations;
 mod openai_provider;
+mod openapi;
 mod ownership;
 mod sessions;
 mod shutdown;

@@ -11,6 +11,7 @@ pub mod fake_openai;
 pub mod headers;
 pub mod limiter;
 pub mod logs;
+pub mod metrics;
 pub mod postgres_server;
 pub mod process;
 pub mod redis_server;

@@ -1,8 +1,10 @@
 //! `pantheon_http_requests_total{method,route,status}` and
 //! `pantheon_http_request_duration_seconds{method,route}`, recorded by a
-//! layer around every route: the route label is the matched template
-//! (`/api/v1/sessions/{session_id}`), never the raw path, and requests no
-//! route matched share `<unmatched>`.
+//! layer around every route: the route label is the matched template,
+//! never the raw path, written with `:name` for each parameter
+//! (`/api/v1/sessions/:session_id`: braces are regex metacharacters in
+//! PromQL's `=~` matchers, and some text-format parsers stop at them), and
+//! requests no route matched share `<unmatched>`.
 //!
 //! The counters live in slots indexed by (route, method) and status; a slot
 //! is filled the first time its labels occur (the family's lock and an
@@ -48,6 +50,11 @@ type Durations = Family<RouteLabels, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BOUNDS)
+}
+
+/// A path template as a label value: `{name}` becomes `:name`.
+fn label(template: &str) -> String {
+    template.replace('{', ":").replace('}', "")
 }
 
 /// One (route, method)'s duration histogram and its counters by status.
@@ -118,7 +125,7 @@ impl HttpMetrics {
             let (route, method) = (index.0 / METHODS.len(), index.0 % METHODS.len());
             let labels = RouteLabels {
                 method: METHODS[method],
-                route: self.routes.get(route).map_or(UNMATCHED, String::as_str).to_owned(),
+                route: self.routes.get(route).map_or_else(|| UNMATCHED.to_owned(), |t| label(t)),
             };
             let duration = self.durations.get_or_create_owned(&labels);
             let statuses = (0..STATUSES).map(|_| OnceLock::new()).collect();

@@ -33,6 +33,7 @@ mod limiter_abandoned;
 mod limiter_actor;
 mod limiter_faults;
 mod limiter_http;
+mod metrics;
 mod migrations;
 mod openai_provider;
 mod openapi;

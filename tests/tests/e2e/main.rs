@@ -38,6 +38,7 @@ mod migrations;
 mod openai_provider;
 mod openapi;
 mod ownership;
+mod playground;
 mod sessions;
 mod shutdown;
 mod simultaneous_start;

@@ -1,5 +1,6 @@
 //! The rate-limit headers of draft-ietf-httpapi-ratelimit-headers-10 and the
-//! `429` / `503` problems of SPEC §5. Values are Structured Field lists:
+//! `429` / `503` problems of `docs/API.md` ("Rate limiting"). Values are
+//! Structured Field lists:
 //! `RateLimit-Policy: "minute";q=20;w=60, "hour";q=300;w=3600` and
 //! `RateLimit: "minute";r=19;t=0, "hour";r=299;t=0`.
 

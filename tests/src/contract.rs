@@ -173,7 +173,7 @@ fn templates_for(path: &str) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default();
-    matches.sort_by(|a, b| b.0.cmp(&a.0));
+    matches.sort_by_key(|m| std::cmp::Reverse(m.0));
     matches.into_iter().map(|(_, t)| t).collect()
 }
 

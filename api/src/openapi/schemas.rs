@@ -124,6 +124,7 @@ pub struct WindowUsageBody {
 /// (`turn.completed` or `turn.failed`). Clients ignore unknown types.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(tag = "type")]
+#[allow(clippy::large_enum_variant)] // never built: a schema only
 pub enum TurnStreamEvent {
     /// The turn was committed `in_progress`: always the first event.
     #[serde(rename = "turn.created")]

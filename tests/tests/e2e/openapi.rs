@@ -209,3 +209,30 @@ fn the_contract_refuses_what_the_document_does_not_declare() {
     let refused = refusal(|| check_event("turn.created", &delta));
     assert!(refused.is_some_and(|m| m.contains("repeats the type")), "event name and type differ");
 }
+
+/// Every `code` enum value of the document's problem responses.
+fn declared_codes(node: &Value, codes: &mut BTreeSet<String>) {
+    match node {
+        Value::Object(map) => {
+            if let Some(Value::Array(values)) = map.get("code").and_then(|c| c.get("enum")) {
+                codes.extend(values.iter().filter_map(Value::as_str).map(str::to_owned));
+            }
+            map.values().for_each(|v| declared_codes(v, codes));
+        }
+        Value::Array(items) => items.iter().for_each(|v| declared_codes(v, codes)),
+        _ => {}
+    }
+}
+
+#[test]
+fn docs_api_md_lists_every_problem_code_the_document_declares() {
+    let doc: Value = serde_json::from_str(&committed()).unwrap();
+    let mut codes = BTreeSet::new();
+    declared_codes(&doc, &mut codes);
+    assert!(codes.len() >= 20, "{codes:?}");
+    let api = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/API.md"))
+        .expect("docs/API.md exists");
+    let missing: Vec<&String> =
+        codes.iter().filter(|c| !api.contains(&format!("| `{c}` |"))).collect();
+    assert!(missing.is_empty(), "docs/API.md's code table lacks {missing:?}");
+}

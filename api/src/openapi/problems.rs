@@ -165,7 +165,6 @@ fn headers(status: u16, codes: &[Code]) -> Vec<&'static str> {
 
 /// A response of `status` with a body whose `code` is one of `codes`.
 pub fn response(status: u16, codes: &[Code]) -> Response {
-    let base = if status == 429 { "RateLimitedProblem" } else { "Problem" };
     let names: Vec<&str> = codes.iter().map(|c| c.name).collect();
     let narrowed = ObjectBuilder::new()
         .property(
@@ -173,8 +172,12 @@ pub fn response(status: u16, codes: &[Code]) -> Response {
             ObjectBuilder::new().schema_type(Type::Integer).enum_values(Some([status])),
         )
         .property("code", ObjectBuilder::new().schema_type(Type::String).enum_values(Some(names)));
-    let schema =
-        Schema::AllOf(AllOfBuilder::new().item(Ref::from_schema_name(base)).item(narrowed).build());
+    let mut all = AllOfBuilder::new().item(Ref::from_schema_name("Problem"));
+    if status == 429 {
+        // The `429` adds the limit's members to the problem's.
+        all = all.item(Ref::from_schema_name("RateLimitedProblem"));
+    }
+    let schema = Schema::AllOf(all.item(narrowed).build());
     let description =
         codes.iter().map(|c| format!("`{}`: {}.", c.name, c.meaning)).collect::<Vec<_>>().join(" ");
     let mut builder = ResponseBuilder::new()

@@ -54,18 +54,10 @@ pub struct FieldError {
     message: String,
 }
 
-/// The `429` of a turn over a limit: a problem of the registered type
-/// `https://iana.org/assignments/http-problem-types#quota-exceeded`.
+/// The members a `429` adds to the problem (whose type is the registered
+/// `https://iana.org/assignments/http-problem-types#quota-exceeded`).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RateLimitedProblem {
-    #[serde(rename = "type")]
-    #[schema(format = "uri-reference")]
-    type_uri: String,
-    title: String,
-    status: u16,
-    detail: String,
-    /// `rate_limited`.
-    code: String,
     /// The limits the turn did not fit, in order (`minute`, `hour`).
     #[serde(rename = "violated-policies")]
     violated_policies: Vec<String>,
@@ -82,7 +74,6 @@ pub struct RateLimitedProblem {
     /// The earliest instant the same request fits (RFC 3339, milliseconds).
     #[schema(format = DateTime)]
     retry_at: String,
-    request_id: String,
 }
 
 /// `GET /api/v1/rate-limit`: the caller's usage, counting nothing.

@@ -5,8 +5,9 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use pantheon_tests::process::wait_bounded;
 use pantheon_tests::{Backend, spawn_app_with};
 use serde_json::Value;
 
@@ -40,18 +41,7 @@ async fn the_playground_streams_a_turn_and_shows_a_429_in_a_real_browser() {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("node runs");
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > BROWSER_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the browser run took over {BROWSER_TIMEOUT:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = wait_bounded(&mut child, BROWSER_TIMEOUT, "the browser run").await;
     let printed = std::fs::read_to_string(&out).unwrap_or_default();
     let _ = std::fs::remove_file(&out);
     assert!(status.success(), "drive.mjs failed ({status}): {printed}");

@@ -179,6 +179,12 @@ mod tests {
             Ok(Some("127.0.0.1:9464".parse().unwrap_or_else(|_| unreachable!())))
         );
         assert_eq!(addr(&[("PANTHEON__SERVER__METRICS_ADDR", "off")]), Ok(None));
+        let same = [
+            ("PANTHEON__SERVER__ADDR", "127.0.0.1:9000"),
+            ("PANTHEON__SERVER__METRICS_ADDR", "127.0.0.1:9000"),
+        ];
+        let refused = load(&same).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(refused.contains("server.metrics_addr"), "{refused}");
         assert_eq!(
             addr(&[("PANTHEON__SERVER__METRICS_ADDR", "0.0.0.0:9100")]),
             Ok(Some("0.0.0.0:9100".parse().unwrap_or_else(|_| unreachable!())))

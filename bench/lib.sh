@@ -77,8 +77,16 @@ start_build() {
   local name=$1 binary=$2 port pid
   shift 2
   port=$("$LOADGEN" free-port)
+  # A build with a metrics listener (server.metrics_addr, default
+  # 127.0.0.1:9464) gets a free port for it, so servers side by side do not
+  # collide; older builds refuse the key, so only a binary that names it
+  # gets it.
+  local metrics=()
+  if grep -qa 'server.metrics_addr' "$binary"; then
+    metrics=(PANTHEON__SERVER__METRICS_ADDR="127.0.0.1:$("$LOADGEN" free-port)")
+  fi
   env PANTHEON__SERVER__ADDR="127.0.0.1:$port" PANTHEON__PROVIDER__KIND=builtin \
-    "$@" "$binary" >"$WORK/server-$name.log" 2>&1 &
+    "${metrics[@]}" "$@" "$binary" >"$WORK/server-$name.log" 2>&1 &
   pid=$!
   SPID[$name]=$pid
   SBASE[$name]="http://127.0.0.1:$port"

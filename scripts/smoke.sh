@@ -2,7 +2,9 @@
 # Smoke run of the built binaries, as a user would run them:
 # - the migration CLI up/status/down/fresh on SQLite and on PostgreSQL;
 # - the README's quickstart block, run as written except that it uses the
-#   debug binary (CI does not spend a release build on it) and a free port;
+#   debug binary (CI does not spend a release build on it) and free ports;
+# - the self-description: /openapi.json, /playground, and /metrics on its
+#   own listener;
 # - graceful shutdown on SIGTERM.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,11 +42,22 @@ quickstart=$(sed -n '/<!-- quickstart -->/,/<!-- \/quickstart -->/p' README.md |
   | sed "s#cargo run --release -q -p pantheon-api --#$bin/pantheon#g; s#cargo run --release -p pantheon-api#$bin/pantheon#g; s#127.0.0.1:8080#127.0.0.1:$port#g")
 cd "$work"
 export PANTHEON__SERVER__ADDR="127.0.0.1:$port"
+metrics_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+export PANTHEON__SERVER__METRICS_ADDR="127.0.0.1:$metrics_port"
 output=$(bash -euo pipefail -c "$quickstart" 2>&1) || { echo "$output"; exit 1; }
 echo "$output" | tail -n 3
 echo "$output" | grep -q '"status":"completed"' || { echo "smoke: the quickstart turn did not complete"; exit 1; }
 server_pid=$(pgrep -f "^$bin/pantheon$" | head -n 1 || true)
 [ -n "$server_pid" ] || { echo "smoke: the quickstart's server is not running"; exit 1; }
+
+echo "smoke: OpenAPI, playground, metrics"
+curl -sf -o openapi.json "http://127.0.0.1:$port/openapi.json"
+grep -q '"openapi": "3.1.0"' openapi.json || { echo "smoke: no OpenAPI 3.1 document"; exit 1; }
+curl -sf -o playground.html "http://127.0.0.1:$port/playground"
+grep -q '<title>Pantheon playground</title>' playground.html || { echo "smoke: no playground"; exit 1; }
+curl -sf -o metrics.txt "http://127.0.0.1:$metrics_port/metrics"
+grep -q '^pantheon_turns_total{endpoint="json",status="completed"} 1$' metrics.txt \
+  || { echo "smoke: /metrics does not count the quickstart's turn"; exit 1; }
 
 echo "smoke: graceful shutdown"
 kill -TERM "$server_pid"

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite: ensures PostgreSQL and Redis, starts a local Redis
 # Cluster (scripts/cluster.sh) unless PANTHEON_TEST_CLUSTER_URLS names one
-# that answers, clears databases left by earlier runs, then runs every test
-# of the workspace, and stops the cluster it started. Extra arguments go to
-# `cargo test` (e.g. `scripts/test.sh -p pantheon-tests sessions`).
+# that answers, ensures the browser the playground test drives (Chromium,
+# playwright-core), clears databases left by earlier runs, then runs every
+# test of the workspace, and stops the cluster it started. Extra arguments go
+# to `cargo test` (e.g. `scripts/test.sh -p pantheon-tests sessions`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/services.sh
+scripts/browser.sh
 
 # The limiter's tests run on the single Redis and on a cluster. Tests that
 # kill, stall or reshard a cluster start their own; this one is shared.

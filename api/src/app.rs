@@ -11,13 +11,15 @@ use pantheon_infrastructure::auth::TokenVerifier;
 use pantheon_infrastructure::db::{
     self, DatabaseProbe, SeaOrmSessionRepository, SeaOrmTurnRepository,
 };
-use pantheon_infrastructure::limiter::{limit_table, limiter};
+use pantheon_infrastructure::limiter::{limit_table, measured_limiter};
+use pantheon_infrastructure::metrics::LimiterMetrics;
 use pantheon_infrastructure::provider::{BuiltinProvider, OpenAiProvider};
 use pantheon_infrastructure::settings::{ProviderKind, ProviderSettings, Settings};
 use pantheon_infrastructure::tokenizer::Tiktoken;
 use thiserror::Error;
 
 use crate::background::Background;
+use crate::metrics::{self, Metrics};
 use crate::server::ConnectionLimits;
 use crate::state::{AppParts, AppState};
 
@@ -33,6 +35,14 @@ pub enum StartError {
     /// A setting could not be used.
     #[error("{0}")]
     Settings(String),
+    /// The metrics listener could not be bound.
+    #[error("cannot listen on {addr} (server.metrics_addr): {error}")]
+    MetricsListener {
+        /// `server.metrics_addr`.
+        addr: std::net::SocketAddr,
+        /// Why.
+        error: std::io::Error,
+    },
 }
 
 /// Connects, migrates (when `database.auto_migrate`), and wires the services.
@@ -65,9 +75,18 @@ pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> Result<AppStat
         TokenVerifier::new(&settings.auth, limit_table(&settings.rate_limit)).map_err(|e| {
             StartError::Settings(format!("configuration error: auth.jwt_public_key: {e}"))
         })?;
+    let mut metrics = settings.server.metrics_addr.map(|_| Metrics::new(route_templates()));
+    let metrics_listener = match settings.server.metrics_addr {
+        Some(addr) => {
+            Some(crate::listen(addr).map_err(|error| StartError::MetricsListener { addr, error })?)
+        }
+        None => None,
+    };
     // Nothing runs before this point, so a failed start leaves no task behind.
     let background = Background::default();
-    let limiter = match limiter(settings, clock.clone()).await {
+    let limiter_metrics =
+        metrics.as_ref().map_or_else(LimiterMetrics::default, |m| m.limiter.clone());
+    let limiter = match measured_limiter(settings, clock.clone(), limiter_metrics).await {
         Some((handle, actor)) => {
             background.spawn(actor);
             Some(handle)
@@ -78,9 +97,19 @@ pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> Result<AppStat
     for writer in writers {
         background.spawn(writer);
     }
-    let turns =
+    let mut turns =
         TurnService::new(Arc::new(repository), provider, tokens, clock.clone(), policy, limiter);
+    if let Some(metrics) = &mut metrics {
+        turns = turns.with_observer(metrics.turns.clone());
+        metrics.read_at_scrape(turns.clone(), DatabaseProbe::new(conn.clone()));
+    }
     spawn_turn_upkeep(&background, &turns, policy);
+    let metrics = metrics.map(Arc::new);
+    let mut metrics_addr = None;
+    if let (Some(listener), Some(metrics)) = (metrics_listener, &metrics) {
+        metrics_addr = listener.local_addr().ok();
+        background.spawn(metrics::server::serve(listener, metrics.clone()));
+    }
     Ok(AppState::new(AppParts {
         sessions: SessionService::new(
             Arc::new(SeaOrmSessionRepository::new(conn.clone())),
@@ -95,7 +124,14 @@ pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> Result<AppStat
         shutdown_grace: Duration::from_secs(settings.server.shutdown_grace_secs),
         background,
         connections: ConnectionLimits::new(settings),
+        metrics,
+        metrics_addr,
     }))
+}
+
+/// The router's path templates, the values of the metrics' `route` label.
+fn route_templates() -> impl Iterator<Item = String> {
+    crate::openapi::document().paths.paths.into_keys()
 }
 
 /// The provider `provider.kind` names, built once: the `openai` one holds

@@ -1,12 +1,18 @@
 //! The JSON shapes of the API: request bodies, resources and list pages.
-//! Only this crate knows them; the domain has its own types.
+//! Only this crate knows them; the domain has its own types. Each derives
+//! its OpenAPI schema (`docs/openapi.json`) from the same fields it
+//! serializes, so the document follows the code.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, SecondsFormat, Utc};
+use pantheon_domain::limiter::LimiterState;
 use pantheon_domain::page::{DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT};
-use pantheon_domain::{Page, PageRequest, Session, SessionId, Turn, Usage};
+use pantheon_domain::{
+    FinishReason, Page, PageRequest, Session, SessionId, Turn, TurnStatus, Usage,
+};
 use serde::{Deserialize, Serialize, Serializer};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::error::{ApiError, failure_status};
@@ -24,30 +30,41 @@ fn optional_timestamp<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<
 }
 
 /// `POST /sessions` body.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = CreateSession)]
 pub struct CreateSessionRequest {
-    /// Optional title.
+    /// Optional title: 1–200 characters, not blank.
+    #[schema(min_length = 1, max_length = 200)]
     pub title: Option<String>,
 }
 
 /// Turn submission body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = SubmitTurn)]
 pub struct SubmitTurnRequest {
-    /// The user's input.
+    /// The user's input: not blank, at most `turns.max_input_chars`
+    /// characters (default 32,000).
+    #[schema(min_length = 1)]
     pub input: String,
 }
 
-/// A session resource.
-#[derive(Debug, Serialize)]
+/// A chat session.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Session)]
 pub struct SessionBody {
+    #[schema(value_type = String, format = Uuid)]
     id: SessionId,
     title: Option<String>,
+    /// Turns submitted into it so far.
     turn_count: i64,
+    /// RFC 3339, UTC, microseconds.
     #[serde(serialize_with = "timestamp")]
+    #[schema(value_type = String, format = DateTime)]
     created_at: DateTime<Utc>,
     #[serde(serialize_with = "timestamp")]
+    #[schema(value_type = String, format = DateTime)]
     updated_at: DateTime<Utc>,
 }
 
@@ -63,34 +80,125 @@ impl From<Session> for SessionBody {
     }
 }
 
-/// The `error` member of a failed turn: a problem object.
-#[derive(Debug, Clone, Serialize)]
+/// The `error` member of a failed turn: a problem object, as the JSON
+/// endpoint would have answered it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = TurnError)]
 pub struct TurnErrorBody {
+    /// `urn:pantheon:problem:<code>`.
     #[serde(rename = "type")]
+    #[schema(format = "uri-reference")]
     type_uri: String,
     title: String,
+    /// The HTTP status the failure maps to.
     status: u16,
     /// Public explanation.
     pub detail: String,
+    /// `upstream_error`, `upstream_unavailable` or `upstream_timeout`.
+    #[schema(pattern = "^upstream_(error|unavailable|timeout)$")]
     code: String,
 }
 
-/// A turn resource.
-#[derive(Debug, Serialize)]
+/// Where a turn is in its life.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[schema(as = TurnStatus)]
+pub enum TurnStatusBody {
+    /// Committed with its input; the reply is being generated.
+    InProgress,
+    /// The reply is complete.
+    Completed,
+    /// Cut short by a shutdown or a crash; the output is partial.
+    Incomplete,
+    /// The provider failed; the output is partial.
+    Failed,
+    /// Stopped on purpose (client gone with `turns.on_disconnect = cancel`).
+    Cancelled,
+}
+
+impl From<TurnStatus> for TurnStatusBody {
+    fn from(status: TurnStatus) -> Self {
+        match status {
+            TurnStatus::InProgress => Self::InProgress,
+            TurnStatus::Completed => Self::Completed,
+            TurnStatus::Incomplete => Self::Incomplete,
+            TurnStatus::Failed => Self::Failed,
+            TurnStatus::Cancelled => Self::Cancelled,
+        }
+    }
+}
+
+/// Why a reply ended.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[schema(as = FinishReason)]
+pub enum FinishReasonBody {
+    /// The model finished its reply.
+    Stop,
+    /// The model hit its output limit.
+    Length,
+    /// The turn was cancelled (or ended by a shutdown).
+    Cancelled,
+    /// The provider failed.
+    Error,
+}
+
+impl From<FinishReason> for FinishReasonBody {
+    fn from(reason: FinishReason) -> Self {
+        match reason {
+            FinishReason::Stop => Self::Stop,
+            FinishReason::Length => Self::Length,
+            FinishReason::Cancelled => Self::Cancelled,
+            FinishReason::Error => Self::Error,
+        }
+    }
+}
+
+/// Token usage as the provider reported it (never estimated).
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[schema(as = Usage)]
+pub struct UsageBody {
+    input_tokens: i64,
+    output_tokens: i64,
+    total_tokens: i64,
+}
+
+impl From<Usage> for UsageBody {
+    fn from(u: Usage) -> Self {
+        Self {
+            input_tokens: u.input_tokens,
+            output_tokens: u.output_tokens,
+            total_tokens: u.total_tokens,
+        }
+    }
+}
+
+/// A turn: one input and the reply to it.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Turn)]
 pub struct TurnBody {
+    #[schema(value_type = String, format = Uuid)]
     id: pantheon_domain::TurnId,
+    #[schema(value_type = String, format = Uuid)]
     session_id: SessionId,
+    /// Its position in the session, from 1.
     seq: i64,
     input: String,
+    /// The reply so far (partial while `in_progress`, and when the turn
+    /// failed, was cancelled or is incomplete).
     output: String,
-    status: pantheon_domain::TurnStatus,
-    finish_reason: Option<pantheon_domain::FinishReason>,
-    usage: Option<Usage>,
+    status: TurnStatusBody,
+    /// `null` while in progress.
+    finish_reason: Option<FinishReasonBody>,
+    /// `null` when the provider reported none.
+    usage: Option<UsageBody>,
     /// Why it failed, when it did.
     pub error: Option<TurnErrorBody>,
     #[serde(serialize_with = "timestamp")]
+    #[schema(value_type = String, format = DateTime)]
     created_at: DateTime<Utc>,
     #[serde(serialize_with = "optional_timestamp")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     completed_at: Option<DateTime<Utc>>,
 }
 
@@ -113,9 +221,9 @@ impl From<Turn> for TurnBody {
             seq: t.seq,
             input: t.input,
             output: t.output,
-            status: t.status,
-            finish_reason: t.finish_reason,
-            usage: t.usage,
+            status: t.status.into(),
+            finish_reason: t.finish_reason.map(Into::into),
+            usage: t.usage.map(Into::into),
             error,
             created_at: t.created_at,
             completed_at: t.completed_at,
@@ -124,10 +232,13 @@ impl From<Turn> for TurnBody {
 }
 
 /// A page of a list.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ListBody<T> {
+    /// The items, in the list's order.
     data: Vec<T>,
+    /// Whether more items follow this page.
     has_more: bool,
+    /// The `after` of the next page; `null` on the last.
     next_cursor: Option<String>,
 }
 
@@ -144,9 +255,14 @@ impl<T> ListBody<T> {
 }
 
 /// `?limit=&after=` of the list endpoints.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Items per page, 1–100 (default 20); outside that range `400 invalid_query`.
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<u64>,
+    /// The `next_cursor` of the previous page; a cursor this list did not
+    /// issue is `400 invalid_cursor`.
     after: Option<String>,
 }
 
@@ -219,4 +335,53 @@ pub fn session_cursor(s: &Session) -> String {
 /// The cursor after a turn.
 pub fn turn_cursor(t: &Turn) -> String {
     encode_cursor(TURN_CURSOR, &t.seq.to_string())
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Health)]
+pub struct HealthBody {
+    /// Always `ok`: the process answers.
+    #[schema(value_type = String, pattern = "^ok$")]
+    pub status: &'static str,
+}
+
+/// The limiter's state, as `/readyz` and `GET /api/v1/rate-limit` report it.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[schema(as = LimiterState)]
+pub enum LimiterStateBody {
+    /// Redis answers.
+    Healthy,
+    /// Redis is failing; checks are answered by `rate_limit.fallback`.
+    Degraded,
+    /// No Redis configured: counted in this process.
+    InProcess,
+    /// `rate_limit.enabled = false`.
+    Disabled,
+}
+
+impl From<Option<LimiterState>> for LimiterStateBody {
+    fn from(state: Option<LimiterState>) -> Self {
+        match state {
+            None => Self::Disabled,
+            Some(LimiterState::Healthy) => Self::Healthy,
+            Some(LimiterState::Degraded) => Self::Degraded,
+            Some(LimiterState::InProcess) => Self::InProcess,
+        }
+    }
+}
+
+/// `GET /readyz` when the database answers.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Ready)]
+pub struct ReadyBody {
+    /// Always `ready`.
+    #[schema(value_type = String, pattern = "^ready$")]
+    pub status: &'static str,
+    /// Always `ok`.
+    #[schema(value_type = String, pattern = "^ok$")]
+    pub database: &'static str,
+    /// Reported, never failing readiness: a degraded limiter still serves.
+    pub limiter: LimiterStateBody,
 }

@@ -8,6 +8,8 @@ pub mod background;
 pub mod dto;
 pub mod error;
 pub mod extract;
+pub mod metrics;
+pub mod openapi;
 pub mod problem;
 pub mod rate_limit;
 pub mod routes;

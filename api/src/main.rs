@@ -28,6 +28,8 @@ struct Cli {
 enum Command {
     /// Serve the HTTP API (the default).
     Serve,
+    /// Print the OpenAPI document (`docs/openapi.json` is its output).
+    Openapi,
     /// Print a bearer token signed with the configured `auth.jwt_secret`.
     Token {
         /// The user id (the token's `sub`).
@@ -44,6 +46,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Some(Command::Openapi)) {
+        print!("{}", pantheon_api::openapi::render(&pantheon_api::openapi::document()));
+        return ExitCode::SUCCESS;
+    }
     let settings = match Settings::load() {
         Ok(settings) => settings,
         Err(e) => return fail(&e),
@@ -60,13 +66,16 @@ fn main() -> ExitCode {
             }
         }
         Command::Serve => run_server(settings),
+        Command::Openapi => ExitCode::SUCCESS,
     }
 }
 
 fn run_server(settings: Settings) -> ExitCode {
-    if let Err(e) = telemetry::init(&settings) {
-        return fail(&e);
-    }
+    // Held to the end: dropping it flushes the log lines still queued.
+    let _log = match telemetry::init(&settings) {
+        Ok(guard) => guard,
+        Err(e) => return fail(&e),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
@@ -83,6 +92,7 @@ fn run_server(settings: Settings) -> ExitCode {
         };
         tracing::info!(
             addr = %settings.server.addr,
+            metrics_addr = state.metrics_addr.map(|a| a.to_string()).as_deref().unwrap_or("off"),
             max_connections = state.connections.max_connections,
             open_files,
             "pantheon listening"

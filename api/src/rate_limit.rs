@@ -1,6 +1,6 @@
 //! The rate-limit headers of draft-ietf-httpapi-ratelimit-headers-10 and the
-//! `429` / `503` / `422` problems (README "Rate limiting"). Values are
-//! Structured Field lists:
+//! `429` / `503` / `422` problems of `docs/API.md` ("Rate limiting"). Values
+//! are Structured Field lists:
 //! `RateLimit-Policy: "minute";q=20;w=60, "hour";q=300;w=3600, "concurrency";q=4;qu="concurrency"`
 //! and `RateLimit: "minute";r=19;t=0, "hour";r=299;t=0, "concurrency";r=3`;
 //! under a token budget, `"tokens-minute";q=L;w=60;qu="tokens"` (and

@@ -1,5 +1,5 @@
-//! A turn's events as Server-Sent Events (SPEC §4 "Streaming"): named
-//! events, one-line JSON `data` with `type` and `seq` (from 0), `id:
+//! A turn's events as Server-Sent Events (`docs/API.md`, "Streaming"):
+//! named events, one-line JSON `data` with `type` and `seq` (from 0), `id:
 //! <turn_id>:<seq>`, exactly one terminal event, then a clean end. No item
 //! is ever an `Err`: that would cut the connection without a terminal event.
 
@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dto::TurnBody;
 use crate::error::failure;
+use crate::metrics::OpenStream;
 
 /// Cancels the turn when the stream is dropped before its terminal event
 /// (the client left), if `turns.on_disconnect = cancel`.
@@ -96,16 +97,18 @@ fn terminal(events: &mut Events, started: &Turn, outcome: Result<Turn, TurnError
     events.next("turn.failed", FailedFields { turn: TurnBody::from(turn), error })
 }
 
-/// The event stream of a started turn.
+/// The event stream of a started turn; `open` counts it while it lives.
 pub fn turn_events(
     mut run: TurnRun,
     cancel_on_disconnect: bool,
+    open: Option<OpenStream>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let guard = DisconnectGuard { token: run.canceller(), armed: cancel_on_disconnect };
     let mut events = Events { turn_id: run.turn.id, seq: 0 };
     async_stream::stream! {
-        // Moved in whole, so it lives (and fires on drop) with the stream.
+        // Moved in whole, so they live (and fire on drop) with the stream.
         let mut guard = guard;
+        let _open = open;
         let started = run.turn.clone();
         yield Ok(events.next("turn.created", TurnField { turn: TurnBody::from(started.clone()) }));
         loop {

@@ -1,5 +1,6 @@
 //! What every handler can reach: the services and the token verifier.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use pantheon_infrastructure::db::DatabaseProbe;
 use pantheon_infrastructure::settings::OnDisconnect;
 
 use crate::background::Background;
+use crate::metrics::Metrics;
 use crate::server::ConnectionLimits;
 
 /// Shared application state. Axum clones it for every request that
@@ -55,4 +57,8 @@ pub struct AppParts {
     pub background: Background,
     /// The connection timeouts and cap.
     pub connections: ConnectionLimits,
+    /// The metrics, `None` when `server.metrics_addr` is off.
+    pub metrics: Option<Arc<Metrics>>,
+    /// Where the metrics listener is bound.
+    pub metrics_addr: Option<SocketAddr>,
 }

@@ -16,7 +16,7 @@ use crate::limiter::{Lease, RateLimitStatus, Reservation};
 use crate::ports::{ReplyEvent, ReplyRequest};
 use crate::tokens::OutputMeter;
 use crate::turn::{FinishReason, Turn, TurnEnd, TurnFailure, TurnStatus, Usage};
-use crate::turn_service::TurnService;
+use crate::turn_service::{Measured, TurnService};
 
 /// What a run reports while it generates.
 #[derive(Debug)]
@@ -80,6 +80,18 @@ enum Ending {
     ShutDown,
 }
 
+impl Ending {
+    /// The status the turn ends with.
+    fn status(&self) -> TurnStatus {
+        match self {
+            Self::Completed(..) => TurnStatus::Completed,
+            Self::Failed(_) => TurnStatus::Failed,
+            Self::Cancelled => TurnStatus::Cancelled,
+            Self::ShutDown => TurnStatus::Incomplete,
+        }
+    }
+}
+
 /// Why the provider stopped early, besides its own failure.
 enum Stop {
     Provider(ProviderError),
@@ -111,6 +123,7 @@ impl TurnService {
         events: mpsc::Sender<TurnEvent>,
         cancel: CancellationToken,
         mut lease: Option<Lease>,
+        measured: Measured,
     ) {
         let live = self.live.track(turn.id);
         let mut output = String::new();
@@ -157,6 +170,9 @@ impl TurnService {
                 };
                 match item {
                     Some(Ok(ReplyEvent::Delta(mut delta))) => {
+                        if output.is_empty() {
+                            self.observer.first_delta(measured.endpoint, measured.since.elapsed());
+                        }
                         let accepted = meter.accept(&output, &delta);
                         delta.truncate(accepted.keep);
                         if !delta.is_empty() {
@@ -190,7 +206,11 @@ impl TurnService {
         if let Some(lease) = lease.as_mut() {
             settle(lease, &turn, usage);
         }
+        let status = ending.status();
         let (outcome, unwritten) = self.persist(&turn, output, ending, usage).await;
+        // Before the client hears of the end, so whoever saw the response
+        // finds it counted.
+        self.observer.ended(measured.endpoint, status, measured.since.elapsed(), usage.as_ref());
         if let Some(end) = unwritten {
             // The client hears of the outage now; the end is written when
             // the database is back, and meanwhile `GET` shows the output.

@@ -19,6 +19,7 @@ use crate::limiter::{
     Decision, Lease, LimiterHandle, LimiterState, Policy, RateLimitStatus, TokenCost, Window,
 };
 use crate::live::LiveOutputs;
+use crate::observe::{Endpoint, TurnObserver, Unobserved};
 use crate::page::{Page, PageRequest};
 use crate::ports::{ModelProvider, TurnRepository, TurnStart};
 use crate::tokens::TokenCounter;
@@ -105,6 +106,15 @@ pub struct TurnService {
     limiter: Option<LimiterHandle>,
     pub(crate) live: LiveOutputs,
     pub(crate) lifecycle: Arc<Lifecycle>,
+    pub(crate) observer: Arc<dyn TurnObserver>,
+}
+
+/// Which endpoint a turn came from and when it was admitted, for the
+/// observer's durations.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Measured {
+    pub(crate) endpoint: Endpoint,
+    pub(crate) since: Instant,
 }
 
 impl TurnService {
@@ -126,7 +136,15 @@ impl TurnService {
             limiter,
             live: LiveOutputs::default(),
             lifecycle: Arc::default(),
+            observer: Arc::new(Unobserved),
         }
+    }
+
+    /// The same service, reporting to `observer` (the metrics).
+    #[must_use]
+    pub fn with_observer(mut self, observer: Arc<dyn TurnObserver>) -> Self {
+        self.observer = observer;
+        self
     }
 
     /// Asks the limiter whether the caller may submit a turn now, counting
@@ -153,6 +171,7 @@ impl TurnService {
             TokenCost::default()
         };
         let admission = limiter.check_with(caller.user.clone(), caller.limits, cost).await;
+        self.observer.decided(&admission.decision);
         match admission.decision {
             Decision::Admitted(status) => Ok((Some(status), admission.lease)),
             Decision::Skipped(_) => Ok((None, admission.lease)),
@@ -203,6 +222,17 @@ impl TurnService {
         self.limiter.as_ref().map(LimiterHandle::state)
     }
 
+    /// Refusals the limiter answered from its over-limit cache; `None`
+    /// when rate limiting is off.
+    pub fn limiter_cache_refusals(&self) -> Option<u64> {
+        self.limiter.as_ref().map(LimiterHandle::cache_refusals)
+    }
+
+    /// Turns generating in this process (committed, not yet ended).
+    pub fn turns_in_progress(&self) -> usize {
+        self.lifecycle.tracker.len()
+    }
+
     /// Starts a turn: the limiter, then the session lookup and the commit of
     /// the `in_progress` turn, then the reply in a task of its own. Everything
     /// that can refuse the turn is decided before this returns.
@@ -223,6 +253,18 @@ impl TurnService {
         session_id: SessionId,
         new: NewTurn,
     ) -> Result<TurnRun, TurnError> {
+        self.start_for(Endpoint::Stream, caller, session_id, new).await
+    }
+
+    /// [`TurnService::start`] on behalf of `endpoint`.
+    async fn start_for(
+        &self,
+        endpoint: Endpoint,
+        caller: &Caller,
+        session_id: SessionId,
+        new: NewTurn,
+    ) -> Result<TurnRun, TurnError> {
+        let measured = Measured { endpoint, since: Instant::now() };
         if self.lifecycle.closing.load(Ordering::SeqCst) {
             return Err(TurnError::ShuttingDown);
         }
@@ -262,7 +304,7 @@ impl TurnService {
                 }
             };
             let _ = committed.send(Ok(turn.clone()));
-            service.drive(turn, events, task_cancel, lease).await;
+            service.drive(turn, events, task_cancel, lease, measured).await;
         });
         let turn = begun.await.map_err(|_| TurnError::Internal("turn task lost".into()))??;
         Ok(TurnRun::new(turn, rate_limit, receiver, cancel))
@@ -280,7 +322,7 @@ impl TurnService {
         session_id: SessionId,
         new: NewTurn,
     ) -> Result<Submitted, TurnError> {
-        let run = self.start(caller, session_id, new).await?;
+        let run = self.start_for(Endpoint::Json, caller, session_id, new).await?;
         let rate_limit = run.rate_limit;
         let turn = run.outcome().await?;
         Ok(Submitted { turn, rate_limit })

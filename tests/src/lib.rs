@@ -5,11 +5,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod contract;
 pub mod db;
 pub mod fake_openai;
 pub mod headers;
 pub mod limiter;
 pub mod logs;
+pub mod metrics;
 pub mod postgres_server;
 pub mod process;
 pub mod redis_cluster;
@@ -42,6 +44,9 @@ pub struct TestApp {
     pub db: DatabaseConnection,
     /// The settings the server runs with.
     pub settings: Settings,
+    /// `http://<metrics listener>`, when metrics are on (they are by
+    /// default here, on a port of their own).
+    pub metrics_address: Option<String>,
     database: TestDatabase,
     minter: TokenMinter,
     shutdown: Option<oneshot::Sender<()>>,
@@ -78,6 +83,7 @@ pub async fn spawn_app_on(
     let mut settings = Settings::default();
     settings.database.url = database.url.clone();
     settings.server.addr = "127.0.0.1:0".parse().unwrap();
+    settings.server.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
     settings.auth.jwt_secret = format!("test-secret-{}", uuid::Uuid::new_v4());
     adjust(&mut settings);
     settings.validate().expect("test settings are valid");
@@ -117,6 +123,7 @@ async fn spawn_with_settings(
     clock: Arc<dyn Clock>,
 ) -> TestApp {
     let state = pantheon_api::build(&settings, clock).await.expect("the app builds");
+    let metrics_address = state.metrics_addr.map(|a| format!("http://{a}"));
     let listener = tokio::net::TcpListener::bind(settings.server.addr).await.unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());
     let (shutdown, stop) = oneshot::channel::<()>();
@@ -134,6 +141,7 @@ async fn spawn_with_settings(
         client: Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
         db,
         settings,
+        metrics_address,
         database,
         minter,
         shutdown: Some(shutdown),
@@ -177,8 +185,7 @@ impl TestApp {
             .send()
             .await
             .unwrap();
-        assert_eq!(response.status(), 201);
-        response.json().await.unwrap()
+        expect_json(response, 201).await
     }
 
     /// Submits a turn.
@@ -216,14 +223,26 @@ pub fn header(response: &Response, name: &str) -> String {
     response.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned()
 }
 
-/// Reads a response as JSON, asserting its status and content type first.
+/// Reads a response as JSON, asserting its status and content type first,
+/// then that it matches the schema the OpenAPI document declares for it.
 pub async fn expect_json(response: Response, status: u16) -> Value {
     let got = response.status().as_u16();
     let content_type = header(&response, "content-type");
+    let path = response.url().path().to_owned();
     let body = response.text().await.unwrap();
     assert_eq!(got, status, "unexpected status; body: {body}");
     assert!(content_type.contains("json"), "content type {content_type:?}, body {body}");
-    serde_json::from_str(&body).unwrap()
+    let body = serde_json::from_str(&body).unwrap();
+    let media_type = content_type.split(';').next().unwrap_or_default().trim();
+    contract::check_response(&path, got, media_type, &body);
+    body
+}
+
+/// Reads a JSON response whatever its status, checked against the OpenAPI
+/// document as [`expect_json`] does.
+pub async fn read_json(response: Response) -> Value {
+    let status = response.status().as_u16();
+    expect_json(response, status).await
 }
 
 /// Reads a problem response, asserting its status, media type, code and

@@ -85,22 +85,33 @@ pub async fn run(binary: &Path, args: &[&str], env: &[(&str, &str)]) -> CommandO
         .stderr(std::fs::File::create(&err).unwrap())
         .spawn()
         .unwrap_or_else(|e| panic!("{} starts: {e}", binary.display()));
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > EXIT_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{} {args:?} did not finish within {EXIT_TIMEOUT:?}", binary.display());
-        }
-        tokio::time::sleep(POLL).await;
-    };
+    let what = format!("{} {args:?}", binary.display());
+    let status = wait_bounded(&mut child, EXIT_TIMEOUT, &what).await;
     let read = |path: &Path| std::fs::read_to_string(path).unwrap_or_default();
     let output = CommandOutput { status, stdout: read(&out), stderr: read(&err) };
     let _ = std::fs::remove_dir_all(&dir);
     output
+}
+
+/// Waits for `child` to exit, polling; past `limit` it is killed and the
+/// test fails naming `what`.
+pub async fn wait_bounded(
+    child: &mut Child,
+    limit: Duration,
+    what: &str,
+) -> std::process::ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish within {limit:?}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
 }
 
 /// How to start one server process.
@@ -117,6 +128,8 @@ impl ServerCommand {
         let mut command = Self { env: Vec::new(), nofile: None };
         command.set("PANTHEON__DATABASE__URL", database_url);
         command.set("PANTHEON__LOG__FORMAT", "json");
+        // Any free port: processes of parallel tests must not share 9464.
+        command.set("PANTHEON__SERVER__METRICS_ADDR", "127.0.0.1:0");
         command
     }
 

@@ -1,6 +1,8 @@
 //! Reading a stream of turn events, two ways: by hand from the raw text
 //! (which also sees keep-alive comments), and with an independent SSE
 //! parser crate, so the wire format is checked by more than our reading.
+//! Either way, every event's data is checked against the OpenAPI
+//! document's `TurnStreamEvent`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -49,11 +51,9 @@ pub fn parse_raw(text: &str) -> RawStream {
         }
         if let Some(event) = event {
             assert_eq!(data.len(), 1, "data is one line of JSON: {block}");
-            stream.events.push(SseEvent {
-                event,
-                id: id.expect("every event has an id"),
-                data: serde_json::from_str(&data[0]).expect("data is JSON"),
-            });
+            let data = serde_json::from_str(&data[0]).expect("data is JSON");
+            crate::contract::check_event(&event, &data);
+            stream.events.push(SseEvent { event, id: id.expect("every event has an id"), data });
         }
     }
     stream
@@ -65,11 +65,9 @@ pub async fn read_with_parser(response: reqwest::Response) -> Vec<SseEvent> {
     let mut events = Vec::new();
     while let Some(event) = parsed.next().await {
         let event = event.expect("a well-formed event stream");
-        events.push(SseEvent {
-            event: event.event,
-            id: event.id,
-            data: serde_json::from_str(&event.data).unwrap(),
-        });
+        let data = serde_json::from_str(&event.data).unwrap();
+        crate::contract::check_event(&event.event, &data);
+        events.push(SseEvent { event: event.event, id: event.id, data });
     }
     events
 }

@@ -1,7 +1,7 @@
-//! JSON bodies with SPEC §4's statuses: malformed `400`, wrong content type
-//! `415`, schema violation (missing or unknown field, wrong type) `422`,
-//! over the body limit `413`, not all in within `server.body_read_timeout_ms`
-//! `408`.
+//! JSON bodies with the statuses of `docs/API.md` ("Errors"): malformed
+//! `400`, wrong content type `415`, schema violation (missing or unknown
+//! field, wrong type) `422`, over the body limit `413`, not all in within
+//! `server.body_read_timeout_ms` `408`.
 //!
 //! The body deadline is here, not at the connection, so the client gets a
 //! problem response; and since a handler calls no service before its body

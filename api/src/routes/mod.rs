@@ -1,6 +1,12 @@
-//! The router: every route of SPEC §4, the fallback, and the layers every
-//! response passes through (request id, tracing, problem bodies, body limit).
+//! The router: every route of the API (`docs/API.md`), the fallback, and
+//! the layers every response passes through (request id, tracing, metrics,
+//! problem bodies, body limit).
+//!
+//! Routes are registered through `utoipa-axum`'s `routes!`, which adds each
+//! handler's `#[utoipa::path]` operation to the OpenAPI document as it adds
+//! the route: the document cannot miss a route.
 
+mod docs;
 mod health;
 mod rate_limit;
 mod sessions;
@@ -11,10 +17,14 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::middleware;
-use axum::routing::{get, post};
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use crate::metrics::HttpMetricsLayer;
+use crate::openapi::ApiDoc;
 use crate::problem::{Problem, render_problems};
 use crate::state::AppState;
 use crate::telemetry;
@@ -26,33 +36,39 @@ fn body_limit(max_input_chars: usize) -> usize {
     max_input_chars.saturating_mul(6).saturating_add(4096)
 }
 
+/// Every route with its operation, before state and layers.
+///
+/// Full paths, not `nest("/api/v1", …)`: a nested router strips the prefix
+/// by rebuilding every request's URI and routes it a second time, work that
+/// every turn (and every refusal) paid for nothing.
+pub fn api_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(sessions::create_session, sessions::list_sessions))
+        .routes(routes!(sessions::get_session, sessions::delete_session))
+        .routes(routes!(turns::submit_turn, turns::list_turns))
+        .routes(routes!(stream::stream_turn))
+        .routes(routes!(turns::get_turn))
+        .routes(routes!(rate_limit::rate_limit_status))
+        .routes(routes!(docs::openapi_json))
+        .routes(routes!(docs::playground))
+}
+
 /// The whole HTTP surface.
 pub fn router(state: AppState) -> Router {
     let limit = body_limit(state.max_input_chars);
-    // Full paths, not `nest("/api/v1", …)`: a nested router strips the
-    // prefix by rebuilding every request's URI and routes it a second time,
-    // work that every turn (and every refusal) paid for nothing.
-    Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/api/v1/sessions", post(sessions::create_session).get(sessions::list_sessions))
-        .route(
-            "/api/v1/sessions/{session_id}",
-            get(sessions::get_session).delete(sessions::delete_session),
-        )
-        .route(
-            "/api/v1/sessions/{session_id}/turns",
-            post(turns::submit_turn).get(turns::list_turns),
-        )
-        .route("/api/v1/sessions/{session_id}/turns/stream", post(stream::stream_turn))
-        .route("/api/v1/sessions/{session_id}/turns/{turn_id}", get(turns::get_turn))
-        .route("/api/v1/rate-limit", get(rate_limit::rate_limit_status))
+    let metrics = state.metrics.as_ref().map(|m| HttpMetricsLayer::new(m.http.clone()));
+    let (routes, _) = api_router().split_for_parts();
+    routes
         .fallback(|| async { Problem::for_status(StatusCode::NOT_FOUND) })
         .layer(
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
                 .layer(telemetry::http_trace_layer())
                 .layer(PropagateRequestIdLayer::x_request_id())
+                // Outside the problem renderer, which may set the final status.
+                .option_layer(metrics)
                 .layer(middleware::from_fn(render_problems))
                 .layer(DefaultBodyLimit::max(limit)),
         )

@@ -9,10 +9,25 @@ use pantheon_domain::limiter::{Policy, WindowUsage};
 use serde_json::{Value, json};
 
 use crate::extract::Authenticated;
+use crate::openapi::problems::problems;
+use crate::openapi::schemas::RateLimitBody;
 use crate::routes::turns::rate_limit_headers;
 use crate::state::AppState;
 
+problems!(RateLimitProblems: unauthenticated);
+
 /// `GET /api/v1/rate-limit`
+#[utoipa::path(
+    get,
+    path = "/api/v1/rate-limit",
+    tag = "rate limiting",
+    responses(
+        (status = 200, description = "The caller's usage per window. Counts nothing, creates no \
+            Redis key.", body = RateLimitBody),
+        RateLimitProblems,
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn rate_limit_status(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,

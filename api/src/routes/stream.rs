@@ -12,11 +12,46 @@ use pantheon_infrastructure::settings::OnDisconnect;
 use crate::dto::SubmitTurnRequest;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, Authenticated};
+use crate::metrics::OpenStream;
+use crate::openapi::problems::problems;
 use crate::routes::turns::rate_limit_headers;
 use crate::sse::turn_events;
 use crate::state::AppState;
 
+problems!(StreamTurnProblems: malformed_json, bad_request, invalid_path, unauthenticated,
+    session_not_found, request_timeout, payload_too_large, unsupported_media_type,
+    validation_failed, input_exceeds_token_budget, rate_limited, internal_error, storage_unavailable, limiter_unavailable,
+    shutting_down);
+
+/// An example stream, as the builtin provider answers `Hello`.
+const EXAMPLE: &str = "event: turn.created\nid: 0193…:0\ndata: {\"seq\":0,\"turn\":{…,\"status\":\"in_progress\"},\"type\":\"turn.created\"}\n\n\
+event: turn.delta\nid: 0193…:1\ndata: {\"delta\":\"You said:\",\"seq\":1,\"turn_id\":\"0193…\",\"type\":\"turn.delta\"}\n\n\
+event: turn.completed\nid: 0193…:3\ndata: {\"seq\":3,\"turn\":{…,\"status\":\"completed\"},\"type\":\"turn.completed\"}\n\n";
+
 /// `POST /api/v1/sessions/{session_id}/turns/stream`
+#[utoipa::path(
+    post,
+    path = "/api/v1/sessions/{session_id}/turns/stream",
+    tag = "turns",
+    params(("session_id" = uuid::Uuid, Path, description = "The session's id.")),
+    request_body(content = SubmitTurnRequest, content_type = "application/json"),
+    responses(
+        (
+            status = 200,
+            description = "The turn was admitted and committed; its events follow as Server-Sent \
+                Events (`Cache-Control: no-cache`, `X-Accel-Buffering: no`). Each event's `data` \
+                is one line of JSON, a `TurnStreamEvent` (`x-itemSchema`); its `event` is the \
+                `type`, its `id` `<turn_id>:<seq>`. A comment line (`:`) is sent every \
+                `turns.keep_alive_secs` while the provider is silent. A provider failure is a \
+                `turn.failed` event, not a status.",
+            content_type = "text/event-stream",
+            body = String,
+            example = json!(EXAMPLE),
+        ),
+        StreamTurnProblems,
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn stream_turn(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
@@ -29,7 +64,8 @@ pub async fn stream_turn(
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // Proxies such as nginx buffer responses unless told not to.
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    let events = turn_events(run, state.on_disconnect == OnDisconnect::Cancel);
+    let open = state.metrics.as_ref().map(|m| OpenStream::new(&m.sse_streams));
+    let events = turn_events(run, state.on_disconnect == OnDisconnect::Cancel, open);
     let sse = Sse::new(events).keep_alive(KeepAlive::new().interval(state.keep_alive));
     Ok((headers, sse).into_response())
 }

@@ -9,7 +9,7 @@
 //! task. The lock is held for one map operation, never across an `.await`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::decision::Limits;
@@ -34,6 +34,8 @@ const MAX_ENTRIES: usize = 100_000;
 pub struct OverLimitCache {
     entries: Mutex<HashMap<UserId, Denial>>,
     len: AtomicUsize,
+    /// Refusals answered from here, for the metrics.
+    hits: AtomicU64,
 }
 
 impl OverLimitCache {
@@ -76,7 +78,13 @@ impl OverLimitCache {
             usage.reset_ms = denial.retry_at_ms - now_ms;
         }
         denial.now_ms = now_ms;
+        self.hits.fetch_add(1, Ordering::Relaxed);
         Some(denial)
+    }
+
+    /// How many refusals were answered from the cache.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
     }
 
     /// Remembers a denial until its `retry_at`; one by concurrency alone is

@@ -86,6 +86,15 @@ pub enum Policy {
 }
 
 impl Policy {
+    /// Every policy, in the order headers and `violated-policies` list them.
+    pub const ALL: [Policy; 5] = [
+        Policy::Minute,
+        Policy::Hour,
+        Policy::TokensMinute,
+        Policy::TokensHour,
+        Policy::Concurrency,
+    ];
+
     /// The policy's name in headers and problem bodies.
     pub fn name(self) -> &'static str {
         match self {

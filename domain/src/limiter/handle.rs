@@ -160,6 +160,11 @@ impl LimiterHandle {
         self.shared.state()
     }
 
+    /// How many refusals were answered from the over-limit cache.
+    pub fn cache_refusals(&self) -> u64 {
+        self.shared.refusals.hits()
+    }
+
     /// How many refusals shadow mode has let through.
     pub fn shadow_refusals(&self) -> u64 {
         self.shared.shadow_refusals.load(Ordering::Relaxed)

@@ -124,6 +124,23 @@ impl DatabaseProbe {
     pub async fn is_reachable(&self) -> bool {
         matches!(tokio::time::timeout(Duration::from_secs(1), self.db.ping()).await, Ok(Ok(())))
     }
+
+    /// The pool's open connections as `(idle, in_use)`, for the metrics.
+    pub fn pool_connections(&self) -> (u64, u64) {
+        let (size, idle) = match self.db.get_database_backend() {
+            sea_orm::DbBackend::Postgres => {
+                let pool = self.db.get_postgres_connection_pool();
+                (pool.size(), pool.num_idle())
+            }
+            sea_orm::DbBackend::Sqlite => {
+                let pool = self.db.get_sqlite_connection_pool();
+                (pool.size(), pool.num_idle())
+            }
+            _ => (0, 0),
+        };
+        let idle = u64::try_from(idle).unwrap_or(u64::MAX);
+        (idle, u64::from(size).saturating_sub(idle))
+    }
 }
 
 #[cfg(test)]

@@ -39,6 +39,7 @@ use super::memory::MemoryCounters;
 use super::nodes::Nodes;
 use super::redis_link::{self, BatchReply, Pending};
 use super::topology::{NodeAddr, slot_of};
+use crate::metrics::LimiterMetrics;
 
 mod leases;
 
@@ -161,6 +162,7 @@ pub struct LimiterActor {
     lease_ttl: Duration,
     /// The Redis leases of this instance's running turns, to renew.
     held: HashMap<LeaseId, UserId>,
+    metrics: LimiterMetrics,
 }
 
 impl LimiterActor {
@@ -182,7 +184,15 @@ impl LimiterActor {
             redis,
             lease_ttl,
             held: HashMap::new(),
+            metrics: LimiterMetrics::default(),
         }
+    }
+
+    /// The same actor, recording its pipelines into `metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: LimiterMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Runs until every handle is dropped.
@@ -398,10 +408,16 @@ impl LimiterActor {
         }
         *outstanding += 1;
         let nodes = redis.nodes.clone();
-        in_flight.push(Box::pin(
-            redis_link::run_batch(nodes, node.clone(), group)
-                .map(move |(batch, outcome)| (node, batch, outcome)),
-        ));
+        let metrics = self.metrics.clone();
+        let started = std::time::Instant::now();
+        in_flight.push(Box::pin(redis_link::run_batch(nodes, node.clone(), group).map(
+            move |(batch, outcome)| {
+                if !batch.is_empty() {
+                    metrics.pipeline(batch.len(), started.elapsed());
+                }
+                (node, batch, outcome)
+            },
+        )));
     }
 
     /// Fans a pipeline's results out to the callers and updates each

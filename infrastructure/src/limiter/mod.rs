@@ -1,4 +1,5 @@
-//! The limiter actor and its backends (README "Rate limiting").
+//! The limiter actor and its backends (semantics: `docs/API.md`, "Rate
+//! limiting"; keys and transport: README "Rate limiting").
 //!
 //! [`limiter`] makes the task that owns the Redis connection (or the
 //! in-process counters when no Redis is configured) and returns the
@@ -25,6 +26,7 @@ use pantheon_domain::limiter::{
 pub use actor::{LimiterActor, RedisLink};
 pub use redis_link::CHECK_SCRIPT;
 
+use crate::metrics::LimiterMetrics;
 use crate::settings::{self, Settings};
 
 /// Waiting checks the mailbox holds; past this, callers get the fallback at
@@ -77,6 +79,15 @@ pub async fn limiter(
     settings: &Settings,
     clock: Arc<dyn Clock>,
 ) -> Option<(LimiterHandle, LimiterTask)> {
+    measured_limiter(settings, clock, LimiterMetrics::default()).await
+}
+
+/// [`limiter`], its actor recording its Redis pipelines into `metrics`.
+pub async fn measured_limiter(
+    settings: &Settings,
+    clock: Arc<dyn Clock>,
+    metrics: LimiterMetrics,
+) -> Option<(LimiterHandle, LimiterTask)> {
     if !settings.rate_limit.enabled {
         return None;
     }
@@ -114,7 +125,8 @@ pub async fn limiter(
         shared.set_state(LimiterState::InProcess);
     }
     let lease_ttl = Duration::from_secs(settings.rate_limit.lease_ttl_secs);
-    let actor = LimiterActor::new(mailbox, clock, fallback, shared, redis, lease_ttl);
+    let actor =
+        LimiterActor::new(mailbox, clock, fallback, shared, redis, lease_ttl).with_metrics(metrics);
     Some((handle, Box::pin(actor.run())))
 }
 

@@ -166,6 +166,7 @@ mod tests {
             ("PANTHEON__REDIS__URL", "http://x", "redis.url"),
             ("PANTHEON__RATE_LIMIT__PER_MINUTE", "0", "rate_limit.per_minute"),
             ("PANTHEON__SERVER__ADDR", "nowhere", "server.addr"),
+            ("PANTHEON__SERVER__METRICS_ADDR", "nowhere", "server.metrics_addr"),
             ("PANTHEON__AUTH__LEEWAY_SECS", "3601", "auth.leeway_secs"),
         ];
         for (var, value, key) in cases {
@@ -204,6 +205,26 @@ mod tests {
         let bad = load(&[("PANTHEON__REDIS__CLUSTER_URLS", "redis://10.0.0.1:6379,http://x")]);
         let bad = bad.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(bad.contains("redis.cluster_urls"), "{bad:?}");
+    }
+
+    #[test]
+    fn the_metrics_listener_defaults_to_loopback_9464_and_off_disables_it() {
+        let addr = |vars: &[(&str, &str)]| load(vars).map(|s| s.server.metrics_addr);
+        assert_eq!(
+            addr(&[]),
+            Ok(Some("127.0.0.1:9464".parse().unwrap_or_else(|_| unreachable!())))
+        );
+        assert_eq!(addr(&[("PANTHEON__SERVER__METRICS_ADDR", "off")]), Ok(None));
+        let same = [
+            ("PANTHEON__SERVER__ADDR", "127.0.0.1:9000"),
+            ("PANTHEON__SERVER__METRICS_ADDR", "127.0.0.1:9000"),
+        ];
+        let refused = load(&same).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(refused.contains("server.metrics_addr"), "{refused}");
+        assert_eq!(
+            addr(&[("PANTHEON__SERVER__METRICS_ADDR", "0.0.0.0:9100")]),
+            Ok(Some("0.0.0.0:9100".parse().unwrap_or_else(|_| unreachable!())))
+        );
     }
 
     #[test]

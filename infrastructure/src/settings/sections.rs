@@ -48,6 +48,50 @@ pub struct ServerSettings {
     pub idle_timeout_secs: u64,
     /// `server.max_connections`: unset derives it from the open-files limit.
     pub max_connections: Option<usize>,
+    /// `server.metrics_addr`: where `GET /metrics` listens, apart from the
+    /// API; `off` (or an empty string) serves no metrics.
+    #[serde(deserialize_with = "optional_addr")]
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// The address Prometheus scrapes by default: loopback, as the metrics
+/// name routes and limiter states an outsider has no business seeing.
+pub const DEFAULT_METRICS_ADDR: SocketAddr =
+    SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 9464));
+
+/// An address, or `off` / an empty string / `false` for none: an
+/// environment variable cannot be unset to `null`.
+fn optional_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    struct Addr;
+
+    impl serde::de::Visitor<'_> for Addr {
+        type Value = Option<SocketAddr>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an address such as 127.0.0.1:9464, or off")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            match v.trim() {
+                "" | "off" => Ok(None),
+                addr => addr.parse().map(Some).map_err(E::custom),
+            }
+        }
+
+        fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
+            if v { Err(E::custom("expected an address or off, not true")) } else { Ok(None) }
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+
+    d.deserialize_any(Addr)
 }
 
 impl Default for ServerSettings {
@@ -59,6 +103,7 @@ impl Default for ServerSettings {
             body_read_timeout_ms: 30_000,
             idle_timeout_secs: 60,
             max_connections: None,
+            metrics_addr: Some(DEFAULT_METRICS_ADDR),
         }
     }
 }

@@ -81,6 +81,12 @@ impl Settings {
                 format!("must be at least {MIN_CHECKPOINT_MS}"),
             ));
         }
+        if self.server.metrics_addr.is_some_and(|m| m.port() != 0 && m == self.server.addr) {
+            return Err(SettingsError::invalid(
+                "server.metrics_addr",
+                "must differ from server.addr: metrics have a listener of their own",
+            ));
+        }
         if self.server.max_connections == Some(0) {
             return Err(SettingsError::invalid("server.max_connections", "must be at least 1"));
         }

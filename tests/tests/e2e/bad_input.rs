@@ -1,4 +1,4 @@
-//! Each bad input of SPEC §4 gets its status and a problem body, and writes
+//! Each bad input of `docs/API.md` ("Errors") gets its status and a problem body, and writes
 //! nothing.
 
 use pantheon_tests::{Backend, expect_problem, spawn_app_with};

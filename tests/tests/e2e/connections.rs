@@ -103,7 +103,7 @@ async fn a_head_sent_a_byte_at_a_time_is_closed_after_header_read_timeout() {
 async fn rate_limit_remaining(app: &TestApp, token: &str) -> Value {
     let response =
         app.request(reqwest::Method::GET, "/api/v1/rate-limit", token).send().await.unwrap();
-    let body: Value = response.json().await.unwrap();
+    let body = pantheon_tests::read_json(response).await;
     body["windows"].clone()
 }
 

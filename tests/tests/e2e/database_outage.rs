@@ -178,7 +178,7 @@ async fn user_with_session_retrying(app: &TestApp) -> (String, String) {
             .await
             .unwrap();
         if response.status() == 201 {
-            let body: Value = response.json().await.unwrap();
+            let body = pantheon_tests::read_json(response).await;
             return (token, body["id"].as_str().unwrap().to_owned());
         }
         assert_eq!(response.status(), 503);

@@ -1,4 +1,4 @@
-//! The limiter when Redis misbehaves (SPEC §5, "Redis trouble"): down at
+//! The limiter when Redis misbehaves (`docs/API.md`, "When Redis is down"): down at
 //! boot, killed and restarted under load, stalled, its scripts flushed; the
 //! three fallbacks; refusals answered from the over-limit cache without a
 //! Redis call; and limiting resuming within a second of Redis answering

@@ -1,7 +1,7 @@
-//! The rate-limit contract over HTTP: the original system's cases, the
-//! `429` exactly, headers parsed as Structured Fields, refusals that touch
-//! no storage, tiers, shadow mode and the peek — on the single Redis and on
-//! the Redis Cluster alike.
+//! The rate-limit contract over HTTP (`docs/API.md`, "Rate limiting"): the
+//! original system's cases, the `429` exactly, headers parsed as Structured
+//! Fields, refusals that touch no storage, tiers, shadow mode and the peek —
+//! on the single Redis and on the Redis Cluster alike.
 
 use std::sync::Arc;
 
@@ -50,7 +50,7 @@ async fn app_with(
     (app, clock)
 }
 
-/// Asserts the `429` of SPEC §5 and returns its body.
+/// Asserts the `429` of `docs/API.md` ("Rate limiting") and returns its body.
 async fn expect_rate_limited(response: reqwest::Response, window: &str, limit: i64) -> Value {
     let retry_after: i64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     let policy = sf_header(&response, "ratelimit-policy").expect("RateLimit-Policy");

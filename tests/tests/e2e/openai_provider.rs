@@ -1,5 +1,5 @@
 //! `provider.kind = openai` against a fake OpenAI-compatible upstream
-//! (SPEC §6): a streamed reply with its usage, history, each failure before
+//! (`docs/API.md`, "Provider failures"): a streamed reply with its usage, history, each failure before
 //! and after the first byte, cancellation reaching the upstream, and the API
 //! key kept out of every log line.
 

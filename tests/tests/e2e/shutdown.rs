@@ -1,4 +1,4 @@
-//! Graceful shutdown with streams open (SPEC §4): the server stops within
+//! Graceful shutdown with streams open (`docs/API.md`, "Shutdown"): the server stops within
 //! its grace period, open streams end with their terminal event, and no turn
 //! is left `in_progress`.
 

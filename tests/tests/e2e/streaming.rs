@@ -1,4 +1,4 @@
-//! Streaming turns over SSE (SPEC §4 "Streaming"): the event contract, the
+//! Streaming turns over SSE (`docs/API.md`, "Streaming"): the event contract, the
 //! shared limiter check, failures, keep-alive, disconnects, many streams.
 
 use std::time::Duration;

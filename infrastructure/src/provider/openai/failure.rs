@@ -1,5 +1,5 @@
 //! What the upstream's refusals and our own transport errors mean for a
-//! turn (SPEC §6): credentials refused and other errors are `Failed`
+//! turn (`docs/API.md`, "Provider failures"): credentials refused and other errors are `Failed`
 //! (`502`: our user is not at fault), out of capacity (`429`, `503`) is
 //! `Unavailable` with the upstream's `Retry-After`, a timeout is `Timeout`.
 //!

@@ -1,0 +1,55 @@
+//! What the turn path reports as it goes, for the process's metrics: the
+//! domain calls a [`TurnObserver`] at each step worth counting, and the
+//! HTTP front implements it (Prometheus counters and histograms), so the
+//! domain knows no metrics library. Calls are made on the request's or the
+//! turn's own task and must not block.
+
+use std::fmt::Debug;
+use std::time::Duration;
+
+use crate::limiter::Decision;
+use crate::turn::{TurnStatus, Usage};
+
+/// Which endpoint submitted a turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `POST …/turns`: the completed turn as JSON.
+    Json,
+    /// `POST …/turns/stream`: the reply as Server-Sent Events.
+    Stream,
+}
+
+impl Endpoint {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Json => "json",
+            Self::Stream => "stream",
+        }
+    }
+}
+
+/// Receives the turn path's events.
+pub trait TurnObserver: Send + Sync + Debug {
+    /// The limiter decided on a turn submission (peeks are not decisions).
+    fn decided(&self, decision: &Decision);
+
+    /// A turn's reply produced its first chunk, `after` its admission.
+    fn first_delta(&self, endpoint: Endpoint, after: Duration);
+
+    /// A turn ended as `status` (what its end says, reported before the end
+    /// is written), `after` its admission, with the usage it reported.
+    fn ended(&self, endpoint: Endpoint, status: TurnStatus, after: Duration, usage: Option<&Usage>);
+}
+
+/// The observer of a service nobody measures.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Unobserved;
+
+impl TurnObserver for Unobserved {
+    fn decided(&self, _: &Decision) {}
+
+    fn first_delta(&self, _: Endpoint, _: Duration) {}
+
+    fn ended(&self, _: Endpoint, _: TurnStatus, _: Duration, _: Option<&Usage>) {}
+}

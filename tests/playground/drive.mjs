@@ -1,0 +1,75 @@
+// Drives GET /playground in headless Chromium as a person would: pastes the
+// token, creates a session, sends one turn as a stream and then one more as
+// JSON (which the test's server refuses: its limit is one turn a minute),
+// and prints what the page showed as one JSON line for the Rust test
+// (tests/tests/e2e/playground.rs) to judge.
+//
+//   node drive.mjs BASE_URL TOKEN
+//
+// Debian's Chromium (/usr/bin/chromium) and npm's playwright-core, both
+// installed by scripts/browser.sh. Every wait is bounded.
+import { chromium } from "playwright-core";
+
+const [base, token] = process.argv.slice(2);
+if (!base || !token) {
+  console.error("usage: node drive.mjs BASE_URL TOKEN");
+  process.exit(2);
+}
+const WAIT = { timeout: 20_000 };
+
+const browser = await chromium.launch({
+  executablePath: "/usr/bin/chromium",
+  headless: true,
+  args: ["--no-sandbox", "--disable-dev-shm-usage"],
+});
+try {
+  const page = await browser.newPage();
+  const failures = [];
+  page.on("pageerror", (e) => failures.push(String(e)));
+  // Chromium logs every 4xx as a console error; the 429 is expected here.
+  page.on("console", (m) => {
+    if (m.type() === "error" && !m.text().startsWith("Failed to load resource")) failures.push(m.text());
+  });
+  const external = [];
+  page.on("request", (r) => { if (!r.url().startsWith(base)) external.push(r.url()); });
+
+  await page.goto(base + "/playground", { waitUntil: "load", ...WAIT });
+  const title = await page.title();
+  await page.fill("#token", token);
+  await page.fill("#title", "from the playground");
+  await page.click("#create-session");
+  await page.waitForFunction(() => document.getElementById("sessions").value !== "", null, WAIT);
+  const createdStatus = await page.textContent("#status");
+
+  // Every text the reply shows while it streams, as the page renders it.
+  await page.evaluate(() => {
+    window.__seen = [];
+    const output = document.getElementById("output");
+    new MutationObserver(() => window.__seen.push(output.textContent))
+      .observe(output, { childList: true, characterData: true, subtree: true });
+  });
+  await page.fill("#input", "one two three four five six");
+  await page.click("#send-stream");
+  await page.waitForFunction(
+    () => document.getElementById("turn-status").textContent === "completed", null, WAIT);
+  const streamed = {
+    seen: await page.evaluate(() => window.__seen),
+    output: await page.textContent("#output"),
+    status: await page.textContent("#status"),
+    rateLimit: await page.textContent("#ratelimit"),
+  };
+
+  await page.fill("#input", "one more");
+  await page.click("#send-json");
+  await page.waitForFunction(
+    () => document.getElementById("status").textContent.startsWith("429"), null, WAIT);
+  const refused = {
+    status: await page.textContent("#status"),
+    rateLimit: await page.textContent("#ratelimit"),
+    problem: JSON.parse(await page.textContent("#problem")),
+    turnStatus: await page.textContent("#turn-status"),
+  };
+  console.log(JSON.stringify({ title, createdStatus, streamed, refused, failures, external }));
+} finally {
+  await browser.close();
+}

@@ -1,0 +1,86 @@
+//! The playground page in a real browser: headless Chromium, driven by
+//! `tests/playground/drive.mjs` (playwright-core), through one streamed
+//! turn and one `429`. Needs `/usr/bin/chromium` and the npm package, which
+//! `scripts/browser.sh` installs (`scripts/test.sh` runs it first).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use pantheon_tests::process::wait_bounded;
+use pantheon_tests::{Backend, spawn_app_with};
+use serde_json::Value;
+
+/// The longest the browser run may take.
+const BROWSER_TIMEOUT: Duration = Duration::from_secs(90);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_playground_streams_a_turn_and_shows_a_429_in_a_real_browser() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("playground");
+    assert!(
+        Path::new("/usr/bin/chromium").exists()
+            && dir.join("node_modules/playwright-core/package.json").exists(),
+        "Chromium or playwright-core is missing: run scripts/browser.sh (scripts/test.sh does)"
+    );
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        s.rate_limit.per_minute = 1;
+        // Chunks far enough apart that the page renders the reply growing.
+        s.provider.builtin.chunk_delay_ms = 150;
+    })
+    .await;
+    let (_, token) = app.new_user();
+
+    let out = std::env::temp_dir().join(format!("pantheon-playground-{}", uuid::Uuid::new_v4()));
+    let mut child = Command::new("node")
+        .arg("drive.mjs")
+        .arg(&app.address)
+        .arg(&token)
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("node runs");
+    let status = wait_bounded(&mut child, BROWSER_TIMEOUT, "the browser run").await;
+    let printed = std::fs::read_to_string(&out).unwrap_or_default();
+    let _ = std::fs::remove_file(&out);
+    assert!(status.success(), "drive.mjs failed ({status}): {printed}");
+    let page: Value = serde_json::from_str(printed.trim()).unwrap();
+
+    assert_eq!(page["title"], "Pantheon playground");
+    assert_eq!(page["failures"], serde_json::json!([]), "no script error on the page");
+    assert_eq!(page["external"], serde_json::json!([]), "nothing loaded from elsewhere");
+    assert!(page["createdStatus"].as_str().unwrap().starts_with("201"));
+
+    // The streamed reply appeared a chunk at a time, each text a prefix of
+    // the final one, before the whole.
+    let final_output = "You said: one two three four five six";
+    assert_eq!(page["streamed"]["output"], final_output);
+    let seen: Vec<&str> = page["streamed"]["seen"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .collect();
+    let partial: Vec<&&str> = seen.iter().filter(|s| s.len() < final_output.len()).collect();
+    assert!(partial.len() >= 2, "the reply grew as it streamed: {seen:?}");
+    assert!(partial.iter().all(|s| final_output.starts_with(**s)), "{seen:?}");
+    assert!(page["streamed"]["status"].as_str().unwrap().starts_with("200"));
+    let admitted = page["streamed"]["rateLimit"].as_str().unwrap();
+    assert!(admitted.contains("ratelimit-policy: \"minute\";q=1;w=60"), "{admitted}");
+    assert!(admitted.contains("ratelimit: \"minute\";r=0"), "{admitted}");
+
+    // The second turn is over the limit: the page shows the 429 problem and
+    // its headers, and nothing was written.
+    let refused = &page["refused"];
+    assert!(refused["status"].as_str().unwrap().starts_with("429"), "{refused}");
+    assert_eq!(refused["problem"]["code"], "rate_limited");
+    assert_eq!(refused["problem"]["status"], 429);
+    let headers = refused["rateLimit"].as_str().unwrap();
+    assert!(headers.contains("retry-after: "), "{headers}");
+    assert!(headers.contains("ratelimit: \"minute\";r=0"), "{headers}");
+    assert!(refused["turnStatus"].as_str().unwrap().starts_with("not started"));
+    assert_eq!(app.count("turns").await, 1, "the refused turn wrote nothing");
+    assert_eq!(app.count("sessions").await, 1);
+}

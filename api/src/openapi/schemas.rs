@@ -104,17 +104,22 @@ pub enum PolicyName {
 
 /// The members `input_exceeds_token_budget` adds to the problem: a turn
 /// whose input alone can never fit a token budget (a `429` would be
-/// retried forever).
+/// retried forever). Sent with that code only; optional here because the
+/// same `422` response holds `validation_failed`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TokenBudgetProblem {
     /// The input's tokens, as Pantheon's tokenizer counts the prompt.
-    input_tokens: u64,
+    #[schema(required = false, nullable = false)]
+    input_tokens: Option<u64>,
     /// The input and `rate_limit.min_output_tokens`.
-    requested: u64,
+    #[schema(required = false, nullable = false)]
+    requested: Option<u64>,
     /// The budget it cannot fit.
-    limit: u64,
+    #[schema(required = false, nullable = false)]
+    limit: Option<u64>,
     /// That budget: `tokens-minute` or `tokens-hour`.
-    window: PolicyName,
+    #[schema(required = false, nullable = false)]
+    window: Option<PolicyName>,
 }
 
 /// `GET /api/v1/rate-limit`: the caller's usage, counting nothing.

@@ -86,7 +86,7 @@ fn user_of(token_user: &str) -> pantheon_domain::UserId {
 
 /// Starts a stream and reads until its `turn.created`; the turn goes on
 /// generating after the body is dropped (`on_disconnect = continue`).
-async fn started(response: Response) -> Value {
+pub(crate) async fn started(response: Response) -> Value {
     assert_eq!(response.status(), 200, "the stream was admitted");
     let mut body = response.bytes_stream();
     let mut text = String::new();

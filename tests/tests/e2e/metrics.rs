@@ -13,7 +13,8 @@ use pantheon_tests::redis_server::free_port;
 use pantheon_tests::sse::parse_raw;
 use pantheon_tests::{Backend, expect_json, expect_problem, spawn_app_with, spawn_app_with_clock};
 
-use crate::streaming::{stream, user_with_session};
+use crate::concurrency::started;
+use crate::streaming::{LONG_INPUT, stream, user_with_session};
 
 const NOW: i64 = 1_800_000_000_000;
 const TURNS: &str = "/api/v1/sessions/:session_id/turns";
@@ -194,4 +195,36 @@ async fn a_metrics_address_in_use_stops_the_start_naming_the_setting() {
     assert!(output.stderr.contains("server.metrics_addr"), "{}", output.stderr);
     let _ = std::fs::remove_dir_all(&dir);
     drop(taken);
+}
+
+#[tokio::test]
+async fn a_refusal_counts_under_the_policy_that_bound_it() {
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        s.rate_limit.max_concurrent_turns = 1;
+        s.provider.builtin.chunk_delay_ms = 200;
+    })
+    .await;
+    let (token, session) = user_with_session(&app).await;
+    let before = scrape(&app).await;
+    for policy in ["minute", "hour", "tokens-minute", "tokens-hour", "concurrency"] {
+        assert!(
+            before.text.contains(&format!("outcome=\"limited\",policy=\"{policy}\"")),
+            "every policy's series is exported from the start: {policy}"
+        );
+    }
+
+    let running = started(stream(&app, &token, &session, LONG_INPUT).await).await;
+    let refused = expect_json(app.submit_turn(&token, &session, "again").await, 429).await;
+    assert_eq!(refused["window"], "concurrency");
+    let after = scrape(&app).await;
+    let limited = |policy| [("outcome", "limited"), ("policy", policy)];
+    assert_eq!(
+        moved(&before, &after, "pantheon_limiter_decisions_total", &limited("concurrency")),
+        1.0
+    );
+    for policy in ["minute", "hour", "tokens-minute", "tokens-hour"] {
+        let m = moved(&before, &after, "pantheon_limiter_decisions_total", &limited(policy));
+        assert_eq!(m, 0.0, "{policy}");
+    }
+    assert_eq!(after.value("pantheon_turns_in_progress", &[]), 1.0, "{running}");
 }

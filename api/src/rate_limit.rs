@@ -6,8 +6,6 @@
 //! under a token budget, `"tokens-minute";q=L;w=60;qu="tokens"` (and
 //! `tokens-hour`) join them after the windows, their `r` in tokens.
 
-use std::fmt::Write as _;
-
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use chrono::{DateTime, SecondsFormat};
 use pantheon_domain::TurnError;
@@ -26,38 +24,65 @@ fn ceil_secs(ms: i64) -> i64 {
     (ms.max(0) + 999) / 1000
 }
 
-/// The `RateLimit-Policy` value for `limits`. Written into one buffer: it
-/// goes out with every checked turn, admitted or refused.
+/// Appends `n` in decimal (`itoa`: these values go out with every checked
+/// turn, and `write!`'s formatting machinery was most of their cost).
+fn push_int(value: &mut String, n: impl itoa::Integer) {
+    value.push_str(itoa::Buffer::new().format(n));
+}
+
+/// Appends one member, `"<name>"`, after a separator unless it is the first.
+fn push_member(value: &mut String, name: &str) {
+    if !value.is_empty() {
+        value.push_str(", ");
+    }
+    value.push('"');
+    value.push_str(name);
+    value.push('"');
+}
+
+/// The `RateLimit-Policy` value for `limits`, written into one buffer.
 pub fn policy_value(limits: Limits) -> String {
-    let mut value = String::with_capacity(64);
-    for (i, w) in Window::ALL.into_iter().enumerate() {
-        let sep = if i == 0 { "" } else { ", " };
-        let _ = write!(value, "{sep}\"{}\";q={};w={}", w.name(), limits.limit(w), w.seconds());
+    let mut value = String::with_capacity(128);
+    for w in Window::ALL {
+        push_member(&mut value, w.name());
+        value.push_str(";q=");
+        push_int(&mut value, limits.limit(w));
+        value.push_str(";w=");
+        push_int(&mut value, w.seconds());
     }
     for w in Window::ALL {
         if let Some(limit) = limits.token_limit(w) {
-            let name = Policy::tokens(w).name();
-            let _ = write!(value, ", \"{name}\";q={limit};w={};qu=\"tokens\"", w.seconds());
+            push_member(&mut value, Policy::tokens(w).name());
+            value.push_str(";q=");
+            push_int(&mut value, limit);
+            value.push_str(";w=");
+            push_int(&mut value, w.seconds());
+            value.push_str(";qu=\"tokens\"");
         }
     }
-    let _ = write!(value, ", \"concurrency\";q={};qu=\"concurrency\"", limits.max_concurrent);
+    push_member(&mut value, Policy::Concurrency.name());
+    value.push_str(";q=");
+    push_int(&mut value, limits.max_concurrent);
+    value.push_str(";qu=\"concurrency\"");
     value
 }
 
 /// The `RateLimit` value for a status: each window's remaining turns and
 /// reset, then the free slots (no `t`: a slot frees when a turn ends).
 pub fn usage_value(status: &RateLimitStatus) -> String {
-    let mut value = String::with_capacity(80);
-    for (i, u) in status.usage.iter().enumerate() {
-        let sep = if i == 0 { "" } else { ", " };
-        let (name, remaining, t) = (u.window.name(), u.remaining, ceil_secs(u.reset_ms));
-        let _ = write!(value, "{sep}\"{name}\";r={remaining};t={t}");
+    let mut value = String::with_capacity(128);
+    let windows = status.usage.iter().map(|u| (u.window.name(), u));
+    let tokens = status.tokens.iter().flatten().map(|u| (Policy::tokens(u.window).name(), u));
+    for (name, u) in windows.chain(tokens) {
+        push_member(&mut value, name);
+        value.push_str(";r=");
+        push_int(&mut value, u.remaining);
+        value.push_str(";t=");
+        push_int(&mut value, ceil_secs(u.reset_ms));
     }
-    for u in status.tokens.iter().flatten() {
-        let (name, t) = (Policy::tokens(u.window).name(), ceil_secs(u.reset_ms));
-        let _ = write!(value, ", \"{name}\";r={};t={t}", u.remaining);
-    }
-    let _ = write!(value, ", \"concurrency\";r={}", status.free_slots());
+    push_member(&mut value, Policy::Concurrency.name());
+    value.push_str(";r=");
+    push_int(&mut value, status.free_slots());
     value
 }
 
@@ -183,4 +208,47 @@ pub fn limiter_unavailable() -> (Problem, HeaderMap) {
     let mut headers = HeaderMap::new();
     headers.insert(header::RETRY_AFTER, HeaderValue::from(1));
     (problem, headers)
+}
+
+#[cfg(test)]
+mod tests {
+    use pantheon_domain::limiter::WindowUsage;
+
+    use super::*;
+
+    fn usage(window: Window, remaining: u64, reset_ms: i64) -> WindowUsage {
+        WindowUsage { window, limit: 0, remaining, reset_ms }
+    }
+
+    #[test]
+    fn the_headers_are_the_documented_structured_field_lists() {
+        let mut limits = Limits::turns(20, 300, 4);
+        assert_eq!(
+            policy_value(limits),
+            "\"minute\";q=20;w=60, \"hour\";q=300;w=3600, \"concurrency\";q=4;qu=\"concurrency\""
+        );
+        let mut status = RateLimitStatus {
+            limits,
+            usage: [usage(Window::Minute, 19, 0), usage(Window::Hour, 251, 41_001)],
+            active: 1,
+            tokens: [None, None],
+        };
+        assert_eq!(
+            usage_value(&status),
+            "\"minute\";r=19;t=0, \"hour\";r=251;t=42, \"concurrency\";r=3"
+        );
+
+        limits.tokens_per_minute = Some(1000);
+        status.limits = limits;
+        status.tokens = [Some(usage(Window::Minute, 22, 22_500)), None];
+        assert_eq!(
+            policy_value(limits),
+            "\"minute\";q=20;w=60, \"hour\";q=300;w=3600, \"tokens-minute\";q=1000;w=60;qu=\"tokens\", \
+             \"concurrency\";q=4;qu=\"concurrency\""
+        );
+        assert_eq!(
+            usage_value(&status),
+            "\"minute\";r=19;t=0, \"hour\";r=251;t=42, \"tokens-minute\";r=22;t=23, \"concurrency\";r=3"
+        );
+    }
 }

@@ -127,6 +127,8 @@ impl TurnService {
     ) {
         let live = self.live.track(turn.id);
         let mut output = String::new();
+        // Reported once, even when a first chunk is cut to nothing at the cap.
+        let mut first_delta = true;
         let deadline = tokio::time::sleep(self.policy.max_duration);
         tokio::pin!(deadline);
         let abort = self.lifecycle.abort.clone();
@@ -170,7 +172,7 @@ impl TurnService {
                 };
                 match item {
                     Some(Ok(ReplyEvent::Delta(mut delta))) => {
-                        if output.is_empty() {
+                        if std::mem::take(&mut first_delta) {
                             self.observer.first_delta(measured.endpoint, measured.since.elapsed());
                         }
                         let accepted = meter.accept(&output, &delta);

@@ -228,3 +228,26 @@ async fn a_refusal_counts_under_the_policy_that_bound_it() {
     }
     assert_eq!(after.value("pantheon_turns_in_progress", &[]), 1.0, "{running}");
 }
+
+#[tokio::test]
+async fn a_token_refusal_counts_under_its_window() {
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        // A running turn reserves what is left of the minute's budget.
+        s.rate_limit.tokens_per_minute = Some(200);
+        s.provider.builtin.chunk_delay_ms = 200;
+    })
+    .await;
+    let (token, session) = user_with_session(&app).await;
+    let before = scrape(&app).await;
+    let running = started(stream(&app, &token, &session, LONG_INPUT).await).await;
+    let refused = expect_json(app.submit_turn(&token, &session, "again").await, 429).await;
+    assert_eq!(refused["window"], "tokens-minute", "{refused}");
+    let after = scrape(&app).await;
+    let limited = |policy| [("outcome", "limited"), ("policy", policy)];
+    let m = |policy| moved(&before, &after, "pantheon_limiter_decisions_total", &limited(policy));
+    assert_eq!(m("tokens-minute"), 1.0);
+    for policy in ["minute", "hour", "tokens-hour", "concurrency"] {
+        assert_eq!(m(policy), 0.0, "{policy}");
+    }
+    assert_eq!(after.value("pantheon_turns_in_progress", &[]), 1.0, "{running}");
+}

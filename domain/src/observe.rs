@@ -37,8 +37,10 @@ pub trait TurnObserver: Send + Sync + Debug {
     /// A turn's reply produced its first chunk, `after` its admission.
     fn first_delta(&self, endpoint: Endpoint, after: Duration);
 
-    /// A turn ended as `status` (what its end says, reported before the end
-    /// is written), `after` its admission, with the usage it reported.
+    /// A turn ended as `status`, `after` its admission, with the usage it
+    /// settled at (the provider's report, else the tokenizer's count).
+    /// Called once its end is written (or handed to the retry) and before
+    /// the client hears of it, so whoever saw the response finds it counted.
     fn ended(&self, endpoint: Endpoint, status: TurnStatus, after: Duration, usage: Option<&Usage>);
 }
 

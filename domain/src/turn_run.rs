@@ -210,8 +210,6 @@ impl TurnService {
         }
         let status = ending.status();
         let (outcome, unwritten) = self.persist(&turn, output, ending, usage).await;
-        // Before the client hears of the end, so whoever saw the response
-        // finds it counted.
         self.observer.ended(measured.endpoint, status, measured.since.elapsed(), usage.as_ref());
         if let Some(end) = unwritten {
             // The client hears of the outage now; the end is written when

@@ -23,7 +23,8 @@ pub const LATENCY_BOUNDS: &[f64] = &[
 pub const ROUND_TRIP_BOUNDS: &[f64] =
     &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
 
-/// Bounds for pipeline sizes (checks per pipeline, at most 256).
+/// Bounds for pipeline sizes (items per pipeline: checks, peeks, lease
+/// upkeep; at most 256).
 pub const BATCH_BOUNDS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
 /// A histogram over fixed bounds. Clones share the same cells.
@@ -94,9 +95,11 @@ impl EncodeMetric for Histogram {
 /// What the limiter actor measures of its Redis traffic.
 #[derive(Debug, Clone)]
 pub struct LimiterMetrics {
-    /// Seconds per pipeline exchange with Redis (`NOSCRIPT` reload included).
+    /// Seconds per pipeline exchange with one Redis node (`NOSCRIPT` reload
+    /// and redirections included).
     pub redis_duration: Histogram,
-    /// Checks and peeks per pipeline sent.
+    /// Items per pipeline sent: checks, peeks, each user's lease releases
+    /// or renewals.
     pub batch_size: Histogram,
 }
 

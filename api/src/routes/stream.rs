@@ -20,8 +20,8 @@ use crate::state::AppState;
 
 problems!(StreamTurnProblems: malformed_json, bad_request, invalid_path, unauthenticated,
     session_not_found, request_timeout, payload_too_large, unsupported_media_type,
-    validation_failed, input_exceeds_token_budget, rate_limited, internal_error, storage_unavailable, limiter_unavailable,
-    shutting_down);
+    validation_failed, input_exceeds_token_budget, rate_limited, internal_error,
+    storage_unavailable, limiter_unavailable, shutting_down);
 
 /// An example stream, as the builtin provider answers `Hello`.
 const EXAMPLE: &str = "event: turn.created\nid: 0193…:0\ndata: {\"seq\":0,\"turn\":{…,\"status\":\"in_progress\"},\"type\":\"turn.created\"}\n\n\

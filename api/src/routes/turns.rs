@@ -16,8 +16,9 @@ use crate::state::AppState;
 
 problems!(SubmitTurnProblems: malformed_json, bad_request, invalid_path, unauthenticated,
     session_not_found, request_timeout, payload_too_large, unsupported_media_type,
-    validation_failed, input_exceeds_token_budget, rate_limited, internal_error, upstream_error, storage_unavailable,
-    limiter_unavailable, upstream_unavailable, shutting_down, turn_interrupted, upstream_timeout);
+    validation_failed, input_exceeds_token_budget, rate_limited, internal_error, upstream_error,
+    storage_unavailable, limiter_unavailable, upstream_unavailable, shutting_down,
+    turn_interrupted, upstream_timeout);
 
 /// `POST /api/v1/sessions/{session_id}/turns`
 #[utoipa::path(

@@ -53,8 +53,14 @@ async fn a_stalled_master_falls_back_alone() {
     let (limiter, shared) =
         actor_on(&cluster, Fallback::Deny, Duration::from_millis(300), Duration::from_secs(5))
             .await;
+    // The admissions are held to the end: a lease dropped now would send
+    // its release to the stalled node, a failed call of its own racing the
+    // three the rounds below count.
+    let mut held = Vec::new();
     for user in others.iter().chain([&victim]) {
-        assert!(matches!(limiter.check(user.clone(), HIGH).await.decision, Decision::Admitted(_)));
+        let admission = limiter.check(user.clone(), HIGH).await;
+        assert!(matches!(admission.decision, Decision::Admitted(_)));
+        held.push(admission);
     }
 
     view.command(stalled, &["CLIENT", "PAUSE", "3000", "ALL"]);
@@ -89,6 +95,7 @@ async fn a_stalled_master_falls_back_alone() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(shared.state(), LimiterState::Healthy);
+    drop(held);
 }
 
 /// One turn's outcome under load.

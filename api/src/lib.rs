@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod problem;
 pub mod rate_limit;
+pub mod request_id;
 pub mod routes;
 pub mod server;
 pub mod sse;

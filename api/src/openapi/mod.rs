@@ -153,8 +153,9 @@ const HEADERS: [(&str, Type, &str); 6] = [
     (
         REQUEST_ID,
         Type::String,
-        "The request's id: echoed from the request's own `x-request-id`, or generated (a \
-         UUID). Also in every log line of the request.",
+        "The request's id: echoed from the request's own `x-request-id` when that is 1 to 128 \
+         visible ASCII characters, else generated (a UUID). Also in every log line of the \
+         request.",
     ),
     (
         "RateLimit-Policy",

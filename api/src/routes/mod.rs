@@ -26,15 +26,21 @@ use utoipa_axum::routes;
 use crate::metrics::HttpMetricsLayer;
 use crate::openapi::ApiDoc;
 use crate::problem::{Problem, render_problems};
+use crate::request_id;
 use crate::state::AppState;
 use crate::telemetry;
 
-/// Room for the largest valid input even if every character arrives as a
-/// six-byte `\uXXXX` escape, plus the JSON around it. Anything larger is a
-/// `413` before it is parsed.
+/// Room for the largest valid input even if every character arrives in its
+/// longest JSON form: a character beyond the Basic Multilingual Plane (an
+/// emoji) escaped as a surrogate pair, `\ud83d\ude42`, is twelve bytes —
+/// Python's `json.dumps` and many clients escape so by default. Plus the
+/// JSON around it. Anything larger is a `413` before it is parsed.
 fn body_limit(max_input_chars: usize) -> usize {
-    max_input_chars.saturating_mul(6).saturating_add(4096)
+    max_input_chars.saturating_mul(MAX_ESCAPED_CHAR_BYTES).saturating_add(4096)
 }
+
+/// The bytes of one character as a surrogate pair's two `\uXXXX` escapes.
+const MAX_ESCAPED_CHAR_BYTES: usize = 12;
 
 /// Every route with its operation, before state and layers.
 ///
@@ -64,6 +70,8 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { Problem::for_status(StatusCode::NOT_FOUND) })
         .layer(
             ServiceBuilder::new()
+                // Before the id is set, so an unusable one is replaced.
+                .map_request(request_id::drop_unusable)
                 .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
                 .layer(telemetry::http_trace_layer())
                 .layer(PropagateRequestIdLayer::x_request_id())

@@ -32,6 +32,11 @@ use self::state::Timeouts;
 use crate::routes::router;
 use crate::state::AppState;
 
+/// The most bytes of a request head (request line and headers) hyper
+/// reads before it answers `431`. hyper checks between reads, so a head
+/// that arrives in one read may run past it by that read's size.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+
 /// The connection settings, resolved at start.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
@@ -81,6 +86,14 @@ pub async fn serve(
     let mut builder = http1::Builder::new();
     // Off: see `connection`'s module doc; our own timer replaces it.
     builder.header_read_timeout(None);
+    // A head larger than this is answered `431` by hyper: by default it
+    // buffered ~400 KiB of head, so one request could carry a 420 KB header.
+    builder.max_header_size(MAX_HEAD_BYTES);
+    // A client may shut its write side once its request is sent (a
+    // `curl --data … ` through some proxies, a socket's `shutdown(SHUT_WR)`):
+    // it still gets its answer. A client that is really gone is noticed when
+    // a write to it fails, or by the write timeout.
+    builder.half_close(true);
     let registry = Arc::new(registry::Registry::default());
     let tasks = TaskTracker::new();
     let acceptor = accept::Acceptor {

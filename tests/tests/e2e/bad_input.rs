@@ -33,7 +33,7 @@ async fn each_bad_turn_request_gets_its_status_and_writes_nothing(backend: Backe
     let session = app.create_session(&token).await["id"].as_str().unwrap().to_owned();
     let path = format!("/api/v1/sessions/{session}/turns");
     let json = "application/json";
-    let oversized = format!(r#"{{"input": "{}"}}"#, "a".repeat(100 * 6 + 5000));
+    let oversized = format!(r#"{{"input": "{}"}}"#, "a".repeat(100 * 12 + 5000));
     let bad_id = "/api/v1/sessions/not-a-uuid/turns";
     let cases = [
         case("malformed JSON", &path, Some(json), r#"{"input": "#, 400, "malformed_json"),

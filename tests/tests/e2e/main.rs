@@ -61,6 +61,7 @@ mod openai_provider;
 mod openapi;
 mod ownership;
 mod playground;
+mod request_heads;
 mod sessions;
 mod shutdown;
 mod simultaneous_start;

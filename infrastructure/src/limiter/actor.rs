@@ -162,6 +162,10 @@ pub struct LimiterActor {
     lease_ttl: Duration,
     /// The Redis leases of this instance's running turns, to renew.
     held: HashMap<LeaseId, UserId>,
+    /// Redis leases to remove that Redis has not answered for yet.
+    unreleased: HashMap<LeaseId, leases::Unreleased>,
+    /// Some of `unreleased` wait to be sent.
+    releases_due: bool,
     metrics: LimiterMetrics,
 }
 
@@ -184,6 +188,8 @@ impl LimiterActor {
             redis,
             lease_ttl,
             held: HashMap::new(),
+            unreleased: HashMap::new(),
+            releases_due: false,
             metrics: LimiterMetrics::default(),
         }
     }
@@ -236,6 +242,10 @@ impl LimiterActor {
                     if let Some(waiting) = waiting {
                         self.dispatch(node, waiting, &mut in_flight);
                     }
+                    // The leases of checks that failed after they may have
+                    // run, and releases that failed, go out again at once.
+                    let remote = self.take_releases();
+                    self.send(remote, &mut in_flight);
                     if let Some(redis) = &self.redis && !refreshing && redis.nodes.take_stale() {
                         refreshing = true;
                         let nodes = redis.nodes.clone();
@@ -258,6 +268,11 @@ impl LimiterActor {
                         refreshing = false;
                     }
                     self.job_done(job);
+                    // A node that answers again (or a master that took over)
+                    // takes the releases kept for it.
+                    self.releases_due = true;
+                    let remote = self.take_releases();
+                    self.send(remote, &mut in_flight);
                 }
                 _ = summary.tick() => self.housekeeping(),
             }
@@ -464,6 +479,8 @@ impl LimiterActor {
                         }
                         Err(error) => {
                             tracing::error!(error, "unexpected limiter script reply");
+                            // The script ran: it may have taken a slot.
+                            self.unrelease(lease, user.clone(), Vec::new());
                             let admission = self.fallback(&user, limits, cost, now_ms);
                             let _ = reply.send(admission);
                         }
@@ -474,8 +491,24 @@ impl LimiterActor {
                         redis_link::parse_peek(values).ok().map(|c| status(limits, c, now_ms));
                     let _ = reply.send(status);
                 }
-                (Pending::Renew { .. } | Pending::Release { .. }, Ok(_)) => {}
-                (pending, Err(_)) => self.answer_by_fallback(pending),
+                (Pending::Release { leases, .. }, Ok(_)) => self.released(&leases),
+                (Pending::Renew { .. }, Ok(_)) => {}
+                (pending, Err(error)) => {
+                    let ran = redis_link::may_have_run(&error);
+                    match &pending {
+                        // Written before the call failed, the check may
+                        // have run and taken a slot nobody holds: its lease
+                        // is removed once the node answers (idempotent;
+                        // what it counted stays counted).
+                        Pending::Check { user, lease, .. } if ran => {
+                            self.unrelease(*lease, user.clone(), Vec::new());
+                        }
+                        // Redis refused it: sending it again would too.
+                        Pending::Release { leases, .. } if !ran => self.released(leases),
+                        _ => {}
+                    }
+                    self.answer_by_fallback(pending);
+                }
             }
         }
     }
@@ -503,9 +536,10 @@ impl LimiterActor {
             Pending::Peek { reply, .. } => {
                 let _ = reply.send(None);
             }
-            // A lost renewal lets the lease lapse within its TTL; a lost
-            // release, the same: both are the safe side of a failure.
-            Pending::Renew { .. } | Pending::Release { .. } => {}
+            // A lost renewal lets the lease lapse within its TTL, the safe
+            // side of a failure; a release is kept for the node's answer.
+            Pending::Renew { .. } => {}
+            Pending::Release { leases, .. } => self.release_failed(&leases),
         }
     }
 

@@ -43,6 +43,8 @@ use crate::metrics::LimiterMetrics;
 
 mod leases;
 
+use leases::Upkeep;
+
 /// Most commands taken from the mailbox per loop turn (one pipeline).
 const MAX_BATCH: usize = 256;
 /// Most pipelines outstanding per node. Past it on a single Redis the
@@ -242,8 +244,7 @@ impl LimiterActor {
                     if let Some(waiting) = waiting {
                         self.dispatch(node, waiting, &mut in_flight);
                     }
-                    // The leases of checks that failed after they may have
-                    // run, and releases that failed, go out again at once.
+                    // Releases kept for a node that has just answered.
                     let remote = self.take_releases();
                     self.send(remote, &mut in_flight);
                     if let Some(redis) = &self.redis && !refreshing && redis.nodes.take_stale() {
@@ -268,9 +269,6 @@ impl LimiterActor {
                         refreshing = false;
                     }
                     self.job_done(job);
-                    // A node that answers again (or a master that took over)
-                    // takes the releases kept for it.
-                    self.releases_due = true;
                     let remote = self.take_releases();
                     self.send(remote, &mut in_flight);
                 }
@@ -451,6 +449,9 @@ impl LimiterActor {
         // node, like a pipeline that failed whole.
         for (node, error) in &outcome.reports {
             self.record(node, error.as_deref());
+            if error.is_none() {
+                self.node_answered(Some(node));
+            }
         }
         for (pending, result) in batch.into_iter().zip(outcome.results) {
             match (pending, result) {
@@ -480,7 +481,7 @@ impl LimiterActor {
                         Err(error) => {
                             tracing::error!(error, "unexpected limiter script reply");
                             // The script ran: it may have taken a slot.
-                            self.unrelease(lease, user.clone(), Vec::new());
+                            self.unrelease(lease, user.clone(), Vec::new(), Upkeep::Due);
                             let admission = self.fallback(&user, limits, cost, now_ms);
                             let _ = reply.send(admission);
                         }
@@ -497,11 +498,16 @@ impl LimiterActor {
                     let ran = redis_link::may_have_run(&error);
                     match &pending {
                         // Written before the call failed, the check may
-                        // have run and taken a slot nobody holds: its lease
-                        // is removed once the node answers (idempotent;
-                        // what it counted stays counted).
+                        // have run (or run later) and taken a slot nobody
+                        // holds: its lease is removed once the node answers
+                        // (idempotent; what it counted stays counted).
                         Pending::Check { user, lease, .. } if ran => {
-                            self.unrelease(*lease, user.clone(), Vec::new());
+                            self.unrelease(
+                                *lease,
+                                user.clone(),
+                                Vec::new(),
+                                Upkeep::AwaitingAnswer,
+                            );
                         }
                         // Redis refused it: sending it again would too.
                         Pending::Release { leases, .. } if !ran => self.released(leases),
@@ -545,20 +551,35 @@ impl LimiterActor {
 
     fn job_done(&mut self, job: Job) {
         let Some(redis) = &mut self.redis else { return };
-        match job {
-            Job::Probe(node, Ok(true)) => redis.health.recovered(&node),
-            Job::Probe(node, Ok(false)) => redis.health.retire(&node),
-            Job::Probe(node, Err(error)) => redis.health.probe_failed(&node, &error.to_string()),
+        // Which releases kept for an answer are due now: that node's, or
+        // (the layout changed) any whose user another node may serve.
+        let answered = match job {
+            Job::Probe(node, Ok(true)) => {
+                redis.health.recovered(&node);
+                Some(Some(node))
+            }
+            Job::Probe(node, Ok(false)) => {
+                redis.health.retire(&node);
+                Some(None)
+            }
+            Job::Probe(node, Err(error)) => {
+                redis.health.probe_failed(&node, &error.to_string());
+                None
+            }
             Job::Refresh(Err(error)) => {
                 tracing::debug!(error = %error, "reading the Redis Cluster layout failed");
+                None
             }
-            Job::Refresh(Ok(())) => {}
-        }
+            Job::Refresh(Ok(())) => Some(None),
+        };
         // A layout read by the probe or the refresh may show other nodes
         // gone (a failover moves every slot of the failed master).
         if redis.nodes.is_cluster() {
             let nodes = redis.nodes.clone();
             redis.health.retain(|node| nodes.serves(node));
+        }
+        if let Some(node) = answered {
+            self.node_answered(node.as_ref());
         }
     }
 

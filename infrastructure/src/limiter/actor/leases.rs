@@ -8,6 +8,9 @@
 //! node cannot be asked now, is sent again once the node answers (every
 //! release is idempotent — a `ZREM` — and a refund applies only when its
 //! `ZREM` removed the lease, so sending one twice gives nothing back twice).
+//! Waiting for an answer first keeps a failing node from being sent more
+//! failing calls, and puts the release after whatever the failed call left
+//! queued in Redis (a check that runs once a stall ends).
 
 use std::collections::HashMap;
 
@@ -16,6 +19,7 @@ use pantheon_domain::limiter::{LeaseId, LeaseStore, Window};
 
 use super::{Batch, LimiterActor};
 use crate::limiter::redis_link::{LeaseRelease, Pending, TokenRefund};
+use crate::limiter::topology::{NodeAddr, slot_of};
 
 /// Releases kept waiting for their node at most; past it a lease is left
 /// to lapse within `lease_ttl` (its reservation stays charged).
@@ -26,8 +30,18 @@ const MAX_UNRELEASED: usize = 16_384;
 pub(super) struct Unreleased {
     user: UserId,
     refunds: Vec<TokenRefund>,
-    /// In a pipeline now: not to be sent again until it fails.
-    sent: bool,
+    state: Upkeep,
+}
+
+/// Where a release stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Upkeep {
+    /// To send with the next releases (its node permitting).
+    Due,
+    /// In a pipeline now: not sent again until it fails.
+    Sent,
+    /// A call to its node failed: sent once the node answers a call again.
+    AwaitingAnswer,
 }
 
 impl LimiterActor {
@@ -61,7 +75,7 @@ impl LimiterActor {
                             }
                         }
                     }
-                    self.unrelease(released.id, released.user, refunds);
+                    self.unrelease(released.id, released.user, refunds, Upkeep::Due);
                 }
             }
         }
@@ -72,10 +86,10 @@ impl LimiterActor {
         let redis = self.redis.as_ref();
         let mut by_user: HashMap<UserId, Vec<LeaseRelease>> = HashMap::new();
         for (id, entry) in &mut self.unreleased {
-            if entry.sent || !redis.is_some_and(|r| r.routes(&entry.user)) {
+            if entry.state != Upkeep::Due || !redis.is_some_and(|r| r.routes(&entry.user)) {
                 continue;
             }
-            entry.sent = true;
+            entry.state = Upkeep::Sent;
             let release = LeaseRelease { id: *id, refunds: entry.refunds.clone() };
             by_user.entry(entry.user.clone()).or_default().push(release);
         }
@@ -83,11 +97,17 @@ impl LimiterActor {
     }
 
     /// Keeps `id` of `user` to remove from Redis (with `refunds` if the
-    /// removal finds it), sent with the next releases.
-    pub(super) fn unrelease(&mut self, id: LeaseId, user: UserId, refunds: Vec<TokenRefund>) {
+    /// removal finds it), to send in `state` (`Due` or `AwaitingAnswer`).
+    pub(super) fn unrelease(
+        &mut self,
+        id: LeaseId,
+        user: UserId,
+        refunds: Vec<TokenRefund>,
+        state: Upkeep,
+    ) {
         if self.unreleased.len() < MAX_UNRELEASED || self.unreleased.contains_key(&id) {
-            self.unreleased.insert(id, Unreleased { user, refunds, sent: false });
-            self.releases_due = true;
+            self.unreleased.insert(id, Unreleased { user, refunds, state });
+            self.releases_due |= state == Upkeep::Due;
         }
     }
 
@@ -98,12 +118,25 @@ impl LimiterActor {
         }
     }
 
-    /// The release of `leases` was not answered: sent again with the next
-    /// releases once its node can be asked.
+    /// The release of `leases` was not answered: sent again once its node
+    /// answers a call.
     pub(super) fn release_failed(&mut self, leases: &[LeaseRelease]) {
         for lease in leases {
             if let Some(entry) = self.unreleased.get_mut(&lease.id) {
-                entry.sent = false;
+                entry.state = Upkeep::AwaitingAnswer;
+            }
+        }
+    }
+
+    /// `node` answered a call (`None`: the layout changed, any node may
+    /// now serve a user): the releases awaiting its answer are due.
+    pub(super) fn node_answered(&mut self, node: Option<&NodeAddr>) {
+        let Some(redis) = &self.redis else { return };
+        for entry in self.unreleased.values_mut() {
+            if entry.state == Upkeep::AwaitingAnswer
+                && node.is_none_or(|node| redis.nodes.node_for(slot_of(&entry.user)) == *node)
+            {
+                entry.state = Upkeep::Due;
                 self.releases_due = true;
             }
         }

@@ -202,3 +202,10 @@ impl redis::ConnectionLike for StoreConnection {
         }
     }
 }
+
+/// The Redis server's clock in ms (`TIME`): what lease expiry is measured
+/// on, whatever the instances' clocks say.
+pub fn redis_time_ms(conn: &mut impl redis::ConnectionLike) -> i64 {
+    let (seconds, micros): (i64, i64) = redis::cmd("TIME").query(conn).unwrap();
+    seconds * 1_000 + micros / 1_000
+}

@@ -43,6 +43,8 @@ use crate::metrics::LimiterMetrics;
 
 mod leases;
 
+use leases::Upkeep;
+
 /// Most commands taken from the mailbox per loop turn (one pipeline).
 const MAX_BATCH: usize = 256;
 /// Most pipelines outstanding per node. Past it on a single Redis the
@@ -162,6 +164,10 @@ pub struct LimiterActor {
     lease_ttl: Duration,
     /// The Redis leases of this instance's running turns, to renew.
     held: HashMap<LeaseId, UserId>,
+    /// Redis leases to remove that Redis has not answered for yet.
+    unreleased: HashMap<LeaseId, leases::Unreleased>,
+    /// Some of `unreleased` wait to be sent.
+    releases_due: bool,
     metrics: LimiterMetrics,
 }
 
@@ -184,6 +190,8 @@ impl LimiterActor {
             redis,
             lease_ttl,
             held: HashMap::new(),
+            unreleased: HashMap::new(),
+            releases_due: false,
             metrics: LimiterMetrics::default(),
         }
     }
@@ -236,6 +244,9 @@ impl LimiterActor {
                     if let Some(waiting) = waiting {
                         self.dispatch(node, waiting, &mut in_flight);
                     }
+                    // Releases kept for a node that has just answered.
+                    let remote = self.take_releases();
+                    self.send(remote, &mut in_flight);
                     if let Some(redis) = &self.redis && !refreshing && redis.nodes.take_stale() {
                         refreshing = true;
                         let nodes = redis.nodes.clone();
@@ -258,6 +269,8 @@ impl LimiterActor {
                         refreshing = false;
                     }
                     self.job_done(job);
+                    let remote = self.take_releases();
+                    self.send(remote, &mut in_flight);
                 }
                 _ = summary.tick() => self.housekeeping(),
             }
@@ -436,6 +449,9 @@ impl LimiterActor {
         // node, like a pipeline that failed whole.
         for (node, error) in &outcome.reports {
             self.record(node, error.as_deref());
+            if error.is_none() {
+                self.node_answered(Some(node));
+            }
         }
         for (pending, result) in batch.into_iter().zip(outcome.results) {
             match (pending, result) {
@@ -464,6 +480,8 @@ impl LimiterActor {
                         }
                         Err(error) => {
                             tracing::error!(error, "unexpected limiter script reply");
+                            // The script ran: it may have taken a slot.
+                            self.unrelease(lease, user.clone(), Vec::new(), Upkeep::Due);
                             let admission = self.fallback(&user, limits, cost, now_ms);
                             let _ = reply.send(admission);
                         }
@@ -474,8 +492,29 @@ impl LimiterActor {
                         redis_link::parse_peek(values).ok().map(|c| status(limits, c, now_ms));
                     let _ = reply.send(status);
                 }
-                (Pending::Renew { .. } | Pending::Release { .. }, Ok(_)) => {}
-                (pending, Err(_)) => self.answer_by_fallback(pending),
+                (Pending::Release { leases, .. }, Ok(_)) => self.released(&leases),
+                (Pending::Renew { .. }, Ok(_)) => {}
+                (pending, Err(error)) => {
+                    let ran = redis_link::may_have_run(&error);
+                    match &pending {
+                        // Written before the call failed, the check may
+                        // have run (or run later) and taken a slot nobody
+                        // holds: its lease is removed once the node answers
+                        // (idempotent; what it counted stays counted).
+                        Pending::Check { user, lease, .. } if ran => {
+                            self.unrelease(
+                                *lease,
+                                user.clone(),
+                                Vec::new(),
+                                Upkeep::AwaitingAnswer,
+                            );
+                        }
+                        // Redis refused it: sending it again would too.
+                        Pending::Release { leases, .. } if !ran => self.released(leases),
+                        _ => {}
+                    }
+                    self.answer_by_fallback(pending);
+                }
             }
         }
     }
@@ -503,28 +542,44 @@ impl LimiterActor {
             Pending::Peek { reply, .. } => {
                 let _ = reply.send(None);
             }
-            // A lost renewal lets the lease lapse within its TTL; a lost
-            // release, the same: both are the safe side of a failure.
-            Pending::Renew { .. } | Pending::Release { .. } => {}
+            // A lost renewal lets the lease lapse within its TTL, the safe
+            // side of a failure; a release is kept for the node's answer.
+            Pending::Renew { .. } => {}
+            Pending::Release { leases, .. } => self.release_failed(&leases),
         }
     }
 
     fn job_done(&mut self, job: Job) {
         let Some(redis) = &mut self.redis else { return };
-        match job {
-            Job::Probe(node, Ok(true)) => redis.health.recovered(&node),
-            Job::Probe(node, Ok(false)) => redis.health.retire(&node),
-            Job::Probe(node, Err(error)) => redis.health.probe_failed(&node, &error.to_string()),
+        // Which releases kept for an answer are due now: that node's, or
+        // (the layout changed) any whose user another node may serve.
+        let answered = match job {
+            Job::Probe(node, Ok(true)) => {
+                redis.health.recovered(&node);
+                Some(Some(node))
+            }
+            Job::Probe(node, Ok(false)) => {
+                redis.health.retire(&node);
+                Some(None)
+            }
+            Job::Probe(node, Err(error)) => {
+                redis.health.probe_failed(&node, &error.to_string());
+                None
+            }
             Job::Refresh(Err(error)) => {
                 tracing::debug!(error = %error, "reading the Redis Cluster layout failed");
+                None
             }
-            Job::Refresh(Ok(())) => {}
-        }
+            Job::Refresh(Ok(())) => Some(None),
+        };
         // A layout read by the probe or the refresh may show other nodes
         // gone (a failover moves every slot of the failed master).
         if redis.nodes.is_cluster() {
             let nodes = redis.nodes.clone();
             redis.health.retain(|node| nodes.serves(node));
+        }
+        if let Some(node) = answered {
+            self.node_answered(node.as_ref());
         }
     }
 

@@ -39,12 +39,23 @@ pub enum Pending<C, P> {
     },
     /// A peek.
     Peek { user: UserId, limits: Limits, now_ms: i64, reply: P },
-    /// Pushes the expiry of `user`'s running leases to `expires_at_ms` (only
-    /// those still in the set: one that lapsed stays gone).
-    Renew { user: UserId, leases: Vec<LeaseId>, expires_at_ms: i64, ttl_ms: i64 },
+    /// Pushes the expiry of `user`'s running leases to a TTL past the Redis
+    /// server's now (only those still in the set: one that lapsed stays
+    /// gone).
+    Renew { user: UserId, leases: Vec<LeaseId>, ttl_ms: i64 },
     /// Gives `user`'s slots held by `leases` back, and the unused tokens of
-    /// their reservations to the buckets that were charged.
-    Release { user: UserId, leases: Vec<LeaseId>, refunds: Vec<TokenRefund> },
+    /// each lease's reservation to the buckets it charged, when Redis still
+    /// held that lease.
+    Release { user: UserId, leases: Vec<LeaseRelease> },
+}
+
+/// One lease to remove, with what its removal gives back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRelease {
+    /// The lease.
+    pub id: LeaseId,
+    /// Applied only if the `ZREM` of `id` removed it (see `check.lua`).
+    pub refunds: Vec<TokenRefund>,
 }
 
 /// Tokens to take back off one of a user's token counters (by the script,
@@ -131,11 +142,18 @@ pub async fn connect(
 
 /// The commands of one pending item, every key of them `user`'s, in
 /// `user`'s slot: `EVALSHA` of the script for a check; `MGET` of the four
-/// counters (and the four token counters under a budget) and `ZCOUNT` of
-/// the unexpired leases for a peek (read-only: it removes nothing); `ZADD
-/// XX` and `PEXPIRE` for a renewal; `ZREM` for a release, or with refunds
-/// the script's release branch (the `ZREM` and the refunds in one call).
+/// counters (and the four token counters under a budget) and the script's
+/// `count` of the unexpired leases for a peek (read-only: it removes
+/// nothing); the script's `renew` for a renewal; `ZREM` for a release, or
+/// with refunds the script's release branch (each `ZREM`, and that lease's
+/// refunds if it removed something, in one call). Everything that reads or
+/// sets a lease's expiry is a script, on the Redis server's clock.
 fn commands<C, P>(script: &Script, pending: &Pending<C, P>) -> Vec<Cmd> {
+    let on_leases = |user: &UserId, branch: &str| {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(script.get_hash()).arg(1).arg(active_key(user)).arg(branch);
+        cmd
+    };
     match pending {
         Pending::Check { user, limits, cost, now_ms, lease, ttl_ms, .. } => {
             let budgeted = limits.has_token_budget();
@@ -151,7 +169,7 @@ fn commands<C, P>(script: &Script, pending: &Pending<C, P>) -> Vec<Cmd> {
                     .arg(window.millis())
                     .arg(now_ms.rem_euclid(window.millis()));
             }
-            cmd.arg(*now_ms).arg(*ttl_ms).arg(limits.max_concurrent).arg(lease.to_string());
+            cmd.arg(*ttl_ms).arg(limits.max_concurrent).arg(lease.to_string());
             if budgeted {
                 for window in Window::ALL {
                     cmd.arg(limits.token_limit(window).map_or(-1, i64::from));
@@ -161,50 +179,67 @@ fn commands<C, P>(script: &Script, pending: &Pending<C, P>) -> Vec<Cmd> {
             vec![cmd]
         }
         Pending::Peek { user, limits, now_ms, .. } => {
-            let [mc, mp, hc, hp, active] = check_keys(user, *now_ms);
+            let [mc, mp, hc, hp, _] = check_keys(user, *now_ms);
             let mut mget = redis::cmd("MGET");
             mget.arg(&[mc, mp, hc, hp]);
             if limits.has_token_budget() {
                 mget.arg(&token_keys(user, *now_ms));
             }
-            let zcount =
-                redis::cmd("ZCOUNT").arg(active).arg(format!("({now_ms}")).arg("+inf").to_owned();
-            vec![mget, zcount]
+            vec![mget, on_leases(user, "count")]
         }
-        Pending::Renew { user, leases, expires_at_ms, ttl_ms } => {
-            let key = active_key(user);
-            let mut zadd = redis::cmd("ZADD");
-            zadd.arg(&key).arg("XX");
+        Pending::Renew { user, leases, ttl_ms } => {
+            let mut renew = on_leases(user, "renew");
+            renew.arg(*ttl_ms);
             for lease in leases {
-                zadd.arg(*expires_at_ms).arg(lease.to_string());
+                renew.arg(lease.to_string());
             }
-            vec![zadd, redis::cmd("PEXPIRE").arg(key).arg(*ttl_ms).to_owned()]
+            vec![renew]
         }
-        Pending::Release { user, leases, refunds } if refunds.is_empty() => {
+        Pending::Release { user, leases } if leases.iter().all(|l| l.refunds.is_empty()) => {
             let mut zrem = redis::cmd("ZREM");
             zrem.arg(active_key(user));
             for lease in leases {
-                zrem.arg(lease.to_string());
+                zrem.arg(lease.id.to_string());
             }
             vec![zrem]
         }
-        Pending::Release { user, leases, refunds } => {
-            // One call: the leases out, the unused tokens back.
+        Pending::Release { user, leases } => {
+            // One call: the leases out, the unused tokens of those removed
+            // back. Every bucket any of them charged is a key; each lease
+            // gives an amount per key (0 for one it did not charge).
+            let mut buckets: Vec<(Window, i64)> = Vec::new();
+            for refund in leases.iter().flat_map(|l| &l.refunds) {
+                if !buckets.contains(&(refund.window, refund.index)) {
+                    buckets.push((refund.window, refund.index));
+                }
+            }
             let mut cmd = redis::cmd("EVALSHA");
-            cmd.arg(script.get_hash()).arg(1 + refunds.len()).arg(active_key(user));
-            for refund in refunds {
-                cmd.arg(token_key(user, refund.window, refund.index));
+            cmd.arg(script.get_hash()).arg(1 + buckets.len()).arg(active_key(user));
+            for &(window, index) in &buckets {
+                cmd.arg(token_key(user, window, index));
             }
             cmd.arg("release").arg(leases.len());
             for lease in leases {
-                cmd.arg(lease.to_string());
-            }
-            for refund in refunds {
-                cmd.arg(refund.tokens);
+                cmd.arg(lease.id.to_string());
+                for &(window, index) in &buckets {
+                    let tokens = lease
+                        .refunds
+                        .iter()
+                        .find(|r| r.window == window && r.index == index)
+                        .map_or(0, |r| r.tokens);
+                    cmd.arg(tokens);
+                }
             }
             vec![cmd]
         }
     }
+}
+
+/// Whether a command that failed with `error` may have run: anything but
+/// an error reply from Redis (which means it did not) — a timeout, a
+/// connection lost after the command was written.
+pub fn may_have_run(error: &RedisError) -> bool {
+    !matches!(error.kind(), ErrorKind::Server(_) | ErrorKind::Extension)
 }
 
 /// What a batch brings back: per item, the values of its commands or the

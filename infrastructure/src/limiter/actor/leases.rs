@@ -1,7 +1,16 @@
 //! The actor's lease upkeep: turning the releases queued by dropped leases
-//! into `ZREM`s (and token refunds), and the periodic renewal of the Redis
-//! leases this instance holds. Neither is a caller's check: the loop sends
-//! them without waiting for the in-flight cap (see the parent module).
+//! into `ZREM`s (and token refunds), removing the leases of checks that may
+//! have run although their call failed, and the periodic renewal of the
+//! Redis leases this instance holds. Neither is a caller's check: the loop
+//! sends them without waiting for the in-flight cap (see the parent module).
+//!
+//! A release is kept until Redis answered it: one that failed, or whose
+//! node cannot be asked now, is sent again once the node answers (every
+//! release is idempotent — a `ZREM` — and a refund applies only when its
+//! `ZREM` removed the lease, so sending one twice gives nothing back twice).
+//! Waiting for an answer first keeps a failing node from being sent more
+//! failing calls, and puts the release after whatever the failed call left
+//! queued in Redis (a check that runs once a stall ends).
 
 use std::collections::HashMap;
 
@@ -9,22 +18,45 @@ use pantheon_domain::UserId;
 use pantheon_domain::limiter::{LeaseId, LeaseStore, Window};
 
 use super::{Batch, LimiterActor};
-use crate::limiter::redis_link::{Pending, TokenRefund};
+use crate::limiter::redis_link::{LeaseRelease, Pending, TokenRefund};
+use crate::limiter::topology::{NodeAddr, slot_of};
+
+/// Releases kept waiting for their node at most; past it a lease is left
+/// to lapse within `lease_ttl` (its reservation stays charged).
+const MAX_UNRELEASED: usize = 16_384;
+
+/// A Redis lease to remove that Redis has not yet answered for.
+#[derive(Debug)]
+pub(super) struct Unreleased {
+    user: UserId,
+    refunds: Vec<TokenRefund>,
+    state: Upkeep,
+}
+
+/// Where a release stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Upkeep {
+    /// To send with the next releases (its node permitting).
+    Due,
+    /// In a pipeline now: not sent again until it fails.
+    Sent,
+    /// A call to its node failed: sent once the node answers a call again.
+    AwaitingAnswer,
+}
 
 impl LimiterActor {
     pub(super) fn lease_ttl_ms(&self) -> i64 {
         i64::try_from(self.lease_ttl.as_millis()).unwrap_or(i64::MAX)
     }
 
-    /// Applies the releases queued by dropped leases: in-process slots and
-    /// refunds at once, Redis ones as one item per user to send (a `ZREM`,
-    /// or with refunds the script's release: the `ZREM` and a `DECRBY` per
-    /// token bucket that still exists, in one call). A user whose node
-    /// cannot be asked now has them dropped: those leases lapse within
-    /// `lease_ttl`, and their reservations stay charged (the safe side).
+    /// Applies the releases queued by dropped leases — in-process slots and
+    /// refunds at once — and returns the Redis releases due: one item per
+    /// user (a `ZREM`, or with refunds the script's release: each `ZREM`,
+    /// and a `DECRBY` per token bucket that lease charged if it removed it,
+    /// in one call). A user whose node cannot be asked now keeps them until
+    /// it answers again.
     pub(super) fn take_releases(&mut self) -> Batch {
         let now_ms = self.clock.now_ms();
-        let mut by_user: HashMap<UserId, (Vec<LeaseId>, Vec<TokenRefund>)> = HashMap::new();
         for released in self.shared.releases().take() {
             match released.store {
                 LeaseStore::Local => {
@@ -35,35 +67,91 @@ impl LimiterActor {
                 }
                 LeaseStore::Redis => {
                     self.held.remove(&released.id);
-                    let (leases, refunds) = by_user.entry(released.user).or_default();
-                    leases.push(released.id);
+                    let mut refunds = Vec::new();
                     if let Some(refund) = released.refund {
                         for (window, index) in Window::ALL.into_iter().zip(refund.buckets) {
                             if let Some(index) = index {
-                                add_refund(refunds, window, index, refund.tokens, now_ms);
+                                add_refund(&mut refunds, window, index, refund.tokens, now_ms);
                             }
                         }
                     }
+                    self.unrelease(released.id, released.user, refunds, Upkeep::Due);
                 }
             }
         }
-        by_user
-            .into_iter()
-            .filter(|(user, _)| self.routes(user))
-            .map(|(user, (leases, refunds))| Pending::Release { user, leases, refunds })
-            .collect()
+        if !self.releases_due {
+            return Vec::new();
+        }
+        self.releases_due = false;
+        let redis = self.redis.as_ref();
+        let mut by_user: HashMap<UserId, Vec<LeaseRelease>> = HashMap::new();
+        for (id, entry) in &mut self.unreleased {
+            if entry.state != Upkeep::Due || !redis.is_some_and(|r| r.routes(&entry.user)) {
+                continue;
+            }
+            entry.state = Upkeep::Sent;
+            let release = LeaseRelease { id: *id, refunds: entry.refunds.clone() };
+            by_user.entry(entry.user.clone()).or_default().push(release);
+        }
+        by_user.into_iter().map(|(user, leases)| Pending::Release { user, leases }).collect()
     }
 
-    /// One `ZADD XX` per user pushing the expiry of every lease this
-    /// instance holds a TTL ahead. Skipped for a user whose node cannot be
-    /// asked; a lease that lapses meanwhile is not brought back (`XX`), and
-    /// its turn runs on without a slot rather than block its user.
+    /// Keeps `id` of `user` to remove from Redis (with `refunds` if the
+    /// removal finds it), to send in `state` (`Due` or `AwaitingAnswer`).
+    pub(super) fn unrelease(
+        &mut self,
+        id: LeaseId,
+        user: UserId,
+        refunds: Vec<TokenRefund>,
+        state: Upkeep,
+    ) {
+        if self.unreleased.len() < MAX_UNRELEASED || self.unreleased.contains_key(&id) {
+            self.unreleased.insert(id, Unreleased { user, refunds, state });
+            self.releases_due |= state == Upkeep::Due;
+        }
+    }
+
+    /// Redis answered the release of `leases` (whatever it removed): done.
+    pub(super) fn released(&mut self, leases: &[LeaseRelease]) {
+        for lease in leases {
+            self.unreleased.remove(&lease.id);
+        }
+    }
+
+    /// The release of `leases` was not answered: sent again once its node
+    /// answers a call.
+    pub(super) fn release_failed(&mut self, leases: &[LeaseRelease]) {
+        for lease in leases {
+            if let Some(entry) = self.unreleased.get_mut(&lease.id) {
+                entry.state = Upkeep::AwaitingAnswer;
+            }
+        }
+    }
+
+    /// `node` answered a call (`None`: the layout changed, any node may
+    /// now serve a user): the releases awaiting its answer are due.
+    pub(super) fn node_answered(&mut self, node: Option<&NodeAddr>) {
+        let Some(redis) = &self.redis else { return };
+        for entry in self.unreleased.values_mut() {
+            if entry.state == Upkeep::AwaitingAnswer
+                && node.is_none_or(|node| redis.nodes.node_for(slot_of(&entry.user)) == *node)
+            {
+                entry.state = Upkeep::Due;
+                self.releases_due = true;
+            }
+        }
+    }
+
+    /// One script call per user pushing the expiry of every lease this
+    /// instance holds a TTL past the Redis server's now. Skipped for a user
+    /// whose node cannot be asked; a lease that lapses meanwhile is not
+    /// brought back (`ZADD XX`), and its turn runs on without a slot rather
+    /// than block its user.
     pub(super) fn renewals(&self) -> Batch {
         if self.held.is_empty() {
             return Vec::new();
         }
         let ttl_ms = self.lease_ttl_ms();
-        let expires_at_ms = self.clock.now_ms().saturating_add(ttl_ms);
         let mut by_user: HashMap<&UserId, Vec<LeaseId>> = HashMap::new();
         for (id, user) in &self.held {
             by_user.entry(user).or_default().push(*id);
@@ -71,12 +159,7 @@ impl LimiterActor {
         by_user
             .into_iter()
             .filter(|(user, _)| self.routes(user))
-            .map(|(user, leases)| Pending::Renew {
-                user: user.clone(),
-                leases,
-                expires_at_ms,
-                ttl_ms,
-            })
+            .map(|(user, leases)| Pending::Renew { user: user.clone(), leases, ttl_ms })
             .collect()
     }
 }

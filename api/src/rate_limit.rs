@@ -186,7 +186,7 @@ pub fn input_exceeds_token_budget(error: &TurnError) -> Problem {
         StatusCode::UNPROCESSABLE_ENTITY,
         "input_exceeds_token_budget",
         format!(
-            "The input is {input_tokens} tokens; with the least output a turn needs \
+            "The input is at least {input_tokens} tokens; with the least output a turn needs \
              ({requested} in all) it can never fit the token budget of {limit} per {}.",
             policy.window().map_or("window", Window::name)
         ),

@@ -109,7 +109,8 @@ pub enum TurnError {
     /// was counted or written; retrying cannot help.
     #[error("input of {input_tokens} tokens exceeds the {} budget of {limit}", policy.name())]
     InputExceedsTokenBudget {
-        /// The input's estimate.
+        /// The prompt's tokens as counted; for an input ruled out by its
+        /// size alone (never tokenized), the fewest it can have.
         input_tokens: u64,
         /// The smallest reservation it would need.
         requested: u64,

@@ -28,6 +28,15 @@ pub trait TokenCounter: Send + Sync + fmt::Debug {
     /// `text` is settled: for any text `more`, `count(text + more) =
     /// count(text[..i]) + count(text[i..] + more)`. 0 when there is none.
     fn settled_len(&self, text: &str) -> usize;
+
+    /// The fewest tokens any text of `bytes` bytes can have: a lower bound
+    /// that needs no tokenizing, to refuse an input too long for a budget by
+    /// its size alone. The default (one token for a non-empty text) holds
+    /// for any tokenizer; one whose tokens are at most `n` bytes long can
+    /// tell `bytes / n`, rounded up.
+    fn fewest_tokens(&self, bytes: usize) -> u64 {
+        u64::from(bytes > 0)
+    }
 }
 
 /// How much of a chunk the reply may keep.

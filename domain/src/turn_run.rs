@@ -92,6 +92,16 @@ impl Ending {
     }
 }
 
+/// What reached the provider: set when it was called.
+struct Sent {
+    /// The history sent with the input.
+    history: Vec<(String, String)>,
+    /// The output cap asked for.
+    cap: u64,
+    /// The prompt's tokens, when the admission counted the input.
+    prompt: Option<u64>,
+}
+
 /// Why the provider stopped early, besides its own failure.
 enum Stop {
     Provider(ProviderError),
@@ -138,12 +148,14 @@ impl TurnService {
             Some(Stop::ShutDown) | None => Ending::ShutDown,
         };
         let reservation = lease.as_ref().and_then(Lease::reservation);
-        // What was sent upstream, once it was: the history and the cap.
-        let mut sent: Option<(Vec<(String, String)>, u64)> = None;
+        // Set once the provider was called (its request may be on the wire
+        // from then on): the history sent, the cap asked for, and the
+        // prompt's tokens when the admission already counted them.
+        let mut sent: Option<Sent> = None;
         let open = async {
             let mut history = self.history(&turn).await;
-            let cap = self.output_cap(reservation, &turn.input, &mut history);
-            sent = Some((history.clone(), cap));
+            let (cap, prompt) = self.output_cap(reservation, &mut history);
+            sent = Some(Sent { history: history.clone(), cap, prompt });
             let request = ReplyRequest {
                 session_id: turn.session_id,
                 input: turn.input.clone(),
@@ -158,9 +170,8 @@ impl TurnService {
             () = abort.cancelled() => Err(Stop::ShutDown),
             () = &mut deadline => Err(Stop::Provider(ProviderError::Timeout)),
         };
-        let cap = sent.as_ref().map_or(self.policy.max_output_tokens, |(_, cap)| *cap);
+        let cap = sent.as_ref().map_or(self.policy.max_output_tokens, |sent| sent.cap);
         let mut meter = OutputMeter::new(self.tokens.as_ref(), cap);
-        let streamed = opened.is_ok();
         let ending = match opened {
             Err(stop) => stopped(Some(stop)),
             Ok(mut stream) => loop {
@@ -180,8 +191,20 @@ impl TurnService {
                         if !delta.is_empty() {
                             output.push_str(&delta);
                             live.append(&delta);
-                            // A receiver gone means the client left; the turn goes on.
-                            let _ = events.send(TurnEvent::Delta(delta)).await;
+                            // A client that reads nothing holds the send, so
+                            // it waits under the same deadline, cancellation
+                            // and abort as the provider. A receiver gone
+                            // means the client left; the turn goes on.
+                            let held = tokio::select! {
+                                biased;
+                                _ = events.send(TurnEvent::Delta(delta)) => None,
+                                () = cancel.cancelled() => Some(Ending::Cancelled),
+                                () = abort.cancelled() => Some(Ending::ShutDown),
+                                () = &mut deadline => Some(Ending::Failed(ProviderError::Timeout)),
+                            };
+                            if let Some(ending) = held {
+                                break ending;
+                            }
                         }
                         if accepted.capped {
                             tracing::info!(turn.id = %turn.id, cap, "the reply reached its output cap; not reading on");
@@ -196,25 +219,21 @@ impl TurnService {
                 }
             },
         };
-        // Nothing reached the provider when it never opened a reply.
-        let usage = match (&ending, streamed, &sent) {
-            (Ending::Completed(_, Some(usage)), _, _) => Some(*usage),
-            (_, true, Some((history, _))) => Some(Usage::of(
-                self.provider.prompt_tokens(self.tokens.as_ref(), &turn.input, history),
-                self.tokens.count(&output),
-            )),
-            _ => None,
-        };
+        let usage = sent.map(|sent| self.usage(&turn, &ending, sent, &output));
         if let Some(lease) = lease.as_mut() {
             settle(lease, &turn, usage);
         }
         let status = ending.status();
         let (outcome, unwritten) = self.persist(&turn, output, ending, usage).await;
         self.observer.ended(measured.endpoint, status, measured.since.elapsed(), usage.as_ref());
+        // The end is on record: a client that reads nothing may delay its
+        // terminal event, not the task, past the turn's deadline (or
+        // `FINISHED_GRACE` after a turn that ran to it) or the abort.
+        let report_by = deadline.deadline().max(tokio::time::Instant::now() + FINISHED_GRACE);
         if let Some(end) = unwritten {
             // The client hears of the outage now; the end is written when
             // the database is back, and meanwhile `GET` shows the output.
-            let _ = events.send(TurnEvent::Finished(Box::new(outcome))).await;
+            self.report(&events, outcome, report_by).await;
             drop(events);
             self.finish_later(turn.id, end).await;
             drop(live);
@@ -223,46 +242,103 @@ impl TurnService {
         }
         drop(live);
         drop(lease);
-        let _ = events.send(TurnEvent::Finished(Box::new(outcome))).await;
+        self.report(&events, outcome, report_by).await;
     }
 
-    /// The output cap of a turn and the history that fits with it. Without
-    /// a reservation: `turns.max_output_tokens`, with all the history. With
-    /// one, the history (unknown at admission, which comes before any
-    /// database read) is paid out of the reservation: the cap shrinks by its
-    /// tokens, and its oldest turns are left out while the cap would fall
-    /// below `rate_limit.min_output_tokens`.
+    /// Sends the terminal event, waiting for room in the stream's buffer
+    /// until `by` or the shutdown abort; a client still not reading then
+    /// misses it (its connection is closed by the write timeout anyway).
+    async fn report(
+        &self,
+        events: &mpsc::Sender<TurnEvent>,
+        outcome: Result<Turn, TurnError>,
+        by: tokio::time::Instant,
+    ) {
+        tokio::select! {
+            biased;
+            _ = events.send(TurnEvent::Finished(Box::new(outcome))) => {}
+            () = self.lifecycle.abort.cancelled() => {}
+            () = tokio::time::sleep_until(by) => {}
+        }
+    }
+
+    /// The usage of a turn whose request reached the provider: what the
+    /// provider reported, but never less than Pantheon counted — the prompt
+    /// as sent (charged once sent, whatever ended the turn) and the output
+    /// received. A provider reporting less (a zero, an omitted field) does
+    /// not make a turn cheaper.
+    fn usage(&self, turn: &Turn, ending: &Ending, sent: Sent, output: &str) -> Usage {
+        let tokens = self.tokens.as_ref();
+        let prompt = sent
+            .prompt
+            .unwrap_or_else(|| self.provider.prompt_tokens(tokens, &turn.input, &sent.history));
+        let received = if output.is_empty() { 0 } else { tokens.count(output) };
+        let counted = Usage::of(prompt, received);
+        let Ending::Completed(_, Some(reported)) = ending else {
+            return counted;
+        };
+        let floored = Usage {
+            input_tokens: reported.input_tokens.max(counted.input_tokens),
+            output_tokens: reported.output_tokens.max(counted.output_tokens),
+            total_tokens: reported.total_tokens.max(counted.total_tokens),
+        };
+        if floored.total_tokens > reported.total_tokens {
+            tracing::info!(
+                turn.id = %turn.id,
+                reported = reported.total_tokens,
+                counted = counted.total_tokens,
+                "the provider reported fewer tokens than were counted; charged the count"
+            );
+        }
+        floored
+    }
+
+    /// The output cap of a turn, the history that fits with it, and the
+    /// prompt's tokens with that history when the admission counted the
+    /// input (under a token budget). Without a reservation:
+    /// `turns.max_output_tokens`, with all the history, the prompt counted
+    /// later if at all. With one, the history (unknown at admission, which
+    /// comes before any database read) is paid out of the reservation: the
+    /// cap shrinks by its tokens, and its oldest turns are left out while
+    /// the cap would fall below `rate_limit.min_output_tokens`.
+    ///
+    /// The input is not tokenized again: the reservation holds its count,
+    /// and each history turn's tokens are counted once, on its own
+    /// ([`ModelProvider::prompt_tokens`] is additive over the history).
+    ///
+    /// [`ModelProvider::prompt_tokens`]: crate::ports::ModelProvider::prompt_tokens
     fn output_cap(
         &self,
         reservation: Option<Reservation>,
-        input: &str,
         history: &mut Vec<(String, String)>,
-    ) -> u64 {
+    ) -> (u64, Option<u64>) {
         let Some(reservation) = reservation else {
-            return self.policy.max_output_tokens;
+            return (self.policy.max_output_tokens, None);
         };
         if history.is_empty() {
-            return reservation.output_cap;
+            return (reservation.output_cap, Some(reservation.input));
         }
         let tokens = self.tokens.as_ref();
-        let bare = self.provider.prompt_tokens(tokens, input, &[]);
-        let mut extra: u64 = history
+        let bare = self.provider.prompt_tokens(tokens, "", &[]);
+        let each: Vec<u64> = history
             .iter()
             .map(|turn| {
-                let with = self.provider.prompt_tokens(tokens, input, std::slice::from_ref(turn));
+                let with = self.provider.prompt_tokens(tokens, "", std::slice::from_ref(turn));
                 with.saturating_sub(bare)
             })
-            .sum();
+            .collect();
+        let mut extra: u64 = each.iter().sum();
         let floor = self.policy.min_output_tokens.min(reservation.output_cap);
         let mut dropped = 0;
         while reservation.output_cap.saturating_sub(extra) < floor && dropped < history.len() {
-            let turn = &history[dropped];
-            let with = self.provider.prompt_tokens(tokens, input, std::slice::from_ref(turn));
-            extra = extra.saturating_sub(with.saturating_sub(bare));
+            extra = extra.saturating_sub(each[dropped]);
             dropped += 1;
         }
         history.drain(..dropped);
-        reservation.output_cap.saturating_sub(extra)
+        (
+            reservation.output_cap.saturating_sub(extra),
+            Some(reservation.input.saturating_add(extra)),
+        )
     }
 
     /// Retries the end of a turn the database refused for an outage, with
@@ -366,9 +442,11 @@ impl TurnService {
 }
 
 /// Records the turn's usage on its lease, so the release refunds the rest of
-/// the reservation. A provider reporting more than was reserved (its
-/// tokenizer counts the prompt differently) is charged the reservation: the
-/// budget is never exceeded, and the excess is logged.
+/// the reservation: all of it when nothing reached the provider (`None`),
+/// never the prompt's tokens once something did. A usage above the
+/// reservation (a provider's tokenizer counts the prompt differently) is
+/// charged the reservation: the budget is never exceeded, and the excess is
+/// logged.
 fn settle(lease: &mut Lease, turn: &Turn, usage: Option<Usage>) {
     let used = usage.as_ref().map_or(0, Usage::charged);
     if let Some(reservation) = lease.reservation()
@@ -378,7 +456,7 @@ fn settle(lease: &mut Lease, turn: &Turn, usage: Option<Usage>) {
             turn.id = %turn.id,
             used,
             reserved = reservation.total(),
-            "the provider reported more tokens than the turn reserved; charged the reservation"
+            "the turn used more tokens than it reserved; charged the reservation"
         );
     }
     lease.settle(used);
@@ -398,6 +476,10 @@ fn failure_detail(error: &ProviderError) -> String {
 /// doubles up to [`FINISH_RETRY_MAX`].
 const FINISH_RETRY_FIRST: Duration = Duration::from_millis(200);
 const FINISH_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// How long a finished turn waits for room for its terminal event when its
+/// deadline has passed.
+const FINISHED_GRACE: Duration = Duration::from_secs(5);
 
 /// How long [`TurnService::drain`] waits for aborted turns to persist.
 pub(crate) const ABORT_WAIT: Duration = Duration::from_secs(10);

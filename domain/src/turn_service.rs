@@ -16,7 +16,8 @@ use crate::clock::Clock;
 use crate::error::TurnError;
 use crate::ids::{Caller, SessionId, TurnId};
 use crate::limiter::{
-    Decision, Lease, LimiterHandle, LimiterState, Policy, RateLimitStatus, TokenCost, Window,
+    Admission, Decision, Lease, LimiterHandle, LimiterState, Policy, RateLimitStatus, TokenCost,
+    Window,
 };
 use crate::live::LiveOutputs;
 use crate::observe::{Endpoint, TurnObserver, Unobserved};
@@ -153,6 +154,12 @@ impl TurnService {
     /// so a refusal costs no database work. The lease (when a slot was
     /// taken) must live until the turn's end is persisted.
     ///
+    /// Under a token budget a refusal costs no tokenizing where it can be
+    /// told without: an input whose byte count alone rules out every fit is
+    /// refused first, then a refusal the over-limit cache holds answers,
+    /// and only then is the input tokenized (once: its count travels in the
+    /// lease's reservation to the turn's task).
+    ///
     /// # Errors
     /// - [`TurnError::InputExceedsTokenBudget`]: the input can never fit.
     /// - [`TurnError::RateLimited`]: over a limit; retry at the denial's `retry_at_ms`.
@@ -165,12 +172,25 @@ impl TurnService {
         let Some(limiter) = &self.limiter else {
             return Ok((None, None));
         };
-        let cost = if caller.limits.has_token_budget() {
-            self.token_cost(caller, input, limiter.enforces())?
-        } else {
-            TokenCost::default()
+        let mut cached = None;
+        let mut cost = TokenCost::default();
+        if caller.limits.has_token_budget() {
+            let enforce = limiter.enforces();
+            let framing = self.provider.prompt_tokens(self.tokens.as_ref(), "", &[]);
+            let fewest = framing.saturating_add(self.tokens.fewest_tokens(input.len()));
+            self.fits_budget(caller, fewest, enforce)?;
+            // Every token is at least one byte.
+            let most = framing.saturating_add(u64::try_from(input.len()).unwrap_or(u64::MAX));
+            let at_most = most.saturating_add(self.policy.min_output_tokens);
+            cached = limiter.cached_refusal(&caller.user, caller.limits, at_most);
+            if cached.is_none() {
+                cost = self.token_cost(caller, input, enforce)?;
+            }
+        }
+        let admission = match cached {
+            Some(denial) => Admission { decision: Decision::Limited(denial), lease: None },
+            None => limiter.check_with(caller.user.clone(), caller.limits, cost).await,
         };
-        let admission = limiter.check_with(caller.user.clone(), caller.limits, cost).await;
         self.observer.decided(&admission.decision);
         match admission.decision {
             Decision::Admitted(status) => Ok((Some(status), admission.lease)),
@@ -180,10 +200,11 @@ impl TurnService {
         }
     }
 
-    /// What a turn of `input` asks of the caller's token budgets. An input
-    /// whose estimate and the least output cannot fit a budget even when
-    /// nothing else is charged is refused here, counting nothing (unless
-    /// only shadowing, which never refuses).
+    /// What a turn of `input` asks of the caller's token budgets, by its
+    /// prompt's tokens as the provider sends it (the input tokenized once).
+    ///
+    /// # Errors
+    /// [`TurnError::InputExceedsTokenBudget`]: see [`TurnService::fits_budget`].
     fn token_cost(
         &self,
         caller: &Caller,
@@ -195,12 +216,25 @@ impl TurnService {
             min_output: self.policy.min_output_tokens,
             max_output: self.policy.max_output_tokens,
         };
+        self.fits_budget(caller, cost.input, enforce)?;
+        Ok(cost)
+    }
+
+    /// Refuses a prompt of at least `input` tokens (a count, or a bound by
+    /// the input's size) that with the least output cannot fit a budget even
+    /// when nothing else is charged, counting nothing (unless only
+    /// shadowing, which never refuses).
+    ///
+    /// # Errors
+    /// [`TurnError::InputExceedsTokenBudget`] naming the first such budget.
+    fn fits_budget(&self, caller: &Caller, input: u64, enforce: bool) -> Result<(), TurnError> {
+        let requested = input.saturating_add(self.policy.min_output_tokens);
         for window in Window::ALL {
             match caller.limits.token_limit(window) {
-                Some(limit) if enforce && cost.smallest() > u64::from(limit) => {
+                Some(limit) if enforce && requested > u64::from(limit) => {
                     return Err(TurnError::InputExceedsTokenBudget {
-                        input_tokens: cost.input,
-                        requested: cost.smallest(),
+                        input_tokens: input,
+                        requested,
                         limit,
                         policy: Policy::tokens(window),
                     });
@@ -208,7 +242,7 @@ impl TurnService {
                 _ => {}
             }
         }
-        Ok(cost)
+        Ok(())
     }
 
     /// The caller's current usage, counting nothing; `None` when the limiter

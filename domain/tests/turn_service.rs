@@ -22,9 +22,9 @@ use pantheon_domain::ports::{
 };
 use pantheon_domain::turn::TurnEnd;
 use pantheon_domain::{
-    Caller, FinishReason, NewTurn, Page, PageRequest, ProviderError, SessionId, StorageError,
-    SystemClock, TokenCounter, Turn, TurnError, TurnId, TurnPolicy, TurnService, TurnStatus, Usage,
-    UserId,
+    Caller, Clock, FinishReason, NewTurn, Page, PageRequest, ProviderError, SessionId,
+    StorageError, SystemClock, TokenCounter, Turn, TurnError, TurnId, TurnPolicy, TurnService,
+    TurnStatus, Usage, UserId,
 };
 
 /// Turns in memory, every call counted.
@@ -39,6 +39,8 @@ struct FakeTurns {
     down: AtomicBool,
     /// Sweeps that reached the database.
     sweeps: AtomicUsize,
+    /// What `completed_before` answers.
+    history: Mutex<Vec<Turn>>,
 }
 
 impl FakeTurns {
@@ -114,7 +116,7 @@ impl TurnRepository for FakeTurns {
         _: i64,
         _: usize,
     ) -> Result<Vec<Turn>, StorageError> {
-        Ok(Vec::new())
+        Ok(self.history.lock().unwrap().clone())
     }
 }
 
@@ -549,4 +551,266 @@ async fn an_input_that_can_never_fit_its_token_budget_is_refused_before_anything
     assert_eq!((input_tokens, requested, limit, policy), (5, 21, 20, Policy::TokensMinute));
     assert_eq!(turns.calls.load(Ordering::SeqCst), 0, "nothing looked up or written");
     assert!(releases.take().is_empty(), "the limiter was never asked: no lease, no count");
+}
+
+/// One token per character, recording every text it tokenized.
+#[derive(Debug, Default)]
+struct Counting {
+    texts: Mutex<Vec<String>>,
+}
+
+impl Counting {
+    /// How many times `text` was tokenized.
+    fn times(&self, text: &str) -> usize {
+        self.texts.lock().unwrap().iter().filter(|t| *t == text).count()
+    }
+
+    /// Bytes tokenized in all.
+    fn bytes(&self) -> usize {
+        self.texts.lock().unwrap().iter().map(String::len).sum()
+    }
+}
+
+impl TokenCounter for Counting {
+    fn count(&self, text: &str) -> u64 {
+        self.texts.lock().unwrap().push(text.to_owned());
+        Chars.count(text)
+    }
+
+    fn fit(&self, text: &str, max: u64) -> usize {
+        Chars.fit(text, max)
+    }
+
+    fn settled_len(&self, text: &str) -> usize {
+        Chars.settled_len(text)
+    }
+
+    fn fewest_tokens(&self, bytes: usize) -> u64 {
+        // A character is at most 4 bytes.
+        bytes.div_ceil(4) as u64
+    }
+}
+
+/// [`SlowProvider`] that wants up to three earlier turns as context.
+#[derive(Debug)]
+struct WithHistory(SlowProvider);
+
+#[async_trait]
+impl ModelProvider for WithHistory {
+    async fn reply(&self, request: ReplyRequest) -> Result<ReplyStream, ProviderError> {
+        self.0.reply(request).await
+    }
+
+    fn context_turns(&self) -> usize {
+        3
+    }
+}
+
+/// Fails before any reply opens, as an upstream that never sent its head.
+#[derive(Debug)]
+struct NoHead;
+
+#[async_trait]
+impl ModelProvider for NoHead {
+    async fn reply(&self, _: ReplyRequest) -> Result<ReplyStream, ProviderError> {
+        Err(ProviderError::Timeout)
+    }
+}
+
+/// Streams `chunks` words, then reports a usage of zero tokens.
+#[derive(Debug)]
+struct ReportsZero {
+    chunks: usize,
+}
+
+#[async_trait]
+impl ModelProvider for ReportsZero {
+    async fn reply(&self, _: ReplyRequest) -> Result<ReplyStream, ProviderError> {
+        let deltas = (0..self.chunks).map(|i| Ok(ReplyEvent::Delta(format!("w{i} "))));
+        let usage = Some(Usage { input_tokens: 0, output_tokens: 0, total_tokens: 0 });
+        let done = Ok(ReplyEvent::Finished { finish_reason: FinishReason::Stop, usage });
+        Ok(futures::stream::iter(deltas.chain([done])).boxed())
+    }
+}
+
+/// A service over `provider` and `counter`, under a budget, whose limiter
+/// admits every turn with `reservation`; its leases release into `releases`.
+fn counted_service(
+    provider: Arc<dyn ModelProvider>,
+    counter: Arc<Counting>,
+    reservation: Reservation,
+    releases: Arc<Releases>,
+) -> (TurnService, SessionId, Arc<FakeTurns>) {
+    let turns = Arc::new(FakeTurns::default());
+    let session = SessionId::new();
+    turns.owner.lock().unwrap().insert(session, caller().user);
+    let limiter = reserving_limiter(admitted(), Some(reservation), releases);
+    let service = TurnService::new(
+        turns.clone(),
+        provider,
+        counter,
+        Arc::new(SystemClock),
+        policy(Duration::from_secs(5)),
+        Some(limiter),
+    );
+    (service, session, turns)
+}
+
+#[tokio::test]
+async fn a_cached_refusal_under_a_budget_answers_before_the_input_is_tokenized() {
+    let limits = Limits { tokens_per_minute: Some(1_000_000), ..LIMITS };
+    let options =
+        HandleOptions { fallback: Fallback::Allow, mode: Mode::Enforce, wait: Duration::ZERO };
+    // No task reads the mailbox: only the cache can answer.
+    let (limiter, _mailbox, shared) = limiter_channel(8, options, Arc::new(SystemClock));
+    let now = SystemClock.now_ms();
+    let usage = |window, limit, remaining| WindowUsage { window, limit, remaining, reset_ms: 0 };
+    let denial = Denial {
+        limits,
+        usage: [usage(Window::Minute, 1, 0), usage(Window::Hour, 1, 0)],
+        violated: vec![Policy::Minute],
+        retry_at_ms: now + 60_000,
+        binding: Policy::Minute,
+        active: 0,
+        tokens: [Some(usage(Window::Minute, 1_000_000, 999_000)), None],
+        requested: Some(21),
+        now_ms: now,
+    };
+    shared.refusals().insert(&caller().user, &denial);
+    let counter = Arc::new(Counting::default());
+    let turns = Arc::new(FakeTurns::default());
+    let service = TurnService::new(
+        turns.clone(),
+        Arc::new(SlowProvider { chunks: 1, delay: Duration::ZERO }),
+        counter.clone(),
+        Arc::new(SystemClock),
+        policy(Duration::from_secs(5)),
+        Some(limiter),
+    );
+    let caller = Caller { limits, ..caller() };
+    let long = NewTurn::parse("lorem ipsum ".repeat(2_700), 40_000).unwrap();
+    let result = service.submit(&caller, SessionId::new(), long).await;
+    let Err(TurnError::RateLimited(refused)) = result else { panic!("refused: {result:?}") };
+    assert_eq!((refused.binding, refused.retry_at_ms), (Policy::Minute, now + 60_000));
+    assert_eq!(counter.bytes(), 0, "nothing tokenized for a refusal the cache knew");
+    assert_eq!(turns.calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn an_input_too_long_for_its_budget_by_its_size_alone_is_refused_without_tokenizing() {
+    let releases = Arc::new(Releases::default());
+    let counter = Arc::new(Counting::default());
+    let reservation = Reservation { input: 5, output_cap: 100, buckets: [Some(3), None] };
+    let provider = Arc::new(SlowProvider { chunks: 1, delay: Duration::ZERO });
+    let (service, session, turns) =
+        counted_service(provider, counter.clone(), reservation, releases.clone());
+    let caller = Caller { limits: Limits { tokens_per_minute: Some(1_000), ..LIMITS }, ..caller() };
+    // 8,000 bytes are at least 2,000 tokens, whatever they say.
+    let long = NewTurn::parse("abcd".repeat(2_000), 10_000).unwrap();
+    let result = service.submit(&caller, session, long).await;
+    let Err(TurnError::InputExceedsTokenBudget { input_tokens, requested, limit, .. }) = result
+    else {
+        panic!("refused: {result:?}");
+    };
+    assert_eq!((input_tokens, requested, limit), (2_000, 2_016, 1_000));
+    assert_eq!(counter.bytes(), 0, "refused by its size, never tokenized");
+    assert_eq!(turns.calls.load(Ordering::SeqCst), 0);
+    assert!(releases.take().is_empty(), "the limiter was never asked");
+}
+
+#[tokio::test]
+async fn the_input_is_tokenized_once_per_turn_with_its_history() {
+    let releases = Arc::new(Releases::default());
+    let counter = Arc::new(Counting::default());
+    let reservation = Reservation { input: 5, output_cap: 100, buckets: [Some(3), None] };
+    let provider = Arc::new(WithHistory(SlowProvider { chunks: 2, delay: Duration::ZERO }));
+    let (service, session, turns) =
+        counted_service(provider, counter.clone(), reservation, releases.clone());
+    let earlier = |i: usize| {
+        let start = TurnStart {
+            user: &caller().user,
+            session_id: session,
+            turn_id: TurnId::new(),
+            input: &format!("question {i}"),
+            now: Utc::now(),
+        };
+        Turn {
+            output: format!("answer {i}"),
+            status: TurnStatus::Completed,
+            ..start.begun(i as i64)
+        }
+    };
+    *turns.history.lock().unwrap() = (1..=3).map(earlier).collect();
+    let caller = Caller { limits: Limits { tokens_per_minute: Some(1_000), ..LIMITS }, ..caller() };
+    let turn = service.submit(&caller, session, input()).await.unwrap().turn;
+    assert_eq!(counter.times("hello"), 1, "the input, tokenized at admission only");
+    for i in 1..=3 {
+        assert_eq!(counter.times(&format!("question {i}")), 1, "each history turn once");
+    }
+    // The prompt: the admission's count and the history's (10 + 8 per turn).
+    let history: i64 = 3 * (10 + 8);
+    assert_eq!(turn.usage.map(|u| u.input_tokens), Some(5 + history));
+}
+
+#[tokio::test]
+async fn a_prompt_sent_upstream_is_charged_though_no_reply_ever_opened() {
+    let releases = Arc::new(Releases::default());
+    let reservation = Reservation { input: 5, output_cap: 100, buckets: [Some(3), None] };
+    let (service, session, _) =
+        counted_service(Arc::new(NoHead), Arc::default(), reservation, releases.clone());
+    let result = service.submit(&budget_caller(), session, input()).await;
+    let Err(TurnError::Provider { turn, source: ProviderError::Timeout }) = result else {
+        panic!("a timeout: {result:?}");
+    };
+    assert_eq!(turn.usage, Some(Usage::of(5, 0)), "the prompt, as counted at admission");
+    let refund = releases.take().pop().and_then(|r| r.refund);
+    assert_eq!(refund.map(|r| r.tokens), Some(100), "all but the prompt given back");
+}
+
+#[tokio::test]
+async fn a_reported_usage_below_the_count_is_charged_the_count() {
+    let releases = Arc::new(Releases::default());
+    let reservation = Reservation { input: 5, output_cap: 100, buckets: [Some(3), None] };
+    let (service, session, _) = counted_service(
+        Arc::new(ReportsZero { chunks: 4 }),
+        Arc::default(),
+        reservation,
+        releases.clone(),
+    );
+    let turn = service.submit(&budget_caller(), session, input()).await.unwrap().turn;
+    assert_eq!(turn.output, "w0 w1 w2 w3 ");
+    assert_eq!(turn.usage, Some(Usage::of(5, 12)), "the prompt and the 12 characters received");
+    let refund = releases.take().pop().and_then(|r| r.refund);
+    assert_eq!(refund.map(|r| r.tokens), Some(105 - 17));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_reads_nothing_cannot_hold_its_turn_past_the_deadline() {
+    let turns = Arc::new(FakeTurns::default());
+    // Far more deltas than the stream buffers, all at once.
+    let provider = SlowProvider { chunks: 1_000, delay: Duration::ZERO };
+    let (service, session) = service(turns.clone(), provider, Duration::from_secs(2), None);
+    let run = service.start(&caller(), session, input()).await.unwrap();
+    let id = run.turn.id;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let stored = turns.turns.lock().unwrap()[&id].clone();
+    assert_eq!(stored.status, TurnStatus::Failed, "ended at its deadline, unread");
+    assert!(stored.output.starts_with("w0 w1 "), "{}", stored.output);
+    // The terminal event waits a while for room, then the task ends.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(service.turns_in_progress(), 0);
+    drop(run);
+}
+
+#[tokio::test(start_paused = true)]
+async fn drain_ends_a_turn_whose_client_reads_nothing() {
+    let turns = Arc::new(FakeTurns::default());
+    let provider = SlowProvider { chunks: 1_000, delay: Duration::ZERO };
+    let (service, session) = service(turns.clone(), provider, Duration::from_secs(3_600), None);
+    let run = service.start(&caller(), session, input()).await.unwrap();
+    let id = run.turn.id;
+    service.drain(Duration::from_secs(1)).await;
+    assert_eq!(turns.turns.lock().unwrap()[&id].status, TurnStatus::Incomplete);
+    assert_eq!(service.turns_in_progress(), 0, "drained within the grace and the abort");
+    drop(run);
 }

@@ -71,6 +71,10 @@ impl TokenCounter for Tiktoken {
         0
     }
 
+    fn fewest_tokens(&self, bytes: usize) -> u64 {
+        u64::try_from(bytes.div_ceil(LONGEST_TOKEN_BYTES)).unwrap_or(u64::MAX)
+    }
+
     fn settled_len(&self, text: &str) -> usize {
         let mut after: Option<char> = None;
         for (i, c) in text.char_indices().rev() {
@@ -84,6 +88,11 @@ impl TokenCounter for Tiktoken {
         0
     }
 }
+
+/// The longest token of either encoding, in bytes (runs of spaces and of
+/// `=`, `-`… in `o200k` and `cl100k` alike): no text has fewer tokens than
+/// its bytes over this.
+const LONGEST_TOKEN_BYTES: usize = 128;
 
 /// Whether the encodings end a piece between `before` and `next` whatever
 /// follows (see the module comment).
@@ -248,6 +257,20 @@ mod tests {
                     assert_eq!(output, whole);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn no_token_is_longer_than_the_bound_a_refusal_by_size_relies_on() {
+        for kind in KINDS {
+            let tokens = Tiktoken::new(kind);
+            let longest = (0..300_000_u32)
+                .filter_map(|rank| tokens.bpe.decode_bytes(&[rank]).ok())
+                .map(|bytes| bytes.len())
+                .max();
+            assert_eq!(longest, Some(LONGEST_TOKEN_BYTES), "{kind:?}");
+            let text = " ".repeat(1_000);
+            assert!(tokens.count(&text) >= tokens.fewest_tokens(text.len()));
         }
     }
 }

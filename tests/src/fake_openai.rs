@@ -50,12 +50,23 @@ pub enum Step {
     PingForever(Duration),
     /// Silence, forever.
     Stall,
+    /// This raw text, again and again, forever: a reply that never ends,
+    /// sent as fast as it is read.
+    Repeat(String),
 }
 
 /// A `chat.completion.chunk` carrying `text`.
 pub fn delta(text: &str) -> Step {
     data(json!({"object": "chat.completion.chunk",
                 "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": null}]}))
+}
+
+/// `text` as a delta, again and again, forever.
+pub fn delta_forever(text: &str) -> Step {
+    match delta(text) {
+        Step::Send(raw) => Step::Repeat(raw),
+        other => other,
+    }
 }
 
 /// The chunk with the finish reason.
@@ -228,6 +239,10 @@ async fn next_chunk(
                 return Some((Ok(Bytes::from_static(b": ping\n\n")), (steps, guard)));
             }
             Some(Step::Stall) => futures::future::pending::<()>().await,
+            Some(Step::Repeat(text)) => {
+                steps.push_front(Step::Repeat(text.clone()));
+                return Some((Ok(Bytes::from(text)), (steps, guard)));
+            }
         }
     }
 }

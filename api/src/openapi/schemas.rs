@@ -108,7 +108,8 @@ pub enum PolicyName {
 /// same `422` response holds `validation_failed`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TokenBudgetProblem {
-    /// The input's tokens, as Pantheon's tokenizer counts the prompt.
+    /// The input's tokens, as Pantheon's tokenizer counts the prompt; for
+    /// an input refused by its size alone, the fewest it can have.
     #[schema(required = false, nullable = false)]
     input_tokens: Option<u64>,
     /// The input and `rate_limit.min_output_tokens`.

@@ -61,12 +61,39 @@ impl OverLimitCache {
         requested: Option<u64>,
         now_ms: i64,
     ) -> Option<Denial> {
+        self.find(user, limits, now_ms, |d| d.requested == requested)
+    }
+
+    /// [`OverLimitCache::get`] for a turn whose smallest reservation is not
+    /// known yet, only bounded: at most `at_most`. Still exact: a cached
+    /// denial is one by a turn window with no token window violated, and a
+    /// turn no larger than what each token window had left then fits them
+    /// until `retry_at` too (that room only grows while the user is
+    /// refused), so it gets the same verdict at the same time.
+    pub fn get_within(
+        &self,
+        user: &UserId,
+        limits: Limits,
+        at_most: u64,
+        now_ms: i64,
+    ) -> Option<Denial> {
+        self.find(user, limits, now_ms, |d| {
+            d.tokens.iter().flatten().all(|u| at_most <= u.remaining)
+        })
+    }
+
+    fn find(
+        &self,
+        user: &UserId,
+        limits: Limits,
+        now_ms: i64,
+        answers: impl Fn(&Denial) -> bool,
+    ) -> Option<Denial> {
         if self.len.load(Ordering::Acquire) == 0 {
             return None;
         }
         let mut entries = self.entries();
-        let denial =
-            entries.get(user).filter(|d| d.limits == limits && d.requested == requested)?;
+        let denial = entries.get(user).filter(|d| d.limits == limits && answers(d))?;
         if now_ms >= denial.retry_at_ms {
             entries.remove(user);
             self.counted(&entries);

@@ -128,6 +128,23 @@ impl LimiterHandle {
         }
     }
 
+    /// A refusal the over-limit cache holds for `user`, for a turn whose
+    /// smallest reservation is at most `at_most` tokens: asked before the
+    /// turn's tokens are estimated, so a known refusal costs no tokenizing.
+    /// `None` when the cache does not answer it exactly, and in shadow mode
+    /// (which refuses nothing).
+    pub fn cached_refusal(
+        &self,
+        user: &UserId,
+        limits: Limits,
+        at_most: u64,
+    ) -> Option<super::protocol::Denial> {
+        if self.options.mode == Mode::Shadow {
+            return None;
+        }
+        self.shared.refusals.get_within(user, limits, at_most, self.clock.now_ms())
+    }
+
     /// Asks the task.
     async fn ask(&self, user: UserId, limits: Limits, cost: TokenCost) -> Admission {
         let (respond_to, reply) = oneshot::channel();

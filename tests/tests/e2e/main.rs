@@ -44,6 +44,7 @@ macro_rules! on_both_stores {
 mod auth;
 mod bad_input;
 mod builtin_provider;
+mod charging;
 mod concurrency;
 mod connections;
 mod crash_recovery;

@@ -29,20 +29,20 @@ use serde_json::{Value, json};
 use crate::streaming::stream;
 
 /// 42 s into a minute.
-const NOW: i64 = 493_300 * 3_600_000 + 42_000;
+pub const NOW: i64 = 493_300 * 3_600_000 + 42_000;
 
-fn tokens() -> Tiktoken {
+pub fn tokens() -> Tiktoken {
     Tiktoken::new(TokenizerKind::O200k)
 }
 
 /// `n` distinct words.
-fn words(n: usize) -> String {
+pub fn words(n: usize) -> String {
     (0..n).map(|i| format!("word{i}")).collect::<Vec<_>>().join(" ")
 }
 
 /// A server on its own SQLite file and the shared Redis, turn limits out of
 /// reach, then `adjust`.
-async fn app(clock: &Arc<ManualClock>, adjust: impl FnOnce(&mut Settings)) -> TestApp {
+pub async fn app(clock: &Arc<ManualClock>, adjust: impl FnOnce(&mut Settings)) -> TestApp {
     let database = TestDatabase::create(Backend::Sqlite).await;
     spawn_app_on(
         database,
@@ -59,7 +59,7 @@ async fn app(clock: &Arc<ManualClock>, adjust: impl FnOnce(&mut Settings)) -> Te
     .await
 }
 
-async fn user_and_session(app: &TestApp) -> (UserId, String, String) {
+pub async fn user_and_session(app: &TestApp) -> (UserId, String, String) {
     let (user, token) = app.new_user();
     let session = app.create_session(&token).await["id"].as_str().unwrap().to_owned();
     (UserId::parse(&user).unwrap(), token, session)
@@ -72,7 +72,7 @@ fn bucket(user: &UserId, window: Window, now_ms: i64) -> Option<i64> {
 
 /// Waits (bounded) until the minute bucket holds `expected`: a release is
 /// sent after the response that reported the end.
-async fn bucket_settles_at(user: &UserId, now_ms: i64, expected: i64) {
+pub async fn bucket_settles_at(user: &UserId, now_ms: i64, expected: i64) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while bucket(user, Window::Minute, now_ms) != Some(expected) {
         let got = bucket(user, Window::Minute, now_ms);
@@ -81,12 +81,12 @@ async fn bucket_settles_at(user: &UserId, now_ms: i64, expected: i64) {
     }
 }
 
-fn total(turn: &Value) -> i64 {
+pub fn total(turn: &Value) -> i64 {
     turn["usage"]["total_tokens"].as_i64().unwrap()
 }
 
 /// The `r` of `tokens-minute` in a response's `RateLimit`.
-fn tokens_left(response: &Response) -> i64 {
+pub fn tokens_left(response: &Response) -> i64 {
     parse_sf_list(&header(response, "ratelimit"))["tokens-minute"]["r"]
 }
 

@@ -39,6 +39,8 @@ struct FakeTurns {
     down: AtomicBool,
     /// Sweeps that reached the database.
     sweeps: AtomicUsize,
+    /// How long each begin waits before it commits (a locked session row).
+    begin_wait: Mutex<Duration>,
 }
 
 impl FakeTurns {
@@ -54,6 +56,8 @@ impl FakeTurns {
 impl TurnRepository for FakeTurns {
     async fn begin(&self, start: TurnStart<'_>) -> Result<Option<Turn>, StorageError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        let wait = *self.begin_wait.lock().unwrap();
+        tokio::time::sleep(wait).await;
         if self.owner.lock().unwrap().get(&start.session_id) != Some(start.user) {
             return Ok(None);
         }
@@ -76,13 +80,13 @@ impl TurnRepository for FakeTurns {
         Ok(turn.clone())
     }
 
-    async fn checkpoint(&self, batch: &[Checkpoint], _: DateTime<Utc>) -> Result<(), StorageError> {
+    async fn checkpoint(&self, batch: &[Checkpoint]) -> Result<(), StorageError> {
         self.outage()?;
         self.checkpoints.lock().unwrap().extend_from_slice(batch);
         Ok(())
     }
 
-    async fn expire_stale(&self, _: DateTime<Utc>, _: DateTime<Utc>) -> Result<u64, StorageError> {
+    async fn expire_stale(&self, _: Duration, _: DateTime<Utc>) -> Result<u64, StorageError> {
         self.outage()?;
         self.sweeps.fetch_add(1, Ordering::SeqCst);
         Ok(0)
@@ -549,4 +553,29 @@ async fn an_input_that_can_never_fit_its_token_budget_is_refused_before_anything
     assert_eq!((input_tokens, requested, limit, policy), (5, 21, 20, Policy::TokensMinute));
     assert_eq!(turns.calls.load(Ordering::SeqCst), 0, "nothing looked up or written");
     assert!(releases.take().is_empty(), "the limiter was never asked: no lease, no count");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_caller_gone_before_the_commit_cancels_its_turn_only_when_it_asked_to() {
+    for (cancel_on_drop, ends) in [(true, TurnStatus::Cancelled), (false, TurnStatus::Completed)] {
+        let turns = Arc::new(FakeTurns::default());
+        *turns.begin_wait.lock().unwrap() = Duration::from_secs(3);
+        let provider = SlowProvider { chunks: 3, delay: Duration::from_millis(100) };
+        let (service, session) = service(turns.clone(), provider, Duration::from_secs(60), None);
+        let start = async {
+            if cancel_on_drop {
+                service.start_cancel_on_drop(&caller(), session, input()).await
+            } else {
+                service.start(&caller(), session, input()).await
+            }
+        };
+        // The caller stops waiting while the begin is held (its client hung up).
+        let gave_up = tokio::time::timeout(Duration::from_secs(1), start).await;
+        assert!(gave_up.is_err(), "the begin was still waiting");
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let stored: Vec<Turn> = turns.turns.lock().unwrap().values().cloned().collect();
+        let statuses: Vec<TurnStatus> = stored.iter().map(|t| t.status).collect();
+        assert_eq!(statuses, [ends], "cancel_on_drop = {cancel_on_drop}");
+        assert_eq!(service.turns_in_progress(), 0);
+    }
 }

@@ -393,8 +393,9 @@ impl TurnService {
     }
 
     /// Saves the output and heartbeat of every turn generating here for at
-    /// least one interval (a turn that ends within its first interval costs
-    /// no write); returns how many were stamped.
+    /// least one interval, and of younger ones with output to save (a turn
+    /// that ends between two checkpoints costs no write); returns how many
+    /// were stamped.
     ///
     /// # Errors
     /// [`TurnError::Storage`] when the database fails; the outputs are sent

@@ -421,9 +421,12 @@ async fn a_long_turn_is_checkpointed_and_a_quick_one_is_not() {
     let run = long.start(&caller(), session, input()).await.unwrap();
     let id = run.turn.id;
     let waiting = tokio::spawn(run.outcome());
-    // Younger than one interval: nothing to write.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Younger than one interval, nothing to save: nothing to write.
+    tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(long.checkpoint().await.unwrap(), 0);
+    // Still younger, with output: saved at this tick, not an interval later.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(long.checkpoint().await.unwrap(), 1);
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(long.checkpoint().await.unwrap(), 1);
     // No new chunk since: the heartbeat only.
@@ -437,7 +440,12 @@ async fn a_long_turn_is_checkpointed_and_a_quick_one_is_not() {
     let outputs: Vec<_> = written.iter().map(|c| (c.turn_id, c.output.clone())).collect();
     assert_eq!(
         outputs,
-        [(id, Some("w0 w1 ".to_owned())), (id, None), (id, Some("w0 w1 w2 ".to_owned()))],
+        [
+            (id, Some("w0 ".to_owned())),
+            (id, Some("w0 w1 ".to_owned())),
+            (id, None),
+            (id, Some("w0 w1 w2 ".to_owned()))
+        ],
         "the output refused by the failed write is sent again"
     );
     waiting.await.unwrap().unwrap();

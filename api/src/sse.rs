@@ -17,7 +17,9 @@ use crate::error::failure;
 use crate::metrics::OpenStream;
 
 /// Cancels the turn when the stream is dropped before its terminal event
-/// (the client left), if `turns.on_disconnect = cancel`.
+/// (the client left), if `turns.on_disconnect = cancel`. Made before the
+/// stream and moved into it whole, so it fires even when the server drops
+/// a body it never polled (the client left right after the commit).
 struct DisconnectGuard {
     token: CancellationToken,
     armed: bool,

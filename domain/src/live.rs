@@ -16,8 +16,10 @@ use crate::ports::Checkpoint;
 #[derive(Debug)]
 struct Entry {
     output: String,
-    /// When generation began: a turn younger than one interval is not
-    /// checkpointed, so a quick turn costs no write.
+    /// When the turn was committed (tracking starts as `begin` returns): a
+    /// turn younger than one interval with no output yet is not
+    /// checkpointed, so a quick turn mostly costs no write, and its
+    /// heartbeat, stamped at the commit, is fresh anyway.
     started: Instant,
     /// Output was appended since the last checkpoint was taken.
     dirty: bool,
@@ -49,14 +51,18 @@ impl LiveOutputs {
 
     /// What to checkpoint now: every turn generating for at least `age`,
     /// with its output when it grew since the last checkpoint (else only
-    /// the heartbeat). Taking a checkpoint clears the turns' dirty marks;
+    /// the heartbeat), and every younger one that has output to save. With
+    /// `age` the checkpointer's period, a new turn's output is saved no
+    /// later than one period after its commit (a crash then loses at most
+    /// that much of it, as of any older turn), and its heartbeat within
+    /// two. Taking a checkpoint clears the turns' dirty marks;
     /// [`LiveOutputs::retake`] restores them when the write fails.
     pub fn take_checkpoints(&self, age: Duration) -> Vec<Checkpoint> {
         let now = Instant::now();
         let mut outputs = self.lock();
         outputs
             .iter_mut()
-            .filter(|(_, e)| now.duration_since(e.started) >= age)
+            .filter(|(_, e)| e.dirty || now.duration_since(e.started) >= age)
             .map(|(id, e)| Checkpoint {
                 turn_id: *id,
                 output: std::mem::take(&mut e.dirty).then(|| e.output.clone()),

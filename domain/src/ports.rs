@@ -64,7 +64,9 @@ pub struct TurnStart<'a> {
     pub turn_id: TurnId,
     /// The validated input.
     pub input: &'a str,
-    /// The commit time.
+    /// The turn's `created_at`: the clock's reading when the begin was
+    /// asked for. Not its heartbeat: a begin can wait on the database for
+    /// longer than a heartbeat may be old (see [`TurnRepository::begin`]).
     pub now: DateTime<Utc>,
 }
 
@@ -105,6 +107,12 @@ pub trait TurnRepository: Send + Sync + std::fmt::Debug {
     /// the caller's. Safe under any number of concurrent calls for one
     /// session: no two turns get the same `seq` and none is dropped.
     ///
+    /// The turn's heartbeat is stamped by the store's own clock (the one
+    /// [`TurnRepository::checkpoint`] and [`TurnRepository::expire_stale`]
+    /// read) once the session's row lock is held, just before the commit:
+    /// however long the begin waited, the turn is as fresh as its row is
+    /// new when other instances first see it.
+    ///
     /// # Errors
     /// [`StorageError`] when the database fails; nothing is written then.
     async fn begin(&self, start: TurnStart<'_>) -> Result<Option<Turn>, StorageError>;
@@ -118,26 +126,24 @@ pub trait TurnRepository: Send + Sync + std::fmt::Debug {
 
     /// Saves the partial output of turns still generating (where
     /// [`Checkpoint::output`] is set) and stamps each one's heartbeat with
-    /// `now`, in one statement where the database allows. A turn no longer
-    /// `in_progress` is left as it is.
+    /// the store's clock, in one statement where the database allows. A
+    /// turn no longer `in_progress` is left as it is.
     ///
     /// # Errors
     /// [`StorageError`] when the database fails; nothing is written then.
-    async fn checkpoint(
-        &self,
-        checkpoints: &[Checkpoint],
-        now: DateTime<Utc>,
-    ) -> Result<(), StorageError>;
+    async fn checkpoint(&self, checkpoints: &[Checkpoint]) -> Result<(), StorageError>;
 
-    /// Marks every `in_progress` turn whose heartbeat is older than `cutoff`
-    /// as `incomplete` (ended at `now`), keeping its checkpointed output;
-    /// returns how many.
+    /// Marks every `in_progress` turn whose heartbeat is more than
+    /// `stale_after` old by the store's clock as `incomplete` (ended at
+    /// `now`), keeping its checkpointed output; returns how many. Heartbeats
+    /// are stamped and judged by one clock, so instances whose own clocks
+    /// disagree (or a test's moved clock) never end each other's live turns.
     ///
     /// # Errors
     /// [`StorageError`] when the database fails.
     async fn expire_stale(
         &self,
-        cutoff: DateTime<Utc>,
+        stale_after: std::time::Duration,
         now: DateTime<Utc>,
     ) -> Result<u64, StorageError>;
 

@@ -287,16 +287,36 @@ impl TurnService {
         session_id: SessionId,
         new: NewTurn,
     ) -> Result<TurnRun, TurnError> {
-        self.start_for(Endpoint::Stream, caller, session_id, new).await
+        self.start_for(Endpoint::Stream, caller, session_id, new, false).await
     }
 
-    /// [`TurnService::start`] on behalf of `endpoint`.
+    /// [`TurnService::start`] for a caller whose leaving ends its turn
+    /// (`turns.on_disconnect = cancel`): when this future is dropped before
+    /// it returns (the client hung up while the turn was being committed),
+    /// the turn is cancelled as soon as it is committed, as its caller
+    /// would have done on leaving later: no window is left between
+    /// admission and the caller holding [`TurnRun::canceller`].
+    ///
+    /// # Errors
+    /// Those of [`TurnService::start`].
+    pub async fn start_cancel_on_drop(
+        &self,
+        caller: &Caller,
+        session_id: SessionId,
+        new: NewTurn,
+    ) -> Result<TurnRun, TurnError> {
+        self.start_for(Endpoint::Stream, caller, session_id, new, true).await
+    }
+
+    /// [`TurnService::start`] on behalf of `endpoint`; `cancel_on_drop`: see
+    /// [`TurnService::start_cancel_on_drop`].
     async fn start_for(
         &self,
         endpoint: Endpoint,
         caller: &Caller,
         session_id: SessionId,
         new: NewTurn,
+        cancel_on_drop: bool,
     ) -> Result<TurnRun, TurnError> {
         let measured = Measured { endpoint, since: Instant::now() };
         if self.lifecycle.closing.load(Ordering::SeqCst) {
@@ -340,7 +360,14 @@ impl TurnService {
             let _ = committed.send(Ok(turn.clone()));
             service.drive(turn, events, task_cancel, lease, measured).await;
         });
+        // Armed until the caller holds the run: the HTTP server drops this
+        // future when its client hangs up, and the commit may be what it
+        // was waiting for. A drop then cancels the turn the task commits.
+        let abandoned = cancel_on_drop.then(|| cancel.clone().drop_guard());
         let turn = begun.await.map_err(|_| TurnError::Internal("turn task lost".into()))??;
+        if let Some(guard) = abandoned {
+            guard.disarm();
+        }
         Ok(TurnRun::new(turn, rate_limit, receiver, cancel))
     }
 
@@ -356,7 +383,7 @@ impl TurnService {
         session_id: SessionId,
         new: NewTurn,
     ) -> Result<Submitted, TurnError> {
-        let run = self.start_for(Endpoint::Json, caller, session_id, new).await?;
+        let run = self.start_for(Endpoint::Json, caller, session_id, new, false).await?;
         let rate_limit = run.rate_limit;
         let turn = run.outcome().await?;
         Ok(Submitted { turn, rate_limit })
@@ -400,8 +427,9 @@ impl TurnService {
     }
 
     /// Saves the output and heartbeat of every turn generating here for at
-    /// least one interval (a turn that ends within its first interval costs
-    /// no write); returns how many were stamped.
+    /// least one interval, and of younger ones with output to save (a turn
+    /// that ends between two checkpoints costs no write); returns how many
+    /// were stamped.
     ///
     /// # Errors
     /// [`TurnError::Storage`] when the database fails; the outputs are sent
@@ -411,7 +439,7 @@ impl TurnService {
         if checkpoints.is_empty() {
             return Ok(0);
         }
-        if let Err(error) = self.turns.checkpoint(&checkpoints, self.clock.now_micros()).await {
+        if let Err(error) = self.turns.checkpoint(&checkpoints).await {
             self.live.retake(&checkpoints);
             if error.is_unavailable() {
                 self.lifecycle.storage_failed(self.policy.stale_after());
@@ -424,9 +452,11 @@ impl TurnService {
     /// Marks turns whose instance stopped stamping their heartbeat (it
     /// crashed, or lost its database for good) as `incomplete`, keeping the
     /// output they had checkpointed. Held back for a while after this
-    /// instance saw the database unreachable (see `Lifecycle`). Any instance may run it: a live turn's
-    /// heartbeat is never older than [`TurnPolicy::stale_after`] (instances'
-    /// clocks must agree to well within that).
+    /// instance saw the database unreachable (see `Lifecycle`). Any instance
+    /// may run it: a live turn's heartbeat is stamped when its row is
+    /// committed, then at least every other interval, so it is never older
+    /// than [`TurnPolicy::stale_after`]; the store judges the age by the
+    /// clock it stamped with, not this instance's.
     ///
     /// # Errors
     /// [`TurnError::Storage`] when the database fails.
@@ -435,9 +465,7 @@ impl TurnService {
             return Ok(0);
         }
         let now = self.clock.now_micros();
-        let bound =
-            chrono::Duration::from_std(self.policy.stale_after()).unwrap_or(chrono::Duration::MAX);
-        let swept = match self.turns.expire_stale(now - bound, now).await {
+        let swept = match self.turns.expire_stale(self.policy.stale_after(), now).await {
             Ok(swept) => swept,
             Err(error) => {
                 if error.is_unavailable() {

@@ -41,6 +41,8 @@ struct FakeTurns {
     sweeps: AtomicUsize,
     /// What `completed_before` answers.
     history: Mutex<Vec<Turn>>,
+    /// How long each begin waits before it commits (a locked session row).
+    begin_wait: Mutex<Duration>,
 }
 
 impl FakeTurns {
@@ -56,6 +58,8 @@ impl FakeTurns {
 impl TurnRepository for FakeTurns {
     async fn begin(&self, start: TurnStart<'_>) -> Result<Option<Turn>, StorageError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        let wait = *self.begin_wait.lock().unwrap();
+        tokio::time::sleep(wait).await;
         if self.owner.lock().unwrap().get(&start.session_id) != Some(start.user) {
             return Ok(None);
         }
@@ -78,13 +82,13 @@ impl TurnRepository for FakeTurns {
         Ok(turn.clone())
     }
 
-    async fn checkpoint(&self, batch: &[Checkpoint], _: DateTime<Utc>) -> Result<(), StorageError> {
+    async fn checkpoint(&self, batch: &[Checkpoint]) -> Result<(), StorageError> {
         self.outage()?;
         self.checkpoints.lock().unwrap().extend_from_slice(batch);
         Ok(())
     }
 
-    async fn expire_stale(&self, _: DateTime<Utc>, _: DateTime<Utc>) -> Result<u64, StorageError> {
+    async fn expire_stale(&self, _: Duration, _: DateTime<Utc>) -> Result<u64, StorageError> {
         self.outage()?;
         self.sweeps.fetch_add(1, Ordering::SeqCst);
         Ok(0)
@@ -419,9 +423,12 @@ async fn a_long_turn_is_checkpointed_and_a_quick_one_is_not() {
     let run = long.start(&caller(), session, input()).await.unwrap();
     let id = run.turn.id;
     let waiting = tokio::spawn(run.outcome());
-    // Younger than one interval: nothing to write.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Younger than one interval, nothing to save: nothing to write.
+    tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(long.checkpoint().await.unwrap(), 0);
+    // Still younger, with output: saved at this tick, not an interval later.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(long.checkpoint().await.unwrap(), 1);
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(long.checkpoint().await.unwrap(), 1);
     // No new chunk since: the heartbeat only.
@@ -435,7 +442,12 @@ async fn a_long_turn_is_checkpointed_and_a_quick_one_is_not() {
     let outputs: Vec<_> = written.iter().map(|c| (c.turn_id, c.output.clone())).collect();
     assert_eq!(
         outputs,
-        [(id, Some("w0 w1 ".to_owned())), (id, None), (id, Some("w0 w1 w2 ".to_owned()))],
+        [
+            (id, Some("w0 ".to_owned())),
+            (id, Some("w0 w1 ".to_owned())),
+            (id, None),
+            (id, Some("w0 w1 w2 ".to_owned()))
+        ],
         "the output refused by the failed write is sent again"
     );
     waiting.await.unwrap().unwrap();
@@ -813,4 +825,27 @@ async fn drain_ends_a_turn_whose_client_reads_nothing() {
     assert_eq!(turns.turns.lock().unwrap()[&id].status, TurnStatus::Incomplete);
     assert_eq!(service.turns_in_progress(), 0, "drained within the grace and the abort");
     drop(run);
+#[tokio::test(start_paused = true)]
+async fn a_caller_gone_before_the_commit_cancels_its_turn_only_when_it_asked_to() {
+    for (cancel_on_drop, ends) in [(true, TurnStatus::Cancelled), (false, TurnStatus::Completed)] {
+        let turns = Arc::new(FakeTurns::default());
+        *turns.begin_wait.lock().unwrap() = Duration::from_secs(3);
+        let provider = SlowProvider { chunks: 3, delay: Duration::from_millis(100) };
+        let (service, session) = service(turns.clone(), provider, Duration::from_secs(60), None);
+        let start = async {
+            if cancel_on_drop {
+                service.start_cancel_on_drop(&caller(), session, input()).await
+            } else {
+                service.start(&caller(), session, input()).await
+            }
+        };
+        // The caller stops waiting while the begin is held (its client hung up).
+        let gave_up = tokio::time::timeout(Duration::from_secs(1), start).await;
+        assert!(gave_up.is_err(), "the begin was still waiting");
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let stored: Vec<Turn> = turns.turns.lock().unwrap().values().cloned().collect();
+        let statuses: Vec<TurnStatus> = stored.iter().map(|t| t.status).collect();
+        assert_eq!(statuses, [ends], "cancel_on_drop = {cancel_on_drop}");
+        assert_eq!(service.turns_in_progress(), 0);
+    }
 }

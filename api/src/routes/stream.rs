@@ -59,13 +59,20 @@ pub async fn stream_turn(
     ApiJson(body): ApiJson<SubmitTurnRequest>,
 ) -> Result<Response, ApiError> {
     let new = NewTurn::parse(body.input, state.max_input_chars)?;
-    let run = state.turns.start(&caller, session_id, new).await?;
+    let cancel_on_disconnect = state.on_disconnect == OnDisconnect::Cancel;
+    // Dropped by the server if the client hangs up before the commit: with
+    // `cancel`, the turn is then cancelled too, not generated for no one.
+    let run = if cancel_on_disconnect {
+        state.turns.start_cancel_on_drop(&caller, session_id, new).await?
+    } else {
+        state.turns.start(&caller, session_id, new).await?
+    };
     let mut headers = rate_limit_headers(&state, &caller, run.rate_limit.as_ref());
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // Proxies such as nginx buffer responses unless told not to.
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     let open = state.metrics.as_ref().map(|m| OpenStream::new(&m.sse_streams));
-    let events = turn_events(run, state.on_disconnect == OnDisconnect::Cancel, open);
+    let events = turn_events(run, cancel_on_disconnect, open);
     let sse = Sse::new(events).keep_alive(KeepAlive::new().interval(state.keep_alive));
     Ok((headers, sse).into_response())
 }

@@ -52,6 +52,12 @@ const QUEUE: usize = 1024;
 /// that is not the caller's match nothing in `bumped` and are not inserted.
 /// The `UPDATE`'s row locks serialize against any other writer of those
 /// sessions, exactly as the one-turn statement's do.
+///
+/// The heartbeat is the database's clock read once every row of `bumped`
+/// is locked (`stamp` aggregates them all first; a volatile CTE is never
+/// inlined): a begin that waited on a lock is stamped after the wait, so
+/// the sweep, reading the same clock, never takes a turn that was just
+/// committed for a stale one.
 const BEGIN_SQL: &str = "\
 WITH input AS (
     SELECT * FROM jsonb_to_recordset($1::jsonb) AS i(
@@ -66,12 +72,15 @@ WITH input AS (
     FROM counts AS c
     WHERE s.id = c.session_id AND s.user_id = c.user_id
     RETURNING s.id, s.user_id, s.turn_count - c.n AS base
+), stamp AS MATERIALIZED (
+    SELECT clock_timestamp() AS at FROM (SELECT count(*) FROM bumped) AS locked
 )
 INSERT INTO turns (id, session_id, seq, input, output, status, created_at, heartbeat_at)
 SELECT i.turn_id, i.session_id,
        b.base + row_number() OVER (PARTITION BY i.session_id ORDER BY i.ord),
-       i.input, '', 'in_progress', i.created_at, i.created_at
+       i.input, '', 'in_progress', i.created_at, t.at
 FROM input AS i JOIN bumped AS b ON b.id = i.session_id AND b.user_id = i.user_id
+CROSS JOIN stamp AS t
 RETURNING id, seq";
 
 /// Writes each turn's outcome and returns the rows as persisted.
@@ -89,10 +98,11 @@ WHERE t.id = v.id
 RETURNING t.*";
 
 /// Saves the outputs that grew (a `null` output keeps the stored one) and
-/// stamps the heartbeat of every turn of the checkpoint still in progress.
+/// stamps the heartbeat of every turn of the checkpoint still in progress,
+/// by the database's clock, as [`BEGIN_SQL`] does.
 pub(super) const CHECKPOINT_SQL: &str = "\
 UPDATE turns AS t
-SET output = COALESCE(v.output, t.output), heartbeat_at = $2
+SET output = COALESCE(v.output, t.output), heartbeat_at = now()
 FROM jsonb_to_recordset($1::jsonb) AS v(id uuid, output text)
 WHERE t.id = v.id AND t.status = 'in_progress'";
 

@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use pantheon_domain::ports::{Checkpoint, TurnRepository, TurnStart};
 use pantheon_domain::turn::TurnEnd;
+use pantheon_domain::{Clock, SystemClock};
 use pantheon_domain::{
     FailureKind, FinishReason, Page, PageRequest, SessionId, StorageError, Turn, TurnFailure,
     TurnId, TurnStatus, Usage, UserId,
@@ -33,6 +34,13 @@ use super::turn_batch::{
 /// How old a heartbeat-less `in_progress` row must be before the sweep
 /// ends it: the longest turn the older versions allowed, plus slack.
 const LEGACY_STALE_AFTER: chrono::Duration = chrono::Duration::hours(1);
+
+/// The clock heartbeats are stamped and judged by on SQLite (a file on one
+/// machine, so one clock for every instance of it). PostgreSQL's is the
+/// database's own (`clock_timestamp()`, `now()`), whatever the instances'.
+fn sqlite_clock() -> DateTime<Utc> {
+    SystemClock.now_micros()
+}
 
 /// One checkpoint, as [`CHECKPOINT_SQL`] reads it.
 #[derive(Debug, serde::Serialize)]
@@ -127,6 +135,8 @@ impl SeaOrmTurnRepository {
             txn.rollback().await.map_err(storage)?;
             return Ok(None);
         };
+        // Read now that the write lock is held: any wait for it is behind.
+        let heartbeat = sqlite_clock();
         let row = turn::ActiveModel {
             id: Set(start.turn_id.as_uuid()),
             session_id: Set(start.session_id.as_uuid()),
@@ -135,7 +145,7 @@ impl SeaOrmTurnRepository {
             output: Set(String::new()),
             status: Set(TurnStatus::InProgress.as_str().to_owned()),
             created_at: Set(start.now),
-            heartbeat_at: Set(Some(start.now)),
+            heartbeat_at: Set(Some(heartbeat)),
             ..Default::default()
         };
         turn::Entity::insert(row).exec_without_returning(&txn).await.map_err(storage)?;
@@ -196,20 +206,17 @@ impl TurnRepository for SeaOrmTurnRepository {
         turn_from_row(row)
     }
 
-    async fn checkpoint(
-        &self,
-        checkpoints: &[Checkpoint],
-        now: DateTime<Utc>,
-    ) -> Result<(), StorageError> {
+    async fn checkpoint(&self, checkpoints: &[Checkpoint]) -> Result<(), StorageError> {
         if self.batcher.is_some() {
             let rows: Vec<CheckpointRow<'_>> =
                 checkpoints.iter().map(CheckpointRow::from).collect();
-            let statement = rows_statement(CHECKPOINT_SQL, &rows, [now.into()])?;
+            let statement = rows_statement(CHECKPOINT_SQL, &rows, [])?;
             self.db.execute_raw(statement).await.map_err(storage)?;
             return Ok(());
         }
         // SQLite: one transaction, one commit, a statement per turn.
         let txn = self.db.begin().await.map_err(storage)?;
+        let now = sqlite_clock();
         for checkpoint in checkpoints {
             let mut update = turn::Entity::update_many()
                 .col_expr(turn::Column::HeartbeatAt, Expr::value(now))
@@ -225,9 +232,21 @@ impl TurnRepository for SeaOrmTurnRepository {
 
     async fn expire_stale(
         &self,
-        cutoff: DateTime<Utc>,
+        stale_after: std::time::Duration,
         now: DateTime<Utc>,
     ) -> Result<u64, StorageError> {
+        // A row is seen only once committed, stamped just before: a begin
+        // still in flight (however long it waits) cannot be taken for stale.
+        let stale = if self.batcher.is_some() {
+            let micros = i64::try_from(stale_after.as_micros()).unwrap_or(i64::MAX);
+            Expr::col(turn::Column::HeartbeatAt)
+                .lt(Expr::cust(format!("now() - interval '{micros} microseconds'")))
+        } else {
+            let bound = chrono::Duration::from_std(stale_after).unwrap_or(chrono::Duration::MAX);
+            let cutoff =
+                sqlite_clock().checked_sub_signed(bound).unwrap_or(DateTime::<Utc>::MIN_UTC);
+            Expr::col(turn::Column::HeartbeatAt).lt(cutoff)
+        };
         // Rows an older version wrote have no heartbeat; they are ended as
         // that version did, once older than any turn may run.
         let legacy_cutoff = now - LEGACY_STALE_AFTER;
@@ -237,7 +256,7 @@ impl TurnRepository for SeaOrmTurnRepository {
             .col_expr(turn::Column::CompletedAt, Expr::value(now))
             .filter(turn::Column::Status.eq(TurnStatus::InProgress.as_str()))
             .filter(
-                Condition::any().add(turn::Column::HeartbeatAt.lt(cutoff)).add(
+                Condition::any().add(stale).add(
                     Condition::all()
                         .add(turn::Column::HeartbeatAt.is_null())
                         .add(turn::Column::CreatedAt.lt(legacy_cutoff)),

@@ -24,7 +24,7 @@ const KEY: &str = "sk-pantheon-test-0123456789abcdef";
 on_both_databases!(history_of_earlier_completed_turns_is_sent_oldest_first_capped_at_context_turns);
 
 /// A server whose provider is the fake, with short timeouts, then `adjust`.
-async fn spawn_on(
+pub(crate) async fn spawn_on(
     backend: Backend,
     fake: &FakeOpenAi,
     adjust: impl FnOnce(&mut Settings),
@@ -44,7 +44,7 @@ async fn spawn_on(
     .await
 }
 
-async fn user_with_session(app: &TestApp) -> (String, String) {
+pub(crate) async fn user_with_session(app: &TestApp) -> (String, String) {
     let (_, token) = app.new_user();
     let session = app.create_session(&token).await["id"].as_str().unwrap().to_owned();
     (token, session)

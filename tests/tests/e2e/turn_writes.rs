@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
 use futures::future::join_all;
@@ -263,19 +264,20 @@ async fn checkpoints_keep_output_and_heartbeat_and_the_sweep_ends_only_stale_tur
     };
     store.turns.finish(finished, end).await.unwrap();
 
-    let beat = chrono::SubsecRound::trunc_subsecs(Utc::now(), 0) + chrono::Duration::seconds(60);
+    let row = |id: TurnId| {
+        let db = store.db.clone();
+        async move { turn::Entity::find_by_id(id.as_uuid()).one(&db).await.unwrap().unwrap() }
+    };
+    let begun = row(silent).await.heartbeat_at.expect("stamped at the commit");
     let checkpoints = [
         Checkpoint { turn_id: talkative, output: Some("so far".into()) },
         Checkpoint { turn_id: silent, output: None },
         Checkpoint { turn_id: finished, output: Some("late".into()) },
     ];
-    store.turns.checkpoint(&checkpoints, beat).await.unwrap();
-    let row = |id: TurnId| {
-        let db = store.db.clone();
-        async move { turn::Entity::find_by_id(id.as_uuid()).one(&db).await.unwrap().unwrap() }
-    };
-    assert_eq!(row(talkative).await.heartbeat_at, Some(beat));
-    assert_eq!(row(silent).await.heartbeat_at, Some(beat));
+    store.turns.checkpoint(&checkpoints).await.unwrap();
+    let beat = row(talkative).await.heartbeat_at.expect("stamped");
+    assert!(beat > begun, "the checkpoint stamps a later heartbeat: {begun} then {beat}");
+    assert_eq!(row(silent).await.heartbeat_at, Some(beat), "one stamp per checkpoint");
     let done = row(finished).await;
     assert_eq!(
         (done.status.as_str(), done.output.as_str()),
@@ -283,16 +285,10 @@ async fn checkpoints_keep_output_and_heartbeat_and_the_sweep_ends_only_stale_tur
         "left as it was"
     );
 
-    // Heartbeats newer than the cutoff: nothing is stale.
-    let now = beat + chrono::Duration::seconds(1);
-    assert_eq!(
-        store.turns.expire_stale(beat - chrono::Duration::seconds(1), now).await.unwrap(),
-        0
-    );
-    assert_eq!(
-        store.turns.expire_stale(beat + chrono::Duration::seconds(1), now).await.unwrap(),
-        2
-    );
+    // Heartbeats younger than the bound (by the store's clock): nothing is stale.
+    let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
+    assert_eq!(store.turns.expire_stale(Duration::from_secs(60), now).await.unwrap(), 0);
+    assert_eq!(store.turns.expire_stale(Duration::ZERO, now).await.unwrap(), 2);
     let kept = row(talkative).await;
     assert_eq!((kept.status.as_str(), kept.output.as_str()), ("incomplete", "so far"));
     assert_eq!(kept.completed_at, Some(now));

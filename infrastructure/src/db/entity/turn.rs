@@ -38,9 +38,9 @@ pub struct Model {
     pub created_at: DateTimeUtc,
     /// Reached a final status.
     pub completed_at: Option<DateTimeUtc>,
-    /// Last stamped by the generating instance (at the start, then every
-    /// checkpoint); the sweep ends turns whose heartbeat stopped. Null only
-    /// on rows an older version wrote.
+    /// Last stamped for the generating instance (at the commit, then every
+    /// checkpoint), by the store's clock; the sweep ends turns whose
+    /// heartbeat stopped. Null only on rows an older version wrote.
     pub heartbeat_at: Option<DateTimeUtc>,
 }
 

@@ -825,6 +825,8 @@ async fn drain_ends_a_turn_whose_client_reads_nothing() {
     assert_eq!(turns.turns.lock().unwrap()[&id].status, TurnStatus::Incomplete);
     assert_eq!(service.turns_in_progress(), 0, "drained within the grace and the abort");
     drop(run);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_caller_gone_before_the_commit_cancels_its_turn_only_when_it_asked_to() {
     for (cancel_on_drop, ends) in [(true, TurnStatus::Cancelled), (false, TurnStatus::Completed)] {

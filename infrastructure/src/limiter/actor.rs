@@ -165,9 +165,7 @@ pub struct LimiterActor {
     /// The Redis leases of this instance's running turns, to renew.
     held: HashMap<LeaseId, UserId>,
     /// Redis leases to remove that Redis has not answered for yet.
-    unreleased: HashMap<LeaseId, leases::Unreleased>,
-    /// Some of `unreleased` wait to be sent.
-    releases_due: bool,
+    unreleased: leases::Unreleased,
     metrics: LimiterMetrics,
 }
 
@@ -190,8 +188,7 @@ impl LimiterActor {
             redis,
             lease_ttl,
             held: HashMap::new(),
-            unreleased: HashMap::new(),
-            releases_due: false,
+            unreleased: leases::Unreleased::default(),
             metrics: LimiterMetrics::default(),
         }
     }

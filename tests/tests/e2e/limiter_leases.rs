@@ -166,9 +166,10 @@ fn stall(redis: &RedisServer, seconds: f64) -> std::thread::JoinHandle<()> {
     let client = redis::Client::open(redis.url()).unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let stalled = match client.get_connection_with_timeout(Duration::from_millis(100)) {
+        // A loaded machine may take a while to answer, not 250 ms.
+        let stalled = match client.get_connection_with_timeout(Duration::from_millis(250)) {
             Ok(mut conn) => {
-                conn.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+                conn.set_read_timeout(Some(Duration::from_millis(250))).unwrap();
                 redis::cmd("PING").query::<String>(&mut conn).is_err()
             }
             Err(_) => true,
@@ -181,7 +182,7 @@ fn stall(redis: &RedisServer, seconds: f64) -> std::thread::JoinHandle<()> {
     }
 }
 
-/// A check whose call times out (300 ms) while Redis is stalled (1.5 s)
+/// A check whose call times out (300 ms) while Redis is stalled (2 s)
 /// runs when Redis wakes: it counts and adds its lease, and nobody holds
 /// that lease (the caller got the fallback's `503`). The actor removes it
 /// at once when Redis answers again: the set is empty long before the
@@ -199,7 +200,7 @@ async fn a_check_that_ran_after_its_call_timed_out_leaves_no_lease() {
     assert!(is_admitted(&handle.check(warm, limits).await), "Redis answers");
 
     let victim = unique_user("victim");
-    let sleeper = stall(&redis, 1.5);
+    let sleeper = stall(&redis, 2.0);
     let timed_out = handle.check(victim.clone(), limits).await;
     assert_eq!(timed_out.decision, Decision::Unavailable(SkipReason::StoreUnavailable));
     sleeper.join().unwrap();

@@ -25,22 +25,31 @@ use crate::limiter::topology::{NodeAddr, slot_of};
 /// to lapse within `lease_ttl` (its reservation stays charged).
 const MAX_UNRELEASED: usize = 16_384;
 
-/// A Redis lease to remove that Redis has not yet answered for.
-#[derive(Debug)]
+/// The Redis leases to remove that Redis has not yet answered for.
+#[derive(Debug, Default)]
 pub(super) struct Unreleased {
-    user: UserId,
-    refunds: Vec<TokenRefund>,
-    state: Upkeep,
+    /// To send with the next releases (its node permitting), or sent.
+    pending: HashMap<LeaseId, Entry>,
+    /// A call to their node failed: sent once the node answers a call.
+    awaiting: HashMap<LeaseId, Entry>,
+    /// Some of `pending` wait to be sent.
+    due: bool,
 }
 
-/// Where a release stands.
+#[derive(Debug)]
+struct Entry {
+    user: UserId,
+    refunds: Vec<TokenRefund>,
+    /// In a pipeline now: not sent again until it fails.
+    sent: bool,
+}
+
+/// When a kept release is to be sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Upkeep {
-    /// To send with the next releases (its node permitting).
+    /// With the next releases (its node permitting).
     Due,
-    /// In a pipeline now: not sent again until it fails.
-    Sent,
-    /// A call to its node failed: sent once the node answers a call again.
+    /// Once its node answers a call again.
     AwaitingAnswer,
 }
 
@@ -79,17 +88,18 @@ impl LimiterActor {
                 }
             }
         }
-        if !self.releases_due {
+        let book = &mut self.unreleased;
+        if !book.due {
             return Vec::new();
         }
-        self.releases_due = false;
+        book.due = false;
         let redis = self.redis.as_ref();
         let mut by_user: HashMap<UserId, Vec<LeaseRelease>> = HashMap::new();
-        for (id, entry) in &mut self.unreleased {
-            if entry.state != Upkeep::Due || !redis.is_some_and(|r| r.routes(&entry.user)) {
+        for (id, entry) in &mut book.pending {
+            if entry.sent || !redis.is_some_and(|r| r.routes(&entry.user)) {
                 continue;
             }
-            entry.state = Upkeep::Sent;
+            entry.sent = true;
             let release = LeaseRelease { id: *id, refunds: entry.refunds.clone() };
             by_user.entry(entry.user.clone()).or_default().push(release);
         }
@@ -97,33 +107,47 @@ impl LimiterActor {
     }
 
     /// Keeps `id` of `user` to remove from Redis (with `refunds` if the
-    /// removal finds it), to send in `state` (`Due` or `AwaitingAnswer`).
+    /// removal finds it), sent as `when` says.
     pub(super) fn unrelease(
         &mut self,
         id: LeaseId,
         user: UserId,
         refunds: Vec<TokenRefund>,
-        state: Upkeep,
+        when: Upkeep,
     ) {
-        if self.unreleased.len() < MAX_UNRELEASED || self.unreleased.contains_key(&id) {
-            self.unreleased.insert(id, Unreleased { user, refunds, state });
-            self.releases_due |= state == Upkeep::Due;
+        let book = &mut self.unreleased;
+        if book.pending.len() + book.awaiting.len() >= MAX_UNRELEASED {
+            return;
+        }
+        let entry = Entry { user, refunds, sent: false };
+        match when {
+            Upkeep::Due => {
+                book.pending.insert(id, entry);
+                book.due = true;
+            }
+            Upkeep::AwaitingAnswer => {
+                book.awaiting.insert(id, entry);
+            }
         }
     }
 
     /// Redis answered the release of `leases` (whatever it removed): done.
     pub(super) fn released(&mut self, leases: &[LeaseRelease]) {
+        let book = &mut self.unreleased;
         for lease in leases {
-            self.unreleased.remove(&lease.id);
+            book.pending.remove(&lease.id);
+            book.awaiting.remove(&lease.id);
         }
     }
 
     /// The release of `leases` was not answered: sent again once its node
     /// answers a call.
     pub(super) fn release_failed(&mut self, leases: &[LeaseRelease]) {
+        let book = &mut self.unreleased;
         for lease in leases {
-            if let Some(entry) = self.unreleased.get_mut(&lease.id) {
-                entry.state = Upkeep::AwaitingAnswer;
+            if let Some(mut entry) = book.pending.remove(&lease.id) {
+                entry.sent = false;
+                book.awaiting.insert(lease.id, entry);
             }
         }
     }
@@ -131,13 +155,21 @@ impl LimiterActor {
     /// `node` answered a call (`None`: the layout changed, any node may
     /// now serve a user): the releases awaiting its answer are due.
     pub(super) fn node_answered(&mut self, node: Option<&NodeAddr>) {
+        let book = &mut self.unreleased;
         let Some(redis) = &self.redis else { return };
-        for entry in self.unreleased.values_mut() {
-            if entry.state == Upkeep::AwaitingAnswer
-                && node.is_none_or(|node| redis.nodes.node_for(slot_of(&entry.user)) == *node)
-            {
-                entry.state = Upkeep::Due;
-                self.releases_due = true;
+        if book.awaiting.is_empty() {
+            return;
+        }
+        let answered: Vec<LeaseId> = book
+            .awaiting
+            .iter()
+            .filter(|(_, e)| node.is_none_or(|n| redis.nodes.node_for(slot_of(&e.user)) == *n))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in answered {
+            if let Some(entry) = book.awaiting.remove(&id) {
+                book.pending.insert(id, entry);
+                book.due = true;
             }
         }
     }

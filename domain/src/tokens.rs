@@ -14,11 +14,11 @@
 //!   the cap nothing is tokenized, except that the bytes not yet counted
 //!   are counted once they pass [`WINDOW`];
 //! - a count gives the token boundaries too, and a byte-pair encoding's
-//!   merges are local: what is appended cannot move a boundary more than a
-//!   token or two back, so every boundary at least [`MARGIN`] bytes before
-//!   the end (or, where the tokenizer names one, a position it never merges
-//!   across: [`TokenCounter::settled_len`]) settles the count before it.
-//!   No count is longer than `WINDOW` + [`STEP`] bytes;
+//!   merges are local: in practice, appending text moves no boundary more
+//!   than a token or two back, so every boundary at least [`MARGIN`] bytes
+//!   before the end (or a later position the tokenizer names as one it
+//!   never merges across: [`TokenCounter::settled_len`]) settles the count
+//!   before it. No count is longer than `WINDOW` + [`STEP`] bytes;
 //! - near the cap the bound fails at every chunk and the unsettled tail is
 //!   counted exactly each time, so the reply is cut at the last token that
 //!   fits.
@@ -171,7 +171,10 @@ impl<'a> OutputMeter<'a> {
             .copied()
             .find(|&end| end <= limit && tail.is_char_boundary(end))
             .unwrap_or(0);
-        let mut at = by_tokens.max(self.counter.settled_len(tail).min(tail.len()));
+        // Past those, a position the tokenizer never merges across: only
+        // the last bytes are scanned for one, so a count reads the tail once.
+        let rest = &tail[by_tokens..];
+        let mut at = by_tokens + self.counter.settled_len(rest).min(rest.len());
         if at.saturating_add(WINDOW / 2) < tail.len() {
             at = limit;
             while !tail.is_char_boundary(at) {

@@ -13,9 +13,16 @@
 //!   (`o200k` lets a punctuation piece take newlines and slashes);
 //! - between an ASCII letter or digit, or a CJK character, and ASCII
 //!   punctuation other than `'` (which may begin a contraction, `'s`).
+//!
+//! A run of CJK characters or emoji is one piece, so the meter settles it
+//! at the token boundaries [`Tiktoken::token_ends`] reports instead: each
+//! token's length comes from a table built once per encoding, so the ends
+//! cost no more than the encoding itself.
+
+use std::sync::OnceLock;
 
 use pantheon_domain::TokenCounter;
-use tiktoken_rs::CoreBPE;
+use tiktoken_rs::{CoreBPE, Rank};
 
 use crate::settings::TokenizerKind;
 
@@ -24,6 +31,8 @@ use crate::settings::TokenizerKind;
 pub struct Tiktoken {
     kind: TokenizerKind,
     bpe: &'static CoreBPE,
+    /// Each token's length in bytes, by rank.
+    lengths: &'static [u16],
 }
 
 impl std::fmt::Debug for Tiktoken {
@@ -35,12 +44,32 @@ impl std::fmt::Debug for Tiktoken {
 impl Tiktoken {
     /// The encoding `kind`, loaded on first use in the process.
     pub fn new(kind: TokenizerKind) -> Self {
-        let bpe = match kind {
-            TokenizerKind::O200k => tiktoken_rs::o200k_base_singleton(),
-            TokenizerKind::Cl100k => tiktoken_rs::cl100k_base_singleton(),
+        static O200K: OnceLock<Vec<u16>> = OnceLock::new();
+        static CL100K: OnceLock<Vec<u16>> = OnceLock::new();
+        let (bpe, lengths) = match kind {
+            TokenizerKind::O200k => (tiktoken_rs::o200k_base_singleton(), &O200K),
+            TokenizerKind::Cl100k => (tiktoken_rs::cl100k_base_singleton(), &CL100K),
         };
-        Self { kind, bpe }
+        let lengths = lengths.get_or_init(|| token_lengths(bpe));
+        Self { kind, bpe, lengths }
     }
+
+    /// Bytes of the token `rank`.
+    fn length(&self, rank: Rank) -> usize {
+        match usize::try_from(rank).ok().and_then(|i| self.lengths.get(i)) {
+            Some(&length) => usize::from(length),
+            None => self.bpe.decode_bytes(&[rank]).map_or(0, |bytes| bytes.len()),
+        }
+    }
+}
+
+/// The length of every ordinary token of `bpe`, by rank (ranks run from 0
+/// without gaps in both encodings; a rank past the table is decoded).
+fn token_lengths(bpe: &CoreBPE) -> Vec<u16> {
+    (0..)
+        .map_while(|rank: Rank| bpe.decode_bytes(&[rank]).ok())
+        .map(|bytes| u16::try_from(bytes.len()).unwrap_or(u16::MAX))
+        .collect()
 }
 
 impl TokenCounter for Tiktoken {
@@ -86,6 +115,15 @@ impl TokenCounter for Tiktoken {
             after = Some(c);
         }
         0
+    }
+
+    fn token_ends(&self, text: &str, ends: &mut Vec<usize>) {
+        ends.clear();
+        let mut end = 0;
+        for rank in self.bpe.encode_ordinary(text) {
+            end += self.length(rank);
+            ends.push(end.min(text.len()));
+        }
     }
 }
 
@@ -271,6 +309,138 @@ mod tests {
             assert_eq!(longest, Some(LONGEST_TOKEN_BYTES), "{kind:?}");
             let text = " ".repeat(1_000);
             assert!(tokens.count(&text) >= tokens.fewest_tokens(text.len()));
+        }
+    }
+
+    #[test]
+    fn token_ends_are_the_encodings_own() {
+        let mut rng = Rng(0xe4d5_u64);
+        let mut ends = Vec::new();
+        for kind in KINDS {
+            let tokenizer = Tiktoken::new(kind);
+            assert!(tokenizer.lengths.len() > 100_000, "{kind:?}: {}", tokenizer.lengths.len());
+            for _ in 0..500 {
+                let text = random_text(&mut rng, 20);
+                tokenizer.token_ends(&text, &mut ends);
+                let tokens = tokenizer.bpe.encode_ordinary(&text);
+                assert_eq!(ends.len(), tokens.len(), "{text:?}");
+                for (k, end) in ends.iter().enumerate() {
+                    let bytes = tokenizer.bpe.decode_bytes(&tokens[..=k]).map_or(0, |b| b.len());
+                    assert_eq!(*end, bytes, "{kind:?} {text:?} token {k}");
+                }
+            }
+        }
+    }
+
+    /// `Tiktoken`, adding up the bytes it is handed.
+    #[derive(Debug)]
+    struct Tally(Tiktoken, std::sync::atomic::AtomicUsize);
+
+    impl Tally {
+        fn add(&self, text: &str) {
+            self.1.fetch_add(text.len(), std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    impl TokenCounter for Tally {
+        fn count(&self, text: &str) -> u64 {
+            self.add(text);
+            self.0.count(text)
+        }
+
+        fn fit(&self, text: &str, max: u64) -> usize {
+            self.add(text);
+            self.0.fit(text, max)
+        }
+
+        fn settled_len(&self, text: &str) -> usize {
+            self.add(text);
+            self.0.settled_len(text)
+        }
+
+        fn token_ends(&self, text: &str, ends: &mut Vec<usize>) {
+            self.add(text);
+            self.0.token_ends(text, ends);
+        }
+    }
+
+    fn metered(counter: &dyn TokenCounter, cap: u64, chunks: &[String]) -> (String, bool) {
+        let mut meter = OutputMeter::new(counter, cap);
+        let mut output = String::new();
+        for chunk in chunks {
+            let accepted = meter.accept(&output, chunk);
+            output.push_str(&chunk[..accepted.keep]);
+            if accepted.capped {
+                return (output, true);
+            }
+        }
+        (output, false)
+    }
+
+    #[test]
+    fn a_cjk_reply_a_character_a_delta_is_metered_in_linear_work_within_its_cap() {
+        let ideographs: Vec<char> =
+            "的一是不了人我在有他这中大来上国个到说们为子和你地出道也时年得就那要下以生会自着去之过家学对"
+                .chars()
+                .collect();
+        let chunks: Vec<String> =
+            (0..6_000).map(|i| ideographs[(i * 7) % ideographs.len()].to_string()).collect();
+        let whole = chunks.concat();
+        for kind in KINDS {
+            let tokenizer = Tiktoken::new(kind);
+            assert_eq!(tokenizer.settled_len(&whole), 0, "{kind:?}: one piece");
+            for cap in [1_000, 4_096] {
+                let tally = Tally(tokenizer, 0.into());
+                let (output, capped) = metered(&tally, cap, &chunks);
+                let tokens = tokenizer.count(&output);
+                assert!(capped, "{kind:?}: {} tokens", tokenizer.count(&whole));
+                assert!(tokens <= cap, "{kind:?}: {tokens} tokens over {cap}");
+                assert!(tokens + 2 >= cap, "{kind:?}: {tokens} tokens, cut early under {cap}");
+                let bytes = tally.1.into_inner();
+                assert!(
+                    bytes <= 4 * output.len(),
+                    "{kind:?} under {cap}: {bytes} bytes tokenized for a {}-byte reply",
+                    output.len()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn long_streams_in_any_script_count_as_the_whole_reply_does() {
+        let mut rng = Rng(0x10_c5_u64);
+        // Runs the encodings never split, and some that they do.
+        let runs = [
+            "的",
+            "一是",
+            "不了人",
+            "🙂",
+            "👍🏽",
+            "😂",
+            "한국어",
+            "日本語",
+            "e\u{301}",
+            " word",
+            "中文，",
+        ];
+        for kind in KINDS {
+            let tokenizer = Tiktoken::new(kind);
+            for case in 0..12 {
+                let chunks: Vec<String> = (0..1_500)
+                    .map(|_| (0..1 + rng.next(3)).map(|_| runs[rng.next(runs.len())]).collect())
+                    .collect();
+                let whole = chunks.concat();
+                let cap = 200 + rng.next(3_000) as u64;
+                let (output, capped) = metered(&tokenizer, cap, &chunks);
+                let tokens = tokenizer.count(&output);
+                assert_eq!(capped, tokenizer.count(&whole) > cap, "{kind:?} case {case}");
+                assert!(tokens <= cap, "{kind:?} case {case}: {tokens} over {cap}");
+                if capped {
+                    assert!(tokens + 2 >= cap, "{kind:?} case {case}: {tokens} under {cap}");
+                } else {
+                    assert_eq!(output, whole, "{kind:?} case {case}");
+                }
+            }
         }
     }
 }

@@ -55,6 +55,7 @@ mod limiter_cluster;
 mod limiter_cluster_faults;
 mod limiter_faults;
 mod limiter_http;
+mod limiter_overload;
 mod metrics;
 mod migrations;
 mod openai_provider;

@@ -501,6 +501,10 @@ impl LimiterActor {
 
     fn answer_by_fallback(&mut self, pending: Pending<CheckReply, PeekReply>) {
         match pending {
+            // Its caller stopped waiting and got the handle's own fallback
+            // (under `local`, already decided with these counts): counting
+            // it again would charge a turn twice.
+            Pending::Check { reply, .. } if reply.is_closed() => {}
             Pending::Check { user, limits, cost, now_ms, reply, .. } => {
                 let admission = self.fallback(&user, limits, cost, now_ms);
                 let _ = reply.send(admission);

@@ -88,7 +88,9 @@ pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> Result<AppStat
         metrics.as_ref().map_or_else(LimiterMetrics::default, |m| m.limiter.clone());
     let limiter = match measured_limiter(settings, clock.clone(), limiter_metrics).await {
         Some((handle, actor)) => {
-            background.spawn(actor);
+            // Ends on its own once the last handle is dropped, after
+            // sending the last lease releases and refunds.
+            background.spawn_ending(actor);
             Some(handle)
         }
         None => None,

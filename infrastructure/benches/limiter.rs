@@ -13,7 +13,8 @@
 //! columns, an idle cluster's seeds on `PANTHEON_BENCH_CLUSTER_URLS`,
 //! comma-separated: `scripts/cluster.sh start DIR` prints them; each
 //! caller is its own user, so the callers spread over every master).
-//! `-- --quick` shortens it.
+//! `-- --quick` shortens it. A last table gives the in-process limiter's
+//! checks per second (no Redis configured) with the same callers.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -178,6 +179,19 @@ async fn through_actor(store: &Store, callers: usize, run: Duration) -> (f64, u6
     (admitted as f64 / start.elapsed().as_secs_f64(), other)
 }
 
+/// Checks per second of the in-process limiter (no Redis) with `callers`.
+async fn in_process(callers: usize, run: Duration) -> (f64, u64) {
+    let store = Store {
+        name: "in-process",
+        settings: Settings::default(),
+        nodes: Vec::new(),
+        slots: SlotMap::single(pantheon_infrastructure::limiter::topology::NodeAddr::new(
+            "none", 0,
+        )),
+    };
+    through_actor(&store, callers, run).await
+}
+
 /// Redis commands per admitted check and per cached refusal.
 async fn commands_per_check(store: &Store) -> (f64, f64) {
     let (handle, actor) = limiter(&store.settings, Arc::new(SystemClock)).await.unwrap();
@@ -259,5 +273,12 @@ async fn main() {
             store.name
         );
         println!("{}: Redis commands per cached refusal: {per_refusal:.3} (expect 0)", store.name);
+    }
+    println!();
+    println!("| callers | in-process checks/s | not admitted |");
+    println!("|---:|---:|---:|");
+    for callers in [1, 64, 1024] {
+        let (rate, other) = in_process(callers, run).await;
+        println!("| {callers} | {rate:.0} | {other} |");
     }
 }

@@ -115,6 +115,9 @@ pub async fn serve(
     let (drained, all_persisted) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         turns.drain(grace).await;
+        // This clone holds the limiter's handle too: the actor ends once
+        // the last one is dropped (see `Background::stop`).
+        drop(turns);
         let _ = drained.send(());
     });
     registry.close_all();

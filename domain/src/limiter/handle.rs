@@ -1,18 +1,23 @@
 //! [`LimiterHandle`]: the cloneable front of the limiter task. A user the
 //! shared over-limit cache knows to be refused is answered at once, from
-//! it; any other check is a message over a bounded mailbox with a `oneshot`
-//! reply; a full mailbox or a late reply is answered by the fallback at
-//! once, so the limiter can slow a turn by at most its `wait`.
+//! it. Without Redis, every check is decided on the caller's own thread by
+//! the [`LocalLimiter`]: there is no dependency to fall back from, so a
+//! busy task can never turn a decision into a skip. With Redis, a check is
+//! a message over a bounded mailbox with a `oneshot` reply; a full mailbox
+//! or a late reply is answered by the fallback at once (so the limiter can
+//! slow a turn by at most its `wait`), and `fallback = local` then decides
+//! with the in-process counts too, never skipping.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::cache::OverLimitCache;
-use super::decision::{Limits, TokenCost};
-use super::lease::Releases;
+use super::decision::{Limits, Reservation, TokenCost, Verdict};
+use super::lease::{Lease, Releases};
+use super::local::LocalLimiter;
 use super::protocol::{
     Admission, Decision, Fallback, LimiterCommand, LimiterState, Mode, RateLimitStatus, SkipReason,
 };
@@ -31,17 +36,78 @@ pub struct HandleOptions {
 }
 
 /// What the task shares with its handles: its state for reporting, the
-/// over-limit cache it fills and they answer from, and the queue its leases
-/// release into.
+/// over-limit cache it fills and they answer from, the queue its leases
+/// release into, and the in-process counts both decide with.
 #[derive(Debug, Default)]
 pub struct LimiterShared {
     state: AtomicU8,
     shadow_refusals: AtomicU64,
     refusals: OverLimitCache,
     releases: Arc<Releases>,
+    local: OnceLock<LocalBackend>,
+}
+
+/// The in-process counts, and whether they are the limiter (no Redis) or
+/// only its `fallback = local`.
+#[derive(Debug)]
+struct LocalBackend {
+    limiter: Arc<dyn LocalLimiter>,
+    decides: bool,
 }
 
 impl LimiterShared {
+    /// Installs the in-process counts, once (a second call is ignored):
+    /// with `decides` (no Redis) every handle decides with them on the
+    /// caller's thread; otherwise they answer `fallback = local`.
+    pub fn install_local(&self, limiter: Arc<dyn LocalLimiter>, decides: bool) {
+        let _ = self.local.set(LocalBackend { limiter, decides });
+    }
+
+    /// The in-process counts, once installed.
+    pub fn local(&self) -> Option<&Arc<dyn LocalLimiter>> {
+        self.local.get().map(|l| &l.limiter)
+    }
+
+    /// The in-process counts when they are the limiter (no Redis).
+    fn deciding_locally(&self) -> Option<&Arc<dyn LocalLimiter>> {
+        self.local.get().filter(|l| l.decides).map(|l| &l.limiter)
+    }
+
+    /// Decides one turn with `local` at `now_ms`: counted, a slot and the
+    /// reservation taken when admitted (the lease gives them back there),
+    /// a refusal cached.
+    pub fn decide_locally(
+        &self,
+        local: &Arc<dyn LocalLimiter>,
+        user: &UserId,
+        limits: Limits,
+        cost: TokenCost,
+        now_ms: i64,
+    ) -> Admission {
+        let verdict = local.check(user, limits, cost, now_ms);
+        let admitted = verdict.is_admitted();
+        let (decision, reservation) = self.verdict(user, limits, now_ms, verdict);
+        let lease = admitted
+            .then(|| Lease::local(user.clone(), local.clone()).with_reservation(reservation));
+        Admission { decision, lease }
+    }
+
+    /// Turns a verdict (of any backend) into the caller's decision and the
+    /// tokens reserved, caching a refusal.
+    pub fn verdict(
+        &self,
+        user: &UserId,
+        limits: Limits,
+        now_ms: i64,
+        verdict: Verdict,
+    ) -> (Decision, Option<Reservation>) {
+        let (decision, reservation) = Decision::from_verdict(verdict, limits, now_ms);
+        if let Decision::Limited(denial) = &decision {
+            self.refusals.insert(user, denial);
+        }
+        (decision, reservation)
+    }
+
     /// The over-limit cache.
     pub fn refusals(&self) -> &OverLimitCache {
         &self.refusals
@@ -113,10 +179,12 @@ impl LimiterHandle {
     /// into admissions (counted, holding no slot, reserving nothing).
     pub async fn check_with(&self, user: UserId, limits: Limits, cost: TokenCost) -> Admission {
         let requested = limits.has_token_budget().then(|| cost.smallest());
-        let cached = self.shared.refusals.get(&user, limits, requested, self.clock.now_ms());
-        let admission = match cached {
-            Some(denial) => Admission::without_lease(Decision::Limited(denial)),
-            None => self.ask(user.clone(), limits, cost).await,
+        let now_ms = self.clock.now_ms();
+        let cached = self.shared.refusals.get(&user, limits, requested, now_ms);
+        let admission = match (cached, self.shared.deciding_locally()) {
+            (Some(denial), _) => Admission::without_lease(Decision::Limited(denial)),
+            (None, Some(local)) => self.shared.decide_locally(local, &user, limits, cost, now_ms),
+            (None, None) => self.ask(user.clone(), limits, cost).await,
         };
         match admission.decision {
             Decision::Limited(denial) if self.options.mode == Mode::Shadow => {
@@ -148,20 +216,27 @@ impl LimiterHandle {
     /// Asks the task.
     async fn ask(&self, user: UserId, limits: Limits, cost: TokenCost) -> Admission {
         let (respond_to, reply) = oneshot::channel();
-        let command = LimiterCommand::Check { user, limits, cost, respond_to };
+        let command = LimiterCommand::Check { user: user.clone(), limits, cost, respond_to };
         // A full mailbox is overload: answer now rather than queue.
-        if self.sender.try_send(command).is_err() {
-            Admission::without_lease(self.fallback(SkipReason::Overloaded))
+        let reason = if self.sender.try_send(command).is_err() {
+            SkipReason::Overloaded
         } else {
             match tokio::time::timeout(self.options.wait, reply).await {
-                Ok(Ok(admission)) => admission,
-                _ => Admission::without_lease(self.fallback(SkipReason::StoreUnavailable)),
+                Ok(Ok(admission)) => return admission,
+                // Dropping `reply` tells the task this caller stopped
+                // waiting: a check not yet sent is never counted.
+                _ => SkipReason::StoreUnavailable,
             }
-        }
+        };
+        self.fallback(reason, &user, limits, cost)
     }
 
     /// Reports `user`'s usage without counting; `None` when unknown.
     pub async fn peek(&self, user: UserId, limits: Limits) -> Option<RateLimitStatus> {
+        if let Some(local) = self.shared.deciding_locally() {
+            let now_ms = self.clock.now_ms();
+            return Some(RateLimitStatus::from_counts(limits, local.counts(&user, now_ms), now_ms));
+        }
         let (respond_to, reply) = oneshot::channel();
         self.sender.try_send(LimiterCommand::Peek { user, limits, respond_to }).ok()?;
         tokio::time::timeout(self.options.wait, reply).await.ok()?.ok()?
@@ -187,12 +262,25 @@ impl LimiterHandle {
         self.shared.shadow_refusals.load(Ordering::Relaxed)
     }
 
-    fn fallback(&self, reason: SkipReason) -> Decision {
-        match self.options.fallback {
-            Fallback::Deny => Decision::Unavailable(reason),
-            // The local counters live in the task; a caller it cannot answer
-            // in time is let through.
-            Fallback::Allow | Fallback::Local => Decision::Skipped(reason),
-        }
+    /// The answer to a check the task could not take or answer in time:
+    /// with Redis configured that is Redis trouble (the task is waiting on
+    /// it), answered as `rate_limit.fallback` says.
+    fn fallback(
+        &self,
+        reason: SkipReason,
+        user: &UserId,
+        limits: Limits,
+        cost: TokenCost,
+    ) -> Admission {
+        let decision = match (self.options.fallback, self.shared.local()) {
+            (Fallback::Deny, _) => Decision::Unavailable(reason),
+            (Fallback::Local, Some(local)) => {
+                let now_ms = self.clock.now_ms();
+                return self.shared.decide_locally(local, user, limits, cost, now_ms);
+            }
+            // No in-process counts installed (a handle without its task).
+            (Fallback::Allow | Fallback::Local, _) => Decision::Skipped(reason),
+        };
+        Admission::without_lease(decision)
     }
 }

@@ -11,7 +11,8 @@
 //! Where the slot is held decides how it is released: a Redis lease is
 //! removed from the user's sorted set (and, if the instance dies first, it
 //! expires `rate_limit.lease_ttl_secs` after its last renewal); an
-//! in-process one is a count in the task.
+//! in-process one is a count in the [`LocalLimiter`], given back by the
+//! drop itself (one short lock, no task involved).
 //!
 //! A lease also carries the turn's token [`Reservation`], if any. The turn
 //! [`settles`](Lease::settle) it with its actual usage before the drop, and
@@ -25,6 +26,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::Notify;
 
 use super::decision::Reservation;
+use super::local::LocalLimiter;
 use crate::ids::UserId;
 
 /// A lease's member in the user's sorted set: a UUIDv7 (74 random bits),
@@ -50,7 +52,7 @@ impl fmt::Display for LeaseId {
 pub enum LeaseStore {
     /// In the user's sorted set in Redis.
     Redis,
-    /// In the limiter task's in-process counts.
+    /// In the in-process counts ([`LocalLimiter`]).
     Local,
 }
 
@@ -103,13 +105,22 @@ impl Releases {
     }
 }
 
+/// Where a dropped lease gives its slot back.
+#[derive(Debug)]
+enum Returns {
+    /// Queued for the limiter task to send.
+    Queue(Arc<Releases>),
+    /// Straight into the in-process counts.
+    Local(Arc<dyn LocalLimiter>),
+}
+
 /// A held slot (and its token reservation); dropping it releases the slot.
 #[derive(Debug)]
 pub struct Lease {
     id: LeaseId,
     user: UserId,
     store: LeaseStore,
-    releases: Arc<Releases>,
+    returns: Returns,
     reservation: Option<Reservation>,
     used: Option<u64>,
 }
@@ -118,7 +129,21 @@ impl Lease {
     /// A lease the task just took for `user` in `store`; `releases` is where
     /// its drop queues the release.
     pub fn new(id: LeaseId, user: UserId, store: LeaseStore, releases: Arc<Releases>) -> Self {
-        Self { id, user, store, releases, reservation: None, used: None }
+        let returns = Returns::Queue(releases);
+        Self { id, user, store, returns, reservation: None, used: None }
+    }
+
+    /// A slot `local` just gave `user`: the drop gives it back there.
+    pub fn local(user: UserId, local: Arc<dyn LocalLimiter>) -> Self {
+        let returns = Returns::Local(local);
+        Self {
+            id: LeaseId::random(),
+            user,
+            store: LeaseStore::Local,
+            returns,
+            reservation: None,
+            used: None,
+        }
     }
 
     /// The lease with the tokens its admission reserved.
@@ -158,12 +183,20 @@ impl Drop for Lease {
             }
             _ => None,
         };
-        self.releases.push(Released {
-            id: self.id,
-            user: self.user.clone(),
-            store: self.store,
-            refund,
-        });
+        match &self.returns {
+            Returns::Queue(releases) => releases.push(Released {
+                id: self.id,
+                user: self.user.clone(),
+                store: self.store,
+                refund,
+            }),
+            Returns::Local(local) => {
+                local.release(&self.user);
+                if let Some(refund) = refund {
+                    local.refund(&self.user, refund);
+                }
+            }
+        }
     }
 }
 

@@ -11,6 +11,8 @@
 //!   answers and the cloneable handle that sends them;
 //! - `cache`: the over-limit cache both sides share, so known refusals are
 //!   answered on the caller's thread;
+//! - `local`: the port to the in-process counts, which the handle decides
+//!   with on the caller's thread when no Redis is configured;
 //! - `lease`: a running turn's hold on one of its user's concurrency slots
 //!   and its token reservation, released (and refunded) by its drop.
 
@@ -18,6 +20,7 @@ mod cache;
 mod decision;
 mod handle;
 mod lease;
+mod local;
 mod protocol;
 mod window;
 
@@ -28,6 +31,7 @@ pub use decision::{
 };
 pub use handle::{HandleOptions, LimiterHandle, LimiterShared, limiter_channel};
 pub use lease::{Lease, LeaseId, LeaseStore, Refund, Released, Releases};
+pub use local::LocalLimiter;
 pub use protocol::{
     Admission, Decision, Denial, Fallback, LimitTable, LimiterCommand, LimiterState, Mode,
     RateLimitStatus, SkipReason,

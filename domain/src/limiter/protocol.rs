@@ -7,7 +7,10 @@ use std::collections::HashMap;
 
 use tokio::sync::oneshot;
 
-use super::decision::{Limits, Policy, Reservation, TokenCost, TokenUsage, Verdict, WindowUsage};
+use super::decision::{
+    Counts, Limits, Policy, Reservation, TokenCost, TokenUsage, Verdict, WindowUsage, token_usage,
+    usage,
+};
 use super::lease::Lease;
 use crate::ids::UserId;
 
@@ -52,6 +55,16 @@ pub struct RateLimitStatus {
 }
 
 impl RateLimitStatus {
+    /// What `counts` read at `now_ms` report under `limits`.
+    pub fn from_counts(limits: Limits, counts: Counts, now_ms: i64) -> Self {
+        Self {
+            limits,
+            usage: usage(limits, counts, now_ms),
+            active: counts.active,
+            tokens: token_usage(limits, counts, now_ms),
+        }
+    }
+
     /// Slots still free.
     pub fn free_slots(&self) -> u64 {
         u64::from(self.limits.max_concurrent).saturating_sub(self.active)

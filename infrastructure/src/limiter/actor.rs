@@ -1,6 +1,8 @@
 //! The limiter task: the only owner of the Redis connections, the loaded
-//! script, the health state, the over-limit cache, the in-process counters
-//! and the leases this instance holds.
+//! script, the health state and the leases this instance holds; it fills
+//! the over-limit cache and sweeps it and the in-process counters, which
+//! the handles share (without Redis they decide with those counters on
+//! their own thread and never ask this task).
 //!
 //! It never waits for one check before taking the next: each turn of the
 //! loop drains the mailbox (after one scheduler pass, so callers that are
@@ -26,8 +28,7 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use pantheon_domain::limiter::{
     Admission, Decision, Fallback, Lease, LeaseId, LeaseStore, LimiterCommand, LimiterShared,
-    Limits, RateLimitStatus, Reservation, SkipReason, TokenCost, Verdict, decide, token_usage,
-    usage,
+    Limits, LocalLimiter, RateLimitStatus, Reservation, SkipReason, TokenCost, Verdict, decide,
 };
 use pantheon_domain::{Clock, UserId};
 use redis::{Client, ConnectionInfo, RedisResult, Script};
@@ -158,7 +159,9 @@ pub struct LimiterActor {
     fallback: Fallback,
     /// Holds the over-limit cache this task fills and the handles read.
     shared: Arc<LimiterShared>,
-    local: MemoryCounters,
+    /// The in-process counts, shared with the handles (which decide with
+    /// them on their own thread when there is no Redis).
+    local: Arc<dyn LocalLimiter>,
     redis: Option<RedisLink>,
     /// `rate_limit.lease_ttl_secs`.
     lease_ttl: Duration,
@@ -179,12 +182,14 @@ impl LimiterActor {
         redis: Option<RedisLink>,
         lease_ttl: Duration,
     ) -> Self {
+        shared.install_local(Arc::new(MemoryCounters::default()), redis.is_none());
+        let local = shared.local().cloned().unwrap_or_else(|| Arc::new(MemoryCounters::default()));
         Self {
             mailbox,
             clock,
             fallback,
             shared,
-            local: MemoryCounters::default(),
+            local,
             redis,
             lease_ttl,
             held: HashMap::new(),
@@ -532,6 +537,10 @@ impl LimiterActor {
 
     fn answer_by_fallback(&mut self, pending: Pending<CheckReply, PeekReply>) {
         match pending {
+            // Its caller stopped waiting and got the handle's own fallback
+            // (under `local`, already decided with these counts): counting
+            // it again would charge a turn twice.
+            Pending::Check { reply, .. } if reply.is_closed() => {}
             Pending::Check { user, limits, cost, now_ms, reply, .. } => {
                 let admission = self.fallback(&user, limits, cost, now_ms);
                 let _ = reply.send(admission);
@@ -597,15 +606,7 @@ impl LimiterActor {
         cost: TokenCost,
         now_ms: i64,
     ) -> Admission {
-        let verdict = self.local.check(user, limits, cost, now_ms);
-        let admitted = verdict.is_admitted();
-        let (decision, reservation) = self.verdict(user, limits, now_ms, verdict);
-        let lease = admitted.then(|| {
-            let releases = self.shared.releases().clone();
-            Lease::new(LeaseId::random(), user.clone(), LeaseStore::Local, releases)
-                .with_reservation(reservation)
-        });
-        Admission { decision, lease }
+        self.shared.decide_locally(&self.local, user, limits, cost, now_ms)
     }
 
     /// How a check is answered while Redis cannot be asked.
@@ -639,11 +640,7 @@ impl LimiterActor {
         now_ms: i64,
         verdict: Verdict,
     ) -> (Decision, Option<Reservation>) {
-        let (decision, reservation) = Decision::from_verdict(verdict, limits, now_ms);
-        if let Decision::Limited(denial) = &decision {
-            self.shared.refusals().insert(user, denial);
-        }
-        (decision, reservation)
+        self.shared.verdict(user, limits, now_ms, verdict)
     }
 }
 
@@ -653,12 +650,7 @@ fn status(
     counts: pantheon_domain::limiter::Counts,
     now_ms: i64,
 ) -> RateLimitStatus {
-    RateLimitStatus {
-        limits,
-        usage: usage(limits, counts, now_ms),
-        active: counts.active,
-        tokens: token_usage(limits, counts, now_ms),
-    }
+    RateLimitStatus::from_counts(limits, counts, now_ms)
 }
 
 /// Probes `node`: on a cluster, reads the layout first (the node may have

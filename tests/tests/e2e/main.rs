@@ -58,6 +58,7 @@ mod limiter_faults;
 mod limiter_http;
 mod limiter_leases;
 mod locked_begin;
+mod limiter_overload;
 mod metrics;
 mod migrations;
 mod openai_provider;

@@ -130,9 +130,9 @@ impl<'a> OutputMeter<'a> {
         while start < delta.len() {
             let end = piece_end(delta, start);
             let reply = output.len() + end;
-            let bound = self.settled_tokens
-                + self.counted_tokens
-                + u64::try_from(reply.saturating_sub(self.counted_bytes)).unwrap_or(u64::MAX);
+            let uncounted = reply.saturating_sub(self.counted_bytes);
+            let bound = (self.settled_tokens.saturating_add(self.counted_tokens))
+                .saturating_add(u64::try_from(uncounted).unwrap_or(u64::MAX));
             if bound <= self.cap && reply - self.settled_bytes <= WINDOW {
                 start = end;
                 continue;
@@ -175,6 +175,9 @@ impl<'a> OutputMeter<'a> {
         // the last bytes are scanned for one, so a count reads the tail once.
         let rest = &tail[by_tokens..];
         let mut at = by_tokens + self.counter.settled_len(rest).min(rest.len());
+        if !tail.is_char_boundary(at) {
+            at = by_tokens;
+        }
         if at.saturating_add(WINDOW / 2) < tail.len() {
             at = limit;
             while !tail.is_char_boundary(at) {

@@ -23,7 +23,11 @@
 # limiter overhead 1 − A/B per build); refusal — C and /healthz on each;
 # sse — E on a fresh server of each, alternately.
 # Environment: COMPARE_ROUNDS (default 4), COMPARE_SECS (seconds per round,
-# default 5). All traffic goes to 127.0.0.1; every process is stopped on exit.
+# default 5), COMPARE_REFUSAL_INPUT (the refused turn's input, plain text
+# without quotes or backslashes; e.g. 32,000 characters of words, with
+# COMPARE_AFTER_ENV setting a token budget: the cost of a cached refusal
+# with and without one). All traffic goes to 127.0.0.1; every process is
+# stopped on exit.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -130,7 +134,8 @@ for scenario in "${SCENARIOS[@]}"; do
       ;;
     refusal)
       read -r token session <"$WORK/users-c.txt"
-      path="/api/v1/sessions/$session/turns" body='{"input":"Hello, Pantheon benchmark"}'
+      path="/api/v1/sessions/$session/turns"
+      body="{\"input\":\"${COMPARE_REFUSAL_INPUT:-Hello, Pantheon benchmark}\"}"
       for b in before after; do
         mapfile -t extra < <(build_env "$b")
         start_build "C-$b" "$(build "$b")" "${ENV[@]}" "${extra[@]}" PANTHEON__RATE_LIMIT__PER_MINUTE=1

@@ -154,7 +154,8 @@ impl From<FinishReason> for FinishReasonBody {
     }
 }
 
-/// Token usage as the provider reported it (never estimated).
+/// Token usage: what the provider reported, never less than Pantheon
+/// counted of the prompt it sent and the output it received.
 #[derive(Debug, Clone, Copy, Serialize, ToSchema)]
 #[schema(as = Usage)]
 pub struct UsageBody {

@@ -242,8 +242,11 @@ pub trait ModelProvider: Send + Sync + std::fmt::Debug {
 
     /// The tokens of the prompt a reply to `input` after `history` sends
     /// upstream, as `tokens` counts them: what a turn reserves for its input,
-    /// and its input usage when the provider reports none. Additive over the
-    /// history's turns. The default counts the texts alone.
+    /// and the floor under its reported input usage. Additive over the
+    /// history's turns, each adding the same whatever the input (the turn's
+    /// task counts each history turn on its own, with an empty input, and
+    /// does not tokenize the input again). The default counts the texts
+    /// alone.
     fn prompt_tokens(
         &self,
         tokens: &dyn TokenCounter,

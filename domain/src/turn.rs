@@ -76,15 +76,15 @@ impl FinishReason {
     }
 }
 
-/// Token usage: as the provider reported it, else as Pantheon's tokenizer
-/// counted what was sent and received.
+/// Token usage: as the provider reported it, but never less than
+/// Pantheon's tokenizer counted of what was sent and received.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
     /// Tokens of the prompt.
     pub input_tokens: i64,
     /// Tokens of the reply.
     pub output_tokens: i64,
-    /// Their sum, as the provider reported it.
+    /// Their sum (or the provider's total, when larger).
     pub total_tokens: i64,
 }
 

@@ -221,6 +221,24 @@ mod tests {
     }
 
     #[test]
+    fn a_turn_of_unknown_size_is_answered_only_within_the_token_room_the_denial_saw() {
+        let cache = OverLimitCache::default();
+        let budget = Limits { tokens_per_minute: Some(1_000), ..LIMITS };
+        let room =
+            WindowUsage { window: Window::Minute, limit: 1_000, remaining: 300, reset_ms: 0 };
+        let refused = Denial {
+            requested: Some(116),
+            tokens: [Some(room), None],
+            ..denial(budget, 1_000, 5_000)
+        };
+        cache.insert(&user("alice"), &refused);
+        assert!(cache.get_within(&user("alice"), budget, 300, 2_000).is_some());
+        // Larger, it might meet the token window too, and retry later.
+        assert_eq!(cache.get_within(&user("alice"), budget, 301, 2_000), None);
+        assert_eq!(cache.get_within(&user("alice"), LIMITS, 1, 2_000), None, "other limits");
+    }
+
+    #[test]
     fn a_sweep_drops_what_has_expired() {
         let cache = OverLimitCache::default();
         cache.insert(&user("alice"), &denial(LIMITS, 1_000, 5_000));

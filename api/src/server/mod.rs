@@ -89,11 +89,14 @@ pub async fn serve(
     // A head larger than this is answered `431` by hyper: by default it
     // buffered ~400 KiB of head, so one request could carry a 420 KB header.
     builder.max_header_size(MAX_HEAD_BYTES);
-    // A client may shut its write side once its request is sent (a
-    // `curl --data … ` through some proxies, a socket's `shutdown(SHUT_WR)`):
-    // it still gets its answer. A client that is really gone is noticed when
-    // a write to it fails, or by the write timeout.
-    builder.half_close(true);
+    // hyper's default, kept on purpose: a client's FIN ends its connection.
+    // A FIN is all a server sees of a client that shut its write side only
+    // (`shutdown(SHUT_WR)`) and of one that left; taking it for leaving is
+    // what lets `turns.on_disconnect = cancel` stop a stream (and its
+    // upstream request) at once while the provider is silent, instead of at
+    // the next write that fails. A half-closed request gets no answer
+    // (`request_heads::a_client_that_half_closes_after_its_request_is_taken_for_gone`).
+    builder.half_close(false);
     let registry = Arc::new(registry::Registry::default());
     let tasks = TaskTracker::new();
     let acceptor = accept::Acceptor {

@@ -1,7 +1,7 @@
 //! What a request's head and body may carry: request ids bounded before
 //! they are echoed and logged, a head past hyper's buffer refused `431`, a
 //! body sized for the longest valid JSON of a valid input, and a client
-//! that half-closes its socket after sending still answered.
+//! that half-closes its socket after sending taken for gone.
 
 use pantheon_tests::logs::LogCapture;
 use pantheon_tests::{Backend, TestApp, expect_problem, spawn_app};
@@ -121,8 +121,13 @@ async fn twenty_thousand_emoji_escaped_as_surrogate_pairs_are_a_valid_turn() {
     app.stop().await;
 }
 
+/// The server takes a FIN for a client that left (see `serve`): it cannot
+/// tell a half-close from a hang-up, and treating both as leaving is what
+/// stops a silent stream's upstream request at once under `on_disconnect =
+/// cancel`. This pins the documented cost: a half-closed request gets no
+/// answer, and the server goes on serving the same user.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_half_closes_after_its_request_gets_its_turn() {
+async fn a_client_that_half_closes_after_its_request_is_taken_for_gone() {
     let app = spawn_app(Backend::Sqlite).await;
     let (token, session) = user_with_session(&app).await;
     let body = r#"{"input": "half closed"}"#;
@@ -136,8 +141,8 @@ async fn a_client_that_half_closes_after_its_request_gets_its_turn() {
     stream.write_all(request.as_bytes()).await.unwrap();
     stream.shutdown().await.unwrap();
     let answer = read_until_closed(&mut stream).await;
-    assert_eq!(status_of(&answer), 201, "{answer:.300}");
-    assert!(answer.contains(r#""status":"completed""#), "{answer:.600}");
-    assert_eq!(app.count("turns").await, 1);
+    assert_eq!(answer, "", "a half-closed client is taken for gone: no answer");
+    let next = app.submit_turn(&token, &session, "after").await;
+    assert_eq!(next.status(), 201, "the server goes on serving the same user");
     app.stop().await;
 }

@@ -86,8 +86,9 @@ impl Acceptor {
             let (router, timeouts, builder) =
                 (self.router.clone(), self.timeouts, self.builder.clone());
             self.tasks.spawn(async move {
-                let (state, close) = (registration.state.clone(), registration.close.clone());
-                serve_connection(&builder, stream, router, state, close, timeouts).await;
+                let state = registration.state.clone();
+                let (close, dropped) = (registration.close.clone(), registration.dropped.clone());
+                serve_connection(&builder, stream, router, state, close, dropped, timeouts).await;
                 drop(registration);
             });
         }

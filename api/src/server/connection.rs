@@ -29,6 +29,8 @@ enum End {
     Served(Result<(), hyper::Error>),
     /// A deadline passed; the connection is dropped without a response.
     TimedOut(Expiry),
+    /// The shutdown's last step dropped it.
+    Dropped,
 }
 
 /// Serves `stream` until the client leaves, a deadline passes, or `close`
@@ -40,11 +42,13 @@ pub(super) async fn serve_connection(
     router: Router,
     state: Arc<ConnState>,
     close: CancellationToken,
+    dropped: CancellationToken,
     timeouts: Timeouts,
 ) {
     let io = TokioIo::new(TrackedIo::new(stream, state.clone()));
     let mut conn = pin!(builder.serve_connection(io, TrackedService::new(router, state.clone())));
     let mut close = pin!(close.cancelled_owned());
+    let mut dropped = pin!(dropped.cancelled_owned());
     let mut timer = pin!(tokio::time::sleep_until(Instant::now()));
     let mut armed: Option<Instant> = None;
     let mut closing = false;
@@ -52,6 +56,9 @@ pub(super) async fn serve_connection(
         loop {
             if let Poll::Ready(result) = conn.as_mut().poll(cx) {
                 return Poll::Ready(End::Served(result));
+            }
+            if dropped.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(End::Dropped);
             }
             if !closing && close.as_mut().poll(cx).is_ready() {
                 closing = true;
@@ -91,6 +98,7 @@ pub(super) async fn serve_connection(
             tracing::debug!("closed a connection whose request head did not arrive in time");
         }
         End::TimedOut(Expiry::Idle) => tracing::debug!("closed an idle connection"),
+        End::Dropped => tracing::debug!("dropped a connection still open at the end of shutdown"),
         End::TimedOut(Expiry::Write) => {
             tracing::info!("dropped a connection whose client stopped reading its response");
         }

@@ -32,6 +32,10 @@ use self::state::Timeouts;
 use crate::routes::router;
 use crate::state::AppState;
 
+/// How long, once every turn is persisted at shutdown, open connections
+/// get to finish their responses before they are dropped.
+const FLUSH_WAIT: Duration = Duration::from_secs(1);
+
 /// The most bytes of a request head (request line and headers) hyper
 /// reads before it answers `431`. hyper checks between reads, so a head
 /// that arrives in one read may run past it by that read's size.
@@ -125,10 +129,20 @@ pub async fn serve(
     });
     registry.close_all();
     tasks.close();
-    tasks.wait().await;
-    // Turns whose clients are gone have no connection keeping the server
-    // up; wait for them too.
+    // Every turn is persisted first (those whose clients are gone have no
+    // connection keeping the server up). Then a connection still open is
+    // one whose client is not reading the rest of its response: it gets
+    // [`FLUSH_WAIT`] to take it, then is dropped rather than allowed to hold
+    // the process for its write timeout.
     let _ = all_persisted.await;
+    if tokio::time::timeout(FLUSH_WAIT, tasks.wait()).await.is_err() {
+        tracing::info!(
+            connections = tasks.len(),
+            "shutting down: dropping connections whose clients are not reading"
+        );
+        registry.drop_all();
+        tasks.wait().await;
+    }
     background.stop().await;
     Ok(())
 }

@@ -25,6 +25,9 @@ struct Entry {
 #[derive(Debug, Default)]
 pub(super) struct Registry {
     open: Mutex<Open>,
+    /// Cancelled at the end of a shutdown: every connection still open is
+    /// dropped at once, its response unfinished.
+    dropped: CancellationToken,
 }
 
 #[derive(Debug, Default)]
@@ -48,7 +51,8 @@ impl Registry {
         open.next_id += 1;
         open.entries.insert(id, Entry { state: state.clone(), close: close.clone() });
         drop(open);
-        Registration { registry: self.clone(), id, state, close, _slot: slot }
+        let dropped = self.dropped.clone();
+        Registration { registry: self.clone(), id, state, close, dropped, _slot: slot }
     }
 
     /// Asks the connections that have been waiting longest without a
@@ -81,6 +85,14 @@ impl Registry {
             token.cancel();
         }
     }
+
+    /// Drops every connection still open, whatever it is doing: the last
+    /// step of a shutdown, once every turn is persisted, for clients that
+    /// are not reading what is left of their responses (a stalled write
+    /// would otherwise hold the process for up to `write_timeout`).
+    pub(super) fn drop_all(&self) {
+        self.dropped.cancel();
+    }
 }
 
 /// One open connection's place in the [`Registry`] and the connection cap.
@@ -92,6 +104,8 @@ pub(super) struct Registration {
     pub state: Arc<ConnState>,
     /// Cancelled when the connection should close.
     pub close: CancellationToken,
+    /// Cancelled when the connection must go now (see [`Registry::drop_all`]).
+    pub dropped: CancellationToken,
     _slot: OwnedSemaphorePermit,
 }
 

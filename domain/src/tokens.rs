@@ -428,16 +428,8 @@ mod tests {
     const LONGEST: usize = WINDOW + STEP;
 
     fn stream(cap: u64, chunks: &[&str]) -> (String, bool) {
-        let mut meter = OutputMeter::new(&Words, cap);
-        let mut output = String::new();
-        for chunk in chunks {
-            let accepted = meter.accept(&output, chunk);
-            output.push_str(&chunk[..accepted.keep]);
-            if accepted.capped {
-                return (output, true);
-            }
-        }
-        (output, false)
+        let chunks: Vec<String> = chunks.iter().map(|c| (*c).to_owned()).collect();
+        metered(&Words, cap, &chunks)
     }
 
     #[test]

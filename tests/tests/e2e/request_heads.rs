@@ -90,12 +90,20 @@ async fn a_head_over_64_kib_is_refused_431_and_one_under_is_served() {
     under.write_all(head(60 * 1024).as_bytes()).await.unwrap();
     assert_eq!(status_of(&read_until_closed(&mut under).await), 200);
 
-    let mut over = TcpStream::connect(socket_addr(&app)).await.unwrap();
-    // The server may answer and close before reading it all: a failed
-    // write is part of the refusal.
-    let _ = over.write_all(head(100 * 1024).as_bytes()).await;
-    let answer = read_until_closed(&mut over).await;
-    assert_eq!(status_of(&answer), 431, "{:.200}", answer);
+    // The server answers and closes before it has read the whole head, so
+    // the kernel may reset the connection and lose the answer before the
+    // client reads it: a few tries, every one refused, at least one 431.
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let mut over = TcpStream::connect(socket_addr(&app)).await.unwrap();
+        let _ = over.write_all(head(100 * 1024).as_bytes()).await;
+        let answer = read_until_closed(&mut over).await;
+        assert!(answer.is_empty() || status_of(&answer) == 431, "{answer:.200}");
+        statuses.push(status_of(&answer));
+    }
+    assert!(statuses.contains(&431), "{statuses:?}");
+    let healthy = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(healthy.status(), 200, "the server goes on serving");
     app.stop().await;
 }
 

@@ -488,19 +488,8 @@ fn budgeted(
     reservation: Reservation,
     releases: Arc<Releases>,
 ) -> (TurnService, SessionId, Arc<FakeTurns>) {
-    let turns = Arc::new(FakeTurns::default());
-    let session = SessionId::new();
-    turns.owner.lock().unwrap().insert(session, caller().user);
-    let limiter = reserving_limiter(admitted(), Some(reservation), releases);
-    let service = TurnService::new(
-        turns.clone(),
-        Arc::new(SlowProvider { chunks, delay: Duration::ZERO }),
-        Arc::new(Chars),
-        Arc::new(SystemClock),
-        policy(Duration::from_secs(5)),
-        Some(limiter),
-    );
-    (service, session, turns)
+    let provider = Arc::new(SlowProvider { chunks, delay: Duration::ZERO });
+    counted_service(provider, Arc::new(Chars), reservation, releases)
 }
 
 fn budget_caller() -> Caller {
@@ -649,7 +638,7 @@ impl ModelProvider for ReportsZero {
 /// admits every turn with `reservation`; its leases release into `releases`.
 fn counted_service(
     provider: Arc<dyn ModelProvider>,
-    counter: Arc<Counting>,
+    counter: Arc<dyn TokenCounter>,
     reservation: Reservation,
     releases: Arc<Releases>,
 ) -> (TurnService, SessionId, Arc<FakeTurns>) {
@@ -768,8 +757,12 @@ async fn the_input_is_tokenized_once_per_turn_with_its_history() {
 async fn a_prompt_sent_upstream_is_charged_though_no_reply_ever_opened() {
     let releases = Arc::new(Releases::default());
     let reservation = Reservation { input: 5, output_cap: 100, buckets: [Some(3), None] };
-    let (service, session, _) =
-        counted_service(Arc::new(NoHead), Arc::default(), reservation, releases.clone());
+    let (service, session, _) = counted_service(
+        Arc::new(NoHead),
+        Arc::new(Counting::default()),
+        reservation,
+        releases.clone(),
+    );
     let result = service.submit(&budget_caller(), session, input()).await;
     let Err(TurnError::Provider { turn, source: ProviderError::Timeout }) = result else {
         panic!("a timeout: {result:?}");
@@ -785,7 +778,7 @@ async fn a_reported_usage_below_the_count_is_charged_the_count() {
     let reservation = Reservation { input: 5, output_cap: 100, buckets: [Some(3), None] };
     let (service, session, _) = counted_service(
         Arc::new(ReportsZero { chunks: 4 }),
-        Arc::default(),
+        Arc::new(Counting::default()),
         reservation,
         releases.clone(),
     );

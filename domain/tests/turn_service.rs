@@ -499,7 +499,7 @@ fn budget_caller() -> Caller {
 #[tokio::test]
 async fn a_reply_that_ignores_its_cap_is_cut_there_and_charged_its_reservation_only() {
     let releases = Arc::new(Releases::default());
-    let reservation = Reservation { input: 5, output_cap: 10, buckets: [Some(3), None] };
+    let reservation = Reservation { input: 5, output_cap: 10, at_ms: 3 };
     let (service, session, _) = budgeted(100, reservation, releases.clone());
     let turn = service.submit(&budget_caller(), session, input()).await.unwrap().turn;
     assert_eq!(turn.output, "w0 w1 w2 w", "cut at the tenth character");
@@ -517,19 +517,19 @@ async fn a_reply_that_ignores_its_cap_is_cut_there_and_charged_its_reservation_o
 #[tokio::test]
 async fn a_short_reply_refunds_the_rest_of_its_reservation() {
     let releases = Arc::new(Releases::default());
-    let reservation = Reservation { input: 5, output_cap: 100, buckets: [Some(3), Some(0)] };
+    let reservation = Reservation { input: 5, output_cap: 100, at_ms: 3 };
     let (service, session, _) = budgeted(2, reservation, releases.clone());
     let turn = service.submit(&budget_caller(), session, input()).await.unwrap().turn;
     assert_eq!((turn.output.as_str(), turn.finish_reason), ("w0 w1 ", Some(FinishReason::Stop)));
     assert_eq!(turn.usage, Some(Usage::of(5, 6)));
     let refund = releases.take().pop().and_then(|r| r.refund);
-    assert_eq!(refund, Some(Refund { tokens: 105 - 11, buckets: [Some(3), Some(0)] }));
+    assert_eq!(refund, Some(Refund { tokens: 105 - 11, at_ms: 3 }));
 }
 
 #[tokio::test]
 async fn a_turn_whose_session_is_missing_refunds_its_whole_reservation() {
     let releases = Arc::new(Releases::default());
-    let reservation = Reservation { input: 5, output_cap: 100, buckets: [Some(3), None] };
+    let reservation = Reservation { input: 5, output_cap: 100, at_ms: 3 };
     let (service, _, _) = budgeted(2, reservation, releases.clone());
     let result = service.submit(&budget_caller(), SessionId::new(), input()).await;
     assert!(matches!(result, Err(TurnError::SessionNotFound)), "{result:?}");
@@ -540,7 +540,7 @@ async fn a_turn_whose_session_is_missing_refunds_its_whole_reservation() {
 #[tokio::test]
 async fn an_input_that_can_never_fit_its_token_budget_is_refused_before_anything_else() {
     let releases = Arc::new(Releases::default());
-    let reservation = Reservation { input: 5, output_cap: 100, buckets: [Some(3), None] };
+    let reservation = Reservation { input: 5, output_cap: 100, at_ms: 3 };
     let (service, session, turns) = budgeted(2, reservation, releases.clone());
     // 5 input tokens + 16 least output > 20.
     let caller = Caller { limits: Limits { tokens_per_minute: Some(20), ..LIMITS }, ..caller() };
@@ -701,7 +701,7 @@ async fn a_cached_refusal_under_a_budget_answers_before_the_input_is_tokenized()
 async fn an_input_too_long_for_its_budget_by_its_size_alone_is_refused_without_tokenizing() {
     let releases = Arc::new(Releases::default());
     let counter = Arc::new(Counting::default());
-    let reservation = Reservation { input: 5, output_cap: 100, buckets: [Some(3), None] };
+    let reservation = Reservation { input: 5, output_cap: 100, at_ms: 3 };
     let provider = Arc::new(SlowProvider { chunks: 1, delay: Duration::ZERO });
     let (service, session, turns) =
         counted_service(provider, counter.clone(), reservation, releases.clone());
@@ -723,7 +723,7 @@ async fn an_input_too_long_for_its_budget_by_its_size_alone_is_refused_without_t
 async fn the_input_is_tokenized_once_per_turn_with_its_history() {
     let releases = Arc::new(Releases::default());
     let counter = Arc::new(Counting::default());
-    let reservation = Reservation { input: 5, output_cap: 100, buckets: [Some(3), None] };
+    let reservation = Reservation { input: 5, output_cap: 100, at_ms: 3 };
     let provider = Arc::new(WithHistory(SlowProvider { chunks: 2, delay: Duration::ZERO }));
     let (service, session, turns) =
         counted_service(provider, counter.clone(), reservation, releases.clone());
@@ -756,7 +756,7 @@ async fn the_input_is_tokenized_once_per_turn_with_its_history() {
 #[tokio::test]
 async fn a_prompt_sent_upstream_is_charged_though_no_reply_ever_opened() {
     let releases = Arc::new(Releases::default());
-    let reservation = Reservation { input: 5, output_cap: 100, buckets: [Some(3), None] };
+    let reservation = Reservation { input: 5, output_cap: 100, at_ms: 3 };
     let (service, session, _) = counted_service(
         Arc::new(NoHead),
         Arc::new(Counting::default()),
@@ -775,7 +775,7 @@ async fn a_prompt_sent_upstream_is_charged_though_no_reply_ever_opened() {
 #[tokio::test]
 async fn a_reported_usage_below_the_count_is_charged_the_count() {
     let releases = Arc::new(Releases::default());
-    let reservation = Reservation { input: 5, output_cap: 100, buckets: [Some(3), None] };
+    let reservation = Reservation { input: 5, output_cap: 100, at_ms: 3 };
     let (service, session, _) = counted_service(
         Arc::new(ReportsZero { chunks: 4 }),
         Arc::new(Counting::default()),

@@ -209,3 +209,37 @@ pub fn redis_time_ms(conn: &mut impl redis::ConnectionLike) -> i64 {
     let (seconds, micros): (i64, i64) = redis::cmd("TIME").query(conn).unwrap();
     seconds * 1_000 + micros / 1_000
 }
+
+/// `user`'s log as Redis holds it (`None`: no log), through any connection
+/// (a cluster connection routes by the key's slot; a replica's connection
+/// needs `READONLY` first).
+pub fn stored_log(
+    connection: &mut impl redis::ConnectionLike,
+    user: &pantheon_domain::UserId,
+) -> Option<pantheon_infrastructure::limiter::log_format::StoredLog> {
+    let key = pantheon_infrastructure::limiter::keys::log_key(user);
+    let elements: Vec<Vec<u8>> =
+        redis::cmd("LRANGE").arg(key).arg(0).arg(-1).query(connection).unwrap();
+    pantheon_infrastructure::limiter::log_format::decode(&elements).unwrap()
+}
+
+/// Turns `user`'s log holds (all of them inside the hour of its clock).
+pub fn logged_turns(
+    connection: &mut impl redis::ConnectionLike,
+    user: &pantheon_domain::UserId,
+) -> u64 {
+    stored_log(connection, user).map_or(0, |log| log.entries.len() as u64)
+}
+
+/// Tokens `user`'s log holds: its entries' amounts, summed.
+pub fn logged_tokens(
+    connection: &mut impl redis::ConnectionLike,
+    user: &pantheon_domain::UserId,
+) -> u64 {
+    stored_log(connection, user).map_or(0, |log| log.entries.iter().map(|e| e.tokens).sum())
+}
+
+/// A connection to the Redis on `port` of this machine.
+pub fn connection_at(port: u16) -> redis::Connection {
+    redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap().get_connection().unwrap()
+}

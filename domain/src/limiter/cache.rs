@@ -1,6 +1,7 @@
 //! The over-limit cache: users known to be refused until an instant,
-//! answered without asking Redis. Exact, because counts only grow until the
-//! windows roll over, and `retry_at` already accounts for the roll-over.
+//! answered without asking Redis. Exact for a turn window: what it holds
+//! only grows until its entries leave, and `retry_at` is the instant enough
+//! of them have.
 //!
 //! Shared by the limiter task (which fills it from Redis's verdicts) and
 //! every [`LimiterHandle`](super::LimiterHandle) (which answers from it
@@ -12,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use super::decision::Limits;
+use super::limits::Limits;
 use super::protocol::Denial;
 use crate::ids::UserId;
 

@@ -15,8 +15,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use super::cache::OverLimitCache;
-use super::decision::{Limits, Reservation, TokenCost, Verdict};
+use super::decision::Verdict;
 use super::lease::{Lease, Releases};
+use super::limits::{Limits, Reservation, TokenCost};
 use super::local::LocalLimiter;
 use super::protocol::{
     Admission, Decision, Fallback, LimiterCommand, LimiterState, Mode, RateLimitStatus, SkipReason,
@@ -235,7 +236,8 @@ impl LimiterHandle {
     pub async fn peek(&self, user: UserId, limits: Limits) -> Option<RateLimitStatus> {
         if let Some(local) = self.shared.deciding_locally() {
             let now_ms = self.clock.now_ms();
-            return Some(RateLimitStatus::from_counts(limits, local.counts(&user, now_ms), now_ms));
+            let tally = local.peek(&user, limits, now_ms);
+            return Some(RateLimitStatus::from_peek(limits, &tally, now_ms));
         }
         let (respond_to, reply) = oneshot::channel();
         self.sender.try_send(LimiterCommand::Peek { user, limits, respond_to }).ok()?;

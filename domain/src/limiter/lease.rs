@@ -16,7 +16,7 @@
 //!
 //! A lease also carries the turn's token [`Reservation`], if any. The turn
 //! [`settles`](Lease::settle) it with its actual usage before the drop, and
-//! the release then refunds the difference into the buckets that were
+//! the release then refunds the difference to the log entry that was
 //! charged, in the same batch. A lease dropped unsettled (a panic) refunds
 //! nothing: the reservation stays charged, the safe side.
 
@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::Notify;
 
-use super::decision::Reservation;
+use super::limits::Reservation;
 use super::local::LocalLimiter;
 use crate::ids::UserId;
 
@@ -56,13 +56,13 @@ pub enum LeaseStore {
     Local,
 }
 
-/// Tokens to give back to the buckets a reservation charged.
+/// Tokens to give back to the log entry a reservation charged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Refund {
     /// Reserved less used.
     pub tokens: u64,
-    /// The window index charged in the minute and the hour token window.
-    pub buckets: [Option<i64>; 2],
+    /// The entry's stamp ([`Reservation::at_ms`]).
+    pub at_ms: i64,
 }
 
 /// A lease given back, waiting for the task to send its release.
@@ -179,7 +179,7 @@ impl Drop for Lease {
     fn drop(&mut self) {
         let refund = match (self.reservation, self.used) {
             (Some(r), Some(used)) if used < r.total() => {
-                Some(Refund { tokens: r.total() - used, buckets: r.buckets })
+                Some(Refund { tokens: r.total() - used, at_ms: r.at_ms })
             }
             _ => None,
         };
@@ -224,7 +224,7 @@ mod tests {
     fn a_settled_lease_refunds_the_unused_part_of_its_reservation_and_an_unsettled_one_none() {
         let releases = Arc::new(Releases::default());
         let user = UserId::parse("alice").unwrap_or_else(|_| unreachable!());
-        let reservation = Reservation { input: 100, output_cap: 400, buckets: [Some(7), None] };
+        let reservation = Reservation { input: 100, output_cap: 400, at_ms: 7 };
         let lease = |used: Option<u64>| {
             let mut lease =
                 Lease::new(LeaseId::random(), user.clone(), LeaseStore::Local, releases.clone())
@@ -238,10 +238,7 @@ mod tests {
         drop(lease(Some(600)));
         drop(lease(None));
         let refunds: Vec<_> = releases.take().into_iter().map(|r| r.refund).collect();
-        assert_eq!(
-            refunds,
-            vec![Some(Refund { tokens: 370, buckets: [Some(7), None] }), None, None]
-        );
+        assert_eq!(refunds, vec![Some(Refund { tokens: 370, at_ms: 7 }), None, None]);
     }
 
     #[test]

@@ -11,27 +11,30 @@
 
 use std::fmt::Debug;
 
-use super::decision::{Counts, Limits, TokenCost, Verdict};
+use super::decision::Verdict;
 use super::lease::Refund;
+use super::limits::{Limits, TokenCost};
+use super::log::Tally;
 use crate::ids::UserId;
 
 /// The in-process counters of one instance.
 pub trait LocalLimiter: Debug + Send + Sync {
-    /// The counts of `user` at `now_ms`, touching nothing.
-    fn counts(&self, user: &UserId, now_ms: i64) -> Counts;
+    /// What `user`'s log reports at `now_ms` under `limits` (a peek):
+    /// counts nothing.
+    fn peek(&self, user: &UserId, limits: Limits, now_ms: i64) -> Tally;
 
-    /// Decides with [`decide`](super::decide) and, when admitted, counts
-    /// the turn, takes a slot and charges the reservation, atomically for
+    /// Decides on `user`'s log ([`UsageLog::check`](super::UsageLog::check))
+    /// and, when admitted, makes the entry and takes a slot, atomically for
     /// `user`.
     fn check(&self, user: &UserId, limits: Limits, cost: TokenCost, now_ms: i64) -> Verdict;
 
     /// Gives back a slot `check` took for `user`.
     fn release(&self, user: &UserId);
 
-    /// Gives the unused tokens of a reservation back to the buckets it
-    /// charged (those still kept).
+    /// Gives the unused tokens of a reservation back to the log entry it
+    /// charged (when it is still there).
     fn refund(&self, user: &UserId, refund: Refund);
 
-    /// Drops counters too old to be anyone's current or previous window.
+    /// Drops the logs with nothing left inside the hour and no slot taken.
     fn sweep(&self, now_ms: i64);
 }

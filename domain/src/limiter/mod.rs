@@ -1,12 +1,12 @@
 //! The per-user sliding-window rate limiter, domain side.
 //!
-//! - `window` and `decision`: the decision as a pure function — given a
-//!   user's limits and the minute and hour counts read at one instant,
-//!   whether the next request is admitted, what the `RateLimit` headers
-//!   report, and when a refused client may retry. Every backend (the Redis
-//!   script's atomic fits-and-increment, the in-process counters, the
-//!   over-limit cache) follows this same arithmetic: integer milliseconds,
-//!   window index `now_ms / W`, the weighted-previous-window estimate.
+//! - `window`, `limits`: the vocabulary — the two windows, a user's limits,
+//!   the policies a turn is refused for, what it costs and reserves;
+//! - `log`: a user's log of admitted turns, which every window is read from
+//!   exactly ("at most L in any W"), and the decision on it as a [`Tally`];
+//!   the Redis script runs the same steps, the in-process backend this code;
+//! - `decision`: the [`Verdict`] a tally stands for — what the `RateLimit`
+//!   headers report and when a refused client may retry;
 //! - `protocol` and `handle`: the port — the messages the limiter task
 //!   answers and the cloneable handle that sends them;
 //! - `cache`: the over-limit cache both sides share, so known refusals are
@@ -20,22 +20,21 @@ mod cache;
 mod decision;
 mod handle;
 mod lease;
+mod limits;
 mod local;
+mod log;
 mod protocol;
 mod window;
 
 pub use cache::OverLimitCache;
-pub use decision::{
-    CONCURRENCY_RETRY_MS, Counts, Limits, Policy, Reservation, TokenCost, TokenUsage, Verdict,
-    WindowUsage, decide, retry_after_secs, token_usage, usage,
-};
+pub use decision::{CONCURRENCY_RETRY_MS, Verdict, peek_usage, retry_after_secs};
 pub use handle::{HandleOptions, LimiterHandle, LimiterShared, limiter_channel};
 pub use lease::{Lease, LeaseId, LeaseStore, Refund, Released, Releases};
+pub use limits::{Limits, Policy, Reservation, TokenCost, TokenUsage, WindowUsage};
 pub use local::LocalLimiter;
+pub use log::{Entry, Tally, UsageLog};
 pub use protocol::{
     Admission, Decision, Denial, Fallback, LimitTable, LimiterCommand, LimiterState, Mode,
     RateLimitStatus, SkipReason,
 };
-pub use window::{
-    Window, WindowCounts, fits, fits_cost, remaining, wait_cost_ms, wait_ms, window_index,
-};
+pub use window::Window;

@@ -7,11 +7,10 @@ use std::collections::HashMap;
 
 use tokio::sync::oneshot;
 
-use super::decision::{
-    Counts, Limits, Policy, Reservation, TokenCost, TokenUsage, Verdict, WindowUsage, token_usage,
-    usage,
-};
+use super::decision::{Verdict, peek_usage};
 use super::lease::Lease;
+use super::limits::{Limits, Policy, Reservation, TokenCost, TokenUsage, WindowUsage};
+use super::log::Tally;
 use crate::ids::UserId;
 
 /// A request to the limiter task.
@@ -55,14 +54,11 @@ pub struct RateLimitStatus {
 }
 
 impl RateLimitStatus {
-    /// What `counts` read at `now_ms` report under `limits`.
-    pub fn from_counts(limits: Limits, counts: Counts, now_ms: i64) -> Self {
-        Self {
-            limits,
-            usage: usage(limits, counts, now_ms),
-            active: counts.active,
-            tokens: token_usage(limits, counts, now_ms),
-        }
+    /// What a peek's `tally` reports under `limits` at the caller's
+    /// `now_ms`.
+    pub fn from_peek(limits: Limits, tally: &Tally, now_ms: i64) -> Self {
+        let (usage, tokens) = peek_usage(limits, tally, now_ms);
+        Self { limits, usage, active: tally.active, tokens }
     }
 
     /// Slots still free.

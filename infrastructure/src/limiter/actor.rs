@@ -28,7 +28,7 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use pantheon_domain::limiter::{
     Admission, Decision, Fallback, Lease, LeaseId, LeaseStore, LimiterCommand, LimiterShared,
-    Limits, LocalLimiter, RateLimitStatus, Reservation, SkipReason, TokenCost, Verdict, decide,
+    Limits, LocalLimiter, RateLimitStatus, Reservation, SkipReason, Tally, TokenCost, Verdict,
 };
 use pantheon_domain::{Clock, UserId};
 use redis::{Client, ConnectionInfo, RedisResult, Script};
@@ -359,8 +359,8 @@ impl LimiterActor {
                     if remote {
                         batch.push(Pending::Peek { user, limits, now_ms, reply: respond_to });
                     } else if self.redis.is_none() || self.fallback == Fallback::Local {
-                        let counts = self.local.counts(&user, now_ms);
-                        let _ = respond_to.send(Some(status(limits, counts, now_ms)));
+                        let tally = self.local.peek(&user, limits, now_ms);
+                        let _ = respond_to.send(Some(status(limits, &tally, now_ms)));
                     } else {
                         let _ = respond_to.send(None);
                     }
@@ -458,21 +458,15 @@ impl LimiterActor {
         for (pending, result) in batch.into_iter().zip(outcome.results) {
             match (pending, result) {
                 (Pending::Check { user, limits, cost, now_ms, lease, reply, .. }, Ok(values)) => {
-                    match redis_link::parse_check(values) {
-                        Ok(script) => {
-                            let (decision, reservation) = self.verdict(
-                                &user,
-                                limits,
-                                now_ms,
-                                decide(limits, script.counts, cost, now_ms),
-                            );
-                            if script.admitted != matches!(decision, Decision::Admitted(_)) {
-                                tracing::error!(user.id = %user, "limiter script and decision function disagree");
-                            }
+                    match redis_link::parse_tally(values) {
+                        Ok(tally) => {
+                            let verdict = Verdict::from_tally(limits, cost, &tally, now_ms);
+                            let (decision, reservation) =
+                                self.verdict(&user, limits, now_ms, verdict);
                             // The lease follows the script, which took the
                             // slot: an answer nobody receives drops it, and
                             // the drop gives the slot back.
-                            let lease = script.admitted.then(|| {
+                            let lease = tally.admitted.then(|| {
                                 self.held.insert(lease, user.clone());
                                 let releases = self.shared.releases().clone();
                                 Lease::new(lease, user, LeaseStore::Redis, releases)
@@ -483,7 +477,7 @@ impl LimiterActor {
                         Err(error) => {
                             tracing::error!(error, "unexpected limiter script reply");
                             // The script ran: it may have taken a slot.
-                            self.unrelease(lease, user.clone(), Vec::new(), Upkeep::Due);
+                            self.unrelease(lease, user.clone(), None, Upkeep::Due);
                             let admission = self.fallback(&user, limits, cost, now_ms);
                             let _ = reply.send(admission);
                         }
@@ -491,7 +485,7 @@ impl LimiterActor {
                 }
                 (Pending::Peek { limits, now_ms, reply, .. }, Ok(values)) => {
                     let status =
-                        redis_link::parse_peek(values).ok().map(|c| status(limits, c, now_ms));
+                        redis_link::parse_tally(values).ok().map(|t| status(limits, &t, now_ms));
                     let _ = reply.send(status);
                 }
                 (Pending::Release { leases, .. }, Ok(_)) => self.released(&leases),
@@ -504,12 +498,7 @@ impl LimiterActor {
                         // holds: its lease is removed once the node answers
                         // (idempotent; what it counted stays counted).
                         Pending::Check { user, lease, .. } if ran => {
-                            self.unrelease(
-                                *lease,
-                                user.clone(),
-                                Vec::new(),
-                                Upkeep::AwaitingAnswer,
-                            );
+                            self.unrelease(*lease, user.clone(), None, Upkeep::AwaitingAnswer);
                         }
                         // Redis refused it: sending it again would too.
                         Pending::Release { leases, .. } if !ran => self.released(leases),
@@ -644,13 +633,9 @@ impl LimiterActor {
     }
 }
 
-/// What a peek reports for `counts`.
-fn status(
-    limits: Limits,
-    counts: pantheon_domain::limiter::Counts,
-    now_ms: i64,
-) -> RateLimitStatus {
-    RateLimitStatus::from_counts(limits, counts, now_ms)
+/// What a peek's `tally` reports.
+fn status(limits: Limits, tally: &Tally, now_ms: i64) -> RateLimitStatus {
+    RateLimitStatus::from_peek(limits, tally, now_ms)
 }
 
 /// Probes `node`: on a cluster, reads the layout first (the node may have

@@ -1,157 +1,290 @@
--- Pantheon's turn limiter: check, then count, take a slot and reserve
--- tokens, atomically; and the lease upkeep: give slots and unused tokens
--- back (ARGV[1] = 'release'), push running leases' expiry (ARGV[1] =
--- 'renew'), count the live leases (ARGV[1] = 'count').
+-- Pantheon's turn limiter: decide on a turn and, when admitted, log it,
+-- take a slot and reserve its tokens, atomically; and the upkeep: give
+-- slots and unused tokens back (ARGV[1] = 'release'), push running leases'
+-- expiry (ARGV[1] = 'renew'), report usage (ARGV[1] = 'peek').
 --
--- Lease expiry is on the Redis server's clock (TIME), never the caller's:
--- instances whose clocks disagree never drop each other's live leases. The
--- window counters' buckets still follow the caller's clock (its window
--- indexes and elapsed times).
+-- KEYS[1] is the user's active turns (ratelimit:{<user>}:turns:active, a
+-- sorted set of lease ids scored by their expiry in ms of the Redis
+-- server's clock: lease expiry never depends on an instance's clock).
+-- KEYS[2], where a branch needs it, is the user's log
+-- (ratelimit:{<user>}:log): every window is read from it exactly, "at most
+-- L in any W". It is a list: element 0 a header, struct '>ddddddd': the
+-- entries n, the index of the first entry inside the minute, the tokens
+-- inside the minute, the tokens of all entries (all are inside the hour),
+-- the log's clock, the stamps of the first entry and of the first entry
+-- inside the minute (-1: none); then one entry per admitted turn, oldest
+-- first, struct '>i6I4': the log time of its admission and the tokens it
+-- holds. An entry made at t is inside a window of W ms at now while
+-- t > now - W. The log expires an hour after its newest entry.
 --
--- Release: KEYS: the active turns, then the m token counters to refund;
--- ARGV: 'release', the number n of leases, then per lease its id and the
--- tokens to take off each of the m counters (0: none). A lease's refund is
--- applied only when its ZREM removed it: a lease that is not there (it
--- lapsed, was released already, or this node never saw it — a failover to
--- a replica that missed it) refunds nothing, so a retried or late release
--- can never make a user richer. A refund never makes a key (one made anew
--- would live without a TTL) and never takes a counter below zero. Returns
--- per lease 1 (removed) or 0.
+-- This is the model of the domain's `UsageLog`, step for step (a
+-- differential test holds them together): the clock never goes back (a
+-- check is decided and stamped at max(caller's now, clock)); entries that
+-- leave the minute move the minute's start, entries that leave the hour are
+-- trimmed from the front; a refund is spread over the entries of its stamp
+-- in order, none below zero.
+--
+-- Check: KEYS: active turns, log. ARGV: 'check', the caller's now ms, lease
+-- TTL ms, concurrency cap, lease id, minute limit, hour limit, minute and
+-- hour token limits (-1: no budget over that window), the input's tokens,
+-- the least and the most output tokens. Admits when fewer than cap leases
+-- are unexpired, one more turn fits both turn windows and, under a budget,
+-- input + least output fits each budgeted token window; then appends the
+-- entry (holding input + output cap, where the cap is the most output that
+-- fits every budgeted window, or 0 without a budget) and adds the lease. A
+-- refusal logs nothing (it may move the clock and let go of what left).
+-- Peek: the same KEYS; ARGV: 'peek', now, the four limits as in a check;
+-- read-only.
+-- Both return {admitted, clock, active, output cap, then per window
+-- (minute turns, hour turns, minute tokens, hour tokens) its load before
+-- the decision, then per window the log time at which the next request
+-- fits it (after an admission or in a peek: one more turn or token; after
+-- a refusal: this request), -1 for never}.
+--
+-- Release: KEYS: active turns, log. ARGV: 'release', the number of leases,
+-- then per lease its id, its entry's stamp and the tokens to give back. A
+-- lease's refund is applied only when its ZREM removed it: a lease that is
+-- not there (it lapsed, was released already, or this node never saw it)
+-- refunds nothing, so a retried or late release can never make a user
+-- richer; nor does one whose entry left the log. Returns per lease 1
+-- (removed) or 0.
 --
 -- Renew: KEYS: the active turns; ARGV: 'renew', lease TTL ms, the lease
 -- ids. Pushes each lease still in the set to now + TTL (one that lapsed
 -- stays gone) and the set's own expiry to a TTL from now.
 --
--- Count: KEYS: the active turns; ARGV: 'count'. The leases not expired
--- (read-only).
---
--- Check:
--- KEYS: minute current, minute previous, hour current, hour previous
---       (ratelimit:{<user>}:turns:<bucket>:<window index>), the active
---       turns (ratelimit:{<user>}:turns:active, a sorted set of lease ids
---       scored by their expiry in ms of the Redis server's clock), and,
---       under a token budget only, the tokens charged: minute current,
---       minute previous, hour current, hour previous
---       (ratelimit:{<user>}:tokens:<bucket>:<window index>).
--- ARGV: minute limit, minute window ms, minute elapsed ms,
---       hour limit,   hour window ms,   hour elapsed ms,
---       lease TTL ms, concurrency cap, lease id,
---       and with the token keys: minute token limit, hour token limit (-1:
---       no budget over that window), the input's tokens, the least and the
---       most output tokens.
--- Drops expired leases, then admits when fewer than cap leases remain,
--- p*(W-e) + (c+1)*W <= L*W holds for both windows and, under a budget,
--- p*(W-e) + (c+k)*W <= L*W holds with k = input + least output in each
--- token window with a limit; only then increments both current counters (a
--- new counter expires 2W-e ms later: the end of the next window, when it
--- stops being anyone's "previous"), adds the lease, expiring at now + TTL
--- (the set itself expires a TTL after its newest lease, so a user whose
--- instances all died leaves nothing behind), and adds input + output cap to
--- each budgeted current token counter, where the output cap is the most
--- output, the largest k - input that fits every token window. A refusal
--- changes nothing.
--- Returns {admitted (0|1), minute current, minute previous, hour current,
--- hour previous, active} and, with the token keys, {token minute current,
--- previous, token hour current, previous, output cap}, all as read before
--- any change: the application computes remaining, free slots, retry times
--- and the reservation from them with the same arithmetic.
---
--- Written for the cost of every admitted turn: one MGET instead of four
--- (or eight) GETs, and no functions defined per call (each redis.call and
--- each closure is work Redis does under its one thread). Token arithmetic
--- stays exact in Lua's doubles: limits are at most 10^9, so every product
--- is below 2^53, and so is the server's time in ms.
-if ARGV[1] == 'release' then
-  local n, m = tonumber(ARGV[2]), #KEYS - 1
-  local removed = {}
-  for i = 0, n - 1 do
-    local at = 3 + i * (m + 1)
-    local gone = redis.call('ZREM', KEYS[1], ARGV[at])
-    removed[i + 1] = gone
-    if gone == 1 then
-      for j = 1, m do
-        local tokens = tonumber(ARGV[at + j])
-        if tokens > 0 then
-          local left = tonumber(redis.call('GET', KEYS[1 + j]) or 0)
-          if left > 0 then redis.call('DECRBY', KEYS[1 + j], math.min(tokens, left)) end
+-- Token arithmetic stays exact in Lua's doubles: limits are at most 10^9
+-- and a window's tokens never exceed its limit by more than one entry, so
+-- every sum is below 2^53, and so is a time in ms.
+local HEAD, ENTRY, SIZE = '>ddddddd', '>i6I4', 10
+local MIN, HOUR = 60000, 3600000
+local branch, active_key, log_key = ARGV[1], KEYS[1], KEYS[2]
+
+if branch == 'renew' then
+  local clock = redis.call('TIME')
+  local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+  local ttl = tonumber(ARGV[2])
+  for i = 3, #ARGV do redis.call('ZADD', active_key, 'XX', now + ttl, ARGV[i]) end
+  redis.call('PEXPIRE', active_key, ttl)
+  return #ARGV - 2
+end
+
+-- The header: n, minute start, minute tokens, hour tokens, clock, first
+-- stamp, first stamp inside the minute.
+local n, ms, mt, ht, clock, hh, mh = 0, 0, 0, 0, -1, -1, -1
+local stored = redis.call('LINDEX', log_key, 0)
+if stored then n, ms, mt, ht, clock, hh, mh = struct.unpack(HEAD, stored) end
+
+-- Entries i..j (0-based, inclusive) as {stamp, tokens} pairs, flattened.
+local function read(i, j)
+  local raw = redis.call('LRANGE', log_key, i + 1, j + 1)
+  local out = {}
+  for k = 1, #raw do
+    local at, tokens = struct.unpack(ENTRY, raw[k])
+    out[2 * k - 1], out[2 * k] = at, tokens
+  end
+  return out
+end
+
+if branch == 'release' then
+  local leases, removed, changed = tonumber(ARGV[2]), {}, false
+  for l = 0, leases - 1 do
+    local id, at, left = ARGV[3 + 3 * l], tonumber(ARGV[4 + 3 * l]), tonumber(ARGV[5 + 3 * l])
+    local gone = redis.call('ZREM', active_key, id)
+    removed[l + 1] = gone
+    if gone == 1 and left > 0 and n > 0 and at >= hh then
+      -- The first entry of that stamp: search back from the newest.
+      local first, i = n, n - 1
+      while i >= 0 do
+        local from = math.max(0, i - 15)
+        local e = read(from, i)
+        local k = #e / 2
+        while k >= 1 and e[2 * k - 1] >= at do
+          if e[2 * k - 1] == at then first = from + k - 1 end
+          k = k - 1
         end
+        if k >= 1 then break end
+        i = from - 1
+      end
+      i = first
+      while i < n and left > 0 do
+        local e = read(i, math.min(n - 1, i + 15))
+        local stop = false
+        for k = 1, #e / 2 do
+          local stamp, tokens = e[2 * k - 1], e[2 * k]
+          if stamp ~= at or left <= 0 then stop = true break end
+          local taken = math.min(tokens, left)
+          if taken > 0 then
+            redis.call('LSET', log_key, i + 1, struct.pack(ENTRY, stamp, tokens - taken))
+            left, ht, changed = left - taken, ht - taken, true
+            if i >= ms then mt = mt - taken end
+          end
+          i = i + 1
+        end
+        if stop then break end
       end
     end
   end
+  if changed then
+    redis.call('LSET', log_key, 0, struct.pack(HEAD, n, ms, mt, ht, clock, hh, mh))
+  end
   return removed
 end
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-if ARGV[1] == 'renew' then
-  local ttl = tonumber(ARGV[2])
-  for i = 3, #ARGV do redis.call('ZADD', KEYS[1], 'XX', now + ttl, ARGV[i]) end
-  redis.call('PEXPIRE', KEYS[1], ttl)
-  return #ARGV - 2
-end
-if ARGV[1] == 'count' then
-  return redis.call('ZCOUNT', KEYS[1], now + 1, '+inf')
-end
-local ml, mw, me = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local hl, hw, he = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local ttl, cap = tonumber(ARGV[7]), tonumber(ARGV[8])
-if #KEYS == 5 then
-  local v = redis.call('MGET', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
-  local mc, mp = tonumber(v[1] or 0), tonumber(v[2] or 0)
-  local hc, hp = tonumber(v[3] or 0), tonumber(v[4] or 0)
-  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
-  local active = redis.call('ZCARD', KEYS[5])
-  if active < cap and mp * (mw - me) + (mc + 1) * mw <= ml * mw
-      and hp * (hw - he) + (hc + 1) * hw <= hl * hw then
-    if redis.call('INCR', KEYS[1]) == 1 then redis.call('PEXPIRE', KEYS[1], 2 * mw - me) end
-    if redis.call('INCR', KEYS[3]) == 1 then redis.call('PEXPIRE', KEYS[3], 2 * hw - he) end
-    redis.call('ZADD', KEYS[5], now + ttl, ARGV[9])
-    redis.call('PEXPIRE', KEYS[5], ttl)
-    return {1, mc, mp, hc, hp, active}
+
+local was_clock, was_ms = clock, ms
+local now = tonumber(ARGV[2])
+if now > clock then clock = now end
+
+-- Let go of what left the minute, then of what left the hour (all of it
+-- before the minute's start).
+if mh >= 0 and mh + MIN <= clock then
+  mh = -1
+  while ms < n do
+    local e = read(ms, math.min(n - 1, ms + 15))
+    for k = 1, #e / 2 do
+      if e[2 * k - 1] + MIN > clock then mh = e[2 * k - 1] break end
+      mt, ms = mt - e[2 * k], ms + 1
+    end
+    if mh >= 0 then break end
   end
-  return {0, mc, mp, hc, hp, active}
 end
-local v = redis.call('MGET', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[6], KEYS[7], KEYS[8], KEYS[9])
-local mc, mp = tonumber(v[1] or 0), tonumber(v[2] or 0)
-local hc, hp = tonumber(v[3] or 0), tonumber(v[4] or 0)
-local tmc, tmp = tonumber(v[5] or 0), tonumber(v[6] or 0)
-local thc, thp = tonumber(v[7] or 0), tonumber(v[8] or 0)
-local tml, thl = tonumber(ARGV[10]), tonumber(ARGV[11])
-local input, least, out = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
-local fits = true
--- The output room of each budgeted window: floor((L*W - p*(W-e)) / W) - c
--- - input, the division checked back by multiplication; it must hold the
--- least output, and the cap is the smallest room (at most the most output).
-if tml >= 0 then
-  local x = tml * mw - tmp * (mw - me)
-  local r = math.floor(x / mw)
-  if r * mw > x then r = r - 1 elseif (r + 1) * mw <= x then r = r + 1 end
-  r = r - tmc - input
-  if r < least then fits = false end
-  if r < out then out = r end
-end
-if thl >= 0 then
-  local x = thl * hw - thp * (hw - he)
-  local r = math.floor(x / hw)
-  if r * hw > x then r = r - 1 elseif (r + 1) * hw <= x then r = r + 1 end
-  r = r - thc - input
-  if r < least then fits = false end
-  if r < out then out = r end
-end
-redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
-local active = redis.call('ZCARD', KEYS[5])
-if active < cap and fits and mp * (mw - me) + (mc + 1) * mw <= ml * mw
-    and hp * (hw - he) + (hc + 1) * hw <= hl * hw then
-  if redis.call('INCR', KEYS[1]) == 1 then redis.call('PEXPIRE', KEYS[1], 2 * mw - me) end
-  if redis.call('INCR', KEYS[3]) == 1 then redis.call('PEXPIRE', KEYS[3], 2 * hw - he) end
-  redis.call('ZADD', KEYS[5], now + ttl, ARGV[9])
-  redis.call('PEXPIRE', KEYS[5], ttl)
-  local charge = input + out
-  if tml >= 0 and redis.call('INCRBY', KEYS[6], charge) == charge then
-    redis.call('PEXPIRE', KEYS[6], 2 * mw - me)
+local trimmed = 0
+if hh >= 0 and hh + HOUR <= clock then
+  hh = -1
+  while trimmed < n do
+    local e = read(trimmed, math.min(n - 1, trimmed + 15))
+    for k = 1, #e / 2 do
+      if e[2 * k - 1] + HOUR > clock then hh = e[2 * k - 1] break end
+      ht, trimmed = ht - e[2 * k], trimmed + 1
+    end
+    if hh >= 0 then break end
   end
-  if thl >= 0 and redis.call('INCRBY', KEYS[8], charge) == charge then
-    redis.call('PEXPIRE', KEYS[8], 2 * hw - he)
-  end
-  return {1, mc, mp, hc, hp, active, tmc, tmp, thc, thp, out}
+  n, ms = n - trimmed, ms - trimmed
 end
-return {0, mc, mp, hc, hp, active, tmc, tmp, thc, thp, out}
+if mt < 0 then mt = 0 end
+if ht < 0 then ht = 0 end
+
+local ml, hl, tml, thl = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local input, least, most = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
+if branch == 'peek' then
+  ml, hl, tml, thl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+  input, least, most = 0, 0, 0
+end
+local budgeted = tml >= 0 or thl >= 0
+local limits = {ml, hl, tml, thl}
+local loads = {n - ms, n, mt, ht}
+local starts = {ms + trimmed, trimmed, ms + trimmed, trimmed}
+local lengths = {MIN, HOUR, MIN, HOUR}
+
+-- The earliest log time by which entries worth `need` have left window w,
+-- counting an entry (stamp `xa`, tokens `xt`) about to be made last: the
+-- clock when need <= 0, -1 when never. Entries are read from the list as
+-- stored (before this call's trim: `starts` account for it).
+local function frees_at(w, need, xa, xt)
+  if need <= 0 then return clock end
+  local tokens = w > 2
+  local i, last, freed = starts[w], trimmed + n - 1, 0
+  while i <= last do
+    local e = read(i, math.min(last, i + 15))
+    for k = 1, #e / 2 do
+      if tokens then freed = freed + e[2 * k] else freed = freed + 1 end
+      if freed >= need then return e[2 * k - 1] + lengths[w] end
+    end
+    i = i + 16
+  end
+  if xa then
+    if tokens then freed = freed + xt else freed = freed + 1 end
+    if freed >= need then return xa + lengths[w] end
+  end
+  return -1
+end
+
+local active
+if branch == 'peek' then
+  local clockt = redis.call('TIME')
+  local server = tonumber(clockt[1]) * 1000 + math.floor(tonumber(clockt[2]) / 1000)
+  active = redis.call('ZCOUNT', active_key, server + 1, '+inf')
+  local frees = {}
+  for w = 1, 4 do
+    if limits[w] >= 0 then frees[w] = frees_at(w, loads[w] + 1 - limits[w]) else frees[w] = clock end
+  end
+  return {0, clock, active, 0, loads[1], loads[2], loads[3], loads[4],
+    frees[1], frees[2], frees[3], frees[4]}
+end
+
+local server_clock = redis.call('TIME')
+local server = tonumber(server_clock[1]) * 1000 + math.floor(tonumber(server_clock[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', active_key, '-inf', server)
+active = redis.call('ZCARD', active_key)
+local cap = tonumber(ARGV[4])
+
+local admitted = active < cap
+local out = 0
+if budgeted then out = most end
+for w = 1, 4 do
+  local limit = limits[w]
+  if limit >= 0 then
+    local ask = 1
+    if w > 2 then
+      ask = input + least
+      local room = limit - loads[w] - input
+      if room < 0 then room = 0 end
+      if room < out then out = room end
+    end
+    if loads[w] + ask > limit then admitted = false end
+  end
+end
+local charge = 0
+if budgeted then charge = input + out end
+
+local frees = {}
+for w = 1, 4 do
+  local limit = limits[w]
+  if limit < 0 then
+    frees[w] = clock
+  elseif admitted then
+    local taken = 1
+    if w > 2 then taken = charge end
+    frees[w] = frees_at(w, loads[w] + taken + 1 - limit, clock, charge)
+  else
+    local ask = 1
+    if w > 2 then ask = input + least end
+    frees[w] = frees_at(w, loads[w] + ask - limit)
+  end
+end
+
+if admitted then
+  if n == 0 then hh = clock end
+  if ms == n then mh = clock end
+  n, mt, ht = n + 1, mt + charge, ht + charge
+end
+local header = struct.pack(HEAD, n, ms, mt, ht, clock, hh, mh)
+if trimmed > 0 then
+  -- The header and the entries that left the hour go; the new header
+  -- goes in front of what stays (and of this admission's entry).
+  redis.call('LTRIM', log_key, trimmed + 1, -1)
+  if admitted then redis.call('RPUSH', log_key, struct.pack(ENTRY, clock, charge)) end
+  if n > 0 then redis.call('LPUSH', log_key, header) end
+  -- A log emptied by the trim is gone (LTRIM deleted it), and one kept
+  -- keeps its expiry unless this admission's entry pushes it.
+  if admitted then redis.call('PEXPIRE', log_key, HOUR) end
+elseif admitted then
+  if stored then
+    redis.call('LSET', log_key, 0, header)
+    redis.call('RPUSH', log_key, struct.pack(ENTRY, clock, charge))
+  else
+    redis.call('RPUSH', log_key, header, struct.pack(ENTRY, clock, charge))
+  end
+  redis.call('PEXPIRE', log_key, HOUR)
+elseif stored and (clock ~= was_clock or ms ~= was_ms) then
+  -- A refusal logs nothing, but the clock and the minute's start move on.
+  redis.call('LSET', log_key, 0, header)
+end
+if admitted then
+  redis.call('ZADD', active_key, server + tonumber(ARGV[3]), ARGV[5])
+  redis.call('PEXPIRE', active_key, tonumber(ARGV[3]))
+end
+local result = {0, clock, active, out, loads[1], loads[2], loads[3], loads[4]}
+if admitted then result[1] = 1 end
+for w = 1, 4 do result[8 + w] = frees[w] end
+return result

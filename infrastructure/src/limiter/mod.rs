@@ -9,6 +9,7 @@ mod actor;
 mod exchange;
 mod health;
 pub mod keys;
+pub mod log_format;
 mod memory;
 mod nodes;
 mod redis_link;

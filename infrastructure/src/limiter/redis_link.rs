@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pantheon_domain::UserId;
-use pantheon_domain::limiter::{Counts, LeaseId, Limits, TokenCost, Window, WindowCounts};
+use pantheon_domain::limiter::{LeaseId, Limits, Tally, TokenCost};
 use redis::aio::MultiplexedConnection;
 use redis::{
     AsyncConnectionConfig, Client, Cmd, ErrorKind, RedisError, RedisResult, Script, Value,
@@ -15,11 +15,11 @@ use redis::{
 use tokio::sync::oneshot;
 
 use super::exchange::{Exchange, Routed, exchange};
-use super::keys::{active_key, check_keys, token_key, token_keys};
+use super::keys::{active_key, check_keys};
 use super::nodes::Nodes;
 use super::topology::{NodeAddr, slot_of};
 
-/// The check-then-increment script.
+/// The limiter's script: check-then-log, peek, release, renew.
 pub const CHECK_SCRIPT: &str = include_str!("check.lua");
 
 /// What a batch carries to Redis and back. Every item belongs to one user
@@ -44,8 +44,8 @@ pub enum Pending<C, P> {
     /// gone).
     Renew { user: UserId, leases: Vec<LeaseId>, ttl_ms: i64 },
     /// Gives `user`'s slots held by `leases` back, and the unused tokens of
-    /// each lease's reservation to the buckets it charged, when Redis still
-    /// held that lease.
+    /// each lease's reservation to the log entry it charged, when Redis
+    /// still held that lease.
     Release { user: UserId, leases: Vec<LeaseRelease> },
 }
 
@@ -55,17 +55,15 @@ pub struct LeaseRelease {
     /// The lease.
     pub id: LeaseId,
     /// Applied only if the `ZREM` of `id` removed it (see `check.lua`).
-    pub refunds: Vec<TokenRefund>,
+    pub refund: Option<TokenRefund>,
 }
 
-/// Tokens to take back off one of a user's token counters (by the script,
-/// which leaves a counter that no longer exists alone).
+/// Tokens to give back to the log entry a reservation charged (by the
+/// script, which finds nothing once the entry has left the log).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenRefund {
-    /// Which window's counter.
-    pub window: Window,
-    /// The window index charged.
-    pub index: i64,
+    /// The entry's stamp.
+    pub at_ms: i64,
     /// Tokens to give back.
     pub tokens: u64,
 }
@@ -112,16 +110,6 @@ impl<T> Reply for oneshot::Sender<T> {
     }
 }
 
-/// A check's answer from the script: whether it admitted, and the counts
-/// it read before incrementing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ScriptReply {
-    /// The script incremented the counters.
-    pub admitted: bool,
-    /// The counts as read.
-    pub counts: Counts,
-}
-
 /// Opens a multiplexed connection and loads the script, both bounded by
 /// `timeout` (connect gets a little more: a TCP handshake is not a command).
 ///
@@ -141,61 +129,46 @@ pub async fn connect(
 }
 
 /// The commands of one pending item, every key of them `user`'s, in
-/// `user`'s slot: `EVALSHA` of the script for a check; `MGET` of the four
-/// counters (and the four token counters under a budget) and the script's
-/// `count` of the unexpired leases for a peek (read-only: it removes
-/// nothing); the script's `renew` for a renewal; `ZREM` for a release, or
-/// with refunds the script's release branch (each `ZREM`, and that lease's
-/// refunds if it removed something, in one call). Everything that reads or
-/// sets a lease's expiry is a script, on the Redis server's clock.
+/// `user`'s slot: `EVALSHA` of the script for a check, a peek (read-only:
+/// it writes nothing), a renewal, or a release with refunds (each `ZREM`,
+/// and that lease's refund if it removed something, in one call); a plain
+/// `ZREM` for a release without. Everything that reads or sets a lease's
+/// expiry is a script, on the Redis server's clock.
 fn commands<C, P>(script: &Script, pending: &Pending<C, P>) -> Vec<Cmd> {
-    let on_leases = |user: &UserId, branch: &str| {
+    let evalsha = |keys: &[String], branch: &str| {
         let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(script.get_hash()).arg(1).arg(active_key(user)).arg(branch);
+        cmd.arg(script.get_hash()).arg(keys.len()).arg(keys).arg(branch);
         cmd
+    };
+    let limits_args = |cmd: &mut Cmd, limits: &Limits| {
+        cmd.arg(limits.per_minute).arg(limits.per_hour);
+        for limit in [limits.tokens_per_minute, limits.tokens_per_hour] {
+            cmd.arg(limit.map_or(-1, i64::from));
+        }
     };
     match pending {
         Pending::Check { user, limits, cost, now_ms, lease, ttl_ms, .. } => {
-            let budgeted = limits.has_token_budget();
-            let mut cmd = redis::cmd("EVALSHA");
-            cmd.arg(script.get_hash())
-                .arg(if budgeted { 9 } else { 5 })
-                .arg(&check_keys(user, *now_ms));
-            if budgeted {
-                cmd.arg(&token_keys(user, *now_ms));
-            }
-            for window in Window::ALL {
-                cmd.arg(limits.limit(window))
-                    .arg(window.millis())
-                    .arg(now_ms.rem_euclid(window.millis()));
-            }
-            cmd.arg(*ttl_ms).arg(limits.max_concurrent).arg(lease.to_string());
-            if budgeted {
-                for window in Window::ALL {
-                    cmd.arg(limits.token_limit(window).map_or(-1, i64::from));
-                }
-                cmd.arg(cost.input).arg(cost.min_output).arg(cost.max_output);
-            }
+            let mut cmd = evalsha(&check_keys(user), "check");
+            cmd.arg(*now_ms).arg(*ttl_ms).arg(limits.max_concurrent).arg(lease.to_string());
+            limits_args(&mut cmd, limits);
+            cmd.arg(cost.input).arg(cost.min_output).arg(cost.max_output);
             vec![cmd]
         }
         Pending::Peek { user, limits, now_ms, .. } => {
-            let [mc, mp, hc, hp, _] = check_keys(user, *now_ms);
-            let mut mget = redis::cmd("MGET");
-            mget.arg(&[mc, mp, hc, hp]);
-            if limits.has_token_budget() {
-                mget.arg(&token_keys(user, *now_ms));
-            }
-            vec![mget, on_leases(user, "count")]
+            let mut cmd = evalsha(&check_keys(user), "peek");
+            cmd.arg(*now_ms);
+            limits_args(&mut cmd, limits);
+            vec![cmd]
         }
         Pending::Renew { user, leases, ttl_ms } => {
-            let mut renew = on_leases(user, "renew");
+            let mut renew = evalsha(&[active_key(user)], "renew");
             renew.arg(*ttl_ms);
             for lease in leases {
                 renew.arg(lease.to_string());
             }
             vec![renew]
         }
-        Pending::Release { user, leases } if leases.iter().all(|l| l.refunds.is_empty()) => {
+        Pending::Release { user, leases } if leases.iter().all(|l| l.refund.is_none()) => {
             let mut zrem = redis::cmd("ZREM");
             zrem.arg(active_key(user));
             for lease in leases {
@@ -204,31 +177,11 @@ fn commands<C, P>(script: &Script, pending: &Pending<C, P>) -> Vec<Cmd> {
             vec![zrem]
         }
         Pending::Release { user, leases } => {
-            // One call: the leases out, the unused tokens of those removed
-            // back. Every bucket any of them charged is a key; each lease
-            // gives an amount per key (0 for one it did not charge).
-            let mut buckets: Vec<(Window, i64)> = Vec::new();
-            for refund in leases.iter().flat_map(|l| &l.refunds) {
-                if !buckets.contains(&(refund.window, refund.index)) {
-                    buckets.push((refund.window, refund.index));
-                }
-            }
-            let mut cmd = redis::cmd("EVALSHA");
-            cmd.arg(script.get_hash()).arg(1 + buckets.len()).arg(active_key(user));
-            for &(window, index) in &buckets {
-                cmd.arg(token_key(user, window, index));
-            }
-            cmd.arg("release").arg(leases.len());
+            let mut cmd = evalsha(&check_keys(user), "release");
+            cmd.arg(leases.len());
             for lease in leases {
-                cmd.arg(lease.id.to_string());
-                for &(window, index) in &buckets {
-                    let tokens = lease
-                        .refunds
-                        .iter()
-                        .find(|r| r.window == window && r.index == index)
-                        .map_or(0, |r| r.tokens);
-                    cmd.arg(tokens);
-                }
+                let refund = lease.refund.unwrap_or(TokenRefund { at_ms: 0, tokens: 0 });
+                cmd.arg(lease.id.to_string()).arg(refund.at_ms).arg(refund.tokens);
             }
             vec![cmd]
         }
@@ -305,59 +258,26 @@ fn per_item(widths: &[usize], results: Vec<RedisResult<Value>>) -> Vec<RedisResu
         .collect()
 }
 
-/// Parses the script's `{admitted, mc, mp, hc, hp, active}` and, under a
-/// token budget, `{tmc, tmp, thc, thp, output cap}` after them.
+/// Parses the script's tally of a check or a peek: `{admitted, clock,
+/// active, output cap, four loads, four instants}` (an instant of -1:
+/// never).
 ///
 /// # Errors
 /// A message when the reply has another shape.
-pub fn parse_check(values: Vec<Value>) -> Result<ScriptReply, String> {
+pub fn parse_tally(values: Vec<Value>) -> Result<Tally, String> {
     let [value] = <[Value; 1]>::try_from(values).map_err(|v| format!("{} replies", v.len()))?;
     let fields: Vec<i64> = redis::from_redis_value(value).map_err(|e| e.to_string())?;
+    let [admitted, at_ms, active, output_cap, l1, l2, l3, l4, f1, f2, f3, f4] = fields[..] else {
+        return Err(format!("script returned {} fields, expected 12", fields.len()));
+    };
     let count = |n: i64| u64::try_from(n).unwrap_or(0);
-    let pair = |c: i64, p: i64| WindowCounts { current: count(c), previous: count(p) };
-    let (turns, tokens) = match fields[..] {
-        [a, mc, mp, hc, hp, active] => ((a, mc, mp, hc, hp, active), None),
-        [a, mc, mp, hc, hp, active, tmc, tmp, thc, thp, _cap] => {
-            ((a, mc, mp, hc, hp, active), Some((pair(tmc, tmp), pair(thc, thp))))
-        }
-        _ => return Err(format!("script returned {} fields, expected 6 or 11", fields.len())),
-    };
-    let (admitted, mc, mp, hc, hp, active) = turns;
-    let (tokens_minute, tokens_hour) = tokens.unwrap_or_default();
-    Ok(ScriptReply {
+    let instant = |at: i64| if at < 0 { i64::MAX } else { at };
+    Ok(Tally {
         admitted: admitted == 1,
-        counts: Counts {
-            minute: pair(mc, mp),
-            hour: pair(hc, hp),
-            active: count(active),
-            tokens_minute,
-            tokens_hour,
-        },
+        at_ms,
+        active: count(active),
+        output_cap: count(output_cap),
+        loads: [l1, l2, l3, l4].map(count),
+        frees_at: [f1, f2, f3, f4].map(instant),
     })
-}
-
-/// Parses a peek's `MGET` of the four counters (and the four token counters
-/// under a budget) and `ZCOUNT` of the leases.
-///
-/// # Errors
-/// A message when the reply has another shape.
-pub fn parse_peek(values: Vec<Value>) -> Result<Counts, String> {
-    let [counters, active] =
-        <[Value; 2]>::try_from(values).map_err(|v| format!("{} replies", v.len()))?;
-    // A token counter a refund took below zero (never, but Redis would
-    // allow it) reads as 0, as in the script.
-    let fields: Vec<Option<i64>> = redis::from_redis_value(counters).map_err(|e| e.to_string())?;
-    let n = |v: Option<i64>| v.map_or(0, |v| u64::try_from(v).unwrap_or(0));
-    let pair = |c: Option<i64>, p: Option<i64>| WindowCounts { current: n(c), previous: n(p) };
-    let (turns, tokens) = match fields[..] {
-        [mc, mp, hc, hp] => ([mc, mp, hc, hp], None),
-        [mc, mp, hc, hp, tmc, tmp, thc, thp] => {
-            ([mc, mp, hc, hp], Some((pair(tmc, tmp), pair(thc, thp))))
-        }
-        _ => return Err(format!("MGET returned {} values, expected 4 or 8", fields.len())),
-    };
-    let [mc, mp, hc, hp] = turns;
-    let active: u64 = redis::from_redis_value(active).map_err(|e| e.to_string())?;
-    let (tokens_minute, tokens_hour) = tokens.unwrap_or_default();
-    Ok(Counts { minute: pair(mc, mp), hour: pair(hc, hp), active, tokens_minute, tokens_hour })
 }

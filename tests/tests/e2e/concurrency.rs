@@ -9,9 +9,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use pantheon_domain::ManualClock;
-use pantheon_domain::limiter::{Window, window_index};
 use pantheon_infrastructure::Settings;
-use pantheon_infrastructure::limiter::keys::{active_key, counter_key};
+use pantheon_infrastructure::limiter::keys::active_key;
 use pantheon_infrastructure::provider::FAIL_MARKER;
 use pantheon_infrastructure::settings::{Fallback, OnDisconnect};
 use pantheon_tests::headers::{parse_sf_list, parse_sf_string_params};
@@ -126,8 +125,10 @@ async fn expect_concurrency_refusal(response: Response, cap: i64, active: i64) -
 }
 
 fn minute_count_in(store: limiter::Store, user: &pantheon_domain::UserId, now_ms: i64) -> i64 {
-    let key = counter_key(user, Window::Minute, window_index(Window::Minute, now_ms));
-    store.connection().get::<_, Option<i64>>(key).unwrap().unwrap_or(0)
+    // The turns of the user's log inside the minute ending at `now_ms`.
+    let log = limiter::stored_log(&mut store.connection(), user);
+    let inside = log.map(|l| l.entries.iter().filter(|e| e.at_ms > now_ms - 60_000).count());
+    inside.unwrap_or(0) as i64
 }
 
 fn minute_count(user: &pantheon_domain::UserId, now_ms: i64) -> i64 {

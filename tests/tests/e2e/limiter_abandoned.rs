@@ -8,10 +8,8 @@ use std::time::{Duration, Instant};
 
 use pantheon_domain::ManualClock;
 use pantheon_domain::limiter::{
-    Decision, Fallback, HandleOptions, Limits, Mode, SkipReason, Window, limiter_channel,
-    window_index,
+    Decision, Fallback, HandleOptions, Limits, Mode, SkipReason, limiter_channel,
 };
-use pantheon_infrastructure::limiter::keys::counter_key;
 use pantheon_infrastructure::limiter::{LimiterActor, RedisLink};
 use pantheon_tests::limiter::unique_user;
 use pantheon_tests::redis_server::RedisServer;
@@ -79,11 +77,8 @@ async fn checks_answered_by_the_fallback_are_never_counted() {
     while !matches!(check(sentinel.clone()).await.unwrap(), Decision::Admitted(_)) {
         assert!(Instant::now() < deadline, "Redis did not answer again after the stall");
     }
-    let counter = |user| {
-        let key = counter_key(user, Window::Minute, window_index(Window::Minute, T0));
-        let value = redis.command(&["GET", &key]);
-        if value == "nil" { 0 } else { value.parse::<u64>().unwrap() }
-    };
+    let mut connection = pantheon_tests::limiter::connection_at(redis.port());
+    let mut counter = |user| pantheon_tests::limiter::logged_turns(&mut connection, user);
     let (victim_count, filler_count) = (counter(&victim), counter(&filler));
     eprintln!("after the stall: victim counter {victim_count}, filler counter {filler_count}");
     assert_eq!(victim_count, 0, "checks answered by the fallback were counted");

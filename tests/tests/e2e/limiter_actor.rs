@@ -1,14 +1,15 @@
 //! The limiter through its port, against real Redis — the single Redis and
-//! the Redis Cluster, every test on both: exact retry times, sliding
-//! weights, atomicity under concurrency, keys and TTLs, and the Redis and
-//! in-process backends agreeing decision for decision.
+//! the Redis Cluster, every test on both: exact rolling windows and retry
+//! times, atomicity under concurrency (and at a window's edge), keys and
+//! TTLs, and the Redis and in-process backends agreeing decision for
+//! decision.
 
 use std::sync::Arc;
 
-use pantheon_domain::ManualClock;
 use pantheon_domain::limiter::{Decision, Denial, Lease, LimiterHandle, Limits, Policy, Window};
-use pantheon_infrastructure::limiter::keys::{active_key, counter_key};
-use pantheon_tests::limiter::{Store, redis_time_ms, twin_limiters, unique_user};
+use pantheon_domain::{ManualClock, UserId};
+use pantheon_infrastructure::limiter::keys::active_key;
+use pantheon_tests::limiter::{Store, redis_time_ms, stored_log, twin_limiters, unique_user};
 use pantheon_tests::rng::Rng;
 use redis::Commands;
 
@@ -16,11 +17,11 @@ on_both_stores!(
     a_minute_bound_refusal_is_exact,
     an_hour_bound_refusal_is_exact,
     a_refusal_bound_by_both_windows_is_exact,
-    a_limit_of_one_waits_for_the_window_after_next,
-    the_window_boundary_moves_the_count_into_the_previous_window,
-    the_previous_window_weighs_by_the_time_left_in_the_current_one,
+    a_limit_of_one_waits_one_minute_after_its_turn,
+    a_burst_at_a_window_s_end_never_puts_more_than_the_limit_in_any_window,
+    three_instances_racing_at_a_window_edge_admit_exactly_what_left,
     refusals_count_nothing_and_a_higher_tier_is_admitted_next,
-    keys_are_named_as_documented_with_ttls_within_two_windows_and_peeks_create_none,
+    keys_are_named_as_documented_with_ttls_of_their_longest_window_and_peeks_create_none,
     five_hundred_concurrent_checks_admit_exactly_the_limit,
     redis_and_in_process_backends_agree_on_every_decision,
 );
@@ -86,15 +87,14 @@ async fn assert_exact_retry(
 async fn a_minute_bound_refusal_is_exact(store: Store) {
     let refused =
         assert_exact_retry(store, limits(3, 100), T0 + 10_000, 3, &[Window::Minute]).await;
-    // c = 3 = L in the current minute: the first instant the previous
-    // minute's weight lets one more in is (W − e) + W − ⌊(L−1)·W/c⌋.
-    assert_eq!(refused.retry_at_ms, T0 + 10_000 + (MINUTE - 10_000) + MINUTE - 2 * MINUTE / 3);
+    // Three turns at one instant: one more fits when they leave, a minute on.
+    assert_eq!(refused.retry_at_ms, T0 + 10_000 + MINUTE);
 }
 
 async fn an_hour_bound_refusal_is_exact(store: Store) {
     let refused =
         assert_exact_retry(store, limits(100, 3), T0 + 20 * MINUTE, 3, &[Window::Hour]).await;
-    assert_eq!(refused.retry_at_ms, T0 + 20 * MINUTE + (HOUR - 20 * MINUTE) + HOUR - 2 * HOUR / 3);
+    assert_eq!(refused.retry_at_ms, T0 + 20 * MINUTE + HOUR);
 }
 
 async fn a_refusal_bound_by_both_windows_is_exact(store: Store) {
@@ -103,55 +103,112 @@ async fn a_refusal_bound_by_both_windows_is_exact(store: Store) {
             .await;
     // The hour is the later of the two waits, so it binds.
     assert_eq!(refused.binding, Policy::Hour);
-    assert_eq!(refused.retry_at_ms, T0 + 5_000 + (HOUR - 5_000) + HOUR - 2 * HOUR / 3);
+    assert_eq!(refused.retry_at_ms, T0 + 5_000 + HOUR);
 }
 
-async fn a_limit_of_one_waits_for_the_window_after_next(store: Store) {
+async fn a_limit_of_one_waits_one_minute_after_its_turn(store: Store) {
     let refused =
         assert_exact_retry(store, limits(1, 100), T0 + 59_999, 1, &[Window::Minute]).await;
-    assert_eq!(refused.retry_at_ms, T0 + 2 * MINUTE, "2W − e from 59,999 ms");
+    assert_eq!(refused.retry_at_ms, T0 + 59_999 + MINUTE, "a minute from the turn, not more");
 }
 
-async fn the_window_boundary_moves_the_count_into_the_previous_window(store: Store) {
-    let clock = Arc::new(ManualClock::at(T0 + 59_998));
+/// The most admitted turns any span of `window_ms` holds, over every span
+/// ending at an admission (the spans that can hold the most).
+fn most_in_any_window(admitted: &[i64], window_ms: i64) -> usize {
+    admitted
+        .iter()
+        .map(|&end| admitted.iter().filter(|&&t| t > end - window_ms && t <= end).count())
+        .max()
+        .unwrap_or(0)
+}
+
+/// `limit` turns in the last 100 ms before `edge`, then one try every
+/// `step_ms`, `tries` times: the admitted instants.
+async fn burst_then_steady(
+    limiter: &LimiterHandle,
+    clock: &ManualClock,
+    l: Limits,
+    limit: u32,
+    edge: i64,
+    (step_ms, tries): (i64, i64),
+) -> Vec<i64> {
+    let user = unique_user("burst");
+    let mut admitted = Vec::new();
+    let burst = (0..i64::from(limit)).map(|i| edge - 100 + i * 100 / i64::from(limit));
+    for at in burst.chain((1..=tries).map(|i| edge + i * step_ms)) {
+        clock.set(at);
+        if is_admitted(&limiter.check(user.clone(), l).await.decision) {
+            admitted.push(at);
+        }
+    }
+    admitted
+}
+
+/// The burst the sliding-window counter let through at 1.95× its limit:
+/// 20 turns in the last 100 ms of a minute, then a try every 100 ms for
+/// 70 s. No 60 s hold more than 20, and the steady tries get in exactly as
+/// the burst's turns leave. The hour the same way, scaled: 20 in the last
+/// 100 ms of an hour, then a try every second for 70 minutes.
+async fn a_burst_at_a_window_s_end_never_puts_more_than_the_limit_in_any_window(store: Store) {
+    let clock = Arc::new(ManualClock::at(T0));
     let limiter = store.limiter(clock.clone()).await;
-    let user = unique_user("boundary");
-    let l = limits(2, 100);
-    for _ in 0..2 {
-        assert!(is_admitted(&limiter.check(user.clone(), l).await.decision));
-    }
-    clock.set(T0 + 59_999);
-    assert!(
-        !is_admitted(&limiter.check(user.clone(), l).await.decision),
-        "59,999: still the same window"
-    );
-    clock.set(T0 + 60_000);
-    // e = 0 of the next window: the previous count weighs in full (2·W + W > 2·W).
-    assert!(
-        !is_admitted(&limiter.check(user.clone(), l).await.decision),
-        "60,000: previous window at full weight"
-    );
+    let minute = limits(20, 100_000);
+    let admitted = burst_then_steady(&limiter, &clock, minute, 20, T0 + MINUTE, (100, 700)).await;
+    assert_eq!(most_in_any_window(&admitted, MINUTE), 20);
+    assert_eq!(admitted.len(), 40, "20, then 20 more as each left, a minute later");
+    assert_eq!(admitted[20], admitted[0] + MINUTE, "the first steady try in as the first left");
+
+    let hour = limits(100_000, 20);
+    let edge = T0 + 2 * HOUR;
+    let admitted = burst_then_steady(&limiter, &clock, hour, 20, edge, (1_000, 4_200)).await;
+    assert_eq!(most_in_any_window(&admitted, HOUR), 20);
+    assert_eq!(admitted.len(), 40);
+    // The first of the burst left at edge − 100 ms + 1 h; the next try is
+    // on the second.
+    assert_eq!(admitted[20], edge + HOUR, "the first try after the first left");
 }
 
-/// The previous window's share at e = 0, W/2 and W − 1 with p = 10, L = 10:
-/// turns that fit are ⌊(L·W − p·(W − e)) / W⌋.
-async fn the_previous_window_weighs_by_the_time_left_in_the_current_one(store: Store) {
-    for (elapsed, expected) in [(0, 0), (MINUTE / 2, 5), (MINUTE - 1, 9)] {
-        let clock = Arc::new(ManualClock::at(T0 + MINUTE - 1));
-        let limiter = store.limiter(clock.clone()).await;
-        let user = unique_user("weight");
-        let l = limits(10, 1_000);
-        for _ in 0..10 {
-            assert!(is_admitted(&limiter.check(user.clone(), l).await.decision));
-        }
-        clock.set(T0 + MINUTE + elapsed);
-        let mut admitted = 0;
-        while is_admitted(&limiter.check(user.clone(), l).await.decision) {
-            admitted += 1;
-            assert!(admitted <= 10);
-        }
-        assert_eq!(admitted, expected, "e = {elapsed}");
+/// Twenty turns fill a minute; at the instant before they leave, 300
+/// checks over three instances admit none; at the instant they leave,
+/// exactly 20.
+async fn three_instances_racing_at_a_window_edge_admit_exactly_what_left(store: Store) {
+    let clock = Arc::new(ManualClock::at(T0 + 7_000));
+    let three = [
+        store.limiter(clock.clone()).await,
+        store.limiter(clock.clone()).await,
+        store.limiter(clock.clone()).await,
+    ];
+    let user = unique_user("edge");
+    let l = limits(20, 1_000);
+    for i in 0..20 {
+        let handle = &three[i % 3];
+        assert!(is_admitted(&handle.check(user.clone(), l).await.decision));
     }
+    clock.set(T0 + 7_000 + MINUTE - 1);
+    assert_eq!(race(&three, &user, 300, l).await, 0, "1 ms before the edge");
+    clock.set(T0 + 7_000 + MINUTE);
+    assert_eq!(race(&three, &user, 300, l).await, 20, "at the edge");
+}
+
+/// `checks` concurrent checks of `user` spread over `handles`: how many
+/// were admitted.
+async fn race(handles: &[LimiterHandle], user: &UserId, checks: usize, l: Limits) -> usize {
+    let tasks: Vec<_> = (0..checks)
+        .map(|i| {
+            let handle = handles[i % handles.len()].clone();
+            let user = user.clone();
+            tokio::spawn(async move { handle.check(user, l).await.decision })
+        })
+        .collect();
+    let mut admitted = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Decision::Admitted(_) => admitted += 1,
+            Decision::Limited(_) => {}
+            other => panic!("no check may be skipped here: {other:?}"),
+        }
+    }
+    admitted
 }
 
 async fn refusals_count_nothing_and_a_higher_tier_is_admitted_next(store: Store) {
@@ -163,8 +220,6 @@ async fn refusals_count_nothing_and_a_higher_tier_is_admitted_next(store: Store)
         assert!(is_admitted(&limiter.check(user.clone(), free).await.decision));
     }
     let mut redis = store.connection();
-    let minute_key = counter_key(&user, Window::Minute, T0 / MINUTE);
-    let hour_key = counter_key(&user, Window::Hour, T0 / HOUR);
     for _ in 0..5 {
         denial(limiter.check(user.clone(), free).await.decision);
     }
@@ -173,8 +228,9 @@ async fn refusals_count_nothing_and_a_higher_tier_is_admitted_next(store: Store)
     for _ in 0..5 {
         denial(fresh.check(user.clone(), free).await.decision);
     }
-    let counts: (i64, i64) = (redis.get(&minute_key).unwrap(), redis.get(&hour_key).unwrap());
-    assert_eq!(counts, (2, 2), "refused attempts bump neither window");
+    let log = stored_log(&mut redis, &user).expect("two admissions");
+    let stamps: Vec<i64> = log.entries.iter().map(|e| e.at_ms).collect();
+    assert_eq!(stamps, [T0 + 1_000; 2], "refused attempts log nothing");
 
     let pro = limits(10, 1_000);
     assert!(
@@ -183,7 +239,7 @@ async fn refusals_count_nothing_and_a_higher_tier_is_admitted_next(store: Store)
     );
 }
 
-async fn keys_are_named_as_documented_with_ttls_within_two_windows_and_peeks_create_none(
+async fn keys_are_named_as_documented_with_ttls_of_their_longest_window_and_peeks_create_none(
     store: Store,
 ) {
     let clock = Arc::new(ManualClock::at(T0 + 25_000));
@@ -202,20 +258,18 @@ async fn keys_are_named_as_documented_with_ttls_within_two_windows_and_peeks_cre
     assert!(is_admitted(&admission.decision));
     let mut keys: Vec<String> = redis.keys(&pattern).unwrap();
     keys.sort();
-    let expected = vec![
-        format!("ratelimit:{{{user}}}:turns:active"),
-        format!("ratelimit:{{{user}}}:turns:hour:{}", T0 / HOUR),
-        format!("ratelimit:{{{user}}}:turns:minute:{}", (T0 + 25_000) / MINUTE),
-    ];
+    let expected =
+        vec![format!("ratelimit:{{{user}}}:log"), format!("ratelimit:{{{user}}}:turns:active")];
     assert_eq!(keys, expected);
-    // The lease set lives a lease TTL (15 s by default) past its newest lease.
-    for (key, ttl) in keys.iter().zip([15_000, HOUR * 2, MINUTE * 2]) {
+    // The log lives an hour past its newest entry, the lease set a lease
+    // TTL (15 s by default) past its newest lease.
+    for (key, ttl) in keys.iter().zip([HOUR, 15_000]) {
         let pttl: i64 = redis::cmd("PTTL").arg(key).query(&mut redis).unwrap();
         assert!(pttl > 0 && pttl <= ttl, "{key}: PTTL {pttl}");
     }
     let lease = admission.lease.expect("an admission holds a lease");
     // Scored by its expiry on the Redis server's clock, not the instance's.
-    let members: Vec<(String, i64)> = redis.zrange_withscores(&keys[0], 0, -1).unwrap();
+    let members: Vec<(String, i64)> = redis.zrange_withscores(&keys[1], 0, -1).unwrap();
     let [(member, expiry)] = &members[..] else { panic!("one lease: {members:?}") };
     assert_eq!(*member, lease.id().to_string());
     assert!(
@@ -226,30 +280,14 @@ async fn keys_are_named_as_documented_with_ttls_within_two_windows_and_peeks_cre
     // Released: the last member gone, the set goes with it.
     drop(lease);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while redis.exists::<_, bool>(&keys[0]).unwrap() {
+    while redis.exists::<_, bool>(&keys[1]).unwrap() {
         assert!(std::time::Instant::now() < deadline, "the release never reached Redis");
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
 
 async fn admitted_among(handles: &[LimiterHandle], checks: usize, l: Limits) -> usize {
-    let user = unique_user("burst");
-    let tasks: Vec<_> = (0..checks)
-        .map(|i| {
-            let handle = handles[i % handles.len()].clone();
-            let user = user.clone();
-            tokio::spawn(async move { handle.check(user, l).await.decision })
-        })
-        .collect();
-    let mut admitted = 0;
-    for task in tasks {
-        match task.await.unwrap() {
-            Decision::Admitted(_) => admitted += 1,
-            Decision::Limited(_) => {}
-            other => panic!("no check may be skipped here: {other:?}"),
-        }
-    }
-    admitted
+    race(handles, &unique_user("burst"), checks, l).await
 }
 
 async fn five_hundred_concurrent_checks_admit_exactly_the_limit(store: Store) {

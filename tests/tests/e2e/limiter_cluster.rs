@@ -9,13 +9,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pantheon_domain::limiter::{Decision, Fallback, LimiterHandle, Limits, Window, window_index};
+use pantheon_domain::limiter::{Decision, Fallback, LimiterHandle, Limits};
 use pantheon_domain::{ManualClock, UserId};
-use pantheon_infrastructure::limiter::keys::counter_key;
+use pantheon_infrastructure::limiter::keys::log_key;
 use pantheon_infrastructure::limiter::topology::slot_of;
 use pantheon_tests::limiter::{Store, cluster_limiter};
 use pantheon_tests::redis_cluster::{ClusterView, RedisCluster, shared_cluster, user_on};
-use redis::Commands;
 
 use crate::limiter_faults::T0;
 
@@ -23,12 +22,10 @@ fn limits(per_minute: u32) -> Limits {
     Limits::turns(per_minute, 10_000, 1_000_000)
 }
 
-/// The user's counter of the current minute, read through redis-rs's own
-/// cluster connection (which routes by the key's slot).
+/// The turns of the user's log, read through redis-rs's own cluster
+/// connection (which routes by the key's slot).
 fn minute_count(connection: &mut impl redis::ConnectionLike, user: &UserId) -> u64 {
-    let key = counter_key(user, Window::Minute, window_index(Window::Minute, T0));
-    let count: Option<u64> = connection.get(&key).unwrap();
-    count.unwrap_or(0)
+    pantheon_tests::limiter::logged_turns(connection, user)
 }
 
 /// Ten users on each master of the shared cluster, checked twenty times
@@ -44,7 +41,7 @@ async fn users_on_every_master_are_admitted_exactly_to_their_limits() {
         masters.iter().flat_map(|m| (0..10).map(|_| user_on(&view, m.port, "spread"))).collect();
     // The limiter's slot is the server's.
     for user in users.iter().take(5) {
-        let key = counter_key(user, Window::Minute, 0);
+        let key = log_key(user);
         let slot = view.command(masters[0].port, &["CLUSTER", "KEYSLOT", &key]);
         assert_eq!(slot, slot_of(user).to_string(), "{user}");
     }

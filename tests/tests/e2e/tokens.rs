@@ -1,16 +1,15 @@
 //! Token budgets per user over HTTP (README "Token budgets"): a turn
-//! reserves its input and output cap in the same `EVALSHA` as its turn
-//! counters and slot, is held to that cap whatever the upstream does, and
-//! settles its actual usage into the buckets it charged; the settled usage
-//! in a window never exceeds its limit.
+//! reserves its input and output cap in the same `EVALSHA` as its turn's
+//! log entry and slot, is held to that cap whatever the upstream does, and
+//! settles its actual usage on the entry it charged; the settled usage in a
+//! window never exceeds its limit.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pantheon_domain::limiter::{Window, window_index};
+use pantheon_domain::limiter::Window;
 use pantheon_domain::{ManualClock, TokenCounter, UserId};
 use pantheon_infrastructure::Settings;
-use pantheon_infrastructure::limiter::keys::token_key;
 use pantheon_infrastructure::settings::{Fallback, ProviderKind, TokenizerKind};
 use pantheon_infrastructure::tokenizer::Tiktoken;
 use pantheon_tests::fake_openai::{Answer, FakeOpenAi, delta, done, finish, usage};
@@ -65,12 +64,15 @@ pub async fn user_and_session(app: &TestApp) -> (UserId, String, String) {
     (UserId::parse(&user).unwrap(), token, session)
 }
 
+/// The tokens of the user's log entries inside `window` ending at
+/// `now_ms`; `None` when no entry is inside.
 fn bucket(user: &UserId, window: Window, now_ms: i64) -> Option<i64> {
-    let key = token_key(user, window, window_index(window, now_ms));
-    redis_connection().get(key).unwrap()
+    let log = pantheon_tests::limiter::stored_log(&mut redis_connection(), user)?;
+    let inside = log.entries.iter().filter(|e| e.at_ms > now_ms - window.millis());
+    inside.map(|e| e.tokens as i64).reduce(|a, b| a + b)
 }
 
-/// Waits (bounded) until the minute bucket holds `expected`: a release is
+/// Waits (bounded) until the minute holds `expected` tokens: a release is
 /// sent after the response that reported the end.
 pub async fn bucket_settles_at(user: &UserId, now_ms: i64, expected: i64) {
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -224,7 +226,7 @@ async fn a_short_reply_refunds_and_the_peek_reports_the_settled_usage() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refund_after_the_window_rolled_over_lands_in_the_bucket_it_was_charged_to() {
+async fn a_refund_after_the_minute_rolled_on_lands_on_the_entry_it_was_charged_to() {
     let clock = Arc::new(ManualClock::at(NOW));
     let app = app(&clock, |s| {
         s.rate_limit.tokens_per_minute = Some(10_000);

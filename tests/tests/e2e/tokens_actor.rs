@@ -1,14 +1,16 @@
-//! Token budgets through the limiter's port, against real Redis: the keys
-//! and their TTLs, refunds into the charged buckets (and none into a bucket
-//! that counts for nothing any more), and the Lua script and the in-process
-//! backend agreeing decision for decision, reservation for reservation.
+//! Token budgets through the limiter's port, against real Redis: the log
+//! and its TTL, refunds to the entry charged (and only in the windows that
+//! still hold it), and the Lua script and the in-process backend agreeing
+//! decision for decision, reservation for reservation.
 
 use std::sync::Arc;
 
-use pantheon_domain::ManualClock;
-use pantheon_domain::limiter::{Decision, Lease, Limits, Policy, TokenCost, Window};
-use pantheon_infrastructure::limiter::keys::{active_key, token_key};
-use pantheon_tests::limiter::{Store, redis_connection, redis_limiter, twin_limiters, unique_user};
+use pantheon_domain::limiter::{Decision, Lease, Limits, Policy, TokenCost};
+use pantheon_domain::{ManualClock, UserId};
+use pantheon_infrastructure::limiter::keys::{active_key, log_key};
+use pantheon_tests::limiter::{
+    Store, redis_connection, redis_limiter, stored_log, twin_limiters, unique_user,
+};
 use pantheon_tests::rng::Rng;
 use redis::Commands;
 
@@ -29,68 +31,76 @@ fn cost(input: u64) -> TokenCost {
     TokenCost { input, min_output: 16, max_output: 200 }
 }
 
-async fn until_bucket(key: &str, expected: i64) {
+/// Waits (bounded) until `user`'s log holds `expected`: per entry, its
+/// stamp and tokens (a release is sent after the lease is dropped).
+async fn until_logged(user: &UserId, expected: &[(i64, u64)]) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     let mut redis = redis_connection();
     loop {
-        let value: Option<i64> = redis.get(key).unwrap();
-        if value == Some(expected) {
+        let log = stored_log(&mut redis, user);
+        let got: Vec<(i64, u64)> =
+            log.iter().flat_map(|l| l.entries.iter().map(|e| (e.at_ms, e.tokens))).collect();
+        if got == expected {
             return;
         }
-        assert!(std::time::Instant::now() < deadline, "{key} holds {value:?}, not {expected}");
+        assert!(std::time::Instant::now() < deadline, "the log holds {got:?}, not {expected:?}");
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
 
 #[tokio::test]
-async fn a_reservation_charges_both_buckets_with_ttls_and_a_settled_lease_refunds_them() {
+async fn a_reservation_is_logged_with_the_log_s_ttl_and_a_settled_lease_refunds_its_entry() {
     let clock = Arc::new(ManualClock::at(T0));
     let limiter = redis_limiter(clock.clone()).await;
     let user = unique_user("tokens");
     let l = budget(1_000, 5_000);
     assert!(limiter.peek(user.clone(), l).await.is_some());
     let mut redis = redis_connection();
-    let none: Vec<String> = redis.keys(format!("ratelimit:{{{user}}}:tokens:*")).unwrap();
+    let none: Vec<String> = redis.keys(format!("ratelimit:{{{user}}}:*")).unwrap();
     assert!(none.is_empty(), "a peek creates no key: {none:?}");
 
     let mut lease = limiter.check_with(user.clone(), l, cost(100)).await.lease.unwrap();
     let reservation = lease.reservation().unwrap();
-    assert_eq!((reservation.input, reservation.output_cap), (100, 200));
-    let minute = token_key(&user, Window::Minute, T0 / MINUTE);
-    let hour = token_key(&user, Window::Hour, T0 / HOUR);
-    for (key, ttl) in [(&minute, 2 * MINUTE), (&hour, 2 * HOUR)] {
-        assert_eq!(redis.get::<_, i64>(key).unwrap(), 300, "{key}");
-        let pttl: i64 = redis::cmd("PTTL").arg(key).query(&mut redis).unwrap();
-        assert!(pttl > 0 && pttl <= ttl, "{key}: PTTL {pttl}");
-    }
+    assert_eq!((reservation.input, reservation.output_cap, reservation.at_ms), (100, 200, T0));
+    until_logged(&user, &[(T0, 300)]).await;
+    let pttl: i64 = redis::cmd("PTTL").arg(log_key(&user)).query(&mut redis).unwrap();
+    assert!(pttl > HOUR - 60_000 && pttl <= HOUR, "the log lives an hour: PTTL {pttl}");
     lease.settle(130);
     drop(lease);
-    until_bucket(&minute, 130).await;
-    until_bucket(&hour, 130).await;
-    let pttl: i64 = redis::cmd("PTTL").arg(&minute).query(&mut redis).unwrap();
-    assert!(pttl > 0 && pttl <= 2 * MINUTE, "a refunded bucket keeps its end: PTTL {pttl}");
+    until_logged(&user, &[(T0, 130)]).await;
+    let pttl: i64 = redis::cmd("PTTL").arg(log_key(&user)).query(&mut redis).unwrap();
+    assert!(pttl > 0 && pttl <= HOUR, "a refund keeps the log's end: PTTL {pttl}");
     let status = limiter.peek(user.clone(), l).await.unwrap();
     assert_eq!(status.tokens.map(|u| u.map(|u| u.remaining)), [Some(870), Some(4_870)]);
 }
 
+/// An entry two minutes old has left the minute: its refund frees room in
+/// the hour only. One past the hour has left the log: its refund is not
+/// sent, and the log's other entries keep their tokens.
 #[tokio::test]
-async fn a_refund_for_a_bucket_past_being_anyone_s_previous_window_is_not_sent() {
+async fn a_refund_lands_only_in_the_windows_that_still_hold_its_entry() {
     let clock = Arc::new(ManualClock::at(T0));
     let limiter = redis_limiter(clock.clone()).await;
     let user = unique_user("late");
-    let mut lease = limiter.check_with(user.clone(), budget(1_000, 5_000), cost(100)).await.lease;
-    // Three minutes on, the minute bucket counts for nothing (Redis would
-    // have expired it): a refund there could only make a key anew.
-    clock.advance(3 * MINUTE);
-    if let Some(lease) = lease.as_mut() {
-        lease.settle(0);
-    }
-    drop(lease);
-    let hour = token_key(&user, Window::Hour, T0 / HOUR);
-    until_bucket(&hour, 0).await;
-    let minute = token_key(&user, Window::Minute, T0 / MINUTE);
-    let value: i64 = redis_connection().get(&minute).unwrap();
-    assert_eq!(value, 300, "the old minute bucket was left alone");
+    let l = budget(1_000, 5_000);
+    let mut early = limiter.check_with(user.clone(), l, cost(100)).await.lease.unwrap();
+    clock.advance(2 * MINUTE);
+    let mut middle = limiter.check_with(user.clone(), l, cost(100)).await.lease.unwrap();
+    early.settle(0);
+    drop(early);
+    until_logged(&user, &[(T0, 0), (T0 + 2 * MINUTE, 300)]).await;
+    let status = limiter.peek(user.clone(), l).await.unwrap();
+    assert_eq!(status.tokens.map(|u| u.map(|u| u.remaining)), [Some(700), Some(4_700)]);
+
+    clock.advance(HOUR);
+    middle.settle(0);
+    drop(middle);
+    // A marker after it: once its refund would have run, this one's has.
+    let mut marker = limiter.check_with(user.clone(), l, cost(100)).await.lease.unwrap();
+    marker.settle(50);
+    drop(marker);
+    let now = T0 + 2 * MINUTE + HOUR;
+    until_logged(&user, &[(now, 50)]).await;
 }
 
 /// Both backends over the same random arrivals, costs, settlements and

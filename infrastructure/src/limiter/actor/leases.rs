@@ -39,7 +39,7 @@ pub(super) struct Unreleased {
 #[derive(Debug)]
 struct Entry {
     user: UserId,
-    refunds: Vec<TokenRefund>,
+    refund: Option<TokenRefund>,
     /// In a pipeline now: not sent again until it fails.
     sent: bool,
 }
@@ -61,8 +61,8 @@ impl LimiterActor {
     /// Applies the releases queued by dropped leases — in-process slots and
     /// refunds at once — and returns the Redis releases due: one item per
     /// user (a `ZREM`, or with refunds the script's release: each `ZREM`,
-    /// and a `DECRBY` per token bucket that lease charged if it removed it,
-    /// in one call). A user whose node cannot be asked now keeps them until
+    /// and the refund to that lease's log entry if it removed it, in one
+    /// call). A user whose node cannot be asked now keeps them until
     /// it answers again.
     pub(super) fn take_releases(&mut self) -> Batch {
         let now_ms = self.clock.now_ms();
@@ -76,15 +76,13 @@ impl LimiterActor {
                 }
                 LeaseStore::Redis => {
                     self.held.remove(&released.id);
-                    let mut refunds = Vec::new();
-                    if let Some(refund) = released.refund {
-                        for (window, index) in Window::ALL.into_iter().zip(refund.buckets) {
-                            if let Some(index) = index {
-                                add_refund(&mut refunds, window, index, refund.tokens, now_ms);
-                            }
-                        }
-                    }
-                    self.unrelease(released.id, released.user, refunds, Upkeep::Due);
+                    // An entry older than an hour has left the log: its
+                    // refund would find nothing.
+                    let refund = released
+                        .refund
+                        .filter(|r| r.tokens > 0 && r.at_ms > now_ms - Window::Hour.millis())
+                        .map(|r| TokenRefund { at_ms: r.at_ms, tokens: r.tokens });
+                    self.unrelease(released.id, released.user, refund, Upkeep::Due);
                 }
             }
         }
@@ -100,26 +98,26 @@ impl LimiterActor {
                 continue;
             }
             entry.sent = true;
-            let release = LeaseRelease { id: *id, refunds: entry.refunds.clone() };
+            let release = LeaseRelease { id: *id, refund: entry.refund };
             by_user.entry(entry.user.clone()).or_default().push(release);
         }
         by_user.into_iter().map(|(user, leases)| Pending::Release { user, leases }).collect()
     }
 
-    /// Keeps `id` of `user` to remove from Redis (with `refunds` if the
+    /// Keeps `id` of `user` to remove from Redis (with `refund` if the
     /// removal finds it), sent as `when` says.
     pub(super) fn unrelease(
         &mut self,
         id: LeaseId,
         user: UserId,
-        refunds: Vec<TokenRefund>,
+        refund: Option<TokenRefund>,
         when: Upkeep,
     ) {
         let book = &mut self.unreleased;
         if book.pending.len() + book.awaiting.len() >= MAX_UNRELEASED {
             return;
         }
-        let entry = Entry { user, refunds, sent: false };
+        let entry = Entry { user, refund, sent: false };
         match when {
             Upkeep::Due => {
                 book.pending.insert(id, entry);
@@ -193,25 +191,5 @@ impl LimiterActor {
             .filter(|(user, _)| self.routes(user))
             .map(|(user, leases)| Pending::Renew { user: user.clone(), leases, ttl_ms })
             .collect()
-    }
-}
-
-/// Adds a refund of `tokens` to the bucket `index` of `window`, merged with
-/// one to the same bucket; none once the bucket is past being anyone's
-/// previous window (it has expired, or is about to, and counts for nothing).
-fn add_refund(
-    refunds: &mut Vec<TokenRefund>,
-    window: Window,
-    index: i64,
-    tokens: u64,
-    now_ms: i64,
-) {
-    let ends_at = index.saturating_add(2).saturating_mul(window.millis());
-    if ends_at <= now_ms || tokens == 0 {
-        return;
-    }
-    match refunds.iter_mut().find(|r| r.window == window && r.index == index) {
-        Some(refund) => refund.tokens = refund.tokens.saturating_add(tokens),
-        None => refunds.push(TokenRefund { window, index, tokens }),
     }
 }

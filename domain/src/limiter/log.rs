@@ -206,6 +206,11 @@ impl UsageLog {
     pub fn check(&mut self, limits: Limits, cost: TokenCost, active: u64, now_ms: i64) -> Tally {
         self.advance(now_ms);
         let tally = self.decide(limits, cost, active);
+        if !tally.admitted && self.entries.is_empty() {
+            // A log with no entries is no log: it keeps no clock either (as
+            // the script deletes the key it trimmed empty).
+            *self = Self::default();
+        }
         if tally.admitted {
             let tokens = if limits.has_token_budget() {
                 cost.input.saturating_add(tally.output_cap)
@@ -239,6 +244,11 @@ impl UsageLog {
                 self.minute_tokens = self.minute_tokens.saturating_sub(taken);
             }
         }
+    }
+
+    /// The latest time the log was read at (`i64::MIN` before the first).
+    pub fn clock(&self) -> i64 {
+        self.clock
     }
 
     /// Whether nothing is left to remember.

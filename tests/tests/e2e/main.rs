@@ -57,6 +57,7 @@ mod limiter_cluster_faults;
 mod limiter_faults;
 mod limiter_http;
 mod limiter_leases;
+mod limiter_log;
 mod limiter_overload;
 mod locked_begin;
 mod metrics;

@@ -1,0 +1,209 @@
+//! The exact windows' log in Redis, below the actor: the script
+//! (`check.lua`) and the domain's `UsageLog` step for step over random
+//! checks, refunds and peeks at window edges and with lagging clocks — the
+//! same tallies and the same stored log after every step — and the memory a
+//! user's log takes at full use of the default limits.
+
+use pantheon_domain::UserId;
+use pantheon_domain::limiter::{Limits, Policy, Tally, TokenCost, UsageLog};
+use pantheon_infrastructure::limiter::CHECK_SCRIPT;
+use pantheon_infrastructure::limiter::keys::{active_key, log_key};
+use pantheon_tests::limiter::{Store, redis_connection, stored_log, unique_user};
+use pantheon_tests::rng::Rng;
+use redis::{ConnectionLike, Script};
+
+on_both_stores!(the_script_and_the_domain_log_agree_step_for_step);
+
+const MINUTE: i64 = 60_000;
+const HOUR: i64 = 3_600_000;
+/// A minute boundary in 2026, 17 ms on.
+const T0: i64 = 493_500 * HOUR + 17;
+
+/// The script's tally, as the actor parses it (`-1`: never).
+fn tally(values: Vec<i64>) -> Tally {
+    let instant = |at: i64| if at < 0 { i64::MAX } else { at };
+    let count = |n: i64| u64::try_from(n).unwrap();
+    Tally {
+        admitted: values[0] == 1,
+        at_ms: values[1],
+        active: count(values[2]),
+        output_cap: count(values[3]),
+        loads: [values[4], values[5], values[6], values[7]].map(count),
+        frees_at: [values[8], values[9], values[10], values[11]].map(instant),
+    }
+}
+
+fn limit_args(invocation: &mut redis::ScriptInvocation<'_>, limits: Limits) {
+    invocation.arg(limits.per_minute).arg(limits.per_hour);
+    for limit in [limits.tokens_per_minute, limits.tokens_per_hour] {
+        invocation.arg(limit.map_or(-1, i64::from));
+    }
+}
+
+fn check(
+    conn: &mut impl ConnectionLike,
+    user: &UserId,
+    limits: Limits,
+    cost: TokenCost,
+    now: i64,
+    lease: &str,
+) -> Tally {
+    let script = Script::new(CHECK_SCRIPT);
+    let mut call = script.key(active_key(user));
+    call.key(log_key(user)).arg("check").arg(now).arg(100_000_000).arg(limits.max_concurrent);
+    call.arg(lease);
+    limit_args(&mut call, limits);
+    call.arg(cost.input).arg(cost.min_output).arg(cost.max_output);
+    tally(call.invoke(conn).unwrap())
+}
+
+fn peek(conn: &mut impl ConnectionLike, user: &UserId, limits: Limits, now: i64) -> Tally {
+    let script = Script::new(CHECK_SCRIPT);
+    let mut call = script.key(active_key(user));
+    call.key(log_key(user)).arg("peek").arg(now);
+    limit_args(&mut call, limits);
+    tally(call.invoke(conn).unwrap())
+}
+
+/// Releases `lease` with a refund of `tokens` to the entry at `at`: whether
+/// the lease was there (and so the refund applied).
+fn release(
+    conn: &mut impl ConnectionLike,
+    user: &UserId,
+    lease: &str,
+    at: i64,
+    tokens: u64,
+) -> bool {
+    let script = Script::new(CHECK_SCRIPT);
+    let mut call = script.key(active_key(user));
+    call.key(log_key(user)).arg("release").arg(1).arg(lease).arg(at).arg(tokens);
+    let removed: Vec<i64> = call.invoke(conn).unwrap();
+    removed == [1]
+}
+
+/// Asserts the stored log is the model's: the same entries and sums, the
+/// same clock and the same minute start.
+fn assert_same_log(conn: &mut impl ConnectionLike, user: &UserId, model: &UsageLog, step: &str) {
+    let stored = stored_log(conn, user);
+    let Some(stored) = stored else {
+        assert!(model.is_empty(), "{step}: Redis has no log, the model has {model:?}");
+        return;
+    };
+    let entries: Vec<_> = model.entries().copied().collect();
+    assert_eq!(stored.entries, entries, "{step}: entries");
+    assert_eq!(stored.clock, model.clock(), "{step}: clock");
+    let minute = stored.entries.len() - stored.minute_start;
+    assert_eq!(
+        [minute as u64, stored.minute_tokens, stored.hour_tokens],
+        [Policy::Minute, Policy::TokensMinute, Policy::TokensHour].map(|p| model.load(p)),
+        "{step}: the header's sums"
+    );
+}
+
+/// Random checks (turn limits and token budgets, random costs), refunds of
+/// random earlier admissions (some of entries gone) and peeks, the clock
+/// moving by edge-sized steps (0, 1 ms, a window less 1 ms, a window, …)
+/// and now and then lagging behind the log's: the script's tally equals
+/// the model's at every step, and so does the stored log after it.
+async fn the_script_and_the_domain_log_agree_step_for_step(store: Store) {
+    let seed = 0x10c_u64 ^ u64::from(std::process::id());
+    let mut rng = Rng(seed | 1);
+    let mut conn = store.connection();
+    for round in 0..6 {
+        let user = unique_user("log-diff");
+        let limits = Limits {
+            per_minute: 3 + rng.next(5) as u32,
+            per_hour: 10 + rng.next(20) as u32,
+            max_concurrent: 1_000,
+            tokens_per_minute: (round % 3 != 0).then(|| 500 + rng.next(1_000) as u32),
+            tokens_per_hour: (round % 2 == 0).then(|| 2_000 + rng.next(3_000) as u32),
+        };
+        let mut model = UsageLog::default();
+        let mut leases: Vec<(String, i64, u64)> = Vec::new();
+        let (mut now, mut admitted, mut refused, mut refunds) = (T0, 0, 0, 0);
+        for step in 0..400 {
+            let step = format!("seed {seed}, round {round}, step {step}");
+            let gaps = [0, 0, 1, 1, 999, 999, 3_000, 3_000, MINUTE - 1, MINUTE, MINUTE + 1, HOUR];
+            now += gaps[rng.next(gaps.len() as u64) as usize] * i64::from(rng.next(4) != 0);
+            // Now and then an instance whose clock lags.
+            let at = if rng.next(6) == 0 { now - rng.next(5_000) as i64 } else { now };
+            match rng.next(8) {
+                0 if !leases.is_empty() => {
+                    let (lease, stamp, reserved) =
+                        leases.swap_remove(rng.next(leases.len() as u64) as usize);
+                    let tokens = rng.next(reserved + 1);
+                    if release(&mut conn, &user, &lease, stamp, tokens) {
+                        model.refund(stamp, tokens);
+                        refunds += 1;
+                    }
+                }
+                1 => {
+                    let mut copy = model.clone();
+                    copy.advance(at);
+                    let expected = copy.peek(limits, 0);
+                    // The script's peek counts live leases on Redis's clock.
+                    let got = Tally { active: 0, ..peek(&mut conn, &user, limits, at) };
+                    assert_eq!(got, expected, "{step}: peek");
+                }
+                _ => {
+                    let cost = TokenCost {
+                        input: rng.next(300),
+                        min_output: 10,
+                        max_output: 50 + rng.next(200),
+                    };
+                    let lease = format!("lease-{}", uuid::Uuid::new_v4().simple());
+                    let got = check(&mut conn, &user, limits, cost, at, &lease);
+                    let expected = model.check(limits, cost, got.active, at);
+                    assert_eq!(got, expected, "{step}: check at {at}");
+                    if got.admitted {
+                        admitted += 1;
+                        let reserved =
+                            if limits.has_token_budget() { cost.input + got.output_cap } else { 0 };
+                        leases.push((lease, got.at_ms, reserved));
+                    } else {
+                        refused += 1;
+                    }
+                }
+            }
+            assert_same_log(&mut conn, &user, &model, &step);
+        }
+        assert!(admitted > 20 && refused > 20, "round {round}: {admitted} in, {refused} refused");
+        assert!(refunds > 10, "round {round}: {refunds} refunds");
+        let _: () = redis::cmd("DEL").arg(active_key(&user)).query(&mut conn).unwrap();
+        let _: () = redis::cmd("DEL").arg(log_key(&user)).query(&mut conn).unwrap();
+    }
+}
+
+/// A user at full use of the default limits — 20 turns a minute, 300 in the
+/// hour — with token budgets: their log is one entry per turn, and takes at
+/// most 8 KiB of Redis memory.
+#[test]
+fn a_user_s_log_at_full_use_of_the_defaults_takes_at_most_8_kib() {
+    let mut conn = redis_connection();
+    let user = unique_user("memory");
+    let limits = Limits {
+        per_minute: 20,
+        per_hour: 300,
+        max_concurrent: 4,
+        tokens_per_minute: Some(1_000_000),
+        tokens_per_hour: Some(10_000_000),
+    };
+    let cost = TokenCost { input: 1_200, min_output: 16, max_output: 800 };
+    // 300 turns, one every 12 s: the hour is full, the minute holds 5.
+    for i in 0..300 {
+        let lease = format!("lease-{i}");
+        let tally = check(&mut conn, &user, limits, cost, T0 + i * 12_000, &lease);
+        assert!(tally.admitted, "turn {i}");
+        assert!(release(&mut conn, &user, &lease, tally.at_ms, 300));
+    }
+    let refused = check(&mut conn, &user, limits, cost, T0 + 300 * 12_000 - 1, "over");
+    assert!(!refused.admitted, "the hour is full");
+    let log = stored_log(&mut conn, &user).unwrap();
+    assert_eq!(log.entries.len(), 300);
+    let bytes: u64 =
+        redis::cmd("MEMORY").arg("USAGE").arg(log_key(&user)).query(&mut conn).unwrap();
+    eprintln!("a log at full use of the defaults: {bytes} bytes");
+    assert!(bytes <= 8 * 1024, "{bytes} bytes");
+    let _: () =
+        redis::cmd("DEL").arg(log_key(&user)).arg(active_key(&user)).query(&mut conn).unwrap();
+}

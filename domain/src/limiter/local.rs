@@ -17,7 +17,7 @@ use super::limits::{Limits, TokenCost};
 use super::log::Tally;
 use crate::ids::UserId;
 
-/// The in-process counters of one instance.
+/// The in-process logs and slots of one instance.
 pub trait LocalLimiter: Debug + Send + Sync {
     /// What `user`'s log reports at `now_ms` under `limits` (a peek):
     /// counts nothing.

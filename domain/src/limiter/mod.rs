@@ -1,4 +1,4 @@
-//! The per-user sliding-window rate limiter, domain side.
+//! The per-user rate limiter (exact rolling windows), domain side.
 //!
 //! - `window`, `limits`: the vocabulary — the two windows, a user's limits,
 //!   the policies a turn is refused for, what it costs and reserves;

@@ -197,7 +197,7 @@ pub enum Fallback {
     /// Skip the check, warn.
     #[default]
     Allow,
-    /// Use the in-process counters (per instance).
+    /// Use the in-process logs (per instance).
     Local,
     /// Refuse with `503`.
     Deny,

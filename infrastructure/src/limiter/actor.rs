@@ -1,7 +1,7 @@
 //! The limiter task: the only owner of the Redis connections, the loaded
 //! script, the health state and the leases this instance holds; it fills
-//! the over-limit cache and sweeps it and the in-process counters, which
-//! the handles share (without Redis they decide with those counters on
+//! the over-limit cache and sweeps it and the in-process logs, which
+//! the handles share (without Redis they decide with those logs on
 //! their own thread and never ask this task).
 //!
 //! It never waits for one check before taking the next: each turn of the
@@ -36,7 +36,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::MissedTickBehavior;
 
 use super::health::HealthBoard;
-use super::memory::MemoryCounters;
+use super::memory::MemoryLimiter;
 use super::nodes::Nodes;
 use super::redis_link::{self, BatchReply, Pending};
 use super::topology::{NodeAddr, slot_of};
@@ -182,8 +182,8 @@ impl LimiterActor {
         redis: Option<RedisLink>,
         lease_ttl: Duration,
     ) -> Self {
-        shared.install_local(Arc::new(MemoryCounters::default()), redis.is_none());
-        let local = shared.local().cloned().unwrap_or_else(|| Arc::new(MemoryCounters::default()));
+        shared.install_local(Arc::new(MemoryLimiter::default()), redis.is_none());
+        let local = shared.local().cloned().unwrap_or_else(|| Arc::new(MemoryLimiter::default()));
         Self {
             mailbox,
             clock,

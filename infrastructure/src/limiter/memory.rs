@@ -38,12 +38,12 @@ impl Shard {
 
 /// The logs and slots, sharded by user.
 #[derive(Debug)]
-pub struct MemoryCounters {
+pub struct MemoryLimiter {
     shards: Box<[Mutex<Shard>]>,
     hasher: std::collections::hash_map::RandomState,
 }
 
-impl Default for MemoryCounters {
+impl Default for MemoryLimiter {
     fn default() -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
@@ -52,7 +52,7 @@ impl Default for MemoryCounters {
     }
 }
 
-impl MemoryCounters {
+impl MemoryLimiter {
     /// The shard holding `user`. No log operation can panic midway (sums
     /// saturate, nothing is indexed unchecked), so poisoning is ignored.
     fn shard(&self, user: &UserId) -> MutexGuard<'_, Shard> {
@@ -62,7 +62,7 @@ impl MemoryCounters {
     }
 }
 
-impl LocalLimiter for MemoryCounters {
+impl LocalLimiter for MemoryLimiter {
     fn peek(&self, user: &UserId, limits: Limits, now_ms: i64) -> Tally {
         let shard = self.shard(user);
         let active = shard.active(user);

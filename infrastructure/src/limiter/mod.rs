@@ -2,7 +2,7 @@
 //! limiting"; keys and transport: README "Rate limiting").
 //!
 //! [`limiter`] makes the task that owns the Redis connection (or the
-//! in-process counters when no Redis is configured) and returns the
+//! in-process logs when no Redis is configured) and returns the
 //! domain's [`LimiterHandle`]; everything else talks to it through that.
 
 mod actor;

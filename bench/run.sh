@@ -133,15 +133,15 @@ rss_mb() { awk '/^VmRSS:/ { printf "%.0f", $2 / 1024 }' "/proc/${SPID[$1]}/statu
 hwm_mb() { awk '/^VmHWM:/ { printf "%.0f", $2 / 1024 }' "/proc/${SPID[$1]}/status"; }
 
 # Commands clients sent the limiter's Redis: commandstats also counts the
-# commands a script runs inside Redis (our script's MGET, INCR, PEXPIRE,
-# ZREMRANGEBYSCORE, ZCARD, ZADD), which cost no round trip, and our own
-# INFO; both are left out (no scenario sends a peek, the one MGET a client
-# sends; lease renewals, the one ZADD and PEXPIRE, are one pipeline every
-# lease_ttl/3 for all running turns, not a per-turn cost). With a name
-# (evalsha, zrem), that command's count only.
+# commands a script runs inside Redis (our script's TIME, LINDEX, LRANGE,
+# LSET, RPUSH, LPUSH, LTRIM, PEXPIRE, ZREMRANGEBYSCORE, ZCARD, ZADD), which
+# cost no round trip, and our own INFO; both are left out (lease renewals,
+# the one ZADD and PEXPIRE, are one pipeline every lease_ttl/3 for all
+# running turns, not a per-turn cost). With a name (evalsha, zrem), that
+# command's count only.
 redis_commands() {
   redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' | awk -F'[:=,]' -v only="${1:-}" '
-    /^cmdstat_/ && $1 !~ /^cmdstat_(info|mget|incr|pexpire|zremrangebyscore|zcard|zadd)$/ \
+    /^cmdstat_/ && $1 !~ /^cmdstat_(info|time|lindex|lrange|lset|rpush|lpush|ltrim|pexpire|zremrangebyscore|zcard|zadd)$/ \
       && (only == "" || $1 == "cmdstat_" only) { n += $3 }
     END { print n + 0 }'
 }

@@ -138,26 +138,32 @@ if now > clock then clock = now end
 -- Let go of what left the minute, then of what left the hour (all of it
 -- before the minute's start).
 if mh >= 0 and mh + MIN <= clock then
+  -- Read in growing chunks, unpacking only up to the first that stays:
+  -- at a steady rate one or two entries leave per check.
   mh = -1
-  while ms < n do
-    local e = read(ms, math.min(n - 1, ms + 15))
-    for k = 1, #e / 2 do
-      if e[2 * k - 1] + MIN > clock then mh = e[2 * k - 1] break end
-      mt, ms = mt - e[2 * k], ms + 1
+  local size = 2
+  while ms < n and mh < 0 do
+    local raw = redis.call('LRANGE', log_key, ms + 1, math.min(n, ms + size))
+    for k = 1, #raw do
+      local at, tokens = struct.unpack(ENTRY, raw[k])
+      if at + MIN > clock then mh = at break end
+      mt, ms = mt - tokens, ms + 1
     end
-    if mh >= 0 then break end
+    size = size * 4
   end
 end
 local trimmed = 0
 if hh >= 0 and hh + HOUR <= clock then
   hh = -1
-  while trimmed < n do
-    local e = read(trimmed, math.min(n - 1, trimmed + 15))
-    for k = 1, #e / 2 do
-      if e[2 * k - 1] + HOUR > clock then hh = e[2 * k - 1] break end
-      ht, trimmed = ht - e[2 * k], trimmed + 1
+  local size = 2
+  while trimmed < n and hh < 0 do
+    local raw = redis.call('LRANGE', log_key, trimmed + 1, math.min(n, trimmed + size))
+    for k = 1, #raw do
+      local at, tokens = struct.unpack(ENTRY, raw[k])
+      if at + HOUR > clock then hh = at break end
+      ht, trimmed = ht - tokens, trimmed + 1
     end
-    if hh >= 0 then break end
+    size = size * 4
   end
   n, ms = n - trimmed, ms - trimmed
 end

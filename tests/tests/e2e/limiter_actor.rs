@@ -6,7 +6,9 @@
 
 use std::sync::Arc;
 
-use pantheon_domain::limiter::{Decision, Denial, Lease, LimiterHandle, Limits, Policy, Window};
+use pantheon_domain::limiter::{
+    Decision, Denial, Lease, LimiterHandle, Limits, Policy, TokenCost, Window,
+};
 use pantheon_domain::{ManualClock, UserId};
 use pantheon_infrastructure::limiter::keys::active_key;
 use pantheon_tests::limiter::{Store, redis_time_ms, stored_log, twin_limiters, unique_user};
@@ -122,22 +124,22 @@ fn most_in_any_window(admitted: &[i64], window_ms: i64) -> usize {
         .unwrap_or(0)
 }
 
-/// `limit` turns in the last 100 ms before `edge`, then one try every
-/// `step_ms`, `tries` times: the admitted instants.
+/// `burst` tries in the last 100 ms before `edge`, then one every
+/// `step_ms`, `tries` times, each costing `cost`: the admitted instants.
 async fn burst_then_steady(
     limiter: &LimiterHandle,
     clock: &ManualClock,
-    l: Limits,
-    limit: u32,
+    (l, cost): (Limits, TokenCost),
+    burst: i64,
     edge: i64,
     (step_ms, tries): (i64, i64),
 ) -> Vec<i64> {
     let user = unique_user("burst");
     let mut admitted = Vec::new();
-    let burst = (0..i64::from(limit)).map(|i| edge - 100 + i * 100 / i64::from(limit));
+    let burst = (0..burst).map(|i| edge - 100 + i * 100 / burst);
     for at in burst.chain((1..=tries).map(|i| edge + i * step_ms)) {
         clock.set(at);
-        if is_admitted(&limiter.check(user.clone(), l).await.decision) {
+        if is_admitted(&limiter.check_with(user.clone(), l, cost).await.decision) {
             admitted.push(at);
         }
     }
@@ -148,17 +150,20 @@ async fn burst_then_steady(
 /// 20 turns in the last 100 ms of a minute, then a try every 100 ms for
 /// 70 s. No 60 s hold more than 20, and the steady tries get in exactly as
 /// the burst's turns leave. The hour the same way, scaled: 20 in the last
-/// 100 ms of an hour, then a try every second for 70 minutes.
+/// 100 ms of an hour, then a try every second for 70 minutes. And a token
+/// minute of 2,000 whose turns reserve 100 each: never more than 2,000
+/// tokens in any 60 s.
 async fn a_burst_at_a_window_s_end_never_puts_more_than_the_limit_in_any_window(store: Store) {
     let clock = Arc::new(ManualClock::at(T0));
     let limiter = store.limiter(clock.clone()).await;
-    let minute = limits(20, 100_000);
+    let turns = TokenCost::default();
+    let minute = (limits(20, 100_000), turns);
     let admitted = burst_then_steady(&limiter, &clock, minute, 20, T0 + MINUTE, (100, 700)).await;
     assert_eq!(most_in_any_window(&admitted, MINUTE), 20);
     assert_eq!(admitted.len(), 40, "20, then 20 more as each left, a minute later");
     assert_eq!(admitted[20], admitted[0] + MINUTE, "the first steady try in as the first left");
 
-    let hour = limits(100_000, 20);
+    let hour = (limits(100_000, 20), turns);
     let edge = T0 + 2 * HOUR;
     let admitted = burst_then_steady(&limiter, &clock, hour, 20, edge, (1_000, 4_200)).await;
     assert_eq!(most_in_any_window(&admitted, HOUR), 20);
@@ -166,6 +171,17 @@ async fn a_burst_at_a_window_s_end_never_puts_more_than_the_limit_in_any_window(
     // The first of the burst left at edge − 100 ms + 1 h; the next try is
     // on the second.
     assert_eq!(admitted[20], edge + HOUR, "the first try after the first left");
+
+    // 84 tokens of input and 16 of output: each turn reserves exactly 100
+    // (its lease is dropped unsettled, so nothing is refunded); 30 tries
+    // in the burst, 20 fit.
+    let budget = Limits { tokens_per_minute: Some(2_000), ..limits(100_000, 100_000) };
+    let cost = TokenCost { input: 84, min_output: 16, max_output: 16 };
+    let edge = T0 + 3 * HOUR;
+    let admitted = burst_then_steady(&limiter, &clock, (budget, cost), 30, edge, (100, 700)).await;
+    assert_eq!(most_in_any_window(&admitted, MINUTE) * 100, 2_000, "tokens in any minute");
+    assert_eq!(admitted.len(), 40);
+    assert_eq!(admitted[20], admitted[0] + MINUTE);
 }
 
 /// Twenty turns fill a minute; at the instant before they leave, 300

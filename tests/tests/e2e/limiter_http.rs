@@ -17,6 +17,7 @@ use serde_json::Value;
 on_both_stores!(
     below_the_limit_a_turn_is_201_with_its_usage,
     the_minute_limit_answers_429_with_retry_after,
+    a_limit_of_one_a_minute_asks_for_at_most_60_s_and_means_it,
     the_hour_limit_answers_429,
     a_refusal_writes_nothing_and_never_looks_the_session_up,
     a_higher_tier_token_is_admitted_on_its_very_next_request,
@@ -114,6 +115,25 @@ async fn the_minute_limit_answers_429_with_retry_after(store: Store) {
         201,
         "a client that waits is admitted"
     );
+}
+
+/// `per_minute = 1`: half a second after the one turn, `Retry-After` says
+/// 60 (the turn leaves the window 59.5 s later, rounded up); a client that
+/// obeys it is admitted, one that comes a second early is refused.
+async fn a_limit_of_one_a_minute_asks_for_at_most_60_s_and_means_it(store: Store) {
+    let (app, clock) = app_with(store, Backend::Sqlite, 1, 100, |_| {}).await;
+    let (_, token) = app.new_user();
+    let session = app.create_session(&token).await["id"].as_str().unwrap().to_owned();
+    assert_eq!(app.submit_turn(&token, &session, "one").await.status(), 201);
+    clock.advance(500);
+    let refused = app.submit_turn(&token, &session, "two").await;
+    let retry_after: i64 = refused.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    expect_rate_limited(refused, "minute", 1).await;
+    assert_eq!(retry_after, 60);
+    clock.advance(retry_after * 1_000 - 1_000);
+    assert_eq!(app.submit_turn(&token, &session, "early").await.status(), 429, "a second early");
+    clock.advance(1_000);
+    assert_eq!(app.submit_turn(&token, &session, "on time").await.status(), 201);
 }
 
 async fn the_hour_limit_answers_429(store: Store) {

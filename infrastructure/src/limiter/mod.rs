@@ -24,8 +24,8 @@ use pantheon_domain::limiter::{
     Fallback, HandleOptions, LimitTable, LimiterHandle, LimiterState, Limits, Mode, limiter_channel,
 };
 
-pub use actor::{LimiterActor, RedisLink};
-pub use redis_link::CHECK_SCRIPT;
+pub use actor::LimiterActor;
+pub use redis_link::{CHECK_SCRIPT, RedisLink};
 
 use crate::metrics::LimiterMetrics;
 use crate::settings::{self, Settings};

@@ -17,11 +17,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use redis::{ConnectionAddr, ConnectionInfo, RedisError, RedisResult, Script};
+use redis::{
+    AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, RedisError, RedisResult, Script,
+};
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
-use super::redis_link;
 use super::topology::{NodeAddr, SlotMap, parse_cluster_slots};
 
 /// What is deployed.
@@ -152,7 +153,7 @@ impl Nodes {
         let connection = cell
             .get_or_try_init(|| async {
                 let client = redis::Client::open(self.info(node))?;
-                redis_link::connect(&client, &self.script, self.timeout).await
+                connect(&client, &self.script, self.timeout).await
             })
             .await?;
         Ok(connection.clone())
@@ -273,4 +274,22 @@ pub fn timed_out(what: &str) -> RedisError {
         std::io::ErrorKind::TimedOut,
         format!("{what}: Redis call exceeded redis.timeout_ms"),
     ))
+}
+
+/// Opens a multiplexed connection and loads the script, both bounded by
+/// `timeout` (connect gets a little more: a TCP handshake is not a command).
+///
+/// # Errors
+/// The [`RedisError`] of the connect or load (a timeout is an I/O error).
+pub async fn connect(
+    client: &Client,
+    script: &Script,
+    timeout: Duration,
+) -> RedisResult<MultiplexedConnection> {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout.max(Duration::from_millis(250))))
+        .set_response_timeout(Some(timeout));
+    let mut conn = client.get_multiplexed_async_connection_with_config(&config).await?;
+    script.load_async(&mut conn).await?;
+    Ok(conn)
 }

@@ -1,20 +1,22 @@
-//! The Redis side of the actor: connecting (with the script loaded), the
-//! command of each check and peek, and sending one node's share of a batch
-//! as one pipeline.
+//! The Redis half of the actor: its state ([`RedisLink`]: the nodes, their
+//! health, the pipelines in flight and waiting), the command of each check,
+//! peek, renewal and release, and sending one node's share of a batch as
+//! one pipeline.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use pantheon_domain::UserId;
-use pantheon_domain::limiter::{LeaseId, Limits, Tally, TokenCost};
-use redis::aio::MultiplexedConnection;
-use redis::{
-    AsyncConnectionConfig, Client, Cmd, ErrorKind, RedisError, RedisResult, Script, Value,
+use pantheon_domain::limiter::{
+    Admission, Fallback, LeaseId, LimiterShared, Limits, RateLimitStatus, Tally, TokenCost,
 };
+use redis::{Client, Cmd, ConnectionInfo, ErrorKind, RedisError, RedisResult, Script, Value};
 
 use tokio::sync::oneshot;
 
 use super::exchange::{Exchange, Routed, exchange};
+use super::health::HealthBoard;
 use super::keys::{active_key, check_keys};
 use super::nodes::Nodes;
 use super::topology::{NodeAddr, slot_of};
@@ -108,24 +110,6 @@ impl<T> Reply for oneshot::Sender<T> {
     fn abandoned(&self) -> bool {
         self.is_closed()
     }
-}
-
-/// Opens a multiplexed connection and loads the script, both bounded by
-/// `timeout` (connect gets a little more: a TCP handshake is not a command).
-///
-/// # Errors
-/// The [`RedisError`] of the connect or load (a timeout is an I/O error).
-pub async fn connect(
-    client: &Client,
-    script: &Script,
-    timeout: Duration,
-) -> RedisResult<MultiplexedConnection> {
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(timeout.max(Duration::from_millis(250))))
-        .set_response_timeout(Some(timeout));
-    let mut conn = client.get_multiplexed_async_connection_with_config(&config).await?;
-    script.load_async(&mut conn).await?;
-    Ok(conn)
 }
 
 /// The commands of one pending item, every key of them `user`'s, in
@@ -280,4 +264,93 @@ pub fn parse_tally(values: Vec<Value>) -> Result<Tally, String> {
         loads: [l1, l2, l3, l4].map(count),
         frees_at: [f1, f2, f3, f4].map(instant),
     })
+}
+
+pub(super) type CheckReply = oneshot::Sender<Admission>;
+pub(super) type PeekReply = oneshot::Sender<Option<RateLimitStatus>>;
+pub(super) type Batch = Vec<Pending<CheckReply, PeekReply>>;
+pub(super) type BatchOutcome = (NodeAddr, Batch, BatchReply);
+
+/// Most pipelines outstanding per node. Past it on a single Redis the
+/// mailbox fills and callers get the fallback at once instead of queueing
+/// behind a slow Redis; on a cluster that node's share of a batch waits for
+/// its next free pipeline (up to [`MAX_BACKLOG`] checks), while the other
+/// nodes' shares go out.
+pub(super) const MAX_IN_FLIGHT: usize = 16;
+
+/// The Redis half of the actor's state.
+#[derive(Debug)]
+pub struct RedisLink {
+    pub(super) nodes: Arc<Nodes>,
+    pub(super) health: HealthBoard,
+    /// Pipelines outstanding per node.
+    pub(super) in_flight: HashMap<NodeAddr, usize>,
+    /// Per node at [`MAX_IN_FLIGHT`]: what its next pipeline takes.
+    pub(super) backlog: HashMap<NodeAddr, Batch>,
+}
+
+impl RedisLink {
+    /// One Redis. Connects once at start; Pantheon starts even when Redis
+    /// is down, with the link degraded.
+    pub async fn start(
+        client: Client,
+        timeout: Duration,
+        fallback: Fallback,
+        shared: Arc<LimiterShared>,
+    ) -> Self {
+        let script = Arc::new(Script::new(CHECK_SCRIPT));
+        let nodes = Nodes::single(client.get_connection_info().clone(), script, timeout);
+        Self::open(nodes, fallback, shared).await
+    }
+
+    /// A Redis Cluster found from `seeds` (at least one): its layout is read
+    /// and every master connected at start; a cluster that cannot be reached
+    /// starts degraded, and so does each master that cannot.
+    pub async fn start_cluster(
+        seeds: Vec<ConnectionInfo>,
+        timeout: Duration,
+        fallback: Fallback,
+        shared: Arc<LimiterShared>,
+    ) -> Option<Self> {
+        let script = Arc::new(Script::new(CHECK_SCRIPT));
+        let nodes = Nodes::cluster(seeds, script, timeout)?;
+        if let Err(e) = nodes.refresh().await {
+            tracing::warn!(
+                error = %e,
+                "redis.cluster_urls: no seed answered CLUSTER SLOTS; checks go to the first seed \
+                 until the layout can be read"
+            );
+        }
+        Some(Self::open(nodes, fallback, shared).await)
+    }
+
+    async fn open(nodes: Nodes, fallback: Fallback, shared: Arc<LimiterShared>) -> Self {
+        let masters = nodes.masters();
+        let connected =
+            futures::future::join_all(masters.iter().map(|m| nodes.connection(m))).await;
+        let states = masters.into_iter().zip(connected).map(|(node, connected)| {
+            let error = connected.err().map(|e| e.to_string());
+            if let Some(error) = &error {
+                tracing::debug!(error, node = %node, "Redis connect at start failed");
+            }
+            (node, error)
+        });
+        let health = HealthBoard::new(states, fallback, shared);
+        Self { nodes: Arc::new(nodes), health, in_flight: HashMap::new(), backlog: HashMap::new() }
+    }
+
+    /// Whether `user`'s node can be asked (it is not degraded).
+    pub(super) fn routes(&self, user: &UserId) -> bool {
+        !self.health.is_degraded(&self.nodes.node_for(slot_of(user)))
+    }
+
+    /// Whether any node can be asked.
+    pub(super) fn any_up(&self) -> bool {
+        !self.health.all_degraded()
+    }
+
+    /// Pipelines the loop may have outstanding in all.
+    pub(super) fn max_in_flight(&self) -> usize {
+        MAX_IN_FLIGHT * self.nodes.master_count().max(1)
+    }
 }

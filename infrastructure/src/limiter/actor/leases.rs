@@ -17,8 +17,8 @@ use std::collections::HashMap;
 use pantheon_domain::UserId;
 use pantheon_domain::limiter::{LeaseId, LeaseStore, Window};
 
-use super::{Batch, LimiterActor};
-use crate::limiter::redis_link::{LeaseRelease, Pending, TokenRefund};
+use super::LimiterActor;
+use crate::limiter::redis_link::{Batch, LeaseRelease, Pending, TokenRefund};
 use crate::limiter::topology::{NodeAddr, slot_of};
 
 /// Releases kept waiting for their node at most; past it a lease is left

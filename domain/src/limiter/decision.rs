@@ -9,50 +9,24 @@
 
 use super::limits::{Limits, Policy, Reservation, TokenCost, TokenUsage, WindowUsage};
 use super::log::{Tally, ask};
+use super::protocol::{Decision, Denial, RateLimitStatus};
 use super::window::Window;
 
-/// The outcome of a check.
+/// The outcome of a check: the status an admission reports and what it
+/// reserved, or the denial itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// A slot is free, the request fits both windows and its smallest
-    /// reservation fits both token windows; it takes the slot, both current
-    /// counts go up by one, the reservation is charged, and `usage` and
-    /// `tokens` report the counts after that.
+    /// reservation fits both token windows; it took the slot, was logged
+    /// and charged, and `status` reports the windows after that.
     Admitted {
-        /// Per-window usage after the increment, minute first.
-        usage: [WindowUsage; 2],
-        /// Turns running, this one included.
-        active: u64,
-        /// Per-token-window usage after the reservation.
-        tokens: TokenUsage,
+        /// Usage after this turn, slots taken with it.
+        status: RateLimitStatus,
         /// What was reserved; `None` without a token budget.
         reservation: Option<Reservation>,
     },
-    /// The request does not fit; nothing is counted, no slot is taken, and
-    /// `usage` reports the counts as read.
-    Limited {
-        /// Per-window usage with the counts unchanged, minute first.
-        usage: [WindowUsage; 2],
-        /// The policies the request did not fit (minute, hour, tokens-minute,
-        /// tokens-hour, concurrency order); never empty.
-        violated: Vec<Policy>,
-        /// The earliest instant (ms since the epoch) at which the same request
-        /// (its smallest reservation) fits every window, if nothing else is
-        /// admitted or refunded meanwhile; for a refusal by concurrency alone,
-        /// one second on (a slot frees when some turn ends, which no clock
-        /// predicts).
-        retry_at_ms: i64,
-        /// The violated policy that sets `retry_at_ms`: the window with the
-        /// latest wait, concurrency only when no window is violated.
-        binding: Policy,
-        /// Turns running.
-        active: u64,
-        /// Per-token-window usage with the counts unchanged.
-        tokens: TokenUsage,
-        /// The smallest reservation refused (`input + min_output`); `None`
-        /// without a token budget.
-        requested: Option<u64>,
-    },
+    /// The request does not fit; nothing is counted, no slot is taken.
+    Limited(Denial),
 }
 
 impl Verdict {
@@ -64,8 +38,26 @@ impl Verdict {
     /// The per-window usage, minute first, whichever the outcome.
     pub fn usage(&self) -> &[WindowUsage; 2] {
         match self {
-            Verdict::Admitted { usage, .. } | Verdict::Limited { usage, .. } => usage,
+            Verdict::Admitted { status, .. } => &status.usage,
+            Verdict::Limited(denial) => &denial.usage,
         }
+    }
+
+    /// The caller's decision, and what an admission reserved.
+    pub fn into_decision(self) -> (Decision, Option<Reservation>) {
+        match self {
+            Verdict::Admitted { status, reservation } => (Decision::Admitted(status), reservation),
+            Verdict::Limited(denial) => (Decision::Limited(denial), None),
+        }
+    }
+}
+
+impl RateLimitStatus {
+    /// What a peek's `tally` reports under `limits` at the caller's
+    /// `now_ms`.
+    pub fn from_peek(limits: Limits, tally: &Tally, now_ms: i64) -> Self {
+        let (usage, tokens) = peek_usage(limits, tally, now_ms);
+        Self { limits, usage, active: tally.active, tokens }
     }
 }
 
@@ -95,10 +87,9 @@ impl Verdict {
                 report(policy, limit, load.saturating_add(taken(policy)), frees_at, now_ms)
             };
             let (usage, tokens) = reports(limits, tally, after);
+            let active = tally.active.saturating_add(1);
             return Verdict::Admitted {
-                usage,
-                active: tally.active.saturating_add(1),
-                tokens,
+                status: RateLimitStatus { limits, usage, active, tokens },
                 reservation: budgeted.then_some(Reservation {
                     input: cost.input,
                     output_cap: tally.output_cap,
@@ -128,7 +119,8 @@ impl Verdict {
             usage
         };
         let (usage, tokens) = reports(limits, tally, as_read);
-        Verdict::Limited {
+        Verdict::Limited(Denial {
+            limits,
             usage,
             violated,
             retry_at_ms,
@@ -136,7 +128,8 @@ impl Verdict {
             active: tally.active,
             tokens,
             requested,
-        }
+            now_ms,
+        })
     }
 }
 
@@ -188,7 +181,7 @@ fn reports(
 
 /// What a peek's `tally` reports: per window, what is left and when one
 /// more fits.
-pub fn peek_usage(limits: Limits, tally: &Tally, now_ms: i64) -> ([WindowUsage; 2], TokenUsage) {
+fn peek_usage(limits: Limits, tally: &Tally, now_ms: i64) -> ([WindowUsage; 2], TokenUsage) {
     reports(limits, tally, |policy, limit, load, frees_at| {
         report(policy, limit, load, frees_at, now_ms)
     })
@@ -238,7 +231,8 @@ mod tests {
     fn an_admitted_turn_reports_what_is_left_after_it() {
         let log = log_of(&[NOW - 70_000, NOW - 20_000, NOW - 10_000]);
         let v = verdict(&log, limits(5, 100), 1, NOW);
-        let Verdict::Admitted { usage, active, reservation, .. } = v else { panic!("{v:?}") };
+        let Verdict::Admitted { status, reservation } = v else { panic!("{v:?}") };
+        let (usage, active) = (status.usage, status.active);
         // Two in the minute, three in the hour, and this one.
         assert_eq!(usage.map(|u| (u.remaining, u.reset_ms)), [(2, 0), (96, 0)]);
         assert_eq!((active, reservation), (2, None));
@@ -260,7 +254,7 @@ mod tests {
     /// refused 1 ms before the retry and admitted at it; returns the retry.
     fn assert_refused(log: &UsageLog, limits: Limits, violated: &[Policy], left: [u64; 2]) -> i64 {
         let v = verdict(log, limits, 0, NOW);
-        let Verdict::Limited { usage, violated: v, retry_at_ms, binding, .. } = v else {
+        let Verdict::Limited(Denial { usage, violated: v, retry_at_ms, binding, .. }) = v else {
             panic!("expected a refusal: {v:?}");
         };
         assert_eq!(v, violated);
@@ -293,7 +287,8 @@ mod tests {
         let both = [Policy::Minute, Policy::Hour];
         let retry = assert_refused(&log_of(&at), limits(1, 6), &both, [0, 0]);
         assert_eq!(retry, NOW - 3_000_000 + 3_600_000);
-        let Verdict::Limited { binding, .. } = verdict(&log_of(&at), limits(1, 6), 0, NOW) else {
+        let Verdict::Limited(Denial { binding, .. }) = verdict(&log_of(&at), limits(1, 6), 0, NOW)
+        else {
             panic!("refused");
         };
         assert_eq!(binding, Policy::Hour);
@@ -302,7 +297,8 @@ mod tests {
     #[test]
     fn a_full_set_of_slots_refuses_for_concurrency_alone_and_reports_the_windows_as_they_are() {
         let v = verdict(&log_of(&[NOW - 1]), limits(5, 100), 4, NOW);
-        let Verdict::Limited { usage, violated, retry_at_ms, binding, active, .. } = v else {
+        let Verdict::Limited(Denial { usage, violated, retry_at_ms, binding, active, .. }) = v
+        else {
             panic!("four running turns fill a cap of four");
         };
         assert_eq!(
@@ -318,7 +314,9 @@ mod tests {
     fn a_window_and_concurrency_both_violated_retry_when_the_window_fits() {
         let log = log_of(&[NOW - 10_000]);
         let v = verdict(&log, limits(1, 100), 4, NOW);
-        let Verdict::Limited { violated, retry_at_ms, binding, .. } = v else { panic!("refused") };
+        let Verdict::Limited(Denial { violated, retry_at_ms, binding, .. }) = v else {
+            panic!("refused")
+        };
         assert_eq!(
             (violated, binding),
             (vec![Policy::Minute, Policy::Concurrency], Policy::Minute)
@@ -344,9 +342,10 @@ mod tests {
         let mut log = UsageLog::default();
         let first = log.check(budget(), cost(100), 0, NOW - 40_000);
         let v = Verdict::from_tally(budget(), cost(100), &first, NOW - 40_000);
-        let Verdict::Admitted { tokens: [Some(m), Some(h)], reservation: Some(r), .. } = v else {
+        let Verdict::Admitted { status, reservation: Some(r) } = v else {
             panic!("room for it: {v:?}");
         };
+        let [Some(m), Some(h)] = status.tokens else { panic!("both budgeted") };
         assert_eq!((r.input, r.output_cap, r.total(), r.at_ms), (100, 400, 500, NOW - 40_000));
         assert_eq!((m.remaining, h.remaining), (500, 4_500));
         // 500 + the next 500 fill the minute; the third's 116 must wait for
@@ -354,7 +353,8 @@ mod tests {
         assert!(log.check(budget(), cost(100), 0, NOW - 20_000).admitted);
         let tally = log.check(budget(), cost(100), 0, NOW);
         let v = Verdict::from_tally(budget(), cost(100), &tally, NOW);
-        let Verdict::Limited { violated, binding, retry_at_ms, requested, tokens, .. } = v else {
+        let Verdict::Limited(Denial { violated, binding, retry_at_ms, requested, tokens, .. }) = v
+        else {
             panic!("116 does not fit in 0");
         };
         assert_eq!((violated, binding), (vec![Policy::TokensMinute], Policy::TokensMinute));
@@ -371,7 +371,8 @@ mod tests {
         log.check(budget(), TokenCost { input: 600, min_output: 0, max_output: 0 }, 0, NOW - 1);
         let tally = log.check(budget(), cost(100), 0, NOW);
         let v = Verdict::from_tally(budget(), cost(100), &tally, NOW);
-        let Verdict::Admitted { reservation: Some(r), tokens, .. } = v else { panic!("{v:?}") };
+        let Verdict::Admitted { reservation: Some(r), status } = v else { panic!("{v:?}") };
+        let tokens = status.tokens;
         assert_eq!(r.output_cap, 300, "the minute's room less the input");
         assert_eq!(tokens[0].map(|u| (u.remaining, u.reset_ms)), Some((0, MINUTE - 1)));
     }
@@ -380,11 +381,14 @@ mod tests {
     fn without_a_token_budget_nothing_is_reserved_and_the_cost_is_ignored() {
         let tally = UsageLog::default().check(limits(5, 100), cost(1_000_000), 0, NOW);
         let v = Verdict::from_tally(limits(5, 100), cost(1_000_000), &tally, NOW);
-        assert!(matches!(v, Verdict::Admitted { reservation: None, tokens: [None, None], .. }));
+        assert!(
+            matches!(v, Verdict::Admitted { reservation: None, status } if status.tokens == [None, None])
+        );
         let hour = Limits { tokens_per_hour: Some(500), ..limits(5, 100) };
         let tally = UsageLog::default().check(hour, cost(100), 0, NOW);
         let v = Verdict::from_tally(hour, cost(100), &tally, NOW);
-        let Verdict::Admitted { reservation: Some(r), tokens, .. } = v else { panic!("fits") };
+        let Verdict::Admitted { reservation: Some(r), status } = v else { panic!("fits") };
+        let tokens = status.tokens;
         assert_eq!((r.output_cap, tokens[0]), (400, None), "only the hour is charged");
     }
 

@@ -8,7 +8,7 @@
 //! slow a turn by at most its `wait`), and `fallback = local` then decides
 //! with the in-process counts too, never skipping.
 
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -42,7 +42,6 @@ pub struct HandleOptions {
 #[derive(Debug, Default)]
 pub struct LimiterShared {
     state: AtomicU8,
-    shadow_refusals: AtomicU64,
     refusals: OverLimitCache,
     releases: Arc<Releases>,
     local: OnceLock<LocalBackend>,
@@ -87,7 +86,7 @@ impl LimiterShared {
     ) -> Admission {
         let verdict = local.check(user, limits, cost, now_ms);
         let admitted = verdict.is_admitted();
-        let (decision, reservation) = self.verdict(user, limits, now_ms, verdict);
+        let (decision, reservation) = self.verdict(user, verdict);
         let lease = admitted
             .then(|| Lease::local(user.clone(), local.clone()).with_reservation(reservation));
         Admission { decision, lease }
@@ -95,14 +94,8 @@ impl LimiterShared {
 
     /// Turns a verdict (of any backend) into the caller's decision and the
     /// tokens reserved, caching a refusal.
-    pub fn verdict(
-        &self,
-        user: &UserId,
-        limits: Limits,
-        now_ms: i64,
-        verdict: Verdict,
-    ) -> (Decision, Option<Reservation>) {
-        let (decision, reservation) = Decision::from_verdict(verdict, limits, now_ms);
+    pub fn verdict(&self, user: &UserId, verdict: Verdict) -> (Decision, Option<Reservation>) {
+        let (decision, reservation) = verdict.into_decision();
         if let Decision::Limited(denial) = &decision {
             self.refusals.insert(user, denial);
         }
@@ -189,7 +182,6 @@ impl LimiterHandle {
         };
         match admission.decision {
             Decision::Limited(denial) if self.options.mode == Mode::Shadow => {
-                self.shared.shadow_refusals.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(user.id = %user, retry_at_ms = denial.retry_at_ms, "shadow mode: would have refused");
                 Admission::without_lease(Decision::Admitted(denial.status()))
             }
@@ -257,11 +249,6 @@ impl LimiterHandle {
     /// How many refusals were answered from the over-limit cache.
     pub fn cache_refusals(&self) -> u64 {
         self.shared.refusals.hits()
-    }
-
-    /// How many refusals shadow mode has let through.
-    pub fn shadow_refusals(&self) -> u64 {
-        self.shared.shadow_refusals.load(Ordering::Relaxed)
     }
 
     /// The answer to a check the task could not take or answer in time:

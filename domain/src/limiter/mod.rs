@@ -27,7 +27,7 @@ mod protocol;
 mod window;
 
 pub use cache::OverLimitCache;
-pub use decision::{CONCURRENCY_RETRY_MS, Verdict, peek_usage, retry_after_secs};
+pub use decision::{CONCURRENCY_RETRY_MS, Verdict, retry_after_secs};
 pub use handle::{HandleOptions, LimiterHandle, LimiterShared, limiter_channel};
 pub use lease::{Lease, LeaseId, LeaseStore, Refund, Released, Releases};
 pub use limits::{Limits, Policy, Reservation, TokenCost, TokenUsage, WindowUsage};

@@ -7,10 +7,8 @@ use std::collections::HashMap;
 
 use tokio::sync::oneshot;
 
-use super::decision::{Verdict, peek_usage};
 use super::lease::Lease;
-use super::limits::{Limits, Policy, Reservation, TokenCost, TokenUsage, WindowUsage};
-use super::log::Tally;
+use super::limits::{Limits, Policy, TokenCost, TokenUsage, WindowUsage};
 use crate::ids::UserId;
 
 /// A request to the limiter task.
@@ -54,13 +52,6 @@ pub struct RateLimitStatus {
 }
 
 impl RateLimitStatus {
-    /// What a peek's `tally` reports under `limits` at the caller's
-    /// `now_ms`.
-    pub fn from_peek(limits: Limits, tally: &Tally, now_ms: i64) -> Self {
-        let (usage, tokens) = peek_usage(limits, tally, now_ms);
-        Self { limits, usage, active: tally.active, tokens }
-    }
-
     /// Slots still free.
     pub fn free_slots(&self) -> u64 {
         u64::from(self.limits.max_concurrent).saturating_sub(self.active)
@@ -115,8 +106,6 @@ impl Denial {
 /// Why a check was not made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SkipReason {
-    /// `rate_limit.enabled = false`.
-    Disabled,
     /// The store failed, timed out, or is known to be down.
     StoreUnavailable,
     /// The limiter's mailbox was full: overload is answered at once.
@@ -134,44 +123,6 @@ pub enum Decision {
     Skipped(SkipReason),
     /// Not checked (fallback `deny`): refuse with `503`.
     Unavailable(SkipReason),
-}
-
-impl Decision {
-    /// The decision a verdict on `limits` at `now_ms` makes, and what an
-    /// admission reserved.
-    pub fn from_verdict(
-        verdict: Verdict,
-        limits: Limits,
-        now_ms: i64,
-    ) -> (Decision, Option<Reservation>) {
-        match verdict {
-            Verdict::Admitted { usage, active, tokens, reservation } => {
-                (Decision::Admitted(RateLimitStatus { limits, usage, active, tokens }), reservation)
-            }
-            Verdict::Limited {
-                usage,
-                violated,
-                retry_at_ms,
-                binding,
-                active,
-                tokens,
-                requested,
-            } => {
-                let denial = Denial {
-                    limits,
-                    usage,
-                    violated,
-                    retry_at_ms,
-                    binding,
-                    active,
-                    tokens,
-                    requested,
-                    now_ms,
-                };
-                (Decision::Limited(denial), None)
-            }
-        }
-    }
 }
 
 /// A check's answer, with the lease of the slot an admission took (`None`

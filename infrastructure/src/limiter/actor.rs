@@ -34,7 +34,7 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use pantheon_domain::limiter::{
     Admission, Decision, Fallback, LeaseId, LimiterCommand, LimiterShared, Limits, LocalLimiter,
-    RateLimitStatus, Reservation, SkipReason, TokenCost, Verdict,
+    RateLimitStatus, SkipReason, TokenCost,
 };
 use pantheon_domain::{Clock, UserId};
 use tokio::sync::mpsc;
@@ -316,18 +316,6 @@ impl LimiterActor {
             }
             Fallback::Local => self.check_locally(user, limits, cost, now_ms),
         }
-    }
-
-    /// Turns a verdict into the caller's decision and the tokens reserved,
-    /// caching refusals.
-    fn verdict(
-        &mut self,
-        user: &UserId,
-        limits: Limits,
-        now_ms: i64,
-        verdict: Verdict,
-    ) -> (Decision, Option<Reservation>) {
-        self.shared.verdict(user, limits, now_ms, verdict)
     }
 }
 

@@ -115,8 +115,7 @@ impl LimiterActor {
                     match redis_link::parse_tally(values) {
                         Ok(tally) => {
                             let verdict = Verdict::from_tally(limits, cost, &tally, now_ms);
-                            let (decision, reservation) =
-                                self.verdict(&user, limits, now_ms, verdict);
+                            let (decision, reservation) = self.shared.verdict(&user, verdict);
                             // The lease follows the script, which took the
                             // slot: an answer nobody receives drops it, and
                             // the drop gives the slot back.

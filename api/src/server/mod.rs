@@ -6,6 +6,19 @@
 //! Our own accept loop over hyper instead of `axum::serve`, which has none
 //! of these (no timeouts, no cap, and an `accept error` line every second
 //! once the process runs out of files).
+//!
+//! The listener's backlog is 4,096 (tokio's default 1,024 overflowed when
+//! 2,000 clients connected at once). Each connection's task keeps one timer
+//! for the deadline its phase has (head, idle, stalled write), read from one
+//! per-connection atomic word that its reads, its service call and the end
+//! of its response body update: no lock per request. hyper's own
+//! `header_read_timeout` is off, as it also runs while a keep-alive
+//! connection idles. A semaphore caps connections below the open-files
+//! limit; a registry touched at open and close only lets the accept loop
+//! close the longest-idle connections at the cap, and every one at
+//! shutdown (once every turn is persisted, a connection not done within
+//! 1 s, a client not reading, is dropped). The body deadline is in the JSON
+//! extractors, so a late body is a `408` problem.
 
 mod accept;
 mod connection;

@@ -4,6 +4,61 @@
 //! [`limiter`] makes the task that owns the Redis connection (or the
 //! in-process logs when no Redis is configured) and returns the
 //! domain's [`LimiterHandle`]; everything else talks to it through that.
+//!
+//! # Where things are
+//!
+//! Domain side (`pantheon_domain::limiter`): the exact windows (`log.rs`, a
+//! user's `UsageLog` and the decision on it as a `Tally`, which `check.lua`
+//! follows step for step), the `Verdict` a tally stands for
+//! (`decision.rs`), the vocabulary (`limits.rs`), the protocol and the
+//! `LimiterHandle`. The handle answers a user the over-limit cache
+//! (`cache.rs`, filled by the actor) knows is refused on the caller's own
+//! thread; without Redis it decides on the caller's thread too, through the
+//! `LocalLimiter` port (here `memory.rs`: logs sharded by user behind short
+//! locks); with Redis it asks this task through a bounded mailbox, a full
+//! mailbox or a late reply answered by the fallback. A `Lease` (`lease.rs`)
+//! is a running turn's slot: dropped, a Redis one queues its release (and
+//! refund) for this task, an in-process one gives them back at once.
+//!
+//! Here: the loop and the local answers (`actor.rs`), the per-node
+//! pipelines (`actor/pipelines.rs`), the health jobs (`actor/probes.rs`),
+//! the leases this instance holds (`actor/leases.rs`: renewed every
+//! `lease_ttl / 3`, one script call per user; releases Redis has not
+//! answered kept until their node answers), the Redis half's state and
+//! commands (`redis_link.rs`) and the script (`check.lua`), the deployment
+//! (`nodes.rs`: a connection per node and the slot map of `topology.rs`; a
+//! single Redis is every slot on one node, a cluster's map is read with
+//! `CLUSTER SLOTS`), one exchange with one node (`exchange.rs`: a pipeline,
+//! then `NOSCRIPT`/`MOVED`/`ASK`/`TRYAGAIN` handled command by command, as
+//! each means the command did not run), health per node (`health.rs`).
+//!
+//! Each loop turn drains the mailbox, takes the queued releases (put ahead
+//! of the checks: a `ZREM`, or with refunds the script's release branch),
+//! answers locally what it can (cache → in-process backend → fallback for a
+//! user whose node is degraded), and sends the rest as one pipeline per
+//! node (up to 16 in flight per node, more waiting in its backlog;
+//! renewals and releases never wait for that cap). A check whose caller
+//! stopped waiting is dropped, never counted; one that failed after it was
+//! written (it may run later) has its lease released like a dropped one.
+//! Every pipelined item is one user's (hash tag `{user}`), so redis-rs's
+//! `ClusterConnection` is not used: it retries a pipeline as a whole, which
+//! would re-run checks that had counted.
+//!
+//! # States, per node
+//!
+//! ```text
+//!   3 consecutive failed calls / down at boot
+//! healthy ─────────────────────────────────────► degraded
+//!    ▲                                              │ probe due (100 ms · 2^n ≤ 500 ms, ±50 %)
+//!    └──────── reconnect + SCRIPT LOAD ok ◄──── probing ──fail──► degraded
+//!                                                   └── serves no slot any more ──► retired
+//! ```
+//!
+//! On a cluster each probe reads `CLUSTER SLOTS` first: a master whose
+//! replica took over is retired and its users go to the new master; a
+//! `MOVED` also makes the actor read the layout again. `/readyz` says
+//! `degraded` while any node is. No Redis configured: the in-process backend
+//! only (`in_process`). `rate_limit.enabled = false`: no actor at all.
 
 mod actor;
 mod exchange;

@@ -14,7 +14,7 @@ use pantheon_infrastructure::db::{
 use pantheon_infrastructure::limiter::{limit_table, measured_limiter};
 use pantheon_infrastructure::metrics::LimiterMetrics;
 use pantheon_infrastructure::provider::{BuiltinProvider, OpenAiProvider};
-use pantheon_infrastructure::settings::{ProviderKind, ProviderSettings, Settings};
+use pantheon_infrastructure::settings::{OnDisconnect, ProviderKind, ProviderSettings, Settings};
 use pantheon_infrastructure::tokenizer::Tiktoken;
 use thiserror::Error;
 
@@ -122,7 +122,7 @@ pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> Result<AppStat
         database: DatabaseProbe::new(conn),
         max_input_chars: settings.turns.max_input_chars,
         keep_alive: Duration::from_secs(settings.turns.keep_alive_secs),
-        on_disconnect: settings.turns.on_disconnect,
+        cancel_on_disconnect: settings.turns.on_disconnect == OnDisconnect::Cancel,
         shutdown_grace: Duration::from_secs(settings.server.shutdown_grace_secs),
         background,
         connections: ConnectionLimits::new(settings),

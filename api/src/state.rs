@@ -7,7 +7,6 @@ use std::time::Duration;
 use pantheon_domain::{SessionService, TurnService};
 use pantheon_infrastructure::auth::TokenVerifier;
 use pantheon_infrastructure::db::DatabaseProbe;
-use pantheon_infrastructure::settings::OnDisconnect;
 
 use crate::background::Background;
 use crate::metrics::Metrics;
@@ -49,8 +48,9 @@ pub struct AppParts {
     pub max_input_chars: usize,
     /// `turns.keep_alive_secs`: the comment interval of a silent stream.
     pub keep_alive: Duration,
-    /// `turns.on_disconnect`.
-    pub on_disconnect: OnDisconnect,
+    /// `turns.on_disconnect = cancel`: a stream whose client leaves
+    /// cancels its turn.
+    pub cancel_on_disconnect: bool,
     /// `server.shutdown_grace_secs`.
     pub shutdown_grace: Duration,
     /// The background tasks, stopped by `serve` after the last turn.

@@ -7,7 +7,6 @@ use axum::http::{HeaderValue, header};
 use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use pantheon_domain::{NewTurn, SessionId};
-use pantheon_infrastructure::settings::OnDisconnect;
 
 use crate::dto::SubmitTurnRequest;
 use crate::error::ApiError;
@@ -59,7 +58,7 @@ pub async fn stream_turn(
     ApiJson(body): ApiJson<SubmitTurnRequest>,
 ) -> Result<Response, ApiError> {
     let new = NewTurn::parse(body.input, state.max_input_chars)?;
-    let cancel_on_disconnect = state.on_disconnect == OnDisconnect::Cancel;
+    let cancel_on_disconnect = state.cancel_on_disconnect;
     // Dropped by the server if the client hangs up before the commit: with
     // `cancel`, the turn is then cancelled too, not generated for no one.
     let run = if cancel_on_disconnect {

@@ -143,7 +143,9 @@ impl Admission {
 }
 
 /// `rate_limit.fallback`: how a check is answered when the store fails.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Read from the settings as is (`allow`, `local`, `deny`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Fallback {
     /// Skip the check, warn.
     #[default]
@@ -154,8 +156,9 @@ pub enum Fallback {
     Deny,
 }
 
-/// `rate_limit.mode`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// `rate_limit.mode` (`enforce`, `shadow`), read from the settings as is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Refuse over-limit turns.
     #[default]

@@ -76,7 +76,7 @@ use std::time::Duration;
 
 use pantheon_domain::Clock;
 use pantheon_domain::limiter::{
-    Fallback, HandleOptions, LimitTable, LimiterHandle, LimiterState, Limits, Mode, limiter_channel,
+    HandleOptions, LimitTable, LimiterHandle, LimiterState, Limits, limiter_channel,
 };
 
 pub use actor::LimiterActor;
@@ -116,14 +116,6 @@ pub fn limit_table(settings: &settings::RateLimitSettings) -> LimitTable {
     LimitTable::new(default, tiers)
 }
 
-fn fallback(setting: settings::Fallback) -> Fallback {
-    match setting {
-        settings::Fallback::Allow => Fallback::Allow,
-        settings::Fallback::Local => Fallback::Local,
-        settings::Fallback::Deny => Fallback::Deny,
-    }
-}
-
 /// The actor's loop, for the composition root to run as a background task;
 /// it ends when the last handle is dropped.
 pub type LimiterTask = futures::future::BoxFuture<'static, ()>;
@@ -148,11 +140,7 @@ pub async fn measured_limiter(
         return None;
     }
     let timeout = Duration::from_millis(settings.redis.timeout_ms);
-    let fallback = fallback(settings.rate_limit.fallback);
-    let mode = match settings.rate_limit.mode {
-        settings::LimitMode::Enforce => Mode::Enforce,
-        settings::LimitMode::Shadow => Mode::Shadow,
-    };
+    let (fallback, mode) = (settings.rate_limit.fallback, settings.rate_limit.mode);
     // The handle waits a little longer than a Redis call may take, so the
     // actor's own timeout answers first and the handle's is only a backstop.
     let wait = timeout + (timeout / 2).max(Duration::from_millis(20));

@@ -3,6 +3,9 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+// `rate_limit.fallback` and `rate_limit.mode` are the domain's own enums,
+// read as they are.
+pub use pantheon_domain::limiter::{Fallback, Mode as LimitMode};
 use serde::Deserialize;
 
 /// The development JWT secret: usable out of the box, refused when
@@ -219,30 +222,6 @@ impl std::fmt::Debug for AuthSettings {
             .field("leeway_secs", &self.leeway_secs)
             .finish()
     }
-}
-
-/// `rate_limit.mode`
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum LimitMode {
-    /// Refuse over-limit turns.
-    #[default]
-    Enforce,
-    /// Decide fully, never refuse; report what would have been refused.
-    Shadow,
-}
-
-/// `rate_limit.fallback`: how a check is answered while Redis is failing.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Fallback {
-    /// Skip the check and warn.
-    #[default]
-    Allow,
-    /// Use the in-process limiter (per instance).
-    Local,
-    /// Refuse with `503`.
-    Deny,
 }
 
 /// `rate_limit.tokenizer`: the encoding that counts tokens.

@@ -10,6 +10,7 @@
 pub mod clock;
 pub mod error;
 pub mod ids;
+mod lifecycle;
 pub mod limiter;
 pub mod live;
 pub mod observe;

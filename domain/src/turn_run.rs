@@ -141,7 +141,7 @@ impl TurnService {
         let mut first_delta = true;
         let deadline = tokio::time::sleep(self.policy.max_duration);
         tokio::pin!(deadline);
-        let abort = self.lifecycle.abort.clone();
+        let abort = self.lifecycle.abort().clone();
         let stopped = |reason: Option<Stop>| match reason {
             Some(Stop::Provider(e)) => Ending::Failed(e),
             Some(Stop::Cancelled) => Ending::Cancelled,
@@ -257,7 +257,7 @@ impl TurnService {
         tokio::select! {
             biased;
             _ = events.send(TurnEvent::Finished(Box::new(outcome))) => {}
-            () = self.lifecycle.abort.cancelled() => {}
+            () = self.lifecycle.abort().cancelled() => {}
             () = tokio::time::sleep_until(by) => {}
         }
     }
@@ -353,7 +353,7 @@ impl TurnService {
         loop {
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
-                () = self.lifecycle.abort.cancelled() => {
+                () = self.lifecycle.abort().cancelled() => {
                     tracing::warn!(turn.id = %id, attempts, "shutting down with the end of a turn unwritten; the sweep will end it incomplete");
                     return;
                 }
@@ -480,6 +480,3 @@ const FINISH_RETRY_MAX: Duration = Duration::from_secs(5);
 /// How long a finished turn waits for room for its terminal event when its
 /// deadline has passed.
 const FINISHED_GRACE: Duration = Duration::from_secs(5);
-
-/// How long [`TurnService::drain`] waits for aborted turns to persist.
-pub(crate) const ABORT_WAIT: Duration = Duration::from_secs(10);

@@ -3,18 +3,17 @@
 //! (owned by the caller) and the `in_progress` commit, then the reply in a
 //! task of its own.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::clock::Clock;
 use crate::error::TurnError;
 use crate::ids::{Caller, SessionId, TurnId};
+use crate::lifecycle::Lifecycle;
 use crate::limiter::{
     Admission, Decision, Lease, LimiterHandle, LimiterState, Policy, RateLimitStatus, TokenCost,
     Window,
@@ -25,7 +24,7 @@ use crate::page::{Page, PageRequest};
 use crate::ports::{ModelProvider, TurnRepository, TurnStart};
 use crate::tokens::TokenCounter;
 use crate::turn::{NewTurn, Turn, TurnStatus};
-use crate::turn_run::{ABORT_WAIT, TurnRun};
+use crate::turn_run::TurnRun;
 
 /// Deltas buffered between the generating task and a slow reader.
 const EVENT_BUFFER: usize = 64;
@@ -64,34 +63,6 @@ pub struct Submitted {
     pub turn: Turn,
     /// The caller's usage after this turn; `None` when the check was skipped.
     pub rate_limit: Option<RateLimitStatus>,
-}
-
-/// The generating tasks of this process, for graceful shutdown.
-#[derive(Debug, Default)]
-pub(crate) struct Lifecycle {
-    tracker: TaskTracker,
-    /// Cancelled when the shutdown grace is over: tasks persist `incomplete`.
-    pub(crate) abort: CancellationToken,
-    closing: AtomicBool,
-    /// Set when a checkpoint or sweep found the database unreachable: no
-    /// sweep before then. During an outage no instance can stamp its
-    /// heartbeats; once it ends, every instance gets [`TurnPolicy::stale_after`]
-    /// to stamp them again before this one ends turns for a missed beat.
-    sweep_not_before: Mutex<Option<Instant>>,
-}
-
-impl Lifecycle {
-    fn storage_failed(&self, stale_after: Duration) {
-        *self.sweep_not_before.lock().unwrap_or_else(PoisonError::into_inner) =
-            Some(Instant::now() + stale_after);
-    }
-
-    fn sweep_held_back(&self) -> bool {
-        self.sweep_not_before
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some_and(|until| Instant::now() < until)
-    }
 }
 
 /// Submits and reads turns.
@@ -264,7 +235,7 @@ impl TurnService {
 
     /// Turns generating in this process (committed, not yet ended).
     pub fn turns_in_progress(&self) -> usize {
-        self.lifecycle.tracker.len()
+        self.lifecycle.running()
     }
 
     /// Starts a turn: the limiter, then the session lookup and the commit of
@@ -319,7 +290,7 @@ impl TurnService {
         cancel_on_drop: bool,
     ) -> Result<TurnRun, TurnError> {
         let measured = Measured { endpoint, since: Instant::now() };
-        if self.lifecycle.closing.load(Ordering::SeqCst) {
+        if self.lifecycle.is_closing() {
             return Err(TurnError::ShuttingDown);
         }
         let (rate_limit, mut lease) = self.admit(caller, new.input()).await?;
@@ -329,7 +300,7 @@ impl TurnService {
         let service = self.clone();
         let user = caller.user.clone();
         let task_cancel = cancel.clone();
-        self.lifecycle.tracker.spawn(async move {
+        self.lifecycle.spawn(async move {
             let start = TurnStart {
                 user: &user,
                 session_id,
@@ -484,17 +455,6 @@ impl TurnService {
     /// `grace`, then ends the rest as `incomplete` (their streams get their
     /// terminal event) and waits for them to be persisted.
     pub async fn drain(&self, grace: Duration) {
-        self.lifecycle.closing.store(true, Ordering::SeqCst);
-        self.lifecycle.tracker.close();
-        if tokio::time::timeout(grace, self.lifecycle.tracker.wait()).await.is_err() {
-            tracing::warn!(
-                turns = self.lifecycle.tracker.len(),
-                "shutdown grace over; ending the remaining turns as incomplete"
-            );
-            self.lifecycle.abort.cancel();
-            if tokio::time::timeout(ABORT_WAIT, self.lifecycle.tracker.wait()).await.is_err() {
-                tracing::error!("turns still running after the abort wait");
-            }
-        }
+        self.lifecycle.drain(grace).await;
     }
 }

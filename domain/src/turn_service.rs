@@ -310,21 +310,16 @@ impl TurnService {
             };
             let turn = match service.turns.begin(start).await {
                 Ok(Some(turn)) => turn,
-                Ok(None) => {
-                    // Nothing reached the provider: the whole reservation back.
+                refused => {
+                    // Nothing reached the provider: the whole reservation
+                    // back, the slot with it.
                     if let Some(lease) = lease.as_mut() {
                         lease.settle(0);
                     }
                     drop(lease);
-                    let _ = committed.send(Err(TurnError::SessionNotFound));
-                    return;
-                }
-                Err(error) => {
-                    if let Some(lease) = lease.as_mut() {
-                        lease.settle(0);
-                    }
-                    drop(lease);
-                    let _ = committed.send(Err(error.into()));
+                    let error =
+                        refused.map_or_else(TurnError::from, |_| TurnError::SessionNotFound);
+                    let _ = committed.send(Err(error));
                     return;
                 }
             };

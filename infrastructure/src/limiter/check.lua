@@ -93,35 +93,29 @@ if branch == 'release' then
     local gone = redis.call('ZREM', active_key, id)
     removed[l + 1] = gone
     if gone == 1 and left > 0 and n > 0 and at >= hh then
-      -- The first entry of that stamp: search back from the newest.
-      local first, i = n, n - 1
-      while i >= 0 do
-        local from = math.max(0, i - 15)
-        local e = read(from, i)
-        local k = #e / 2
-        while k >= 1 and e[2 * k - 1] >= at do
-          if e[2 * k - 1] == at then first = from + k - 1 end
-          k = k - 1
+      -- The entries of that stamp, found back from the newest (a refund
+      -- is usually for one of the last few), read in growing chunks and
+      -- unpacked only down to the first older stamp.
+      local idx, tok, size, hi, done = {}, {}, 2, n - 1, false
+      while hi >= 0 and not done do
+        local lo = math.max(0, hi - size + 1)
+        local raw = redis.call('LRANGE', log_key, lo + 1, hi + 1)
+        for k = #raw, 1, -1 do
+          local stamp, tokens = struct.unpack(ENTRY, raw[k])
+          if stamp < at then done = true break end
+          if stamp == at then idx[#idx + 1], tok[#tok + 1] = lo + k - 1, tokens end
         end
-        if k >= 1 then break end
-        i = from - 1
+        hi, size = lo - 1, size * 4
       end
-      i = first
-      while i < n and left > 0 do
-        local e = read(i, math.min(n - 1, i + 15))
-        local stop = false
-        for k = 1, #e / 2 do
-          local stamp, tokens = e[2 * k - 1], e[2 * k]
-          if stamp ~= at or left <= 0 then stop = true break end
-          local taken = math.min(tokens, left)
-          if taken > 0 then
-            redis.call('LSET', log_key, i + 1, struct.pack(ENTRY, stamp, tokens - taken))
-            left, ht, changed = left - taken, ht - taken, true
-            if i >= ms then mt = mt - taken end
-          end
-          i = i + 1
+      -- Spread oldest first, as the model does.
+      for m = #idx, 1, -1 do
+        if left <= 0 then break end
+        local taken = math.min(tok[m], left)
+        if taken > 0 then
+          redis.call('LSET', log_key, idx[m] + 1, struct.pack(ENTRY, at, tok[m] - taken))
+          left, ht, changed = left - taken, ht - taken, true
+          if idx[m] >= ms then mt = mt - taken end
         end
-        if stop then break end
       end
     end
   end

@@ -131,35 +131,33 @@ if now > clock then clock = now end
 
 -- Let go of what left the minute, then of what left the hour (all of it
 -- before the minute's start).
-if mh >= 0 and mh + MIN <= clock then
-  -- Read in growing chunks, unpacking only up to the first that stays:
-  -- at a steady rate one or two entries leave per check.
-  mh = -1
-  local size = 2
-  while ms < n and mh < 0 do
-    local raw = redis.call('LRANGE', log_key, ms + 1, math.min(n, ms + size))
+-- From entry `from` on, what left a window of `w` ms: how many entries,
+-- their tokens, and the stamp of the first that stays (-1: none). Read in
+-- growing chunks, unpacking only up to the first that stays: at a steady
+-- rate one or two entries leave per check.
+local function leaving(from, w)
+  local gone, tokens, head, size = 0, 0, -1, 2
+  while from + gone < n and head < 0 do
+    local raw = redis.call('LRANGE', log_key, from + gone + 1, math.min(n, from + gone + size))
     for k = 1, #raw do
-      local at, tokens = struct.unpack(ENTRY, raw[k])
-      if at + MIN > clock then mh = at break end
-      mt, ms = mt - tokens, ms + 1
+      local at, t = struct.unpack(ENTRY, raw[k])
+      if at + w > clock then head = at break end
+      gone, tokens = gone + 1, tokens + t
     end
     size = size * 4
   end
+  return gone, tokens, head
+end
+if mh >= 0 and mh + MIN <= clock then
+  local gone, tokens
+  gone, tokens, mh = leaving(ms, MIN)
+  ms, mt = ms + gone, mt - tokens
 end
 local trimmed = 0
 if hh >= 0 and hh + HOUR <= clock then
-  hh = -1
-  local size = 2
-  while trimmed < n and hh < 0 do
-    local raw = redis.call('LRANGE', log_key, trimmed + 1, math.min(n, trimmed + size))
-    for k = 1, #raw do
-      local at, tokens = struct.unpack(ENTRY, raw[k])
-      if at + HOUR > clock then hh = at break end
-      ht, trimmed = ht - tokens, trimmed + 1
-    end
-    size = size * 4
-  end
-  n, ms = n - trimmed, ms - trimmed
+  local tokens
+  trimmed, tokens, hh = leaving(0, HOUR)
+  n, ms, ht = n - trimmed, ms - trimmed, ht - tokens
 end
 if mt < 0 then mt = 0 end
 if ht < 0 then ht = 0 end

@@ -10,22 +10,7 @@ use thiserror::Error;
 use crate::limiter::{Denial, Policy};
 use crate::turn::{FailureKind, Turn};
 
-/// Input that breaks a rule of the product; nothing was changed.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("{field}: {message}")]
-pub struct ValidationError {
-    /// The offending field, as the client named it.
-    pub field: &'static str,
-    /// What is wrong with it, for a human.
-    pub message: String,
-}
-
-impl ValidationError {
-    /// A validation error on `field`.
-    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
-        Self { field, message: message.into() }
-    }
-}
+pub use crate::validation::ValidationError;
 
 /// The cause of a [`StorageError`], kept whole (shared: one batch failure
 /// answers every turn of the batch) so a log line can show its chain.

@@ -6,8 +6,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::error::ValidationError;
 use crate::limiter::Limits;
+use crate::validation::ValidationError;
 
 /// The longest user id accepted (the JWT `sub`).
 pub const MAX_USER_ID_LEN: usize = 128;

@@ -22,6 +22,8 @@ pub mod tokens;
 pub mod turn;
 pub mod turn_run;
 pub mod turn_service;
+mod turn_task;
+pub mod validation;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{ProviderError, StorageError, TurnError, ValidationError};
@@ -33,4 +35,5 @@ pub use session_service::SessionService;
 pub use tokens::{OutputMeter, TokenCounter};
 pub use turn::{FailureKind, FinishReason, NewTurn, Turn, TurnEnd, TurnFailure, TurnStatus, Usage};
 pub use turn_run::{TurnEvent, TurnRun};
-pub use turn_service::{Submitted, TurnPolicy, TurnService};
+pub use turn_service::{Submitted, TurnService};
+pub use turn_task::TurnPolicy;

@@ -2,8 +2,8 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::error::ValidationError;
 use crate::ids::{SessionId, UserId};
+use crate::validation::ValidationError;
 
 /// The longest session title accepted, in characters.
 pub const MAX_TITLE_CHARS: usize = 200;

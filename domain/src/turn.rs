@@ -4,8 +4,8 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::error::ValidationError;
 use crate::ids::{SessionId, TurnId};
+use crate::validation::ValidationError;
 
 /// Where a turn is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

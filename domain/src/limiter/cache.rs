@@ -13,8 +13,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use super::answer::Denial;
 use super::limits::Limits;
-use super::protocol::Denial;
 use crate::ids::UserId;
 
 /// Entries beyond this are not added (after a sweep): a flood of distinct

@@ -7,9 +7,9 @@
 //! tally (the Redis script, the in-process log), so every verdict is made
 //! here, one way.
 
+use super::answer::{Decision, Denial, RateLimitStatus};
 use super::limits::{Limits, Policy, Reservation, TokenCost, TokenUsage, WindowUsage};
 use super::log::{Tally, ask};
-use super::protocol::{Decision, Denial, RateLimitStatus};
 use super::window::Window;
 
 /// The outcome of a check: the status an admission reports and what it

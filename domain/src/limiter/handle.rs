@@ -14,14 +14,13 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::answer::{Decision, Denial, RateLimitStatus, SkipReason};
 use super::cache::OverLimitCache;
 use super::decision::Verdict;
 use super::lease::{Lease, Releases};
 use super::limits::{Limits, Reservation, TokenCost};
 use super::local::LocalLimiter;
-use super::protocol::{
-    Admission, Decision, Fallback, LimiterCommand, LimiterState, Mode, RateLimitStatus, SkipReason,
-};
+use super::protocol::{Admission, Fallback, LimiterCommand, LimiterState, Mode};
 use crate::clock::Clock;
 use crate::ids::UserId;
 
@@ -194,12 +193,7 @@ impl LimiterHandle {
     /// turn's tokens are estimated, so a known refusal costs no tokenizing.
     /// `None` when the cache does not answer it exactly, and in shadow mode
     /// (which refuses nothing).
-    pub fn cached_refusal(
-        &self,
-        user: &UserId,
-        limits: Limits,
-        at_most: u64,
-    ) -> Option<super::protocol::Denial> {
+    pub fn cached_refusal(&self, user: &UserId, limits: Limits, at_most: u64) -> Option<Denial> {
         if self.options.mode == Mode::Shadow {
             return None;
         }

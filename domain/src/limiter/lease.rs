@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::Notify;
 
-use super::limits::Reservation;
+use super::limits::{Refund, Reservation};
 use super::local::LocalLimiter;
 use crate::ids::UserId;
 
@@ -54,15 +54,6 @@ pub enum LeaseStore {
     Redis,
     /// In the in-process counts ([`LocalLimiter`]).
     Local,
-}
-
-/// Tokens to give back to the log entry a reservation charged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Refund {
-    /// Reserved less used.
-    pub tokens: u64,
-    /// The entry's stamp ([`Reservation::at_ms`]).
-    pub at_ms: i64,
 }
 
 /// A lease given back, waiting for the task to send its release.

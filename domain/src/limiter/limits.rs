@@ -201,3 +201,12 @@ pub struct WindowUsage {
 /// Per-window usage of the token windows, minute first; `None` where a
 /// window has no budget.
 pub type TokenUsage = [Option<WindowUsage>; 2];
+
+/// Tokens to give back to the log entry a reservation charged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refund {
+    /// Reserved less used.
+    pub tokens: u64,
+    /// The entry's stamp ([`Reservation::at_ms`]).
+    pub at_ms: i64,
+}

@@ -12,8 +12,7 @@
 use std::fmt::Debug;
 
 use super::decision::Verdict;
-use super::lease::Refund;
-use super::limits::{Limits, TokenCost};
+use super::limits::{Limits, Refund, TokenCost};
 use super::log::Tally;
 use crate::ids::UserId;
 

@@ -16,6 +16,7 @@
 //! - `lease`: a running turn's hold on one of its user's concurrency slots
 //!   and its token reservation, released (and refunded) by its drop.
 
+mod answer;
 mod cache;
 mod decision;
 mod handle;
@@ -26,15 +27,13 @@ mod log;
 mod protocol;
 mod window;
 
+pub use answer::{Decision, Denial, RateLimitStatus, SkipReason};
 pub use cache::OverLimitCache;
 pub use decision::{CONCURRENCY_RETRY_MS, Verdict, retry_after_secs};
 pub use handle::{HandleOptions, LimiterHandle, LimiterShared, limiter_channel};
-pub use lease::{Lease, LeaseId, LeaseStore, Refund, Released, Releases};
-pub use limits::{Limits, Policy, Reservation, TokenCost, TokenUsage, WindowUsage};
+pub use lease::{Lease, LeaseId, LeaseStore, Released, Releases};
+pub use limits::{Limits, Policy, Refund, Reservation, TokenCost, TokenUsage, WindowUsage};
 pub use local::LocalLimiter;
 pub use log::{Entry, Tally, UsageLog};
-pub use protocol::{
-    Admission, Decision, Denial, Fallback, LimitTable, LimiterCommand, LimiterState, Mode,
-    RateLimitStatus, SkipReason,
-};
+pub use protocol::{Admission, Fallback, LimitTable, LimiterCommand, LimiterState, Mode};
 pub use window::Window;

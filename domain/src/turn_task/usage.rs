@@ -1,0 +1,137 @@
+//! What a turn may ask of the provider and what it is charged: the history
+//! and output cap that fit its reservation, and the usage settled on its
+//! lease.
+
+use crate::limiter::{Lease, Reservation};
+use crate::turn::{Turn, Usage};
+
+use super::context::TurnContext;
+use super::ending::Ending;
+
+/// What reached the provider: set when it was called.
+pub(super) struct Sent {
+    /// The history sent with the input.
+    pub(super) history: Vec<(String, String)>,
+    /// The output cap asked for.
+    pub(super) cap: u64,
+    /// The prompt's tokens, when the admission counted the input.
+    pub(super) prompt: Option<u64>,
+}
+
+impl TurnContext {
+    /// The usage of a turn whose request reached the provider: what the
+    /// provider reported, but never less than Pantheon counted — the prompt
+    /// as sent (charged once sent, whatever ended the turn) and the output
+    /// received. A provider reporting less (a zero, an omitted field) does
+    /// not make a turn cheaper.
+    pub(super) fn usage(&self, turn: &Turn, ending: &Ending, sent: Sent, output: &str) -> Usage {
+        let tokens = self.tokens.as_ref();
+        let prompt = sent
+            .prompt
+            .unwrap_or_else(|| self.provider.prompt_tokens(tokens, &turn.input, &sent.history));
+        let received = if output.is_empty() { 0 } else { tokens.count(output) };
+        let counted = Usage::of(prompt, received);
+        let Ending::Completed(_, Some(reported)) = ending else {
+            return counted;
+        };
+        let floored = Usage {
+            input_tokens: reported.input_tokens.max(counted.input_tokens),
+            output_tokens: reported.output_tokens.max(counted.output_tokens),
+            total_tokens: reported.total_tokens.max(counted.total_tokens),
+        };
+        if floored.total_tokens > reported.total_tokens {
+            tracing::info!(
+                turn.id = %turn.id,
+                reported = reported.total_tokens,
+                counted = counted.total_tokens,
+                "the provider reported fewer tokens than were counted; charged the count"
+            );
+        }
+        floored
+    }
+
+    /// The output cap of a turn, the history that fits with it, and the
+    /// prompt's tokens with that history when the admission counted the
+    /// input (under a token budget). Without a reservation:
+    /// `turns.max_output_tokens`, with all the history, the prompt counted
+    /// later if at all. With one, the history (unknown at admission, which
+    /// comes before any database read) is paid out of the reservation: the
+    /// cap shrinks by its tokens, and its oldest turns are left out while
+    /// the cap would fall below `rate_limit.min_output_tokens`.
+    ///
+    /// The input is not tokenized again: the reservation holds its count,
+    /// and each history turn's tokens are counted once, on its own
+    /// ([`ModelProvider::prompt_tokens`] is additive over the history).
+    ///
+    /// [`ModelProvider::prompt_tokens`]: crate::ports::ModelProvider::prompt_tokens
+    pub(super) fn output_cap(
+        &self,
+        reservation: Option<Reservation>,
+        history: &mut Vec<(String, String)>,
+    ) -> (u64, Option<u64>) {
+        let Some(reservation) = reservation else {
+            return (self.policy.max_output_tokens, None);
+        };
+        if history.is_empty() {
+            return (reservation.output_cap, Some(reservation.input));
+        }
+        let tokens = self.tokens.as_ref();
+        let bare = self.provider.prompt_tokens(tokens, "", &[]);
+        let each: Vec<u64> = history
+            .iter()
+            .map(|turn| {
+                let with = self.provider.prompt_tokens(tokens, "", std::slice::from_ref(turn));
+                with.saturating_sub(bare)
+            })
+            .collect();
+        let mut extra: u64 = each.iter().sum();
+        let floor = self.policy.min_output_tokens.min(reservation.output_cap);
+        let mut dropped = 0;
+        while reservation.output_cap.saturating_sub(extra) < floor && dropped < history.len() {
+            extra = extra.saturating_sub(each[dropped]);
+            dropped += 1;
+        }
+        history.drain(..dropped);
+        (
+            reservation.output_cap.saturating_sub(extra),
+            Some(reservation.input.saturating_add(extra)),
+        )
+    }
+
+    /// The earlier completed turns the provider wants as context; none
+    /// (logged) when storage fails: a reply without history beats no reply.
+    pub(super) async fn history(&self, turn: &Turn) -> Vec<(String, String)> {
+        let wanted = self.provider.context_turns();
+        if wanted == 0 {
+            return Vec::new();
+        }
+        match self.turns.completed_before(turn.session_id, turn.seq, wanted).await {
+            Ok(turns) => turns.into_iter().map(|t| (t.input, t.output)).collect(),
+            Err(error) => {
+                tracing::warn!(turn.id = %turn.id, error = %error, "no history for the provider");
+                Vec::new()
+            }
+        }
+    }
+}
+
+/// Records the turn's usage on its lease, so the release refunds the rest of
+/// the reservation: all of it when nothing reached the provider (`None`),
+/// never the prompt's tokens once something did. A usage above the
+/// reservation (a provider's tokenizer counts the prompt differently) is
+/// charged the reservation: the budget is never exceeded, and the excess is
+/// logged.
+pub(super) fn settle(lease: &mut Lease, turn: &Turn, usage: Option<Usage>) {
+    let used = usage.as_ref().map_or(0, Usage::charged);
+    if let Some(reservation) = lease.reservation()
+        && used > reservation.total()
+    {
+        tracing::warn!(
+            turn.id = %turn.id,
+            used,
+            reserved = reservation.total(),
+            "the turn used more tokens than it reserved; charged the reservation"
+        );
+    }
+    lease.settle(used);
+}

@@ -1,26 +1,33 @@
-//! The composition root: settings in, a ready [`AppState`] out. `main` and
-//! the end-to-end tests build the server through the same function, so the
-//! tests run the wiring that production runs.
+//! The composition root: settings in, a ready [`Built`] server out. `main`
+//! and the end-to-end tests build the server through the same function, so
+//! the tests run the wiring that production runs. Settings and adapters are
+//! turned here into what the HTTP front takes (plain values, domain
+//! services, the domain's observers).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use pantheon_domain::observe::Unobserved;
 use pantheon_domain::ports::ModelProvider;
-use pantheon_domain::{Clock, SessionService, SystemClock, TokenCounter, TurnPolicy, TurnService};
+use pantheon_domain::{
+    Clock, LimiterObserver, SessionService, SystemClock, TokenCounter, TurnPolicy, TurnService,
+};
 use pantheon_infrastructure::auth::TokenVerifier;
 use pantheon_infrastructure::db::{
     self, DatabaseProbe, SeaOrmSessionRepository, SeaOrmTurnRepository,
 };
 use pantheon_infrastructure::limiter::{limit_table, measured_limiter};
-use pantheon_infrastructure::metrics::LimiterMetrics;
 use pantheon_infrastructure::provider::{BuiltinProvider, OpenAiProvider};
 use pantheon_infrastructure::settings::{OnDisconnect, ProviderKind, ProviderSettings, Settings};
 use pantheon_infrastructure::tokenizer::Tiktoken;
 use thiserror::Error;
+use tokio::net::TcpListener;
 
 use crate::background::Background;
-use crate::metrics::{self, Metrics};
-use crate::server::ConnectionLimits;
+use crate::metrics::{self, ConnectionPool, Metrics};
+use crate::routes::router;
+use crate::server::{self, ConnectionLimits, connection_cap};
 use crate::state::{AppParts, AppState};
 
 /// Why the server could not start.
@@ -45,11 +52,83 @@ pub enum StartError {
     },
 }
 
+/// A server wired from its settings, not yet serving.
+#[derive(Debug)]
+pub struct Built {
+    /// What the handlers reach.
+    pub state: AppState,
+    /// The connection timeouts and cap.
+    pub limits: ConnectionLimits,
+    /// Where the metrics listener is bound, when it is on.
+    pub metrics_addr: Option<SocketAddr>,
+    /// `server.shutdown_grace_secs`.
+    shutdown_grace: Duration,
+    /// The background tasks, stopped once the last turn is persisted.
+    background: Background,
+}
+
+impl Built {
+    /// Serves the router on `listener` until `shutdown` resolves, then
+    /// shuts down gracefully (see [`server::serve`]): running turns finish
+    /// within `server.shutdown_grace_secs`, the rest end `incomplete`; it
+    /// returns once every turn is persisted, every connection closed and
+    /// the background tasks have stopped.
+    ///
+    /// # Errors
+    /// Those of [`server::serve`].
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let (turns, grace) = (self.state.turns.clone(), self.shutdown_grace);
+        let draining = async move {
+            turns.drain(grace).await;
+            // This clone holds the limiter's handle too: the actor ends
+            // once the last one is dropped (see `Background::stop`).
+            drop(turns);
+        };
+        let served = server::serve(listener, router(self.state), self.limits, shutdown, draining);
+        let result = served.await;
+        self.background.stop().await;
+        result
+    }
+
+    /// Stops the background tasks of a server that will not serve.
+    pub async fn stop(self) {
+        drop(self.state);
+        self.background.stop().await;
+    }
+}
+
+/// The database pool as the metrics read it.
+impl ConnectionPool for DatabaseProbe {
+    fn connections(&self) -> (u64, u64) {
+        self.pool_connections()
+    }
+}
+
+/// The connection limits `settings` configure, under the current
+/// open-files limit.
+fn connection_limits(settings: &Settings) -> ConnectionLimits {
+    let files_per_client = if settings.provider.kind == ProviderKind::Openai { 2 } else { 1 };
+    ConnectionLimits {
+        header_read_timeout: Duration::from_millis(settings.server.header_read_timeout_ms),
+        idle_timeout: Duration::from_secs(settings.server.idle_timeout_secs),
+        write_timeout: Duration::from_secs(settings.turns.write_timeout_secs),
+        max_connections: connection_cap(
+            settings.server.max_connections,
+            u64::from(db::pool_size(&settings.database)),
+            files_per_client,
+        ),
+    }
+}
+
 /// Connects, migrates (when `database.auto_migrate`), and wires the services.
 ///
 /// # Errors
 /// [`StartError`] when a dependency cannot be reached or set up.
-pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> Result<AppState, StartError> {
+pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> Result<Built, StartError> {
     // Migrations first, on their own locked connection: instances started
     // together apply each once, and the pool opens on the migrated schema.
     if settings.database.auto_migrate {
@@ -84,9 +163,11 @@ pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> Result<AppStat
     };
     // Nothing runs before this point, so a failed start leaves no task behind.
     let background = Background::default();
-    let limiter_metrics =
-        metrics.as_ref().map_or_else(LimiterMetrics::default, |m| m.limiter.clone());
-    let limiter = match measured_limiter(settings, clock.clone(), limiter_metrics).await {
+    let limiter_observer: Arc<dyn LimiterObserver> = match &metrics {
+        Some(metrics) => Arc::new(metrics.limiter.clone()),
+        None => Arc::new(Unobserved),
+    };
+    let limiter = match measured_limiter(settings, clock.clone(), limiter_observer).await {
         Some((handle, actor)) => {
             // Ends on its own once the last handle is dropped, after
             // sending the last lease releases and refunds.
@@ -103,7 +184,7 @@ pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> Result<AppStat
         TurnService::new(Arc::new(repository), provider, tokens, clock.clone(), policy, limiter);
     if let Some(metrics) = &mut metrics {
         turns = turns.with_observer(metrics.turns.clone());
-        metrics.read_at_scrape(turns.clone(), DatabaseProbe::new(conn.clone()));
+        metrics.read_at_scrape(turns.clone(), Arc::new(DatabaseProbe::new(conn.clone())));
     }
     spawn_turn_upkeep(&background, &turns, policy);
     let metrics = metrics.map(Arc::new);
@@ -112,7 +193,7 @@ pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> Result<AppStat
         metrics_addr = listener.local_addr().ok();
         background.spawn(metrics::server::serve(listener, metrics.clone()));
     }
-    Ok(AppState::new(AppParts {
+    let state = AppState::new(AppParts {
         sessions: SessionService::new(
             Arc::new(SeaOrmSessionRepository::new(conn.clone())),
             clock.clone(),
@@ -123,12 +204,16 @@ pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> Result<AppStat
         max_input_chars: settings.turns.max_input_chars,
         keep_alive: Duration::from_secs(settings.turns.keep_alive_secs),
         cancel_on_disconnect: settings.turns.on_disconnect == OnDisconnect::Cancel,
+        body_read_timeout: Duration::from_millis(settings.server.body_read_timeout_ms),
+        metrics,
+    });
+    Ok(Built {
+        state,
+        limits: connection_limits(settings),
+        metrics_addr,
         shutdown_grace: Duration::from_secs(settings.server.shutdown_grace_secs),
         background,
-        connections: ConnectionLimits::new(settings),
-        metrics,
-        metrics_addr,
-    }))
+    })
 }
 
 /// The router's path templates, the values of the metrics' `route` label.

@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 
 use tokio::net::{TcpListener, TcpSocket};
 
-pub use app::{StartError, build};
+pub use app::{Built, StartError, build};
 pub use routes::router;
 pub use server::serve;
 pub use state::AppState;

@@ -6,9 +6,10 @@ use mimalloc::MiMalloc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use pantheon_api::{app, listen, serve, server, telemetry};
+use pantheon_api::{app, listen, server, telemetry};
 use pantheon_infrastructure::Settings;
 use pantheon_infrastructure::auth::TokenMinter;
+use pantheon_infrastructure::settings::LogFormat;
 
 /// mimalloc instead of the system allocator: a request allocates and frees
 /// dozens of small buffers (headers, JSON, log lines), and glibc's malloc
@@ -72,7 +73,8 @@ fn main() -> ExitCode {
 
 fn run_server(settings: Settings) -> ExitCode {
     // Held to the end: dropping it flushes the log lines still queued.
-    let _log = match telemetry::init(&settings) {
+    let json = settings.log_format() == LogFormat::Json;
+    let _log = match telemetry::init(&settings.log.level, json) {
         Ok(guard) => guard,
         Err(e) => return fail(&e),
     };
@@ -82,8 +84,8 @@ fn run_server(settings: Settings) -> ExitCode {
     };
     let open_files = server::raise_open_files_limit();
     runtime.block_on(async move {
-        let state = match app::build(&settings, app::system_clock()).await {
-            Ok(state) => state,
+        let built = match app::build(&settings, app::system_clock()).await {
+            Ok(built) => built,
             Err(e) => return fail(&e),
         };
         let listener = match listen(settings.server.addr) {
@@ -92,12 +94,12 @@ fn run_server(settings: Settings) -> ExitCode {
         };
         tracing::info!(
             addr = %settings.server.addr,
-            metrics_addr = state.metrics_addr.map(|a| a.to_string()).as_deref().unwrap_or("off"),
-            max_connections = state.connections.max_connections,
+            metrics_addr = built.metrics_addr.map(|a| a.to_string()).as_deref().unwrap_or("off"),
+            max_connections = built.limits.max_connections,
             open_files,
             "pantheon listening"
         );
-        match serve(listener, state, shutdown_signal()).await {
+        match built.serve(listener, shutdown_signal()).await {
             Ok(()) => {
                 tracing::info!("pantheon stopped");
                 ExitCode::SUCCESS

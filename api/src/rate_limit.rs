@@ -8,8 +8,8 @@
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use chrono::{DateTime, SecondsFormat};
-use pantheon_domain::TurnError;
 use pantheon_domain::limiter::{Denial, Limits, Policy, RateLimitStatus, Window, retry_after_secs};
+use pantheon_domain::{Caller, TurnError, TurnService};
 use serde_json::json;
 
 use crate::problem::Problem;
@@ -101,6 +101,19 @@ pub fn headers(limits: Limits, status: Option<&RateLimitStatus>) -> HeaderMap {
         insert(&mut headers, RATELIMIT, usage_value(status));
     }
     headers
+}
+
+/// The headers of a request the limiter admitted (or peeked for) for
+/// `caller`; none when limiting is off.
+pub fn admitted_headers(
+    turns: &TurnService,
+    caller: &Caller,
+    status: Option<&RateLimitStatus>,
+) -> HeaderMap {
+    match turns.limiter_state() {
+        Some(_) => headers(caller.limits, status),
+        None => HeaderMap::new(),
+    }
 }
 
 /// The `429` for a denial, with its headers. The body describes the binding

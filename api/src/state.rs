@@ -1,6 +1,7 @@
 //! What every handler can reach: the services and the token verifier.
+//! Besides the composition root, the one file of the HTTP front that names
+//! adapters: the verifier and the database probe have no port of their own.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,9 +9,7 @@ use pantheon_domain::{SessionService, TurnService};
 use pantheon_infrastructure::auth::TokenVerifier;
 use pantheon_infrastructure::db::DatabaseProbe;
 
-use crate::background::Background;
 use crate::metrics::Metrics;
-use crate::server::ConnectionLimits;
 
 /// Shared application state. Axum clones it for every request that
 /// extracts it, so it is one `Arc`: one reference count, not one per
@@ -51,14 +50,9 @@ pub struct AppParts {
     /// `turns.on_disconnect = cancel`: a stream whose client leaves
     /// cancels its turn.
     pub cancel_on_disconnect: bool,
-    /// `server.shutdown_grace_secs`.
-    pub shutdown_grace: Duration,
-    /// The background tasks, stopped by `serve` after the last turn.
-    pub background: Background,
-    /// The connection timeouts and cap.
-    pub connections: ConnectionLimits,
+    /// `server.body_read_timeout_ms`: enforced by the JSON extractors, so
+    /// a late body is a `408` problem.
+    pub body_read_timeout: Duration,
     /// The metrics, `None` when `server.metrics_addr` is off.
     pub metrics: Option<Arc<Metrics>>,
-    /// Where the metrics listener is bound.
-    pub metrics_addr: Option<SocketAddr>,
 }

@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use axum::extract::{MatchedPath, Request};
 use axum::http::Response;
-use pantheon_infrastructure::settings::{LogFormat, Settings};
 use tower_http::classify::{ServerErrorsAsFailures, SharedClassifier};
 use tower_http::trace::{DefaultOnBodyChunk, DefaultOnEos, MakeSpan, OnResponse, TraceLayer};
 use tracing::Span;
@@ -25,16 +24,17 @@ use tracing_subscriber::EnvFilter;
 /// The writer's count of dropped lines, once logging is set up.
 static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
 
-/// Installs the global subscriber from `log.level` and `log.format`, writing
+/// Installs the global subscriber from `log.level` (`level`) and
+/// `log.format` (`json`, else compact lines), writing
 /// through the non-blocking writer. Colours only on a terminal: escape codes
 /// in a log file or a collector's pipe are noise to read and bytes to write
 /// on every request line.
 ///
 /// # Errors
 /// A message naming `log.level` when it is not a valid filter.
-pub fn init(settings: &Settings) -> Result<WorkerGuard, String> {
-    let filter = EnvFilter::try_new(&settings.log.level)
-        .map_err(|e| format!("configuration error: log.level: {e}"))?;
+pub fn init(level: &str, json: bool) -> Result<WorkerGuard, String> {
+    let filter =
+        EnvFilter::try_new(level).map_err(|e| format!("configuration error: log.level: {e}"))?;
     let (writer, guard) = NonBlockingBuilder::default()
         .lossy(true)
         .thread_name("pantheon-log")
@@ -44,9 +44,10 @@ pub fn init(settings: &Settings) -> Result<WorkerGuard, String> {
         .with_env_filter(filter)
         .with_writer(writer)
         .with_ansi(std::io::stdout().is_terminal());
-    let result = match settings.log_format() {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Pretty => builder.compact().try_init(),
+    let result = if json {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder.compact().try_init()
     };
     // A second init (tests) keeps the first subscriber; that is fine.
     drop(result);

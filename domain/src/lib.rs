@@ -28,7 +28,7 @@ pub mod validation;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{ProviderError, StorageError, TurnError, ValidationError};
 pub use ids::{Caller, SessionId, TurnId, UserId};
-pub use observe::{Endpoint, TurnObserver};
+pub use observe::{Endpoint, LimiterObserver, TurnObserver};
 pub use page::{Page, PageRequest};
 pub use session::{NewSession, Session};
 pub use session_service::SessionService;

@@ -44,6 +44,14 @@ pub trait TurnObserver: Send + Sync + Debug {
     fn ended(&self, endpoint: Endpoint, status: TurnStatus, after: Duration, usage: Option<&Usage>);
 }
 
+/// Receives what the limiter's store adapter measures of its round trips.
+/// Called on the limiter's own task: it must not block.
+pub trait LimiterObserver: Send + Sync + Debug {
+    /// A pipeline of `items` (checks, peeks, lease upkeep) to one store
+    /// node took `elapsed`, reconnects and redirections included.
+    fn pipeline(&self, items: usize, elapsed: Duration);
+}
+
 /// The observer of a service nobody measures.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Unobserved;
@@ -54,4 +62,8 @@ impl TurnObserver for Unobserved {
     fn first_delta(&self, _: Endpoint, _: Duration) {}
 
     fn ended(&self, _: Endpoint, _: TurnStatus, _: Duration, _: Option<&Usage>) {}
+}
+
+impl LimiterObserver for Unobserved {
+    fn pipeline(&self, _: usize, _: Duration) {}
 }

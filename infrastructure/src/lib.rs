@@ -5,12 +5,10 @@
 //! - [`auth`]: bearer-token verification and minting;
 //! - [`provider`]: model providers;
 //! - [`tokenizer`]: the domain's `TokenCounter`, with OpenAI's encodings.
-//! - [`metrics`]: the lock-free histogram and the limiter's measurements.
 
 pub mod auth;
 pub mod db;
 pub mod limiter;
-pub mod metrics;
 pub mod provider;
 pub mod settings;
 pub mod tokenizer;

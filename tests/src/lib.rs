@@ -122,17 +122,18 @@ async fn spawn_with_settings(
     settings: Settings,
     clock: Arc<dyn Clock>,
 ) -> TestApp {
-    let state = pantheon_api::build(&settings, clock).await.expect("the app builds");
-    let metrics_address = state.metrics_addr.map(|a| format!("http://{a}"));
+    let built = pantheon_api::build(&settings, clock).await.expect("the app builds");
+    let metrics_address = built.metrics_addr.map(|a| format!("http://{a}"));
     let listener = tokio::net::TcpListener::bind(settings.server.addr).await.unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());
     let (shutdown, stop) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
-        pantheon_api::serve(listener, state, async {
-            let _ = stop.await;
-        })
-        .await
-        .unwrap();
+        built
+            .serve(listener, async {
+                let _ = stop.await;
+            })
+            .await
+            .unwrap();
     });
     let db = database.connect().await;
     let minter = TokenMinter::new(&settings.auth).unwrap();

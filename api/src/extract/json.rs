@@ -68,7 +68,7 @@ async fn within_body_deadline<T, E: Into<ApiError>>(
     state: &AppState,
     read: impl Future<Output = Result<T, E>>,
 ) -> Result<T, ApiError> {
-    let limit = state.connections.body_read_timeout;
+    let limit = state.body_read_timeout;
     match tokio::time::timeout(limit, read).await {
         Ok(read) => read.map_err(Into::into),
         Err(_) => {

@@ -17,9 +17,9 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
+use super::histogram::{Histogram, LATENCY_BOUNDS};
 use axum::extract::MatchedPath;
 use axum::http::{Method, Request, Response};
-use pantheon_infrastructure::metrics::{Histogram, LATENCY_BOUNDS};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;

@@ -8,6 +8,7 @@
 //! when someone looks (states, pool sizes, turns in progress) are read at
 //! scrape time ([`scrape`]).
 
+mod histogram;
 mod http;
 mod scrape;
 pub mod server;
@@ -16,13 +17,13 @@ mod turns;
 use std::sync::Arc;
 
 use pantheon_domain::TurnService;
-use pantheon_infrastructure::db::DatabaseProbe;
-use pantheon_infrastructure::metrics::LimiterMetrics;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+pub use histogram::LimiterMetrics;
 pub use http::{HttpMetrics, HttpMetricsLayer};
+pub use scrape::ConnectionPool;
 pub use turns::TurnMetrics;
 
 /// Every metric of one server, and the registry that renders them.
@@ -70,9 +71,9 @@ impl Metrics {
         Self { registry, http, turns, limiter, sse_streams }
     }
 
-    /// Adds what is read at scrape time from the services.
-    pub fn read_at_scrape(&mut self, turns: TurnService, database: DatabaseProbe) {
-        self.registry.register_collector(Box::new(scrape::Sources { turns, database }));
+    /// Adds what is read at scrape time from the services and `pool`.
+    pub fn read_at_scrape(&mut self, turns: TurnService, pool: Arc<dyn ConnectionPool>) {
+        self.registry.register_collector(Box::new(scrape::Sources { turns, pool }));
     }
 
     /// The text exposition of every metric.

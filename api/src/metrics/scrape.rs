@@ -5,7 +5,6 @@
 
 use pantheon_domain::TurnService;
 use pantheon_domain::limiter::LimiterState;
-use pantheon_infrastructure::db::DatabaseProbe;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
@@ -14,11 +13,18 @@ use prometheus_client::metrics::gauge::ConstGauge;
 
 use crate::telemetry;
 
+/// The database pool, as the scrape reads it (the composition root
+/// implements it for the adapter's probe).
+pub trait ConnectionPool: Send + Sync + std::fmt::Debug {
+    /// Open connections: `(idle, in_use)`.
+    fn connections(&self) -> (u64, u64);
+}
+
 /// What the scrape reads.
 #[derive(Debug)]
 pub(super) struct Sources {
     pub(super) turns: TurnService,
-    pub(super) database: DatabaseProbe,
+    pub(super) pool: std::sync::Arc<dyn ConnectionPool>,
 }
 
 /// The limiter's states, as labelled; exactly one is 1.
@@ -65,7 +71,7 @@ impl Collector for Sources {
             in_progress.metric_type(),
         )?)?;
 
-        let (idle, in_use) = self.database.pool_connections();
+        let (idle, in_use) = self.pool.connections();
         let mut family = encoder.encode_descriptor(
             "pantheon_db_pool_connections",
             "Open database connections by state (idle, in_use).",

@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
+use super::histogram::{Histogram, LATENCY_BOUNDS};
 use pantheon_domain::limiter::{Decision, Policy};
 use pantheon_domain::{Endpoint, TurnObserver, TurnStatus, Usage};
-use pantheon_infrastructure::metrics::{Histogram, LATENCY_BOUNDS};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use crate::extract::Authenticated;
 use crate::openapi::problems::problems;
 use crate::openapi::schemas::RateLimitBody;
-use crate::routes::turns::rate_limit_headers;
+use crate::rate_limit;
 use crate::state::AppState;
 
 problems!(RateLimitProblems: unauthenticated);
@@ -64,5 +64,5 @@ pub async fn rate_limit_status(
         "active": status.as_ref().map(|s| s.active),
         "concurrency": concurrency,
     });
-    (rate_limit_headers(&state, &caller, status.as_ref()), Json(body))
+    (rate_limit::admitted_headers(&state.turns, &caller, status.as_ref()), Json(body))
 }

@@ -13,7 +13,7 @@ use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, Authenticated};
 use crate::metrics::OpenStream;
 use crate::openapi::problems::problems;
-use crate::routes::turns::rate_limit_headers;
+use crate::rate_limit;
 use crate::sse::turn_events;
 use crate::state::AppState;
 
@@ -66,7 +66,7 @@ pub async fn stream_turn(
     } else {
         state.turns.start(&caller, session_id, new).await?
     };
-    let mut headers = rate_limit_headers(&state, &caller, run.rate_limit.as_ref());
+    let mut headers = rate_limit::admitted_headers(&state.turns, &caller, run.rate_limit.as_ref());
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // Proxies such as nginx buffer responses unless told not to.
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));

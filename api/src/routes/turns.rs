@@ -2,10 +2,9 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use pantheon_domain::limiter::RateLimitStatus;
-use pantheon_domain::{Caller, NewTurn, SessionId, TurnId};
+use pantheon_domain::{NewTurn, SessionId, TurnId};
 
 use crate::dto::{ListBody, ListQuery, SubmitTurnRequest, TurnBody, turn_cursor};
 use crate::error::ApiError;
@@ -44,23 +43,12 @@ pub async fn submit_turn(
     let submitted = state.turns.submit(&caller, session_id, new).await?;
     let turn = submitted.turn;
     let location = format!("/api/v1/sessions/{}/turns/{}", turn.session_id, turn.id);
-    let mut headers = rate_limit_headers(&state, &caller, submitted.rate_limit.as_ref());
+    let mut headers =
+        rate_limit::admitted_headers(&state.turns, &caller, submitted.rate_limit.as_ref());
     if let Ok(location) = HeaderValue::from_str(&location) {
         headers.insert(header::LOCATION, location);
     }
     Ok((StatusCode::CREATED, headers, Json(TurnBody::from(turn))).into_response())
-}
-
-/// The rate-limit headers of an admitted turn; none when limiting is off.
-pub fn rate_limit_headers(
-    state: &AppState,
-    caller: &Caller,
-    status: Option<&RateLimitStatus>,
-) -> HeaderMap {
-    match state.turns.limiter_state() {
-        Some(_) => rate_limit::headers(caller.limits, status),
-        None => HeaderMap::new(),
-    }
 }
 
 problems!(ListTurnsProblems: invalid_path, invalid_query, invalid_cursor, unauthenticated,

@@ -1,8 +1,5 @@
 //! How many connections the open-files limit leaves room for.
 
-use pantheon_infrastructure::Settings;
-use pantheon_infrastructure::db::pool_size;
-use pantheon_infrastructure::settings::ProviderKind;
 use rlimit::Resource;
 use tokio::sync::Semaphore;
 
@@ -23,16 +20,17 @@ pub fn raise_open_files_limit() -> Option<u64> {
     Resource::NOFILE.get().ok().map(|(soft, _)| soft)
 }
 
-/// `server.max_connections`, or what the open-files limit leaves once the
-/// database pool and [`RESERVED_FILES`] are set aside; with the `openai`
-/// provider each connection may hold an upstream connection too, so half.
-pub fn connection_cap(settings: &Settings) -> usize {
+/// `configured` (`server.max_connections`), or what the open-files limit
+/// leaves once `pool` files (the database pool) and [`RESERVED_FILES`] are
+/// set aside, divided by the files each client connection may hold (2
+/// with the `openai` provider: its upstream connection too).
+pub fn connection_cap(configured: Option<usize>, pool: u64, files_per_client: u64) -> usize {
     let derived = Resource::NOFILE.get().ok().map(|(soft, _)| {
-        let room = soft.saturating_sub(RESERVED_FILES + u64::from(pool_size(&settings.database)));
-        let per_client = if settings.provider.kind == ProviderKind::Openai { 2 } else { 1 };
+        let room = soft.saturating_sub(RESERVED_FILES + pool);
+        let per_client = files_per_client.max(1);
         usize::try_from(room / per_client).unwrap_or(usize::MAX).clamp(1, Semaphore::MAX_PERMITS)
     });
-    match (settings.server.max_connections, derived) {
+    match (configured, derived) {
         (Some(configured), Some(derived)) if configured > derived => {
             tracing::warn!(
                 max_connections = configured,

@@ -33,8 +33,8 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
 use hyper::server::conn::http1;
-use pantheon_infrastructure::Settings;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
@@ -42,8 +42,6 @@ use tokio_util::task::TaskTracker;
 pub use limits::{connection_cap, raise_open_files_limit};
 
 use self::state::Timeouts;
-use crate::routes::router;
-use crate::state::AppState;
 
 /// How long, once every turn is persisted at shutdown, open connections
 /// get to finish their responses before they are dropped.
@@ -59,9 +57,6 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 pub struct ConnectionLimits {
     /// `server.header_read_timeout_ms`
     pub header_read_timeout: Duration,
-    /// `server.body_read_timeout_ms`: enforced where bodies are read (the
-    /// JSON extractors), so the answer can be a `408` problem.
-    pub body_read_timeout: Duration,
     /// `server.idle_timeout_secs`
     pub idle_timeout: Duration,
     /// `turns.write_timeout_secs`
@@ -70,36 +65,23 @@ pub struct ConnectionLimits {
     pub max_connections: usize,
 }
 
-impl ConnectionLimits {
-    /// The limits `settings` configure, under the current open-files limit.
-    pub fn new(settings: &Settings) -> Self {
-        Self {
-            header_read_timeout: Duration::from_millis(settings.server.header_read_timeout_ms),
-            body_read_timeout: Duration::from_millis(settings.server.body_read_timeout_ms),
-            idle_timeout: Duration::from_secs(settings.server.idle_timeout_secs),
-            write_timeout: Duration::from_secs(settings.turns.write_timeout_secs),
-            max_connections: connection_cap(settings),
-        }
-    }
-}
-
-/// Serves the router on `listener` until `shutdown` resolves, then shuts
-/// down gracefully: stops accepting, lets running turns finish within
-/// `server.shutdown_grace_secs`, ends the rest as `incomplete` (open streams
-/// get their terminal event), waits for open requests, and returns once
-/// every turn is persisted and the background tasks have stopped.
+/// Serves `router` on `listener` until `shutdown` resolves, then shuts
+/// down gracefully: stops accepting, awaits `draining` (the application's
+/// own drain: for Pantheon, running turns finish within
+/// `server.shutdown_grace_secs`, the rest end `incomplete` and their open
+/// streams get their terminal event) while open requests go on, and
+/// returns once `draining` is done and every connection is closed.
 ///
 /// # Errors
 /// None today: accept errors are logged and retried, never returned; the
 /// `Result` keeps callers ready for a listener that can fail for good.
 pub async fn serve(
     listener: TcpListener,
-    state: AppState,
+    router: Router,
+    limits: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    draining: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let limits = state.connections;
-    let (turns, grace) = (state.turns.clone(), state.shutdown_grace);
-    let background = state.background.clone();
     let mut builder = http1::Builder::new();
     // Off: see `connection`'s module doc; our own timer replaces it.
     builder.header_read_timeout(None);
@@ -118,7 +100,7 @@ pub async fn serve(
     let tasks = TaskTracker::new();
     let acceptor = accept::Acceptor {
         listener,
-        router: router(state),
+        router,
         builder: Arc::new(builder),
         timeouts: Timeouts {
             header: limits.header_read_timeout,
@@ -132,22 +114,20 @@ pub async fn serve(
     let shutdown = pin!(shutdown);
     // Returns when the signal comes; the listener is closed with it.
     acceptor.run(shutdown).await;
-    let (drained, all_persisted) = tokio::sync::oneshot::channel::<()>();
+    // In a task of its own: it runs while connections are closed below.
+    let (drained, all_drained) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
-        turns.drain(grace).await;
-        // This clone holds the limiter's handle too: the actor ends once
-        // the last one is dropped (see `Background::stop`).
-        drop(turns);
+        draining.await;
         let _ = drained.send(());
     });
     registry.close_all();
     tasks.close();
-    // Every turn is persisted first (those whose clients are gone have no
-    // connection keeping the server up). Then a connection still open is
-    // one whose client is not reading the rest of its response: it gets
-    // [`FLUSH_WAIT`] to take it, then is dropped rather than allowed to hold
-    // the process for its write timeout.
-    let _ = all_persisted.await;
+    // The drain first (for Pantheon: every turn persisted; those whose
+    // clients are gone have no connection keeping the server up). Then a
+    // connection still open is one whose client is not reading the rest of
+    // its response: it gets [`FLUSH_WAIT`] to take it, then is dropped
+    // rather than allowed to hold the process for its write timeout.
+    let _ = all_drained.await;
     if tokio::time::timeout(FLUSH_WAIT, tasks.wait()).await.is_err() {
         tracing::info!(
             connections = tasks.len(),
@@ -156,6 +136,8 @@ pub async fn serve(
         registry.drop_all();
         tasks.wait().await;
     }
-    background.stop().await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

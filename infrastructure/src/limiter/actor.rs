@@ -36,14 +36,14 @@ use pantheon_domain::limiter::{
     Admission, Decision, Fallback, LeaseId, LimiterCommand, LimiterShared, Limits, LocalLimiter,
     RateLimitStatus, SkipReason, TokenCost,
 };
-use pantheon_domain::{Clock, UserId};
+use pantheon_domain::observe::Unobserved;
+use pantheon_domain::{Clock, LimiterObserver, UserId};
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 
 use super::memory::MemoryLimiter;
 use super::redis_link::{Batch, BatchOutcome, MAX_IN_FLIGHT, Pending, RedisLink};
 use super::topology::NodeAddr;
-use crate::metrics::LimiterMetrics;
 
 mod leases;
 mod pipelines;
@@ -74,7 +74,8 @@ pub struct LimiterActor {
     held: HashMap<LeaseId, UserId>,
     /// Redis leases to remove that Redis has not answered for yet.
     unreleased: leases::Unreleased,
-    metrics: LimiterMetrics,
+    /// Told of every pipeline's size and round trip.
+    observer: Arc<dyn LimiterObserver>,
 }
 
 impl LimiterActor {
@@ -99,14 +100,14 @@ impl LimiterActor {
             lease_ttl,
             held: HashMap::new(),
             unreleased: leases::Unreleased::default(),
-            metrics: LimiterMetrics::default(),
+            observer: Arc::new(Unobserved),
         }
     }
 
-    /// The same actor, recording its pipelines into `metrics`.
+    /// The same actor, reporting its pipelines to `observer` (the metrics).
     #[must_use]
-    pub fn with_metrics(mut self, metrics: LimiterMetrics) -> Self {
-        self.metrics = metrics;
+    pub fn with_observer(mut self, observer: Arc<dyn LimiterObserver>) -> Self {
+        self.observer = observer;
         self
     }
 

@@ -74,15 +74,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pantheon_domain::Clock;
 use pantheon_domain::limiter::{
     HandleOptions, LimitTable, LimiterHandle, LimiterState, Limits, limiter_channel,
 };
+use pantheon_domain::observe::Unobserved;
+use pantheon_domain::{Clock, LimiterObserver};
 
 pub use actor::LimiterActor;
 pub use redis_link::{CHECK_SCRIPT, RedisLink};
 
-use crate::metrics::LimiterMetrics;
 use crate::settings::{self, Settings};
 
 /// Waiting checks the mailbox holds; past this, callers get the fallback at
@@ -127,14 +127,14 @@ pub async fn limiter(
     settings: &Settings,
     clock: Arc<dyn Clock>,
 ) -> Option<(LimiterHandle, LimiterTask)> {
-    measured_limiter(settings, clock, LimiterMetrics::default()).await
+    measured_limiter(settings, clock, Arc::new(Unobserved)).await
 }
 
-/// [`limiter`], its actor recording its Redis pipelines into `metrics`.
+/// [`limiter`], its actor reporting its Redis pipelines to `observer`.
 pub async fn measured_limiter(
     settings: &Settings,
     clock: Arc<dyn Clock>,
-    metrics: LimiterMetrics,
+    observer: Arc<dyn LimiterObserver>,
 ) -> Option<(LimiterHandle, LimiterTask)> {
     if !settings.rate_limit.enabled {
         return None;
@@ -169,8 +169,8 @@ pub async fn measured_limiter(
         shared.set_state(LimiterState::InProcess);
     }
     let lease_ttl = Duration::from_secs(settings.rate_limit.lease_ttl_secs);
-    let actor =
-        LimiterActor::new(mailbox, clock, fallback, shared, redis, lease_ttl).with_metrics(metrics);
+    let actor = LimiterActor::new(mailbox, clock, fallback, shared, redis, lease_ttl)
+        .with_observer(observer);
     Some((handle, Box::pin(actor.run())))
 }
 

@@ -93,9 +93,9 @@ async fn every_route_of_the_router_is_in_the_document_with_its_methods() {
     let mut settings = Settings::default();
     settings.database.url = database.url.clone();
     settings.server.metrics_addr = None;
-    let state = pantheon_api::build(&settings, Arc::new(SystemClock)).await.unwrap();
-    let routed = routed_paths(&format!("{:?}", pantheon_api::router(state.clone())));
-    state.background.stop().await;
+    let built = pantheon_api::build(&settings, Arc::new(SystemClock)).await.unwrap();
+    let routed = routed_paths(&format!("{:?}", pantheon_api::router(built.state.clone())));
+    built.stop().await;
     assert!(routed.contains("/api/v1/sessions/{session_id}/turns"), "parsed: {routed:?}");
     let documented_paths: BTreeSet<String> = documented.keys().cloned().collect();
     assert_eq!(routed, documented_paths, "routes of the router vs paths of the document");

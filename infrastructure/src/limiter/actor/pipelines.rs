@@ -10,6 +10,7 @@
 const MAX_BACKLOG: usize = MAX_BATCH;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -77,12 +78,12 @@ impl LimiterActor {
         }
         *outstanding += 1;
         let nodes = redis.nodes.clone();
-        let metrics = self.metrics.clone();
+        let observer = Arc::clone(&self.observer);
         let started = std::time::Instant::now();
         in_flight.push(Box::pin(redis_link::run_batch(nodes, node.clone(), group).map(
             move |(batch, outcome)| {
                 if !batch.is_empty() {
-                    metrics.pipeline(batch.len(), started.elapsed());
+                    observer.pipeline(batch.len(), started.elapsed());
                 }
                 (node, batch, outcome)
             },

@@ -1,6 +1,5 @@
-//! Metric primitives the adapters record into and the HTTP front exposes:
-//! a histogram whose every observation is atomics only, and the limiter
-//! actor's own measurements.
+//! A histogram whose every observation is atomics only, and the limiter
+//! actor's measurements recorded into two of them.
 //!
 //! prometheus-client's histogram takes a lock per observation; every turn
 //! and every refusal observes at least one, so this one keeps its buckets
@@ -9,6 +8,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use pantheon_domain::LimiterObserver;
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::{MetricType, TypedMetric};
 
@@ -92,7 +92,7 @@ impl EncodeMetric for Histogram {
     }
 }
 
-/// What the limiter actor measures of its Redis traffic.
+/// What the limiter actor measures of its Redis traffic: its observer.
 #[derive(Debug, Clone)]
 pub struct LimiterMetrics {
     /// Seconds per pipeline exchange with one Redis node (`NOSCRIPT` reload
@@ -112,9 +112,8 @@ impl Default for LimiterMetrics {
     }
 }
 
-impl LimiterMetrics {
-    /// Records one pipeline of `size` items that took `elapsed`.
-    pub fn pipeline(&self, size: usize, elapsed: std::time::Duration) {
+impl LimiterObserver for LimiterMetrics {
+    fn pipeline(&self, size: usize, elapsed: std::time::Duration) {
         self.redis_duration.observe(elapsed.as_secs_f64());
         #[allow(clippy::cast_precision_loss)]
         self.batch_size.observe(size as f64);

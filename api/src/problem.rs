@@ -35,6 +35,74 @@ pub struct Problem {
     /// Extension members (`errors`, `turn`, …), in the order they are
     /// written; names are ours, never a standard member's.
     pub extensions: Vec<(&'static str, Value)>,
+    /// The `429`'s members, written after `extensions` straight from their
+    /// fields: every refusal is rendered, and a `Value` per member was an
+    /// allocation each.
+    pub quota: Option<Box<QuotaMembers>>,
+}
+
+/// The members of a `429` (see `docs/API.md`, "Rate limiting"), in the
+/// order they are written; the optional ones only where they apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaMembers {
+    /// The binding policy's limit (turns, tokens or slots).
+    pub limit: u64,
+    /// The binding policy's name.
+    pub window: &'static str,
+    /// The binding window's length; none for concurrency.
+    pub window_seconds: Option<u64>,
+    /// What is left of the binding policy.
+    pub remaining: u64,
+    /// The smallest reservation refused, for a token budget.
+    pub requested: Option<u64>,
+    /// The violated policies' names, in order.
+    pub violated: Vec<&'static str>,
+    /// `Retry-After`.
+    pub retry_after_seconds: u64,
+    /// When the same request fits (ms since the epoch), written RFC 3339.
+    pub retry_at_ms: i64,
+    /// Turns running, when concurrency was violated.
+    pub active: Option<u64>,
+}
+
+impl QuotaMembers {
+    fn write<M: SerializeMap>(&self, map: &mut M) -> Result<(), M::Error> {
+        map.serialize_entry("limit", &self.limit)?;
+        map.serialize_entry("window", self.window)?;
+        if let Some(seconds) = self.window_seconds {
+            map.serialize_entry("window_seconds", &seconds)?;
+        }
+        map.serialize_entry("remaining", &self.remaining)?;
+        if let Some(requested) = self.requested {
+            map.serialize_entry("requested", &requested)?;
+        }
+        map.serialize_entry("violated-policies", &self.violated)?;
+        map.serialize_entry("retry_after_seconds", &self.retry_after_seconds)?;
+        map.serialize_entry("retry_at", &RetryAt(self.retry_at_ms))?;
+        if let Some(active) = self.active {
+            map.serialize_entry("active", &active)?;
+        }
+        Ok(())
+    }
+
+    fn len(&self) -> usize {
+        6 + usize::from(self.window_seconds.is_some())
+            + usize::from(self.requested.is_some())
+            + usize::from(self.active.is_some())
+    }
+}
+
+/// An instant in ms since the epoch, written RFC 3339 with milliseconds
+/// straight into the output (empty if out of range).
+struct RetryAt(i64);
+
+impl Serialize for RetryAt {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match chrono::DateTime::from_timestamp_millis(self.0) {
+            Some(at) => serializer.collect_str(&at.format("%Y-%m-%dT%H:%M:%S%.3fZ")),
+            None => serializer.serialize_str(""),
+        }
+    }
 }
 
 impl Problem {
@@ -47,12 +115,19 @@ impl Problem {
             title: status.canonical_reason().unwrap_or("Error"),
             detail: detail.into(),
             extensions: Vec::new(),
+            quota: None,
         }
     }
 
     /// The same problem under a registered type instead of our namespace.
     pub fn with_type(mut self, type_uri: &'static str) -> Self {
         self.registered_type = Some(type_uri);
+        self
+    }
+
+    /// Adds the `429`'s members.
+    pub fn with_quota(mut self, quota: QuotaMembers) -> Self {
+        self.quota = Some(Box::new(quota));
         self
     }
 
@@ -108,8 +183,9 @@ struct ProblemBody<'a> {
 impl Serialize for ProblemBody<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let p = self.problem;
-        let mut map = serializer
-            .serialize_map(Some(5 + p.extensions.len() + usize::from(self.request_id.is_some())))?;
+        let quota = p.quota.as_ref().map_or(0, |q| q.len());
+        let id = usize::from(self.request_id.is_some());
+        let mut map = serializer.serialize_map(Some(5 + p.extensions.len() + quota + id))?;
         match p.registered_type {
             Some(uri) => map.serialize_entry("type", uri)?,
             None => map.serialize_entry("type", &OwnType(p.code))?,
@@ -120,6 +196,9 @@ impl Serialize for ProblemBody<'_> {
         map.serialize_entry("code", p.code)?;
         for (key, value) in &p.extensions {
             map.serialize_entry(*key, value)?;
+        }
+        if let Some(quota) = &p.quota {
+            quota.write(&mut map)?;
         }
         if let Some(id) = self.request_id {
             map.serialize_entry("request_id", id)?;

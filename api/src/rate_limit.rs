@@ -7,12 +7,11 @@
 //! `tokens-hour`) join them after the windows, their `r` in tokens.
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
-use chrono::{DateTime, SecondsFormat};
 use pantheon_domain::limiter::{Denial, Limits, Policy, RateLimitStatus, Window, retry_after_secs};
 use pantheon_domain::{Caller, TurnError, TurnService};
 use serde_json::json;
 
-use crate::problem::Problem;
+use crate::problem::{Problem, QuotaMembers};
 
 /// `RateLimit-Policy`.
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -120,69 +119,54 @@ pub fn admitted_headers(
 /// policy: a violated window (its `retry_at` is exact) before concurrency.
 pub fn too_many_requests(denial: &Denial) -> (Problem, HeaderMap) {
     let retry_after = retry_after_secs(denial.retry_at_ms, denial.now_ms);
-    let retry_at = DateTime::from_timestamp_millis(denial.retry_at_ms)
-        .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
-        .unwrap_or_default();
-    let violated: Vec<&str> = denial.violated.iter().map(|p| p.name()).collect();
     let status = denial.status();
     let binding = denial.binding;
     let token_window = binding.window().filter(|_| binding.is_tokens());
-    let problem = match (token_window, binding.window()) {
+    let mut quota = QuotaMembers {
+        limit: 0,
+        window: binding.name(),
+        window_seconds: binding.window().map(Window::seconds),
+        remaining: 0,
+        requested: None,
+        violated: denial.violated.iter().map(|p| p.name()).collect(),
+        retry_after_seconds: retry_after,
+        retry_at_ms: denial.retry_at_ms,
+        active: denial.violated.contains(&Policy::Concurrency).then_some(denial.active),
+    };
+    let detail = match (token_window, binding.window()) {
         (Some(window), _) => {
             let limit = denial.limits.token_limit(window).unwrap_or_default();
             let usage = status.tokens.iter().flatten().find(|u| u.window == window).copied();
             let requested = denial.requested.unwrap_or_default();
-            Problem::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                format!(
-                    "Token budget of {limit} per {} reached: this turn needs at least \
-                     {requested}; retry in {retry_after} s.",
-                    window.name()
-                ),
+            quota.limit = u64::from(limit);
+            quota.remaining = usage.map_or(0, |u| u.remaining);
+            quota.requested = Some(requested);
+            format!(
+                "Token budget of {limit} per {} reached: this turn needs at least \
+                 {requested}; retry in {retry_after} s.",
+                window.name()
             )
-            .with("limit", json!(limit))
-            .with("window", json!(binding.name()))
-            .with("window_seconds", json!(window.seconds()))
-            .with("remaining", json!(usage.map_or(0, |u| u.remaining)))
-            .with("requested", json!(requested))
         }
         (None, Some(window)) => {
             let limit = denial.limits.limit(window);
             let usage = denial.usage.iter().find(|u| u.window == window).copied();
-            Problem::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                format!(
-                    "Turn limit of {limit} per {} reached; retry in {retry_after} s.",
-                    window.name()
-                ),
+            quota.limit = u64::from(limit);
+            quota.remaining = usage.map_or(0, |u| u.remaining);
+            format!(
+                "Turn limit of {limit} per {} reached; retry in {retry_after} s.",
+                window.name()
             )
-            .with("limit", json!(limit))
-            .with("window", json!(window.name()))
-            .with("window_seconds", json!(window.seconds()))
-            .with("remaining", json!(usage.map_or(0, |u| u.remaining)))
         }
         (None, None) => {
             let cap = denial.limits.max_concurrent;
-            Problem::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                format!("{cap} turns already running; retry when one ends."),
-            )
-            .with("limit", json!(cap))
-            .with("window", json!(Policy::Concurrency.name()))
-            .with("remaining", json!(status.free_slots()))
+            quota.limit = u64::from(cap);
+            quota.remaining = status.free_slots();
+            format!("{cap} turns already running; retry when one ends.")
         }
     };
-    let mut problem = problem
-        .with("violated-policies", json!(violated))
-        .with("retry_after_seconds", json!(retry_after))
-        .with("retry_at", json!(retry_at))
+    let problem = Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", detail)
+        .with_quota(quota)
         .with_type("https://iana.org/assignments/http-problem-types#quota-exceeded");
-    if denial.violated.contains(&Policy::Concurrency) {
-        problem = problem.with("active", json!(denial.active));
-    }
     let mut headers = headers(denial.limits, Some(&status));
     headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
     (problem, headers)

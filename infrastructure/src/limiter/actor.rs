@@ -13,11 +13,15 @@
 //! outstanding per node: no user waits behind another node's round trip.
 //!
 //! Leases: every `lease_ttl / 3` one pipeline per node renews all the Redis
-//! leases this instance holds; a dropped lease wakes the task, which sends
-//! its release at once, or ahead of the checks of the pipeline it is
-//! building. Renewals and releases sent on their own never wait for the
-//! in-flight cap: a slot must not stay taken (or lapse) because checks are
-//! queueing.
+//! leases this instance holds. A dropped lease's release (and refund) rides
+//! the next pipeline to its node, ahead of that pipeline's checks, so a
+//! slot given back before a check was sent is free for it: under load a
+//! finished turn costs no round trip of its own. It waits for no pipeline
+//! that is not coming: with none in flight it is sent at once, and the
+//! pipelines in flight each end with a chance to send it (alone once the
+//! last of them is answered and no check came). Renewals and releases sent
+//! on their own never wait for the in-flight cap: a slot must not stay
+//! taken (or lapse) because checks are queueing.
 //!
 //! This file keeps the loop and the local answers; the per-node pipelines
 //! (send, dispatch, settle, record, answer by the fallback) are in
@@ -138,7 +142,8 @@ impl LimiterActor {
                     remote.extend(self.answer_locally(batch.drain(..)));
                     self.send(remote, &mut in_flight);
                 }
-                () = releases.queued() => {
+                // Traffic flowing: the release rides the next pipeline.
+                () = releases.queued(), if in_flight.is_empty() => {
                     let remote = self.take_releases();
                     self.send(remote, &mut in_flight);
                 }
@@ -152,9 +157,12 @@ impl LimiterActor {
                     if let Some(waiting) = waiting {
                         self.dispatch(node, waiting, &mut in_flight);
                     }
-                    // Releases kept for a node that has just answered.
-                    let remote = self.take_releases();
-                    self.send(remote, &mut in_flight);
+                    // Releases kept for a node that has just answered, and
+                    // those no check carried while pipelines were in flight.
+                    if in_flight.is_empty() {
+                        let remote = self.take_releases();
+                        self.send(remote, &mut in_flight);
+                    }
                     if let Some(redis) = &self.redis && !refreshing && redis.nodes.take_stale() {
                         refreshing = true;
                         let nodes = redis.nodes.clone();

@@ -248,4 +248,75 @@ mod tests {
             "\"minute\";r=19;t=0, \"hour\";r=251;t=42, \"tokens-minute\";r=22;t=23, \"concurrency\";r=3"
         );
     }
+
+    /// 2025-12-02T16:36:40.062Z
+    const RETRY_AT_MS: i64 = 1_764_693_400_062;
+
+    fn denial(limits: Limits, violated: Vec<Policy>, binding: Policy) -> Denial {
+        Denial {
+            limits,
+            usage: [usage(Window::Minute, 0, 0), usage(Window::Hour, 7, 0)],
+            violated,
+            retry_at_ms: RETRY_AT_MS,
+            binding,
+            active: 4,
+            tokens: [Some(usage(Window::Minute, 30, 0)), None],
+            requested: Some(96),
+            now_ms: RETRY_AT_MS - 1_500,
+        }
+    }
+
+    fn body(denial: &Denial) -> serde_json::Value {
+        let (problem, headers) = too_many_requests(denial);
+        assert_eq!(headers[header::RETRY_AFTER], "2");
+        problem.to_body(Some("req-1"))
+    }
+
+    #[test]
+    fn a_429_names_its_binding_policy_with_exactly_its_members() {
+        let mut limits = Limits::turns(20, 300, 4);
+        limits.tokens_per_minute = Some(1000);
+        let common = json!({
+            "type": "https://iana.org/assignments/http-problem-types#quota-exceeded",
+            "title": "Too Many Requests", "status": 429, "code": "rate_limited",
+            "retry_after_seconds": 2, "retry_at": "2025-12-02T16:36:40.062Z",
+            "request_id": "req-1",
+        });
+        let with = |members: serde_json::Value| {
+            let mut all = common.clone();
+            all.as_object_mut().unwrap().extend(members.as_object().unwrap().clone());
+            all
+        };
+
+        let minute = denial(limits, vec![Policy::Minute], Policy::Minute);
+        assert_eq!(
+            body(&minute),
+            with(json!({
+                "detail": "Turn limit of 20 per minute reached; retry in 2 s.",
+                "limit": 20, "window": "minute", "window_seconds": 60, "remaining": 0,
+                "violated-policies": ["minute"],
+            }))
+        );
+
+        let tokens = denial(limits, vec![Policy::TokensMinute], Policy::TokensMinute);
+        assert_eq!(
+            body(&tokens),
+            with(json!({
+                "detail": "Token budget of 1000 per minute reached: this turn needs at least 96; \
+                           retry in 2 s.",
+                "limit": 1000, "window": "tokens-minute", "window_seconds": 60, "remaining": 30,
+                "requested": 96, "violated-policies": ["tokens-minute"],
+            }))
+        );
+
+        let slots = denial(limits, vec![Policy::Minute, Policy::Concurrency], Policy::Concurrency);
+        assert_eq!(
+            body(&slots),
+            with(json!({
+                "detail": "4 turns already running; retry when one ends.",
+                "limit": 4, "window": "concurrency", "remaining": 0,
+                "violated-policies": ["minute", "concurrency"], "active": 4,
+            }))
+        );
+    }
 }

@@ -115,7 +115,6 @@ impl Default for LimiterMetrics {
 impl LimiterObserver for LimiterMetrics {
     fn pipeline(&self, size: usize, elapsed: std::time::Duration) {
         self.redis_duration.observe(elapsed.as_secs_f64());
-        #[allow(clippy::cast_precision_loss)]
         self.batch_size.observe(size as f64);
     }
 }

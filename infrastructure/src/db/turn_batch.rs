@@ -262,7 +262,6 @@ impl<Row: Send + 'static, T: Send + 'static> Writers<Row, T> {
 
     fn shard_of(&self, key: &impl Hash) -> usize {
         // Truncation is fine: only the remainder matters.
-        #[allow(clippy::cast_possible_truncation)]
         let hash = self.hasher.hash_one(key) as usize;
         hash % self.queues.len()
     }

@@ -208,6 +208,7 @@ pub fn limiter_unavailable() -> (Problem, HeaderMap) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use pantheon_domain::limiter::WindowUsage;
 

@@ -58,26 +58,32 @@
 -- every sum is below 2^53, and so is a time in ms.
 local HEAD, ENTRY, SIZE = '>ddddddd', '>i6I4', 10
 local MIN, HOUR = 60000, 3600000
+-- Numbers handed to redis.call go as strings made here: Lua would write a
+-- number with '%.14g', a floating-point print that cost a check a tenth of
+-- its instructions. '%d' (an integer print) and constants cost next to
+-- nothing.
+local HOUR_MS, fmt = '3600000', string.format
 local branch, active_key, log_key = ARGV[1], KEYS[1], KEYS[2]
 
 if branch == 'renew' then
   local clock = redis.call('TIME')
   local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
   local ttl = tonumber(ARGV[2])
-  for i = 3, #ARGV do redis.call('ZADD', active_key, 'XX', now + ttl, ARGV[i]) end
-  redis.call('PEXPIRE', active_key, ttl)
+  local expiry = fmt('%d', now + ttl)
+  for i = 3, #ARGV do redis.call('ZADD', active_key, 'XX', expiry, ARGV[i]) end
+  redis.call('PEXPIRE', active_key, ARGV[2])
   return #ARGV - 2
 end
 
 -- The header: n, minute start, minute tokens, hour tokens, clock, first
 -- stamp, first stamp inside the minute.
 local n, ms, mt, ht, clock, hh, mh = 0, 0, 0, 0, -1, -1, -1
-local stored = redis.call('LINDEX', log_key, 0)
+local stored = redis.call('LINDEX', log_key, '0')
 if stored then n, ms, mt, ht, clock, hh, mh = struct.unpack(HEAD, stored) end
 
 -- Entries i..j (0-based, inclusive) as {stamp, tokens} pairs, flattened.
 local function read(i, j)
-  local raw = redis.call('LRANGE', log_key, i + 1, j + 1)
+  local raw = redis.call('LRANGE', log_key, fmt('%d', i + 1), fmt('%d', j + 1))
   local out = {}
   for k = 1, #raw do
     local at, tokens = struct.unpack(ENTRY, raw[k])
@@ -99,7 +105,7 @@ if branch == 'release' then
       local idx, tok, size, hi, done = {}, {}, 2, n - 1, false
       while hi >= 0 and not done do
         local lo = math.max(0, hi - size + 1)
-        local raw = redis.call('LRANGE', log_key, lo + 1, hi + 1)
+        local raw = redis.call('LRANGE', log_key, fmt('%d', lo + 1), fmt('%d', hi + 1))
         for k = #raw, 1, -1 do
           local stamp, tokens = struct.unpack(ENTRY, raw[k])
           if stamp < at then done = true break end
@@ -112,7 +118,7 @@ if branch == 'release' then
         if left <= 0 then break end
         local taken = math.min(tok[m], left)
         if taken > 0 then
-          redis.call('LSET', log_key, idx[m] + 1, struct.pack(ENTRY, at, tok[m] - taken))
+          redis.call('LSET', log_key, fmt('%d', idx[m] + 1), struct.pack(ENTRY, at, tok[m] - taken))
           left, ht, changed = left - taken, ht - taken, true
           if idx[m] >= ms then mt = mt - taken end
         end
@@ -120,7 +126,7 @@ if branch == 'release' then
     end
   end
   if changed then
-    redis.call('LSET', log_key, 0, struct.pack(HEAD, n, ms, mt, ht, clock, hh, mh))
+    redis.call('LSET', log_key, '0', struct.pack(HEAD, n, ms, mt, ht, clock, hh, mh))
   end
   return removed
 end
@@ -138,7 +144,8 @@ if now > clock then clock = now end
 local function leaving(from, w)
   local gone, tokens, head, size = 0, 0, -1, 2
   while from + gone < n and head < 0 do
-    local raw = redis.call('LRANGE', log_key, from + gone + 1, math.min(n, from + gone + size))
+    local first, last = fmt('%d', from + gone + 1), fmt('%d', math.min(n, from + gone + size))
+    local raw = redis.call('LRANGE', log_key, first, last)
     for k = 1, #raw do
       local at, t = struct.unpack(ENTRY, raw[k])
       if at + w > clock then head = at break end
@@ -201,7 +208,7 @@ local active
 if branch == 'peek' then
   local clockt = redis.call('TIME')
   local server = tonumber(clockt[1]) * 1000 + math.floor(tonumber(clockt[2]) / 1000)
-  active = redis.call('ZCOUNT', active_key, server + 1, '+inf')
+  active = redis.call('ZCOUNT', active_key, fmt('%d', server + 1), '+inf')
   local frees = {}
   for w = 1, 4 do
     if limits[w] >= 0 then frees[w] = frees_at(w, loads[w] + 1 - limits[w]) else frees[w] = clock end
@@ -212,7 +219,7 @@ end
 
 local server_clock = redis.call('TIME')
 local server = tonumber(server_clock[1]) * 1000 + math.floor(tonumber(server_clock[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', active_key, '-inf', server)
+redis.call('ZREMRANGEBYSCORE', active_key, '-inf', fmt('%d', server))
 active = redis.call('ZCARD', active_key)
 local cap = tonumber(ARGV[4])
 
@@ -260,27 +267,27 @@ local header = struct.pack(HEAD, n, ms, mt, ht, clock, hh, mh)
 if trimmed > 0 then
   -- The header and the entries that left the hour go; the new header
   -- goes in front of what stays (and of this admission's entry).
-  redis.call('LTRIM', log_key, trimmed + 1, -1)
+  redis.call('LTRIM', log_key, fmt('%d', trimmed + 1), '-1')
   if admitted then redis.call('RPUSH', log_key, struct.pack(ENTRY, clock, charge)) end
   if n > 0 then redis.call('LPUSH', log_key, header) end
   -- A log emptied by the trim is gone (LTRIM deleted it), and one kept
   -- keeps its expiry unless this admission's entry pushes it.
-  if admitted then redis.call('PEXPIRE', log_key, HOUR) end
+  if admitted then redis.call('PEXPIRE', log_key, HOUR_MS) end
 elseif admitted then
   if stored then
-    redis.call('LSET', log_key, 0, header)
+    redis.call('LSET', log_key, '0', header)
     redis.call('RPUSH', log_key, struct.pack(ENTRY, clock, charge))
   else
     redis.call('RPUSH', log_key, header, struct.pack(ENTRY, clock, charge))
   end
-  redis.call('PEXPIRE', log_key, HOUR)
+  redis.call('PEXPIRE', log_key, HOUR_MS)
 elseif stored and (clock ~= was_clock or ms ~= was_ms) then
   -- A refusal logs nothing, but the clock and the minute's start move on.
-  redis.call('LSET', log_key, 0, header)
+  redis.call('LSET', log_key, '0', header)
 end
 if admitted then
-  redis.call('ZADD', active_key, server + tonumber(ARGV[3]), ARGV[5])
-  redis.call('PEXPIRE', active_key, tonumber(ARGV[3]))
+  redis.call('ZADD', active_key, fmt('%d', server + tonumber(ARGV[3])), ARGV[5])
+  redis.call('PEXPIRE', active_key, ARGV[3])
 end
 local result = {0, clock, active, out, loads[1], loads[2], loads[3], loads[4]}
 if admitted then result[1] = 1 end

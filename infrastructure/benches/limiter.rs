@@ -141,7 +141,7 @@ async fn baseline(store: &Store, run: Duration) -> f64 {
         cmd.arg(script.get_hash()).arg(2).arg(&keys).arg("check").arg(now_ms).arg(15_000);
         cmd.arg(HIGH.max_concurrent).arg(&lease).arg(HIGH.per_minute).arg(HIGH.per_hour);
         cmd.arg(-1).arg(-1).arg(0).arg(0).arg(0);
-        let _: Vec<i64> = cmd.query_async(&mut conn).await.unwrap();
+        let _: redis::Value = cmd.query_async(&mut conn).await.unwrap();
         let mut zrem = redis::cmd("ZREM");
         zrem.arg(&keys[0]).arg(&lease);
         let _: i64 = zrem.query_async(&mut conn).await.unwrap();

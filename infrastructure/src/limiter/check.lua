@@ -35,11 +35,13 @@
 -- refusal logs nothing (it may move the clock and let go of what left).
 -- Peek: the same KEYS; ARGV: 'peek', now, the four limits as in a check;
 -- read-only.
--- Both return {admitted, clock, active, output cap, then per window
--- (minute turns, hour turns, minute tokens, hour tokens) its load before
--- the decision, then per window the log time at which the next request
--- fits it (after an admission or in a peek: one more turn or token; after
--- a refusal: this request), -1 for never}.
+-- Both return twelve integers packed as one string (struct TALLY: a bulk
+-- reply is one value to parse, an array of twelve is thirteen): admitted,
+-- clock, active, output cap, then per window (minute turns, hour turns,
+-- minute tokens, hour tokens) its load before the decision, then per
+-- window the log time at which the next request fits it (after an
+-- admission or in a peek: one more turn or token; after a refusal: this
+-- request), -1 for never.
 --
 -- Release: KEYS: active turns, log. ARGV: 'release', the number of leases,
 -- then per lease its id, its entry's stamp and the tokens to give back. A
@@ -57,6 +59,7 @@
 -- and a window's tokens never exceed its limit by more than one entry, so
 -- every sum is below 2^53, and so is a time in ms.
 local HEAD, ENTRY, SIZE = '>ddddddd', '>i6I4', 10
+local TALLY = '>i8i8i8i8i8i8i8i8i8i8i8i8'
 local MIN, HOUR = 60000, 3600000
 -- Numbers handed to redis.call go as strings made here: Lua would write a
 -- number with '%.14g', a floating-point print that cost a check a tenth of
@@ -213,8 +216,8 @@ if branch == 'peek' then
   for w = 1, 4 do
     if limits[w] >= 0 then frees[w] = frees_at(w, loads[w] + 1 - limits[w]) else frees[w] = clock end
   end
-  return {0, clock, active, 0, loads[1], loads[2], loads[3], loads[4],
-    frees[1], frees[2], frees[3], frees[4]}
+  return struct.pack(TALLY, 0, clock, active, 0, loads[1], loads[2], loads[3], loads[4],
+    frees[1], frees[2], frees[3], frees[4])
 end
 
 local server_clock = redis.call('TIME')
@@ -289,7 +292,7 @@ if admitted then
   redis.call('ZADD', active_key, fmt('%d', server + tonumber(ARGV[3])), ARGV[5])
   redis.call('PEXPIRE', active_key, ARGV[3])
 end
-local result = {0, clock, active, out, loads[1], loads[2], loads[3], loads[4]}
-if admitted then result[1] = 1 end
-for w = 1, 4 do result[8 + w] = frees[w] end
-return result
+local verdict = 0
+if admitted then verdict = 1 end
+return struct.pack(TALLY, verdict, clock, active, out, loads[1], loads[2], loads[3], loads[4],
+  frees[1], frees[2], frees[3], frees[4])

@@ -6,8 +6,8 @@
 
 use pantheon_domain::UserId;
 use pantheon_domain::limiter::{Limits, Policy, Tally, TokenCost, UsageLog};
-use pantheon_infrastructure::limiter::CHECK_SCRIPT;
 use pantheon_infrastructure::limiter::keys::{active_key, log_key};
+use pantheon_infrastructure::limiter::{CHECK_SCRIPT, parse_tally};
 use pantheon_tests::limiter::{Store, redis_connection, stored_log, unique_user};
 use pantheon_tests::rng::Rng;
 use redis::{ConnectionLike, Script};
@@ -20,17 +20,9 @@ const HOUR: i64 = 3_600_000;
 const T0: i64 = 493_500 * HOUR + 17;
 
 /// The script's tally, as the actor parses it (`-1`: never).
-fn tally(values: Vec<i64>) -> Tally {
-    let instant = |at: i64| if at < 0 { i64::MAX } else { at };
-    let count = |n: i64| u64::try_from(n).unwrap();
-    Tally {
-        admitted: values[0] == 1,
-        at_ms: values[1],
-        active: count(values[2]),
-        output_cap: count(values[3]),
-        loads: [values[4], values[5], values[6], values[7]].map(count),
-        frees_at: [values[8], values[9], values[10], values[11]].map(instant),
-    }
+/// The script's packed tally, read as the actor reads it.
+fn tally(value: redis::Value) -> Tally {
+    parse_tally(vec![value]).unwrap()
 }
 
 fn limit_args(invocation: &mut redis::ScriptInvocation<'_>, limits: Limits) {

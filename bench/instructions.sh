@@ -74,26 +74,12 @@ counted() {
   awk '/^(summary|totals):/ { print $2; exit }' "$out"
 }
 
-# start_counted NAME BINARY [VAR=value ...]: the server under callgrind,
-# instrumentation off until the load.
+# start_counted NAME BINARY [VAR=value ...]: start_build's server under
+# callgrind, instrumentation off until the load.
 start_counted() {
-  local name=$1 binary=$2 port pid
-  shift 2
-  port=$("$LOADGEN" free-port)
-  env PANTHEON__SERVER__ADDR="127.0.0.1:$port" PANTHEON__PROVIDER__KIND=builtin \
-    PANTHEON__SERVER__METRICS_ADDR="127.0.0.1:$("$LOADGEN" free-port)" "$@" \
-    valgrind --tool=callgrind --instr-atstart=no -q \
-    --callgrind-out-file="$WORK/$name.cg" "$binary" >"$WORK/server-$name.log" 2>&1 &
-  pid=$!
-  SPID[$name]=$pid
-  SBASE[$name]="http://127.0.0.1:$port"
-  for _ in $(seq 1 600); do
-    curl -sf "${SBASE[$name]}/healthz" >/dev/null 2>&1 && return
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  tail -n 20 "$WORK/server-$name.log" >&2
-  die "server $name did not start"
+  START_WRAP=(valgrind --tool=callgrind --instr-atstart=no -q --callgrind-out-file="$WORK/$1.cg")
+  START_TRIES=600 start_build "$@"
+  START_WRAP=()
 }
 
 # count LABEL SERVER SCRIPT ARGS...: one counted load; prints the server's

@@ -73,6 +73,9 @@ start_server() {
 }
 
 # start_build NAME BINARY [VAR=value ...]: the same, of a given build.
+# START_WRAP (an array, default none) runs the binary under a command
+# (valgrind); START_TRIES (default 150) is how many tenths of a second it
+# gets to answer /healthz.
 start_build() {
   local name=$1 binary=$2 port pid
   shift 2
@@ -86,11 +89,11 @@ start_build() {
     metrics=(PANTHEON__SERVER__METRICS_ADDR="127.0.0.1:$("$LOADGEN" free-port)")
   fi
   env PANTHEON__SERVER__ADDR="127.0.0.1:$port" PANTHEON__PROVIDER__KIND=builtin \
-    "${metrics[@]}" "$@" "$binary" >"$WORK/server-$name.log" 2>&1 &
+    "${metrics[@]}" "$@" ${START_WRAP[@]+"${START_WRAP[@]}"} "$binary" >"$WORK/server-$name.log" 2>&1 &
   pid=$!
   SPID[$name]=$pid
   SBASE[$name]="http://127.0.0.1:$port"
-  for _ in $(seq 1 150); do
+  for _ in $(seq 1 "${START_TRIES:-150}"); do
     curl -sf "${SBASE[$name]}/healthz" >/dev/null 2>&1 && return
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.1

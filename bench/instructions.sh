@@ -16,7 +16,9 @@
 # limiter). Under valgrind a server runs some 30× slower, so its pipelines
 # batch fewer checks than at full speed: compare builds with each other,
 # not with the rates of compare.sh. COUNT_SECS (default 10) is the length
-# of each counted load. All traffic goes to 127.0.0.1.
+# of each counted load; COUNT_KEEP=DIR keeps the callgrind dumps there (one
+# per load and process), for `callgrind_annotate --inclusive=yes`. All
+# traffic goes to 127.0.0.1.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -46,6 +48,9 @@ cleanup() {
   [ -n "$REDIS_PID" ] && kill -TERM "$REDIS_PID" 2>/dev/null || true
   stop_redis setup
   psql_admin -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" 2>/dev/null || true
+  if [ -n "${COUNT_KEEP:-}" ]; then
+    mkdir -p "$COUNT_KEEP" && cp "$WORK"/*.cg.* "$COUNT_KEEP"/ 2>/dev/null || true
+  fi
   rm -rf "$WORK"
   exit "$status"
 }

@@ -223,6 +223,21 @@ pub fn stored_log(
     pantheon_infrastructure::limiter::log_format::decode(&elements).unwrap()
 }
 
+/// `user`'s log as the next check decides on it: the refunds that releases
+/// marked (see `check.lua`) applied first, by the script's peek, which
+/// writes only those.
+pub fn settled_log(
+    connection: &mut impl redis::ConnectionLike,
+    user: &pantheon_domain::UserId,
+) -> Option<pantheon_infrastructure::limiter::log_format::StoredLog> {
+    use pantheon_infrastructure::limiter::keys::{active_key, log_key};
+    let script = redis::Script::new(pantheon_infrastructure::limiter::CHECK_SCRIPT);
+    let mut peek = script.key(active_key(user));
+    peek.key(log_key(user)).arg("peek").arg(0).arg(-1).arg(-1).arg(-1).arg(-1);
+    let _: redis::Value = peek.invoke(connection).unwrap();
+    stored_log(connection, user)
+}
+
 /// Turns `user`'s log holds (all of them inside the hour of its clock).
 pub fn logged_turns(
     connection: &mut impl redis::ConnectionLike,
@@ -231,12 +246,13 @@ pub fn logged_turns(
     stored_log(connection, user).map_or(0, |log| log.entries.len() as u64)
 }
 
-/// Tokens `user`'s log holds: its entries' amounts, summed.
+/// Tokens `user`'s log holds, refunds marked applied: its entries'
+/// amounts, summed.
 pub fn logged_tokens(
     connection: &mut impl redis::ConnectionLike,
     user: &pantheon_domain::UserId,
 ) -> u64 {
-    stored_log(connection, user).map_or(0, |log| log.entries.iter().map(|e| e.tokens).sum())
+    settled_log(connection, user).map_or(0, |log| log.entries.iter().map(|e| e.tokens).sum())
 }
 
 /// A connection to the Redis on `port` of this machine.

@@ -1,7 +1,7 @@
 -- Pantheon's turn limiter: decide on a turn and, when admitted, log it,
--- take a slot and reserve its tokens, atomically; and the upkeep: give
--- slots and unused tokens back (ARGV[1] = 'release'), push running leases'
--- expiry (ARGV[1] = 'renew'), report usage (ARGV[1] = 'peek').
+-- take a slot and reserve its tokens, atomically; and the upkeep: apply
+-- the refunds that releases marked (in every check and peek), push running
+-- leases' expiry (ARGV[1] = 'renew'), report usage (ARGV[1] = 'peek').
 --
 -- KEYS[1] is the user's active turns (ratelimit:{<user>}:turns:active, a
 -- sorted set of lease ids scored by their expiry in ms of the Redis
@@ -34,7 +34,7 @@
 -- fits every budgeted window, or 0 without a budget) and adds the lease. A
 -- refusal logs nothing (it may move the clock and let go of what left).
 -- Peek: the same KEYS; ARGV: 'peek', now, the four limits as in a check;
--- read-only.
+-- it writes only the refunds marked.
 -- Both return twelve integers packed as one string (struct TALLY: a bulk
 -- reply is one value to parse, an array of twelve is thirteen): admitted,
 -- clock, active, output cap, then per window (minute turns, hour turns,
@@ -43,24 +43,36 @@
 -- admission or in a peek: one more turn or token; after a refusal: this
 -- request), -1 for never.
 --
--- Release: KEYS: active turns, log. ARGV: 'release', the number of leases,
--- then per lease its id, its entry's stamp and the tokens to give back. A
--- lease's refund is applied only when its ZREM removed it: a lease that is
--- not there (it lapsed, was released already, or this node never saw it)
--- refunds nothing, so a retried or late release can never make a user
--- richer; nor does one whose entry left the log. Returns per lease 1
--- (removed) or 0.
+-- Release is not a branch: a lease without a refund goes by a plain ZREM;
+-- one with a refund is marked in place by a plain `ZADD XX CH`, which
+-- changes only a lease still in the set. The mark is the lease's score
+-- below zero: -1 - (tokens * 2^23 + stamp mod 2^23), with tokens < 2^30, so
+-- it is an exact integer in a double (below 2^53). A mark is no longer a
+-- slot (every expiry is above zero) and is a refund owed: the next check
+-- under a budget, or peek, applies the refunds marked before anything
+-- else moves, as the model applied them at their release, and removes the
+-- marks (a check without a budget removes them unapplied). A refund goes
+-- only to the entries of its stamp, spread oldest first, none below zero,
+-- and not at all once its entry has left the log; a lease that lapsed and
+-- went, was released already or was never on this node is not marked, so
+-- a retried or late release can never make a user richer. The set is kept
+-- an hour after an admission (or a lease TTL, if longer), long enough for
+-- a mark to wait. The stamp is read back as the one at or below the log's
+-- clock with that remainder: exact while a mark is applied within 2^23 ms
+-- (2.3 h) of its admission; the actor sends none for an entry older than
+-- an hour.
 --
 -- Renew: KEYS: the active turns; ARGV: 'renew', lease TTL ms, the lease
--- ids. Pushes each lease still in the set to now + TTL (one that lapsed
--- stays gone) and the set's own expiry to a TTL from now.
+-- ids. Pushes each lease still in the set, and not released, to now + TTL
+-- (one that lapsed stays gone, a mark stays a mark) and the set's own
+-- expiry to at least a TTL from now (a mark may need longer).
 --
 -- Token arithmetic stays exact in Lua's doubles: limits are at most 10^9
 -- and a window's tokens never exceed its limit by more than one entry, so
 -- every sum is below 2^53, and so is a time in ms.
-local HEAD, ENTRY, SIZE = '>ddddddd', '>i6I4', 10
+local HEAD, ENTRY = '>ddddddd', '>i6I4'
 local TALLY = '>i8i8i8i8i8i8i8i8i8i8i8i8'
-local MIN, HOUR = 60000, 3600000
+local MIN, HOUR, MARK = 60000, 3600000, 8388608
 -- Numbers handed to redis.call go as strings made here: Lua would write a
 -- number with '%.14g', a floating-point print that cost a check a tenth of
 -- its instructions. '%d' (an integer print) and constants cost next to
@@ -73,16 +85,17 @@ if branch == 'renew' then
   local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
   local ttl = tonumber(ARGV[2])
   local expiry = fmt('%d', now + ttl)
-  for i = 3, #ARGV do redis.call('ZADD', active_key, 'XX', expiry, ARGV[i]) end
-  redis.call('PEXPIRE', active_key, ARGV[2])
+  for i = 3, #ARGV do
+    local score = redis.call('ZSCORE', active_key, ARGV[i])
+    if score and tonumber(score) > 0 then redis.call('ZADD', active_key, 'XX', expiry, ARGV[i]) end
+  end
+  if redis.call('PTTL', active_key) < ttl then redis.call('PEXPIRE', active_key, ARGV[2]) end
   return #ARGV - 2
 end
 
--- The header: n, minute start, minute tokens, hour tokens, clock, first
--- stamp, first stamp inside the minute.
-local n, ms, mt, ht, clock, hh, mh = 0, 0, 0, 0, -1, -1, -1
-local stored = redis.call('LINDEX', log_key, '0')
-if stored then n, ms, mt, ht, clock, hh, mh = struct.unpack(HEAD, stored) end
+-- The helpers take what they read as arguments and return what they
+-- change: a closure that captured the script's changing locals cost more
+-- to make, on every call, than most of what it then did.
 
 -- Entries i..j (0-based, inclusive) as {stamp, tokens} pairs, flattened.
 local function read(i, j)
@@ -95,16 +108,19 @@ local function read(i, j)
   return out
 end
 
-if branch == 'release' then
-  local leases, removed, changed = tonumber(ARGV[2]), {}, false
-  for l = 0, leases - 1 do
-    local id, at, left = ARGV[3 + 3 * l], tonumber(ARGV[4 + 3 * l]), tonumber(ARGV[5 + 3 * l])
-    local gone = redis.call('ZREM', active_key, id)
-    removed[l + 1] = gone
-    if gone == 1 and left > 0 and n > 0 and at >= hh then
-      -- The entries of that stamp, found back from the newest (a refund
-      -- is usually for one of the last few), read in growing chunks and
-      -- unpacked only down to the first older stamp.
+-- Applies the refunds marked in `members` (a ZRANGEBYSCORE WITHSCORES
+-- reply: marks, and leases that lapsed) to a log of `n` entries, minute
+-- start `ms`, clock `clock`, first stamp `hh` (see Release); returns the
+-- tokens taken off, and off the minute. A refund's entries are found back
+-- from the newest (it is usually for one of the last few), read in growing
+-- chunks and unpacked only down to the first older stamp; it is spread
+-- over them oldest first, as the model does.
+local function refund_marked(members, n, ms, clock, hh)
+  local hour, minute = 0, 0
+  for p = 2, #members, 2 do
+    local v = -tonumber(members[p]) - 1
+    local left, at = math.floor(v / MARK), clock - (clock - v % MARK) % MARK
+    if v >= 0 and left > 0 and n > 0 and at >= hh then
       local idx, tok, size, hi, done = {}, {}, 2, n - 1, false
       while hi >= 0 and not done do
         local lo = math.max(0, hi - size + 1)
@@ -116,35 +132,26 @@ if branch == 'release' then
         end
         hi, size = lo - 1, size * 4
       end
-      -- Spread oldest first, as the model does.
       for m = #idx, 1, -1 do
         if left <= 0 then break end
         local taken = math.min(tok[m], left)
         if taken > 0 then
           redis.call('LSET', log_key, fmt('%d', idx[m] + 1), struct.pack(ENTRY, at, tok[m] - taken))
-          left, ht, changed = left - taken, ht - taken, true
-          if idx[m] >= ms then mt = mt - taken end
+          left, hour = left - taken, hour + taken
+          if idx[m] >= ms then minute = minute + taken end
         end
       end
     end
   end
-  if changed then
-    redis.call('LSET', log_key, '0', struct.pack(HEAD, n, ms, mt, ht, clock, hh, mh))
-  end
-  return removed
+  return hour, minute
 end
 
-local was_clock, was_ms = clock, ms
-local now = tonumber(ARGV[2])
-if now > clock then clock = now end
-
--- Let go of what left the minute, then of what left the hour (all of it
--- before the minute's start).
--- From entry `from` on, what left a window of `w` ms: how many entries,
--- their tokens, and the stamp of the first that stays (-1: none). Read in
--- growing chunks, unpacking only up to the first that stays: at a steady
--- rate one or two entries leave per check.
-local function leaving(from, w)
+-- From entry `from` on, in a log of `n` entries at `clock`, what left a
+-- window of `w` ms: how many entries, their tokens, and the stamp of the
+-- first that stays (-1: none). Read in growing chunks, unpacking only up
+-- to the first that stays: at a steady rate one or two entries leave per
+-- check.
+local function leaving(from, w, n, clock)
   local gone, tokens, head, size = 0, 0, -1, 2
   while from + gone < n and head < 0 do
     local first, last = fmt('%d', from + gone + 1), fmt('%d', math.min(n, from + gone + size))
@@ -158,15 +165,79 @@ local function leaving(from, w)
   end
   return gone, tokens, head
 end
+
+-- The earliest log time by which entries worth `need` have left a window
+-- of `len` ms (counting tokens, or turns), reading stored entries `i` to
+-- `last`, then counting an entry (stamp `xa`, tokens `xt`) about to be made
+-- last: `clock` when need <= 0, -1 when never.
+local function frees_at(i, last, len, tokens, need, clock, xa, xt)
+  if need <= 0 then return clock end
+  local freed = 0
+  while i <= last do
+    local e = read(i, math.min(last, i + 15))
+    for k = 1, #e / 2 do
+      if tokens then freed = freed + e[2 * k] else freed = freed + 1 end
+      if freed >= need then return e[2 * k - 1] + len end
+    end
+    i = i + 16
+  end
+  if xa then
+    if tokens then freed = freed + xt else freed = freed + 1 end
+    if freed >= need then return xa + len end
+  end
+  return -1
+end
+
+-- The header: n, minute start, minute tokens, hour tokens, clock, first
+-- stamp, first stamp inside the minute.
+local n, ms, mt, ht, clock, hh, mh = 0, 0, 0, 0, -1, -1, -1
+local stored = redis.call('LINDEX', log_key, '0')
+if stored then n, ms, mt, ht, clock, hh, mh = struct.unpack(HEAD, stored) end
+
+-- The leases, on the Redis server's clock. A check under a budget reads
+-- what lapsed and what was marked (see Release) and removes them, the
+-- refunds marked applied first, before the clock moves, as the model
+-- applied them at their release. A check without one removes them unread
+-- (no budget, no refund to apply); a peek applies the marks only.
+local time = redis.call('TIME')
+local server = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local refunded = false
+if branch == 'peek' then
+  local marked = redis.call('ZRANGEBYSCORE', active_key, '-inf', '(0', 'WITHSCORES')
+  if #marked > 0 then
+    local hour, minute = refund_marked(marked, n, ms, clock, hh)
+    if hour > 0 then
+      mt, ht = mt - minute, ht - hour
+      redis.call('LSET', log_key, '0', struct.pack(HEAD, n, ms, mt, ht, clock, hh, mh))
+    end
+    redis.call('ZREMRANGEBYSCORE', active_key, '-inf', '(0')
+  end
+elseif tonumber(ARGV[8]) >= 0 or tonumber(ARGV[9]) >= 0 then
+  local gone = redis.call('ZRANGEBYSCORE', active_key, '-inf', fmt('%d', server), 'WITHSCORES')
+  if #gone > 0 then
+    local hour, minute = refund_marked(gone, n, ms, clock, hh)
+    mt, ht, refunded = mt - minute, ht - hour, hour > 0
+    redis.call('ZREMRANGEBYSCORE', active_key, '-inf', fmt('%d', server))
+  end
+else
+  redis.call('ZREMRANGEBYSCORE', active_key, '-inf', fmt('%d', server))
+end
+
+local was_clock, was_ms = clock, ms
+local now = tonumber(ARGV[2])
+if now > clock then clock = now end
+
+-- Let go of what left the minute, then of what left the hour (all of it
+-- before the minute's start).
 if mh >= 0 and mh + MIN <= clock then
   local gone, tokens
-  gone, tokens, mh = leaving(ms, MIN)
+  gone, tokens, mh = leaving(ms, MIN, n, clock)
   ms, mt = ms + gone, mt - tokens
 end
 local trimmed = 0
 if hh >= 0 and hh + HOUR <= clock then
   local tokens
-  trimmed, tokens, hh = leaving(0, HOUR)
+  trimmed, tokens, hh = leaving(0, HOUR, n, clock)
   n, ms, ht = n - trimmed, ms - trimmed, ht - tokens
 end
 if mt < 0 then mt = 0 end
@@ -181,48 +252,27 @@ end
 local budgeted = tml >= 0 or thl >= 0
 local limits = {ml, hl, tml, thl}
 local loads = {n - ms, n, mt, ht}
+-- Per window, where its entries start in the list as stored (before this
+-- call's trim) and its length.
 local starts = {ms + trimmed, trimmed, ms + trimmed, trimmed}
 local lengths = {MIN, HOUR, MIN, HOUR}
-
--- The earliest log time by which entries worth `need` have left window w,
--- counting an entry (stamp `xa`, tokens `xt`) about to be made last: the
--- clock when need <= 0, -1 when never. Entries are read from the list as
--- stored (before this call's trim: `starts` account for it).
-local function frees_at(w, need, xa, xt)
-  if need <= 0 then return clock end
-  local tokens = w > 2
-  local i, last, freed = starts[w], trimmed + n - 1, 0
-  while i <= last do
-    local e = read(i, math.min(last, i + 15))
-    for k = 1, #e / 2 do
-      if tokens then freed = freed + e[2 * k] else freed = freed + 1 end
-      if freed >= need then return e[2 * k - 1] + lengths[w] end
-    end
-    i = i + 16
-  end
-  if xa then
-    if tokens then freed = freed + xt else freed = freed + 1 end
-    if freed >= need then return xa + lengths[w] end
-  end
-  return -1
-end
+local last = trimmed + n - 1
 
 local active
 if branch == 'peek' then
-  local clockt = redis.call('TIME')
-  local server = tonumber(clockt[1]) * 1000 + math.floor(tonumber(clockt[2]) / 1000)
   active = redis.call('ZCOUNT', active_key, fmt('%d', server + 1), '+inf')
   local frees = {}
   for w = 1, 4 do
-    if limits[w] >= 0 then frees[w] = frees_at(w, loads[w] + 1 - limits[w]) else frees[w] = clock end
+    if limits[w] >= 0 then
+      frees[w] = frees_at(starts[w], last, lengths[w], w > 2, loads[w] + 1 - limits[w], clock)
+    else
+      frees[w] = clock
+    end
   end
   return struct.pack(TALLY, 0, clock, active, 0, loads[1], loads[2], loads[3], loads[4],
     frees[1], frees[2], frees[3], frees[4])
 end
 
-local server_clock = redis.call('TIME')
-local server = tonumber(server_clock[1]) * 1000 + math.floor(tonumber(server_clock[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', active_key, '-inf', fmt('%d', server))
 active = redis.call('ZCARD', active_key)
 local cap = tonumber(ARGV[4])
 
@@ -253,14 +303,14 @@ for w = 1, 4 do
   elseif admitted then
     local taken = 1
     if w > 2 then taken = charge end
-    frees[w] = frees_at(w, loads[w] + taken + 1 - limit, clock, charge)
+    frees[w] = frees_at(starts[w], last, lengths[w], w > 2, loads[w] + taken + 1 - limit, clock,
+      clock, charge)
   else
     local ask = 1
     if w > 2 then ask = input + least end
-    frees[w] = frees_at(w, loads[w] + ask - limit)
+    frees[w] = frees_at(starts[w], last, lengths[w], w > 2, loads[w] + ask - limit, clock)
   end
 end
-
 if admitted then
   if n == 0 then hh = clock end
   if ms == n then mh = clock end
@@ -284,13 +334,20 @@ elseif admitted then
     redis.call('RPUSH', log_key, header, struct.pack(ENTRY, clock, charge))
   end
   redis.call('PEXPIRE', log_key, HOUR_MS)
-elseif stored and (clock ~= was_clock or ms ~= was_ms) then
-  -- A refusal logs nothing, but the clock and the minute's start move on.
+elseif stored and (refunded or clock ~= was_clock or ms ~= was_ms) then
+  -- A refusal logs nothing, but refunds apply and the clock and the
+  -- minute's start move on.
   redis.call('LSET', log_key, '0', header)
 end
 if admitted then
   redis.call('ZADD', active_key, fmt('%d', server + tonumber(ARGV[3])), ARGV[5])
-  redis.call('PEXPIRE', active_key, ARGV[3])
+  -- Under a budget kept an hour (or a lease TTL, if longer): long enough
+  -- for the marks of releases to wait for the user's next check.
+  if budgeted and tonumber(ARGV[3]) < HOUR then
+    redis.call('PEXPIRE', active_key, HOUR_MS)
+  else
+    redis.call('PEXPIRE', active_key, ARGV[3])
+  end
 end
 local verdict = 0
 if admitted then verdict = 1 end

@@ -81,7 +81,7 @@ use pantheon_domain::observe::Unobserved;
 use pantheon_domain::{Clock, LimiterObserver};
 
 pub use actor::LimiterActor;
-pub use redis_link::{CHECK_SCRIPT, RedisLink, parse_tally};
+pub use redis_link::{CHECK_SCRIPT, RedisLink, TokenRefund, parse_tally};
 
 use crate::settings::{self, Settings};
 

@@ -47,7 +47,8 @@ pub enum Pending<C, P> {
     Renew { user: UserId, leases: Vec<LeaseId>, ttl_ms: i64 },
     /// Gives `user`'s slots held by `leases` back, and the unused tokens of
     /// each lease's reservation to the log entry it charged, when Redis
-    /// still held that lease.
+    /// still held that lease (marked for the user's next check or peek: see
+    /// `check.lua`).
     Release { user: UserId, leases: Vec<LeaseRelease> },
 }
 
@@ -56,12 +57,15 @@ pub enum Pending<C, P> {
 pub struct LeaseRelease {
     /// The lease.
     pub id: LeaseId,
-    /// Applied only if the `ZREM` of `id` removed it (see `check.lua`).
+    /// Marked only if Redis still holds `id` (see `check.lua`).
     pub refund: Option<TokenRefund>,
 }
 
 /// Tokens to give back to the log entry a reservation charged (by the
 /// script, which finds nothing once the entry has left the log).
+///
+/// Sent as the lease's score: `-1 - (tokens * 2^23 + at_ms mod 2^23)`, an
+/// integer below 2^53 while `tokens < 2^30` (limits are at most 10^9).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenRefund {
     /// The entry's stamp.
@@ -113,11 +117,14 @@ impl<T> Reply for oneshot::Sender<T> {
 }
 
 /// The commands of one pending item, every key of them `user`'s, in
-/// `user`'s slot: `EVALSHA` of the script for a check, a peek (read-only:
-/// it writes nothing), a renewal, or a release with refunds (each `ZREM`,
-/// and that lease's refund if it removed something, in one call); a plain
-/// `ZREM` for a release without. Everything that reads or sets a lease's
-/// expiry is a script, on the Redis server's clock.
+/// `user`'s slot: `EVALSHA` of the script for a check, a peek (it writes
+/// only the refunds marked) or a renewal; for a release, plain commands: a
+/// `ZREM` of the leases without a refund, and one `ZADD XX CH` of the
+/// marks of those with one (a refund owed, applied by the user's next check
+/// or peek). A release with a refund used to be a script call of its own,
+/// costing Redis some twenty times a `ZREM`.
+/// Everything that reads or sets a lease's expiry is a script, on the
+/// Redis server's clock.
 fn commands<C, P>(script: &Script, pending: &Pending<C, P>) -> Vec<Cmd> {
     let evalsha = |keys: &[String], branch: &str| {
         let mut cmd = redis::cmd("EVALSHA");
@@ -152,23 +159,43 @@ fn commands<C, P>(script: &Script, pending: &Pending<C, P>) -> Vec<Cmd> {
             }
             vec![renew]
         }
-        Pending::Release { user, leases } if leases.iter().all(|l| l.refund.is_none()) => {
-            let mut zrem = redis::cmd("ZREM");
-            zrem.arg(active_key(user));
-            for lease in leases {
-                zrem.arg(lease.id.to_string());
-            }
-            vec![zrem]
-        }
         Pending::Release { user, leases } => {
-            let mut cmd = evalsha(&check_keys(user), "release");
-            cmd.arg(leases.len());
+            let key = active_key(user);
+            let mut cmds = Vec::with_capacity(2);
+            let mut zrem = redis::cmd("ZREM");
+            zrem.arg(&key);
+            let mut mark = redis::cmd("ZADD");
+            mark.arg(&key).arg("XX").arg("CH");
+            let (mut plain, mut marked) = (false, false);
             for lease in leases {
-                let refund = lease.refund.unwrap_or(TokenRefund { at_ms: 0, tokens: 0 });
-                cmd.arg(lease.id.to_string()).arg(refund.at_ms).arg(refund.tokens);
+                match lease.refund {
+                    None => {
+                        zrem.arg(lease.id.to_string());
+                        plain = true;
+                    }
+                    Some(refund) => {
+                        mark.arg(refund.mark()).arg(lease.id.to_string());
+                        marked = true;
+                    }
+                }
             }
-            vec![cmd]
+            if plain {
+                cmds.push(zrem);
+            }
+            if marked {
+                cmds.push(mark);
+            }
+            cmds
         }
+    }
+}
+
+impl TokenRefund {
+    /// The score that marks a released lease with this refund.
+    pub fn mark(self) -> i64 {
+        const STAMP: i64 = 1 << 23;
+        let tokens = self.tokens.min((1 << 30) - 1) as i64;
+        -1 - (tokens * STAMP + self.at_ms.rem_euclid(STAMP))
     }
 }
 

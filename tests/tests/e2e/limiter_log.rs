@@ -7,12 +7,15 @@
 use pantheon_domain::UserId;
 use pantheon_domain::limiter::{Limits, Policy, Tally, TokenCost, UsageLog};
 use pantheon_infrastructure::limiter::keys::{active_key, log_key};
-use pantheon_infrastructure::limiter::{CHECK_SCRIPT, parse_tally};
+use pantheon_infrastructure::limiter::{CHECK_SCRIPT, TokenRefund, parse_tally};
 use pantheon_tests::limiter::{Store, redis_connection, stored_log, unique_user};
 use pantheon_tests::rng::Rng;
 use redis::{ConnectionLike, Script};
 
-on_both_stores!(the_script_and_the_domain_log_agree_step_for_step);
+on_both_stores!(
+    the_script_and_the_domain_log_agree_step_for_step,
+    a_marked_refund_frees_the_slot_at_once_and_is_applied_once_whatever_comes_between
+);
 
 const MINUTE: i64 = 60_000;
 const HOUR: i64 = 3_600_000;
@@ -57,8 +60,9 @@ fn peek(conn: &mut impl ConnectionLike, user: &UserId, limits: Limits, now: i64)
     tally(call.invoke(conn).unwrap())
 }
 
-/// Releases `lease` with a refund of `tokens` to the entry at `at`: whether
-/// the lease was there (and so the refund applied).
+/// Releases `lease` with a refund of `tokens` to the entry at `at`, as the
+/// actor does: its mark, which the next check or peek applies. Whether the
+/// lease was there (and so was marked).
 fn release(
     conn: &mut impl ConnectionLike,
     user: &UserId,
@@ -66,11 +70,27 @@ fn release(
     at: i64,
     tokens: u64,
 ) -> bool {
-    let script = Script::new(CHECK_SCRIPT);
-    let mut call = script.key(active_key(user));
-    call.key(log_key(user)).arg("release").arg(1).arg(lease).arg(at).arg(tokens);
-    let removed: Vec<i64> = call.invoke(conn).unwrap();
-    removed == [1]
+    let mark = TokenRefund { at_ms: at, tokens }.mark();
+    let changed: i64 = redis::cmd("ZADD")
+        .arg(active_key(user))
+        .arg("XX")
+        .arg("CH")
+        .arg(mark)
+        .arg(lease)
+        .query(conn)
+        .unwrap();
+    changed == 1
+}
+
+/// The refunds marked in `user`'s set and not yet applied.
+fn marks(conn: &mut impl ConnectionLike, user: &UserId) -> usize {
+    let marked: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+        .arg(active_key(user))
+        .arg("-inf")
+        .arg("(0")
+        .query(conn)
+        .unwrap();
+    marked.len()
 }
 
 /// Asserts the stored log is the model's: the same entries and sums, the
@@ -96,7 +116,9 @@ fn assert_same_log(conn: &mut impl ConnectionLike, user: &UserId, model: &UsageL
 /// random earlier admissions (some of entries gone) and peeks, the clock
 /// moving by edge-sized steps (0, 1 ms, a window less 1 ms, a window, …)
 /// and now and then lagging behind the log's: the script's tally equals
-/// the model's at every step, and so does the stored log after it.
+/// the model's at every step, and so does the stored log after every check
+/// and peek (a release only marks its refund, which the next one applies:
+/// until then the log is as it was, the mark waiting in the set).
 async fn the_script_and_the_domain_log_agree_step_for_step(store: Store) {
     let seed = 0x10c_u64 ^ u64::from(std::process::id());
     let mut rng = Rng(seed | 1);
@@ -113,6 +135,7 @@ async fn the_script_and_the_domain_log_agree_step_for_step(store: Store) {
         let mut model = UsageLog::default();
         let mut leases: Vec<(String, i64, u64)> = Vec::new();
         let (mut now, mut admitted, mut refused, mut refunds) = (T0, 0, 0, 0);
+        let mut applied = model.clone();
         for step in 0..400 {
             let step = format!("seed {seed}, round {round}, step {step}");
             let gaps = [0, 0, 1, 1, 999, 999, 3_000, 3_000, MINUTE - 1, MINUTE, MINUTE + 1, HOUR];
@@ -124,10 +147,14 @@ async fn the_script_and_the_domain_log_agree_step_for_step(store: Store) {
                     let (lease, stamp, reserved) =
                         leases.swap_remove(rng.next(leases.len() as u64) as usize);
                     let tokens = rng.next(reserved + 1);
-                    if release(&mut conn, &user, &lease, stamp, tokens) {
+                    let marked = release(&mut conn, &user, &lease, stamp, tokens);
+                    if marked {
                         model.refund(stamp, tokens);
                         refunds += 1;
                     }
+                    assert!(!marked || marks(&mut conn, &user) > 0, "{step}: the mark waits");
+                    assert_same_log(&mut conn, &user, &applied, &step);
+                    continue;
                 }
                 1 => {
                     let mut copy = model.clone();
@@ -158,12 +185,61 @@ async fn the_script_and_the_domain_log_agree_step_for_step(store: Store) {
                 }
             }
             assert_same_log(&mut conn, &user, &model, &step);
+            assert_eq!(marks(&mut conn, &user), 0, "{step}: every mark applied");
+            applied = model.clone();
         }
         assert!(admitted > 20 && refused > 20, "round {round}: {admitted} in, {refused} refused");
         assert!(refunds > 10, "round {round}: {refunds} refunds");
         let _: () = redis::cmd("DEL").arg(active_key(&user)).query(&mut conn).unwrap();
         let _: () = redis::cmd("DEL").arg(log_key(&user)).query(&mut conn).unwrap();
     }
+}
+
+/// A release marks its refund on the lease: the slot is free at once, a
+/// renewal does not bring the lease back, the mark sent again changes
+/// nothing, and the next check applies it exactly once before deciding.
+async fn a_marked_refund_frees_the_slot_at_once_and_is_applied_once_whatever_comes_between(
+    store: Store,
+) {
+    let mut conn = store.connection();
+    let user = unique_user("mark");
+    let limits = Limits {
+        per_minute: 100,
+        per_hour: 100,
+        max_concurrent: 1,
+        tokens_per_minute: Some(1_000),
+        tokens_per_hour: None,
+    };
+    let cost = TokenCost { input: 100, min_output: 10, max_output: 500 };
+    let first = check(&mut conn, &user, limits, cost, T0, "first");
+    assert!(first.admitted && first.output_cap == 500, "{first:?}");
+    let busy = check(&mut conn, &user, limits, cost, T0 + 1, "busy");
+    assert!(!busy.admitted && busy.active == 1, "one slot, held: {busy:?}");
+
+    assert!(release(&mut conn, &user, "first", first.at_ms, 450), "marked");
+    assert!(!release(&mut conn, &user, "first", first.at_ms, 450), "marked already");
+    let renew = Script::new(CHECK_SCRIPT);
+    let _: i64 = renew
+        .key(active_key(&user))
+        .arg("renew")
+        .arg(60_000)
+        .arg("first")
+        .invoke(&mut conn)
+        .unwrap();
+    assert_eq!(marks(&mut conn, &user), 1, "a renewal leaves a mark a mark");
+    let log = stored_log(&mut conn, &user).unwrap();
+    assert_eq!(log.minute_tokens, 600, "nothing applied before the next check");
+
+    let second = check(&mut conn, &user, limits, cost, T0 + 2, "second");
+    assert!(second.admitted, "the marked lease holds no slot: {second:?}");
+    assert_eq!(second.loads[2], 150, "the refund applied before the decision, once");
+    assert_eq!(marks(&mut conn, &user), 0);
+    assert!(!release(&mut conn, &user, "first", first.at_ms, 450), "applied: gone");
+    let log = stored_log(&mut conn, &user).unwrap();
+    let tokens: Vec<u64> = log.entries.iter().map(|e| e.tokens).collect();
+    assert_eq!(tokens, [150, 100 + second.output_cap]);
+    let _: () =
+        redis::cmd("DEL").arg(log_key(&user)).arg(active_key(&user)).query(&mut conn).unwrap();
 }
 
 /// A user at full use of the default limits — 20 turns a minute, 300 in the

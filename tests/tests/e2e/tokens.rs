@@ -65,9 +65,9 @@ pub async fn user_and_session(app: &TestApp) -> (UserId, String, String) {
 }
 
 /// The tokens of the user's log entries inside `window` ending at
-/// `now_ms`; `None` when no entry is inside.
+/// `now_ms`, refunds marked applied; `None` when no entry is inside.
 fn bucket(user: &UserId, window: Window, now_ms: i64) -> Option<i64> {
-    let log = pantheon_tests::limiter::stored_log(&mut redis_connection(), user)?;
+    let log = pantheon_tests::limiter::settled_log(&mut redis_connection(), user)?;
     let inside = log.entries.iter().filter(|e| e.at_ms > now_ms - window.millis());
     inside.map(|e| e.tokens as i64).reduce(|a, b| a + b)
 }

@@ -9,7 +9,7 @@ use pantheon_domain::limiter::{Decision, Lease, Limits, Policy, TokenCost};
 use pantheon_domain::{ManualClock, UserId};
 use pantheon_infrastructure::limiter::keys::{active_key, log_key};
 use pantheon_tests::limiter::{
-    Store, redis_connection, redis_limiter, stored_log, twin_limiters, unique_user,
+    Store, redis_connection, redis_limiter, settled_log, twin_limiters, unique_user,
 };
 use pantheon_tests::rng::Rng;
 use redis::Commands;
@@ -32,12 +32,13 @@ fn cost(input: u64) -> TokenCost {
 }
 
 /// Waits (bounded) until `user`'s log holds `expected`: per entry, its
-/// stamp and tokens (a release is sent after the lease is dropped).
+/// stamp and tokens (a release is sent after the lease is dropped; its
+/// refund marked is applied by the peek that reads the log).
 async fn until_logged(user: &UserId, expected: &[(i64, u64)]) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     let mut redis = redis_connection();
     loop {
-        let log = stored_log(&mut redis, user);
+        let log = settled_log(&mut redis, user);
         let got: Vec<(i64, u64)> =
             log.iter().flat_map(|l| l.entries.iter().map(|e| (e.at_ms, e.tokens))).collect();
         if got == expected {
@@ -67,7 +68,25 @@ async fn a_reservation_is_logged_with_the_log_s_ttl_and_a_settled_lease_refunds_
     assert!(pttl > HOUR - 60_000 && pttl <= HOUR, "the log lives an hour: PTTL {pttl}");
     lease.settle(130);
     drop(lease);
+    // The release marks the lease with its refund (no longer a slot: its
+    // score is below zero) and keeps the set an hour, until the user's next
+    // check or peek applies it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let members: Vec<(String, f64)> =
+            redis.zrange_withscores(active_key(&user), 0, -1).unwrap();
+        if members.first().is_some_and(|(_, score)| *score < 0.0) {
+            assert_eq!(members.len(), 1, "{members:?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no mark: {members:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let pttl: i64 = redis::cmd("PTTL").arg(active_key(&user)).query(&mut redis).unwrap();
+    assert!(pttl > HOUR - 60_000 && pttl <= HOUR, "the mark waits an hour: PTTL {pttl}");
     until_logged(&user, &[(T0, 130)]).await;
+    let left: i64 = redis.zcard(active_key(&user)).unwrap();
+    assert_eq!(left, 0, "the peek that applied the refund removed its mark");
     let pttl: i64 = redis::cmd("PTTL").arg(log_key(&user)).query(&mut redis).unwrap();
     assert!(pttl > 0 && pttl <= HOUR, "a refund keeps the log's end: PTTL {pttl}");
     let status = limiter.peek(user.clone(), l).await.unwrap();

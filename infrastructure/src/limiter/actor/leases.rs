@@ -1,13 +1,14 @@
 //! The actor's lease upkeep: turning the releases queued by dropped leases
-//! into `ZREM`s (and token refunds), removing the leases of checks that may
+//! into `ZREM`s (and marks of token refunds), removing the leases of checks that may
 //! have run although their call failed, and the periodic renewal of the
 //! Redis leases this instance holds. Neither is a caller's check: the loop
 //! sends them without waiting for the in-flight cap (see the parent module).
 //!
 //! A release is kept until Redis answered it: one that failed, or whose
 //! node cannot be asked now, is sent again once the node answers (every
-//! release is idempotent — a `ZREM` — and a refund applies only when its
-//! `ZREM` removed the lease, so sending one twice gives nothing back twice).
+//! release is idempotent — a `ZREM`, or a `ZADD XX` of the same mark, which
+//! changes only a lease still held and which the user's next check consumes
+//! once — so sending one twice gives nothing back twice).
 //! Waiting for an answer first keeps a failing node from being sent more
 //! failing calls, and puts the release after whatever the failed call left
 //! queued in Redis (a check that runs once a stall ends).
@@ -60,9 +61,8 @@ impl LimiterActor {
 
     /// Applies the releases queued by dropped leases — in-process slots and
     /// refunds at once — and returns the Redis releases due: one item per
-    /// user (a `ZREM`, or with refunds the script's release: each `ZREM`,
-    /// and the refund to that lease's log entry if it removed it, in one
-    /// call). A user whose node cannot be asked now keeps them until
+    /// user (a `ZREM`, and for leases with a refund their marks: see
+    /// `check.lua`). A user whose node cannot be asked now keeps them until
     /// it answers again.
     pub(super) fn take_releases(&mut self) -> Batch {
         let now_ms = self.clock.now_ms();

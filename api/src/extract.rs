@@ -1,7 +1,12 @@
-//! JSON bodies with the statuses of `docs/API.md` ("Errors"): malformed
-//! `400`, wrong content type `415`, schema violation (missing or unknown
-//! field, wrong type) `422`, over the body limit `413`, not all in within
-//! `server.body_read_timeout_ms` `408`.
+//! Extractors whose rejections are [`ApiError`](crate::error::ApiError)s, so
+//! bad input gets the same problem responses as everything else.
+//!
+//! - The bearer token is verified in-process: it touches no database.
+//! - Path and query parameters: a malformed one is a `400`, never a `500`.
+//! - JSON bodies with the statuses of `docs/API.md` ("Errors"): malformed
+//!   `400`, wrong content type `415`, schema violation (missing or unknown
+//!   field, wrong type) `422`, over the body limit `413`, not all in within
+//!   `server.body_read_timeout_ms` `408`.
 //!
 //! The body deadline is here, not at the connection, so the client gets a
 //! problem response; and since a handler calls no service before its body
@@ -13,8 +18,11 @@ use std::marker::PhantomData;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
+use pantheon_domain::Caller;
 use serde::de::value::MapAccessDeserializer;
 use serde::de::{DeserializeOwned, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
@@ -22,6 +30,69 @@ use serde::{Deserialize, Deserializer};
 use crate::error::ApiError;
 use crate::problem::Problem;
 use crate::state::AppState;
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone)]
+pub struct Authenticated(pub Caller);
+
+impl FromRequestParts<AppState> for Authenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
+            .ok_or_else(ApiError::unauthenticated)?;
+        state.verifier.verify(token).map(Authenticated).map_err(|refused| {
+            tracing::debug!(reason = %refused, "bearer token refused");
+            ApiError::unauthenticated()
+        })
+    }
+}
+
+/// Path parameters (`{session_id}` must be a UUID).
+#[derive(Debug)]
+pub struct ApiPath<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiPath<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Path::<T>::from_request_parts(parts, state).await.map(|Path(v)| Self(v)).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_path",
+                format!("Malformed path parameter: {}", e.body_text()),
+            )
+        })
+    }
+}
+
+/// Query parameters.
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| Self(v))
+            .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
+    }
+}
 
 /// A JSON body that must be present.
 #[derive(Debug)]

@@ -108,44 +108,6 @@ local function read(i, j)
   return out
 end
 
--- Applies the refunds marked in `members` (a ZRANGEBYSCORE WITHSCORES
--- reply: marks, and leases that lapsed) to a log of `n` entries, minute
--- start `ms`, clock `clock`, first stamp `hh` (see Release); returns the
--- tokens taken off, and off the minute. A refund's entries are found back
--- from the newest (it is usually for one of the last few), read in growing
--- chunks and unpacked only down to the first older stamp; it is spread
--- over them oldest first, as the model does.
-local function refund_marked(members, n, ms, clock, hh)
-  local hour, minute = 0, 0
-  for p = 2, #members, 2 do
-    local v = -tonumber(members[p]) - 1
-    local left, at = math.floor(v / MARK), clock - (clock - v % MARK) % MARK
-    if v >= 0 and left > 0 and n > 0 and at >= hh then
-      local idx, tok, size, hi, done = {}, {}, 2, n - 1, false
-      while hi >= 0 and not done do
-        local lo = math.max(0, hi - size + 1)
-        local raw = redis.call('LRANGE', log_key, fmt('%d', lo + 1), fmt('%d', hi + 1))
-        for k = #raw, 1, -1 do
-          local stamp, tokens = struct.unpack(ENTRY, raw[k])
-          if stamp < at then done = true break end
-          if stamp == at then idx[#idx + 1], tok[#tok + 1] = lo + k - 1, tokens end
-        end
-        hi, size = lo - 1, size * 4
-      end
-      for m = #idx, 1, -1 do
-        if left <= 0 then break end
-        local taken = math.min(tok[m], left)
-        if taken > 0 then
-          redis.call('LSET', log_key, fmt('%d', idx[m] + 1), struct.pack(ENTRY, at, tok[m] - taken))
-          left, hour = left - taken, hour + taken
-          if idx[m] >= ms then minute = minute + taken end
-        end
-      end
-    end
-  end
-  return hour, minute
-end
-
 -- From entry `from` on, in a log of `n` entries at `clock`, what left a
 -- window of `w` ms: how many entries, their tokens, and the stamp of the
 -- first that stays (-1: none). Read in growing chunks, unpacking only up
@@ -197,30 +159,58 @@ if stored then n, ms, mt, ht, clock, hh, mh = struct.unpack(HEAD, stored) end
 -- The leases, on the Redis server's clock. A check under a budget reads
 -- what lapsed and what was marked (see Release) and removes them, the
 -- refunds marked applied first, before the clock moves, as the model
--- applied them at their release. A check without one removes them unread
--- (no budget, no refund to apply); a peek applies the marks only.
+-- applied them at their release; a peek does the same with the marks
+-- only. A check without a budget removes them unread (no budget, no
+-- refund to apply).
 local time = redis.call('TIME')
 local server = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-local refunded = false
+local upto, marked = fmt('%d', server), nil
 if branch == 'peek' then
-  local marked = redis.call('ZRANGEBYSCORE', active_key, '-inf', '(0', 'WITHSCORES')
-  if #marked > 0 then
-    local hour, minute = refund_marked(marked, n, ms, clock, hh)
-    if hour > 0 then
-      mt, ht = mt - minute, ht - hour
-      redis.call('LSET', log_key, '0', struct.pack(HEAD, n, ms, mt, ht, clock, hh, mh))
-    end
-    redis.call('ZREMRANGEBYSCORE', active_key, '-inf', '(0')
-  end
+  upto = '(0'
+  marked = redis.call('ZRANGEBYSCORE', active_key, '-inf', upto, 'WITHSCORES')
 elseif tonumber(ARGV[8]) >= 0 or tonumber(ARGV[9]) >= 0 then
-  local gone = redis.call('ZRANGEBYSCORE', active_key, '-inf', fmt('%d', server), 'WITHSCORES')
-  if #gone > 0 then
-    local hour, minute = refund_marked(gone, n, ms, clock, hh)
-    mt, ht, refunded = mt - minute, ht - hour, hour > 0
-    redis.call('ZREMRANGEBYSCORE', active_key, '-inf', fmt('%d', server))
-  end
+  marked = redis.call('ZRANGEBYSCORE', active_key, '-inf', upto, 'WITHSCORES')
 else
-  redis.call('ZREMRANGEBYSCORE', active_key, '-inf', fmt('%d', server))
+  redis.call('ZREMRANGEBYSCORE', active_key, '-inf', upto)
+end
+-- A mark's refund goes to the entries of its stamp, found back from the
+-- newest (a refund is usually for one of the last few), read in growing
+-- chunks and unpacked only down to the first older stamp; it is spread
+-- over them oldest first, as the model does. (Inline, not a helper: a
+-- closure made on every call costs even the checks that have no mark.)
+local refunded = false
+if marked and #marked > 0 then
+  for p = 2, #marked, 2 do
+    local v = -tonumber(marked[p]) - 1
+    local left, at = math.floor(v / MARK), clock - (clock - v % MARK) % MARK
+    if v >= 0 and left > 0 and n > 0 and at >= hh then
+      local idx, tok, size, hi, done = {}, {}, 2, n - 1, false
+      while hi >= 0 and not done do
+        local lo = math.max(0, hi - size + 1)
+        local raw = redis.call('LRANGE', log_key, fmt('%d', lo + 1), fmt('%d', hi + 1))
+        for k = #raw, 1, -1 do
+          local stamp, tokens = struct.unpack(ENTRY, raw[k])
+          if stamp < at then done = true break end
+          if stamp == at then idx[#idx + 1], tok[#tok + 1] = lo + k - 1, tokens end
+        end
+        hi, size = lo - 1, size * 4
+      end
+      for m = #idx, 1, -1 do
+        if left <= 0 then break end
+        local taken = math.min(tok[m], left)
+        if taken > 0 then
+          redis.call('LSET', log_key, fmt('%d', idx[m] + 1), struct.pack(ENTRY, at, tok[m] - taken))
+          left, ht, refunded = left - taken, ht - taken, true
+          if idx[m] >= ms then mt = mt - taken end
+        end
+      end
+    end
+  end
+  redis.call('ZREMRANGEBYSCORE', active_key, '-inf', upto)
+  -- A peek moves nothing else: the refunds are all it writes.
+  if refunded and branch == 'peek' then
+    redis.call('LSET', log_key, '0', struct.pack(HEAD, n, ms, mt, ht, clock, hh, mh))
+  end
 end
 
 local was_clock, was_ms = clock, ms

@@ -4,7 +4,7 @@
 # their rounds alternate, so drift in this machine's speed (±15 % from
 # minute to minute) hits both alike. Per round it prints the rate and the
 # CPU time per request of the server, PostgreSQL and Redis (/proc), then
-# totals per build.
+# per build the ratio of the totals and the median of the rounds' ratios.
 #
 #   bench/compare.sh BEFORE AFTER [json] [refusal] [sse]
 #
@@ -95,6 +95,12 @@ measure() {
 }
 total() { awk '{ s += $1 } END { printf "%.0f", s }' "$WORK/rate-$1"; }
 ratio() { awk -v a="$(total "$1")" -v b="$(total "$2")" 'BEGIN { printf "%.3f", a / b }'; }
+# The median over rounds of round r's rate of $1 ÷ round r's rate of $2: a
+# round the machine slowed for one build only moves it less than the total.
+median_ratio() {
+  paste "$WORK/rate-$1" "$WORK/rate-$2" | awk '{ print $1 / $2 }' | sort -g |
+    awk '{ v[NR] = $1 } END { printf "%.3f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
 build() { if [ "$1" = after ]; then echo "$AFTER"; else echo "$BEFORE"; fi; }
 # Extra settings of the BEFORE build's servers (space-separated VAR=value).
 read -r -a BEFORE_ENV <<<"${COMPARE_BEFORE_ENV:-}"
@@ -130,6 +136,10 @@ for scenario in "${SCENARIOS[@]}"; do
       echo "json: A after/before $(ratio A-after A-before); limiter overhead 1 − A/B:" \
         "before $(awk -v x="$(ratio A-before B-before)" 'BEGIN { printf "%.1f", (1 - x) * 100 }') %," \
         "after $(awk -v x="$(ratio A-after B-after)" 'BEGIN { printf "%.1f", (1 - x) * 100 }') %"
+      echo "json, medians of the rounds' ratios: A after/before $(median_ratio A-after A-before);" \
+        "limiter overhead 1 − A/B: before" \
+        "$(awk -v x="$(median_ratio A-before B-before)" 'BEGIN { printf "%.1f", (1 - x) * 100 }') %," \
+        "after $(awk -v x="$(median_ratio A-after B-after)" 'BEGIN { printf "%.1f", (1 - x) * 100 }') %"
       for s in A-before B-before A-after B-after; do stop_server "$s"; done
       ;;
     refusal)
@@ -151,6 +161,8 @@ for scenario in "${SCENARIOS[@]}"; do
         done
       done
       echo "refusal / healthz: before $(ratio C-before H-before), after $(ratio C-after H-after)"
+      echo "refusal / healthz, medians of the rounds' ratios: before" \
+        "$(median_ratio C-before H-before), after $(median_ratio C-after H-after)"
       stop_server C-before
       stop_server C-after
       ;;

@@ -33,7 +33,7 @@
 //! each means the command did not run), health per node (`health.rs`).
 //!
 //! Each loop turn drains the mailbox, takes the queued releases (put ahead
-//! of the checks: a `ZREM`, or with refunds the script's release branch),
+//! of the checks: a `ZREM`, or with refunds a `ZADD XX CH` of their marks),
 //! answers locally what it can (cache → in-process backend → fallback for a
 //! user whose node is degraded), and sends the rest as one pipeline per
 //! node (up to 16 in flight per node, more waiting in its backlog;

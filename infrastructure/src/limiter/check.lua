@@ -55,9 +55,9 @@
 -- only to the entries of its stamp, spread oldest first, none below zero,
 -- and not at all once its entry has left the log; a lease that lapsed and
 -- went, was released already or was never on this node is not marked, so
--- a retried or late release can never make a user richer. The set is kept
--- an hour after an admission (or a lease TTL, if longer), long enough for
--- a mark to wait. The stamp is read back as the one at or below the log's
+-- a retried or late release can never make a user richer. Under a budget
+-- the set is kept an hour after an admission (or a lease TTL, if longer),
+-- long enough for a mark to wait. The stamp is read back as the one at or below the log's
 -- clock with that remainder: exact while a mark is applied within 2^23 ms
 -- (2.3 h) of its admission; the actor sends none for an entry older than
 -- an hour.

@@ -197,7 +197,8 @@ async fn the_script_and_the_domain_log_agree_step_for_step(store: Store) {
 
 /// A release marks its refund on the lease: the slot is free at once, a
 /// renewal does not bring the lease back, the mark sent again changes
-/// nothing, and the next check applies it exactly once before deciding.
+/// nothing, and the next check applies it exactly once before deciding (a
+/// check without a budget drops it).
 async fn a_marked_refund_frees_the_slot_at_once_and_is_applied_once_whatever_comes_between(
     store: Store,
 ) {
@@ -238,6 +239,17 @@ async fn a_marked_refund_frees_the_slot_at_once_and_is_applied_once_whatever_com
     let log = stored_log(&mut conn, &user).unwrap();
     let tokens: Vec<u64> = log.entries.iter().map(|e| e.tokens).collect();
     assert_eq!(tokens, [150, 100 + second.output_cap]);
+
+    // A check without a budget (the tier lost it) removes a mark unapplied:
+    // no budget, no refund to apply.
+    assert!(release(&mut conn, &user, "second", second.at_ms, 100), "marked");
+    let plain = Limits { tokens_per_minute: None, ..limits };
+    let third = check(&mut conn, &user, plain, cost, T0 + 3, "third");
+    assert!(third.admitted && third.active == 0, "{third:?}");
+    assert_eq!(marks(&mut conn, &user), 0, "the mark is gone");
+    let log = stored_log(&mut conn, &user).unwrap();
+    let tokens: Vec<u64> = log.entries.iter().map(|e| e.tokens).collect();
+    assert_eq!(tokens, [150, 100 + second.output_cap, 0], "and nothing was refunded");
     let _: () =
         redis::cmd("DEL").arg(log_key(&user)).arg(active_key(&user)).query(&mut conn).unwrap();
 }

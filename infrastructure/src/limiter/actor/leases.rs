@@ -1,8 +1,9 @@
 //! The actor's lease upkeep: turning the releases queued by dropped leases
-//! into `ZREM`s (and marks of token refunds), removing the leases of checks that may
-//! have run although their call failed, and the periodic renewal of the
-//! Redis leases this instance holds. Neither is a caller's check: the loop
-//! sends them without waiting for the in-flight cap (see the parent module).
+//! into `ZREM`s (and marks of token refunds), removing the leases of checks
+//! that may have run although their call failed, and the periodic renewal
+//! of the Redis leases this instance holds. Neither is a caller's check:
+//! the loop sends them without waiting for the in-flight cap (see the
+//! parent module).
 //!
 //! A release is kept until Redis answered it: one that failed, or whose
 //! node cannot be asked now, is sent again once the node answers (every

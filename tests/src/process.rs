@@ -172,7 +172,8 @@ impl ServerCommand {
             .stdout(output.try_clone().unwrap())
             .stderr(output);
         let child = command.spawn().expect("the pantheon binary starts");
-        ServerProcess { child: Some(child), port, dir, output_path }
+        let (command, port_retries) = (self.clone(), 0);
+        ServerProcess { child: Some(child), port, dir, output_path, command, port_retries }
     }
 
     /// Starts the process and waits until `/healthz` answers.
@@ -190,6 +191,10 @@ pub struct ServerProcess {
     port: u16,
     dir: PathBuf,
     output_path: PathBuf,
+    /// What started it, to start it again on another port.
+    command: ServerCommand,
+    /// Starts again because another process took the port first.
+    port_retries: u32,
 }
 
 impl ServerProcess {
@@ -253,6 +258,15 @@ impl ServerProcess {
         let started = Instant::now();
         loop {
             if let Some(status) = self.try_exit_status() {
+                // The port was free when chosen, but a process of a test
+                // running beside this one bound it first: start again on
+                // another (the failed start served nothing).
+                if self.output().contains("Address already in use") && self.port_retries < 3 {
+                    let retries = self.port_retries + 1;
+                    *self = self.command.start();
+                    self.port_retries = retries;
+                    continue;
+                }
                 panic!("pantheon exited ({status}) before it was ready:\n{}", self.output());
             }
             if let Ok(response) = client.get(&url).send().await

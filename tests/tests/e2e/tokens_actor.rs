@@ -69,8 +69,8 @@ async fn a_reservation_is_logged_with_the_log_s_ttl_and_a_settled_lease_refunds_
     lease.settle(130);
     drop(lease);
     // The release marks the lease with its refund (no longer a slot: its
-    // score is below zero) and keeps the set an hour, until the user's next
-    // check or peek applies it.
+    // score is below zero); the set, kept an hour since the budgeted
+    // admission, holds the mark until the user's next check or peek.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
         let members: Vec<(String, f64)> =

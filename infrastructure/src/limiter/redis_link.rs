@@ -161,31 +161,25 @@ fn commands<C, P>(script: &Script, pending: &Pending<C, P>) -> Vec<Cmd> {
         }
         Pending::Release { user, leases } => {
             let key = active_key(user);
-            let mut cmds = Vec::with_capacity(2);
-            let mut zrem = redis::cmd("ZREM");
-            zrem.arg(&key);
-            let mut mark = redis::cmd("ZADD");
-            mark.arg(&key).arg("XX").arg("CH");
-            let (mut plain, mut marked) = (false, false);
+            let (mut zrem, mut mark) = (None::<Cmd>, None::<Cmd>);
             for lease in leases {
                 match lease.refund {
-                    None => {
-                        zrem.arg(lease.id.to_string());
-                        plain = true;
-                    }
-                    Some(refund) => {
-                        mark.arg(refund.mark()).arg(lease.id.to_string());
-                        marked = true;
-                    }
+                    None => zrem.get_or_insert_with(|| {
+                        let mut cmd = redis::cmd("ZREM");
+                        cmd.arg(&key);
+                        cmd
+                    }),
+                    Some(refund) => mark
+                        .get_or_insert_with(|| {
+                            let mut cmd = redis::cmd("ZADD");
+                            cmd.arg(&key).arg("XX").arg("CH");
+                            cmd
+                        })
+                        .arg(refund.mark()),
                 }
+                .arg(lease.id.to_string());
             }
-            if plain {
-                cmds.push(zrem);
-            }
-            if marked {
-                cmds.push(mark);
-            }
-            cmds
+            zrem.into_iter().chain(mark).collect()
         }
     }
 }

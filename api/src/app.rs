@@ -14,6 +14,7 @@ use pantheon_domain::{
     Clock, LimiterObserver, SessionService, SystemClock, TokenCounter, TurnPolicy, TurnService,
 };
 use pantheon_infrastructure::auth::TokenVerifier;
+use pantheon_infrastructure::bus;
 use pantheon_infrastructure::db::{
     self, DatabaseProbe, SeaOrmSessionRepository, SeaOrmTurnRepository,
 };
@@ -149,6 +150,7 @@ pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> Result<Built, 
         checkpoint_interval: Duration::from_millis(settings.turns.checkpoint_ms),
         max_output_tokens: u64::from(settings.max_output_tokens()),
         min_output_tokens: u64::from(settings.rate_limit.min_output_tokens),
+        coalesce: Duration::from_millis(settings.turns.coalesce_ms),
     };
     let verifier =
         TokenVerifier::new(&settings.auth, limit_table(&settings.rate_limit)).map_err(|e| {
@@ -180,8 +182,22 @@ pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> Result<Built, 
     for writer in writers {
         background.spawn(writer);
     }
+    let bus = bus::turn_bus(settings)
+        .map_err(|e| StartError::Settings(format!("configuration error: redis: {e}")))?;
     let mut turns =
-        TurnService::new(Arc::new(repository), provider, tokens, clock.clone(), policy, limiter);
+        TurnService::new(Arc::new(repository), provider, tokens, clock.clone(), policy, limiter)
+            .with_bus(bus.bus);
+    if let Some(writer) = bus.writer {
+        // Ends on its own once the last turn's end is appended and the
+        // service is gone.
+        background.spawn_ending(writer);
+    }
+    if let Some(target) = bus.cancels {
+        let here = turns.clone();
+        background.spawn(bus::cancel_listener(target, move |turn| {
+            here.cancel_here(turn);
+        }));
+    }
     if let Some(metrics) = &mut metrics {
         turns = turns.with_observer(metrics.turns.clone());
         metrics.read_at_scrape(turns.clone(), Arc::new(DatabaseProbe::new(conn.clone())));

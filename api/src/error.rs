@@ -155,6 +155,27 @@ pub fn failure(error: TurnError) -> Failure {
             f.turn = Some(*turn);
             f
         }
+        TurnError::TurnNotInProgress(turn) => {
+            let mut f = Failure::new(
+                StatusCode::CONFLICT,
+                "turn_not_in_progress",
+                format!(
+                    "The turn is {}; only a turn in progress can be cancelled.",
+                    turn.status.as_str()
+                ),
+            );
+            f.turn = Some(*turn);
+            f
+        }
+        TurnError::CancelUnconfirmed(turn) => {
+            tracing::warn!(turn.id = %turn, "a cancel was sent but the turn's end was not seen in time");
+            Failure::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cancel_unconfirmed",
+                "The cancel was sent, but the turn's end was not seen in time; ask again.",
+            )
+            .retry_after(1)
+        }
         TurnError::ShuttingDown => Failure::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting_down",

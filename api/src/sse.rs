@@ -7,6 +7,7 @@ use std::convert::Infallible;
 
 use axum::response::sse::Event;
 use futures::Stream;
+use pantheon_domain::turn_service::Followed;
 use pantheon_domain::{Turn, TurnError, TurnEvent, TurnId, TurnRun};
 use serde::Serialize;
 use serde_json::Value;
@@ -76,6 +77,13 @@ struct FailedFields {
 }
 
 impl Events {
+    /// The event numbered `seq` (a resumed stream's numbers are the
+    /// journal's).
+    fn at(&mut self, seq: u64, kind: &'static str, fields: impl Serialize) -> Event {
+        self.seq = seq;
+        self.next(kind, fields)
+    }
+
     fn next(&mut self, kind: &'static str, fields: impl Serialize) -> Event {
         let data = serde_json::to_string(&EventData { kind, seq: self.seq, fields })
             .unwrap_or_else(|_| format!(r#"{{"type":"{kind}","seq":{}}}"#, self.seq));
@@ -127,6 +135,36 @@ pub fn turn_events(
                     guard.disarm();
                     let lost = Err(TurnError::Internal("the turn task ended without an outcome".into()));
                     yield Ok(terminal(&mut events, &started, lost));
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The events of a turn followed from a `seq` on (`GET …/events`): the
+/// journal's numbers, so the ids are the ones the original stream sent.
+/// `started` is the turn as committed, for an end that carries no turn.
+pub fn followed_events(
+    started: Turn,
+    followed: impl Stream<Item = Followed> + Send + 'static,
+    open: Option<OpenStream>,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    let mut events = Events { turn_id: started.id, seq: 0 };
+    async_stream::stream! {
+        let _open = open;
+        futures::pin_mut!(followed);
+        while let Some(item) = futures::StreamExt::next(&mut followed).await {
+            match item {
+                Followed::Created(turn) => {
+                    yield Ok(events.at(0, "turn.created", TurnField { turn: TurnBody::from(turn) }));
+                }
+                Followed::Delta { seq, text } => {
+                    yield Ok(events.at(seq, "turn.delta", DeltaFields { turn_id: started.id, delta: &text }));
+                }
+                Followed::Ended { seq, outcome } => {
+                    events.seq = seq;
+                    yield Ok(terminal(&mut events, &started, outcome));
                     break;
                 }
             }

@@ -128,6 +128,13 @@ pub enum TurnError {
         /// The turn, as persisted.
         turn: Box<Turn>,
     },
+    /// The turn asked to be cancelled had already ended.
+    #[error("turn {} is not in progress", .0.id)]
+    TurnNotInProgress(Box<Turn>),
+    /// A cancel was asked for, but the turn's end was not seen in time (its
+    /// instance unreachable); the turn may still end either way.
+    #[error("the cancel of turn {0} is not confirmed")]
+    CancelUnconfirmed(crate::ids::TurnId),
     /// The process is shutting down and takes no new turns.
     #[error("shutting down")]
     ShuttingDown,

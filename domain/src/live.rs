@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::ids::TurnId;
 use crate::ports::Checkpoint;
@@ -23,6 +24,8 @@ struct Entry {
     started: Instant,
     /// Output was appended since the last checkpoint was taken.
     dirty: bool,
+    /// Stops the turn: what a cancel request reaching this process uses.
+    cancel: CancellationToken,
 }
 
 /// Partial outputs by turn. The lock is held only to copy or append a
@@ -37,9 +40,10 @@ impl LiveOutputs {
         self.outputs.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Starts tracking `turn`; tracking ends when the guard is dropped.
-    pub fn track(&self, turn: TurnId) -> LiveOutput {
-        let entry = Entry { output: String::new(), started: Instant::now(), dirty: false };
+    /// Starts tracking `turn`, which `cancel` stops; tracking ends when the
+    /// guard is dropped.
+    pub fn track(&self, turn: TurnId, cancel: CancellationToken) -> LiveOutput {
+        let entry = Entry { output: String::new(), started: Instant::now(), dirty: false, cancel };
         self.lock().insert(turn, entry);
         LiveOutput { outputs: self.clone(), turn }
     }
@@ -47,6 +51,12 @@ impl LiveOutputs {
     /// The partial output of `turn`, when it is being generated here.
     pub fn get(&self, turn: TurnId) -> Option<String> {
         self.lock().get(&turn).map(|e| e.output.clone())
+    }
+
+    /// Cancels `turn`; `false` when it is not generating here.
+    pub fn cancel(&self, turn: TurnId) -> bool {
+        let token = self.lock().get(&turn).map(|e| e.cancel.clone());
+        token.inspect(CancellationToken::cancel).is_some()
     }
 
     /// What to checkpoint now: every turn generating for at least `age`,

@@ -178,6 +178,7 @@ fn policy(max_duration: Duration) -> TurnPolicy {
         checkpoint_interval: CHECKPOINT,
         max_output_tokens: 4_096,
         min_output_tokens: 16,
+        coalesce: Duration::ZERO,
     }
 }
 

@@ -7,6 +7,7 @@
 //! - [`tokenizer`]: the domain's `TokenCounter`, with OpenAI's encodings.
 
 pub mod auth;
+pub mod bus;
 pub mod db;
 pub mod limiter;
 pub mod provider;

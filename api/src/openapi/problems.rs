@@ -59,6 +59,23 @@ pub const session_not_found: Code = code(
 );
 pub const turn_not_found: Code =
     code("turn_not_found", 404, "no such turn in a session of the caller's");
+pub const invalid_last_event_id: Code = code(
+    "invalid_last_event_id",
+    400,
+    "`Last-Event-ID` is not `<turn_id>:<seq>` of this turn, or `after` is not a number",
+);
+pub const turn_not_in_progress: Code = code(
+    "turn_not_in_progress",
+    409,
+    "the turn had already ended (or ended otherwise before the cancel reached it); `turn` is the \
+     turn as it ended",
+);
+pub const cancel_unconfirmed: Code = retried(
+    "cancel_unconfirmed",
+    503,
+    "the cancel was sent but the turn's end was not seen in time (its instance unreachable); \
+     `Retry-After: 1`",
+);
 pub const request_timeout: Code =
     code("request_timeout", 408, "the body did not arrive within `server.body_read_timeout_ms`");
 pub const payload_too_large: Code =

@@ -7,6 +7,7 @@
 //! the route: the document cannot miss a route.
 
 mod docs;
+mod follow;
 mod health;
 mod rate_limit;
 mod sessions;
@@ -56,6 +57,8 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(turns::submit_turn, turns::list_turns))
         .routes(routes!(stream::stream_turn))
         .routes(routes!(turns::get_turn))
+        .routes(routes!(follow::turn_events))
+        .routes(routes!(follow::cancel_turn))
         .routes(routes!(rate_limit::rate_limit_status))
         .routes(routes!(docs::openapi_json))
         .routes(routes!(docs::playground))

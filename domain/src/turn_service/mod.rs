@@ -11,6 +11,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 mod admission;
+mod follow;
+
+pub use follow::Followed;
 
 use crate::clock::Clock;
 use crate::error::TurnError;
@@ -19,7 +22,7 @@ use crate::limiter::{LimiterHandle, LimiterState, RateLimitStatus};
 use crate::live::LiveOutputs;
 use crate::observe::{Endpoint, TurnObserver, Unobserved};
 use crate::page::{Page, PageRequest};
-use crate::ports::{ModelProvider, TurnRepository};
+use crate::ports::{ModelProvider, NoBus, TurnBus, TurnRepository};
 use crate::tokens::TokenCounter;
 use crate::turn::{NewTurn, Turn, TurnStatus};
 use crate::turn_run::TurnRun;
@@ -65,6 +68,7 @@ impl TurnService {
             live: LiveOutputs::default(),
             lifecycle: Arc::default(),
             observer: Arc::new(Unobserved),
+            bus: Arc::new(NoBus),
         };
         Self { context: Arc::new(context), limiter }
     }
@@ -74,6 +78,15 @@ impl TurnService {
     pub fn with_observer(self, observer: Arc<dyn TurnObserver>) -> Self {
         let mut context = Arc::unwrap_or_clone(self.context);
         context.observer = observer;
+        Self { context: Arc::new(context), ..self }
+    }
+
+    /// The same service, sharing turns' journals and cancel requests with
+    /// other instances through `bus`.
+    #[must_use]
+    pub fn with_bus(self, bus: Arc<dyn TurnBus>) -> Self {
+        let mut context = Arc::unwrap_or_clone(self.context);
+        context.bus = bus;
         Self { context: Arc::new(context), ..self }
     }
 

@@ -11,7 +11,7 @@ use crate::clock::Clock;
 use crate::lifecycle::Lifecycle;
 use crate::live::LiveOutputs;
 use crate::observe::{Endpoint, TurnObserver};
-use crate::ports::{ModelProvider, TurnRepository};
+use crate::ports::{ModelProvider, TurnBus, TurnRepository};
 use crate::tokens::TokenCounter;
 
 /// Tunables of the turn path.
@@ -27,6 +27,9 @@ pub struct TurnPolicy {
     /// `rate_limit.min_output_tokens`: under a token budget, the fewest
     /// output tokens a turn is admitted with.
     pub min_output_tokens: u64,
+    /// `turns.coalesce_ms`: deltas arriving within this of the last batch
+    /// sent go out together (zero: each chunk on its own).
+    pub coalesce: Duration,
 }
 
 impl TurnPolicy {
@@ -56,6 +59,8 @@ pub(crate) struct TurnContext {
     pub(crate) live: LiveOutputs,
     pub(crate) lifecycle: Arc<Lifecycle>,
     pub(crate) observer: Arc<dyn TurnObserver>,
+    /// The turns' journals and cancel requests, shared with other instances.
+    pub(crate) bus: Arc<dyn TurnBus>,
 }
 
 /// Which endpoint a turn came from and when it was admitted, for the

@@ -9,6 +9,7 @@
 
 mod context;
 mod ending;
+mod outbox;
 mod usage;
 
 #[cfg(test)]
@@ -24,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{ProviderError, TurnError};
 use crate::ids::{SessionId, TurnId, UserId};
 use crate::limiter::Lease;
+use crate::live::LiveOutput;
 use crate::ports::{ReplyEvent, ReplyRequest, TurnStart};
 use crate::tokens::OutputMeter;
 use crate::turn::{FinishReason, NewTurn, Turn};
@@ -32,7 +34,22 @@ use crate::turn_run::TurnEvent;
 pub use context::TurnPolicy;
 pub(crate) use context::{Measured, TurnContext};
 use ending::{Ending, Stop};
+use outbox::Outbox;
 use usage::{Sent, settle};
+
+/// Sleeps until `due`; never wakes when there is none.
+async fn sleep_until(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Whether the row holds the turn's end: an outcome that carries the
+/// persisted turn, or a success.
+fn recorded(outcome: &Result<Turn, TurnError>) -> bool {
+    matches!(outcome, Ok(_) | Err(TurnError::Provider { .. } | TurnError::Interrupted { .. }))
+}
 
 /// How long a finished turn waits for room for its terminal event when its
 /// deadline has passed.
@@ -61,10 +78,15 @@ impl TurnTask {
     /// provider: its whole reservation goes back, with the slot, before
     /// the caller hears of it.
     pub(crate) async fn run(mut self, committed: oneshot::Sender<Result<Turn, TurnError>>) {
+        let turn_id = TurnId::new();
+        // Tracked before the row exists, so a cancel that comes as soon as
+        // the turn can be seen finds it (a checkpoint of a row not yet
+        // committed changes nothing).
+        let live = self.context.live.track(turn_id, self.cancel.clone());
         let start = TurnStart {
             user: &self.user,
             session_id: self.session_id,
-            turn_id: TurnId::new(),
+            turn_id,
             input: self.new.input(),
             now: self.context.clock.now_micros(),
         };
@@ -76,7 +98,7 @@ impl TurnTask {
         match begun {
             Ok(turn) => {
                 let _ = committed.send(Ok(turn.clone()));
-                self.drive(turn).await;
+                self.drive(turn, live).await;
             }
             Err(error) => {
                 if let Some(mut lease) = self.lease.take() {
@@ -97,9 +119,10 @@ impl TurnTask {
     /// The reply is held to its output cap (the reservation's, or
     /// `turns.max_output_tokens`): the provider is asked for no more, and a
     /// provider that sends more anyway is cut at the cap and not read on.
-    async fn drive(mut self, turn: Turn) {
+    async fn drive(mut self, turn: Turn, live: LiveOutput) {
         let context = Arc::clone(&self.context);
-        let live = context.live.track(turn.id);
+        let mut outbox =
+            Outbox::created(turn.id, Arc::clone(&context.bus), context.policy.coalesce);
         let mut output = String::new();
         // Reported once, even when a first chunk is cut to nothing at the cap.
         let mut first_delta = true;
@@ -135,13 +158,17 @@ impl TurnTask {
         let ending = match opened {
             Err(stop) => Ending::from(stop),
             Ok(mut stream) => loop {
+                let due = outbox.due_at();
                 let item = tokio::select! {
-                    item = stream.next() => item,
+                    item = stream.next() => Some(item),
+                    () = sleep_until(due) => None,
                     () = cancel.cancelled() => break Ending::Cancelled,
                     () = abort.cancelled() => break Ending::ShutDown,
                     () = &mut deadline => break Ending::Failed(ProviderError::Timeout),
                 };
-                match item {
+                let mut flush = item.is_none();
+                match item.flatten() {
+                    None if flush => {}
                     Some(Ok(ReplyEvent::Delta(mut delta))) => {
                         if std::mem::take(&mut first_delta) {
                             let since = self.measured.since.elapsed();
@@ -152,20 +179,7 @@ impl TurnTask {
                         if !delta.is_empty() {
                             output.push_str(&delta);
                             live.append(&delta);
-                            // A client that reads nothing holds the send, so
-                            // it waits under the same deadline, cancellation
-                            // and abort as the provider. A receiver gone
-                            // means the client left; the turn goes on.
-                            let held = tokio::select! {
-                                biased;
-                                _ = self.events.send(TurnEvent::Delta(delta)) => None,
-                                () = cancel.cancelled() => Some(Ending::Cancelled),
-                                () = abort.cancelled() => Some(Ending::ShutDown),
-                                () = &mut deadline => Some(Ending::Failed(ProviderError::Timeout)),
-                            };
-                            if let Some(ending) = held {
-                                break ending;
-                            }
+                            flush = outbox.push(&delta);
                         }
                         if accepted.capped {
                             tracing::info!(turn.id = %turn.id, cap, "the reply reached its output cap; not reading on");
@@ -178,14 +192,33 @@ impl TurnTask {
                     Some(Err(error)) => break Ending::Failed(error),
                     None => break Ending::Completed(FinishReason::Stop, None),
                 }
+                // A client that reads nothing holds the send, so it waits
+                // under the same deadline, cancellation and abort as the
+                // provider. A receiver gone means the client left; the turn
+                // goes on.
+                if let Some(batch) = flush.then(|| outbox.take()).flatten() {
+                    let held = tokio::select! {
+                        biased;
+                        _ = self.events.send(TurnEvent::Delta(batch)) => None,
+                        () = cancel.cancelled() => Some(Ending::Cancelled),
+                        () = abort.cancelled() => Some(Ending::ShutDown),
+                        () = &mut deadline => Some(Ending::Failed(ProviderError::Timeout)),
+                    };
+                    if let Some(ending) = held {
+                        break ending;
+                    }
+                }
             },
         };
+        // What was still gathering is output too: it goes out before the end.
+        let tail = outbox.take();
         let usage = sent.map(|sent| context.usage(&turn, &ending, sent, &output));
         if let Some(lease) = self.lease.as_mut() {
             settle(lease, &turn, usage);
         }
         let status = ending.status();
         let (outcome, unwritten) = context.persist(&turn, output, ending, usage).await;
+        outbox.ended(recorded(&outcome));
         let elapsed = self.measured.since.elapsed();
         context.observer.ended(self.measured.endpoint, status, elapsed, usage.as_ref());
         // The end is on record: a client that reads nothing may delay its
@@ -195,7 +228,7 @@ impl TurnTask {
         if let Some(end) = unwritten {
             // The client hears of the outage now; the end is written when
             // the database is back, and meanwhile `GET` shows the output.
-            self.report(outcome, report_by).await;
+            self.report(tail, outcome, report_by).await;
             drop(self.events);
             context.finish_later(turn.id, end).await;
             drop(live);
@@ -204,18 +237,29 @@ impl TurnTask {
         }
         drop(live);
         drop(self.lease.take());
-        self.report(outcome, report_by).await;
+        self.report(tail, outcome, report_by).await;
     }
 
     /// Sends the terminal event, waiting for room in the stream's buffer
     /// until `by` or the shutdown abort; a client still not reading then
     /// misses it (its connection is closed by the write timeout anyway).
-    async fn report(&self, outcome: Result<Turn, TurnError>, by: tokio::time::Instant) {
-        tokio::select! {
-            biased;
-            _ = self.events.send(TurnEvent::Finished(Box::new(outcome))) => {}
-            () = self.context.lifecycle.abort().cancelled() => {}
-            () = tokio::time::sleep_until(by) => {}
+    async fn report(
+        &self,
+        tail: Option<String>,
+        outcome: Result<Turn, TurnError>,
+        by: tokio::time::Instant,
+    ) {
+        let events = tail.map(TurnEvent::Delta).into_iter();
+        for event in events.chain([TurnEvent::Finished(Box::new(outcome))]) {
+            let sent = tokio::select! {
+                biased;
+                sent = self.events.send(event) => sent.is_ok(),
+                () = self.context.lifecycle.abort().cancelled() => false,
+                () = tokio::time::sleep_until(by) => false,
+            };
+            if !sent {
+                return;
+            }
         }
     }
 }

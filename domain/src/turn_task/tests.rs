@@ -147,10 +147,12 @@ fn task(
             checkpoint_interval: Duration::from_secs(1),
             max_output_tokens: 1_000,
             min_output_tokens: 10,
+            coalesce: Duration::ZERO,
         },
         live: LiveOutputs::default(),
         lifecycle: Arc::new(Lifecycle::default()),
         observer: Arc::new(Unobserved),
+        bus: Arc::new(crate::ports::NoBus),
     };
     let user = UserId::parse("alice").unwrap();
     let lease =

@@ -341,6 +341,12 @@ pub struct TurnSettings {
     /// deprecated `provider.openai.max_output_tokens`); see
     /// [`super::Settings::max_output_tokens`].
     pub max_output_tokens: Option<u32>,
+    /// `turns.coalesce_ms`: deltas arriving within this of the last one
+    /// sent go out as one event (and one journal entry); 0 sends each chunk.
+    pub coalesce_ms: u64,
+    /// `turns.resume_ttl_secs`: how long a turn's events stay resumable
+    /// after it ended; 0 keeps no journal (a resume then gets the end only).
+    pub resume_ttl_secs: u64,
 }
 
 /// `turns.max_output_tokens` when unset.
@@ -356,6 +362,8 @@ impl Default for TurnSettings {
             checkpoint_ms: 1_000,
             write_timeout_secs: 30,
             max_output_tokens: None,
+            coalesce_ms: 50,
+            resume_ttl_secs: 600,
         }
     }
 }

@@ -122,3 +122,66 @@ async fn after_a_sigkill_no_turn_stays_in_progress_and_each_keeps_its_checkpoint
     }
     println!("crash: turns ended {ended_after:?} after the kill; (stored, seen) chunks: {kept:?}");
 }
+
+/// A stream resumed on a second instance while the first runs its turn,
+/// then the first `SIGKILL`ed: the resumer gets every event the first had
+/// published, then `turn.failed` (`turn_interrupted`) once the second's
+/// sweep ended the turn — it never hangs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumer_on_another_instance_gets_the_end_of_a_turn_whose_instance_was_killed() {
+    let database = TestDatabase::create(Backend::Postgres).await;
+    let secret = format!("test-secret-{}", uuid::Uuid::new_v4());
+    let mut command = ServerCommand::new(&database.url);
+    command
+        .set("PANTHEON__AUTH__JWT_SECRET", &secret)
+        .set("PANTHEON__REDIS__URL", &pantheon_tests::limiter::redis_url())
+        .set("PANTHEON__PROVIDER__BUILTIN__CHUNK_DELAY_MS", &CHUNK_DELAY_MS.to_string());
+    let mut first = command.spawn().await;
+    let second = command.spawn().await;
+    let minter =
+        TokenMinter::new(&AuthSettings { jwt_secret: secret, ..AuthSettings::default() }).unwrap();
+    let client = reqwest::Client::new();
+    let token = minter.mint(&format!("resumer-{}", uuid::Uuid::new_v4()), None, WAIT).unwrap();
+    let session = first.create_session(&client, &token).await;
+    let words: Vec<String> = (1..=80).map(|i| format!("w{i}")).collect();
+    let response = first.stream(&client, &token, &session, &words.join(" ")).await;
+    let mut body = response.bytes_stream();
+    let mut text = String::new();
+    while text.matches("event: turn.delta").count() < 3 {
+        text.push_str(&String::from_utf8_lossy(&body.next().await.unwrap().unwrap()));
+    }
+    let (turn_id, _) = deltas(&text);
+    drop(body);
+    let resumed = client
+        .get(format!("{}/api/v1/sessions/{session}/turns/{turn_id}/events", second.address()))
+        .bearer_auth(&token)
+        .header("last-event-id", format!("{turn_id}:1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resumed.status(), 200);
+    let resumed_text = Arc::new(Mutex::new(String::new()));
+    let reading = resumed_text.clone();
+    let reader = tokio::spawn(async move {
+        let mut body = resumed.bytes_stream();
+        while let Some(Ok(chunk)) = body.next().await {
+            reading.lock().unwrap().push_str(&String::from_utf8_lossy(&chunk));
+        }
+    });
+    while resumed_text.lock().unwrap().matches("event: turn.delta").count() < 3 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.kill();
+    let killed = Instant::now();
+    tokio::time::timeout(WAIT, reader).await.expect("the resumer's stream ended").unwrap();
+    let ended_after = killed.elapsed();
+    let events = parse_raw(&resumed_text.lock().unwrap()).events;
+    for (k, event) in events.iter().enumerate() {
+        assert_eq!(event.id, format!("{turn_id}:{}", k + 2), "the events after 1, in order");
+    }
+    let end = events.last().unwrap();
+    assert_eq!(end.event, "turn.failed");
+    assert_eq!(end.data["error"]["code"], "turn_interrupted");
+    assert_eq!(end.data["turn"]["status"], "incomplete");
+    println!("crash: the resumer's terminal event came {ended_after:?} after the kill");
+}

@@ -67,6 +67,7 @@ mod openapi;
 mod ownership;
 mod playground;
 mod request_heads;
+mod resume;
 mod sessions;
 mod shutdown;
 mod simultaneous_start;

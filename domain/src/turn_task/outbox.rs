@@ -1,0 +1,78 @@
+//! A turn's events as every reader numbers them: `seq` 0 the commit, each
+//! delta batch the next, the end the last. The task's caller numbers what
+//! it receives the same way, and the journal (through the [`TurnBus`])
+//! records each batch under its `seq`, so a stream resumed anywhere sends
+//! the very ids and text the original one sent.
+//!
+//! Deltas are coalesced: a chunk goes out at once when the last batch left
+//! at least `coalesce` ago, else it waits (with any that follow) until
+//! then, or until [`MAX_BATCH_BYTES`] have gathered. A fast upstream then
+//! costs the journal one write per interval, not one per token, and a
+//! first chunk is never held back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::ids::TurnId;
+use crate::ports::{JournalEntry, TurnBus};
+
+/// A batch this large goes out without waiting for its interval.
+pub(crate) const MAX_BATCH_BYTES: usize = 4096;
+
+/// The numbered, coalesced events of one turn.
+#[derive(Debug)]
+pub(super) struct Outbox {
+    turn: TurnId,
+    bus: Arc<dyn TurnBus>,
+    coalesce: Duration,
+    /// The `seq` of the next entry.
+    next: u64,
+    /// Deltas not sent yet.
+    pending: String,
+    /// When the last batch went out.
+    sent_at: Option<Instant>,
+}
+
+impl Outbox {
+    /// The outbox of `turn`, just committed: its `seq` 0 is recorded.
+    pub(super) fn created(turn: TurnId, bus: Arc<dyn TurnBus>, coalesce: Duration) -> Self {
+        bus.append(turn, 0, JournalEntry::Created);
+        Self { turn, bus, coalesce, next: 1, pending: String::new(), sent_at: None }
+    }
+
+    /// Adds a chunk; `true` when the batch is due now.
+    pub(super) fn push(&mut self, delta: &str) -> bool {
+        self.pending.push_str(delta);
+        self.pending.len() >= MAX_BATCH_BYTES
+            || self.sent_at.is_none_or(|at| at.elapsed() >= self.coalesce)
+    }
+
+    /// When the waiting batch is due; `None` when nothing waits.
+    pub(super) fn due_at(&self) -> Option<Instant> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        Some(self.sent_at.map_or_else(Instant::now, |at| at + self.coalesce))
+    }
+
+    /// The waiting batch, recorded under its `seq`, for the caller's
+    /// channel; `None` when nothing waits.
+    pub(super) fn take(&mut self) -> Option<String> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        let batch = std::mem::take(&mut self.pending);
+        self.bus.append(self.turn, self.next, JournalEntry::Delta(batch.clone()));
+        self.next += 1;
+        self.sent_at = Some(Instant::now());
+        Some(batch)
+    }
+
+    /// Records the end, after the last batch was taken.
+    pub(super) fn ended(&mut self, recorded: bool) {
+        self.bus.append(self.turn, self.next, JournalEntry::Ended { recorded });
+        self.next += 1;
+    }
+}

@@ -1,0 +1,165 @@
+//! The journals of one instance that runs alone (no Redis): in memory,
+//! each kept `turns.resume_ttl_secs` after its turn ended, all of them
+//! within [`MAX_BYTES`] (the oldest ended ones go first when it is
+//! reached). A cancel needs no delivery: every turn runs here.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pantheon_domain::StorageError;
+use pantheon_domain::TurnId;
+use pantheon_domain::ports::{JournalEntry, JournalReader, Numbered, TurnBus};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::MAX_ENTRIES;
+
+/// The most text all journals hold together.
+pub const MAX_BYTES: usize = 64 << 20;
+
+#[derive(Debug)]
+struct Journal {
+    entries: VecDeque<Numbered>,
+    bytes: usize,
+    /// Wakes the readers waiting for an entry.
+    appended: Arc<Notify>,
+}
+
+#[derive(Debug, Default)]
+struct Journals {
+    by_turn: HashMap<TurnId, Journal>,
+    /// Ended turns, oldest first, with when their journal expires.
+    ended: VecDeque<(Instant, TurnId)>,
+    bytes: usize,
+}
+
+impl Journals {
+    /// Drops the journals that expired, then the oldest ended ones while
+    /// over [`MAX_BYTES`].
+    fn evict(&mut self, now: Instant) {
+        while let Some(&(expires, turn)) = self.ended.front() {
+            if expires > now && self.bytes <= MAX_BYTES {
+                break;
+            }
+            self.ended.pop_front();
+            if let Some(journal) = self.by_turn.remove(&turn) {
+                self.bytes -= journal.bytes;
+            }
+        }
+    }
+}
+
+/// The in-memory [`TurnBus`].
+#[derive(Debug, Clone)]
+pub struct MemoryBus {
+    journals: Arc<Mutex<Journals>>,
+    ttl: Duration,
+}
+
+impl MemoryBus {
+    /// Journals kept `ttl` after their turn ended.
+    pub fn new(ttl: Duration) -> Self {
+        Self { journals: Arc::default(), ttl }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Journals> {
+        self.journals.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The bytes an entry holds.
+fn size(entry: &JournalEntry) -> usize {
+    match entry {
+        JournalEntry::Delta(text) => text.len(),
+        JournalEntry::Created | JournalEntry::Ended { .. } => 0,
+    }
+}
+
+#[async_trait]
+impl TurnBus for MemoryBus {
+    fn append(&self, turn: TurnId, seq: u64, entry: JournalEntry) {
+        let now = Instant::now();
+        let mut journals = self.lock();
+        let ended = matches!(entry, JournalEntry::Ended { .. });
+        let bytes = size(&entry);
+        let journal = journals.by_turn.entry(turn).or_insert_with(|| Journal {
+            entries: VecDeque::new(),
+            bytes: 0,
+            appended: Arc::new(Notify::new()),
+        });
+        journal.entries.push_back((seq, entry));
+        journal.bytes += bytes;
+        let mut freed = 0;
+        while journal.entries.len() > MAX_ENTRIES {
+            if let Some((_, dropped)) = journal.entries.pop_front() {
+                freed += size(&dropped);
+            }
+        }
+        journal.bytes -= freed;
+        journal.appended.notify_waiters();
+        journals.bytes = journals.bytes + bytes - freed;
+        if ended {
+            journals.ended.push_back((now + self.ttl, turn));
+        }
+        journals.evict(now);
+    }
+
+    fn reader(&self, turn: TurnId) -> Box<dyn JournalReader> {
+        Box::new(MemoryReader { bus: self.clone(), turn })
+    }
+
+    async fn request_cancel(&self, _: TurnId) -> Result<(), StorageError> {
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct MemoryReader {
+    bus: MemoryBus,
+    turn: TurnId,
+}
+
+impl MemoryReader {
+    /// The entries after `after`, and what wakes a wait for more; `None`
+    /// when there is no journal.
+    fn newer(&self, after: Option<u64>) -> Option<(Vec<Numbered>, Arc<Notify>)> {
+        let journals = self.bus.lock();
+        let journal = journals.by_turn.get(&self.turn)?;
+        let newer = journal
+            .entries
+            .iter()
+            .filter(|(seq, _)| after.is_none_or(|after| *seq > after))
+            .cloned()
+            .collect();
+        Some((newer, Arc::clone(&journal.appended)))
+    }
+}
+
+#[async_trait]
+impl JournalReader for MemoryReader {
+    async fn read(
+        &mut self,
+        after: Option<u64>,
+        wait: Duration,
+    ) -> Result<Vec<Numbered>, StorageError> {
+        let Some((newer, appended)) = self.newer(after) else {
+            // Expired, or never kept: only the row can tell.
+            tokio::time::sleep(wait).await;
+            return Ok(Vec::new());
+        };
+        if !newer.is_empty() || wait.is_zero() {
+            return Ok(newer);
+        }
+        let notified = appended.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        // Enabled first, then looked again: an append in between is seen.
+        if let Some((newer, _)) = self.newer(after).filter(|(newer, _)| !newer.is_empty()) {
+            return Ok(newer);
+        }
+        let _ = tokio::time::timeout(wait, notified).await;
+        Ok(self.newer(after).map(|(newer, _)| newer).unwrap_or_default())
+    }
+}

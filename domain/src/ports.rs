@@ -316,6 +316,14 @@ pub trait JournalReader: Send + std::fmt::Debug {
         after: Option<u64>,
         wait: std::time::Duration,
     ) -> Result<Vec<Numbered>, StorageError>;
+
+    /// Whether the journal holds anything for the turn (asked when a first
+    /// look finds nothing new: an expired journal is told from a writer
+    /// still sending).
+    ///
+    /// # Errors
+    /// [`StorageError`] when the journal's store cannot be read.
+    async fn exists(&mut self) -> Result<bool, StorageError>;
 }
 
 /// The bus of a process that keeps no journal and runs alone: nothing is
@@ -336,6 +344,10 @@ impl JournalReader for NoJournal {
     ) -> Result<Vec<Numbered>, StorageError> {
         tokio::time::sleep(wait).await;
         Ok(Vec::new())
+    }
+
+    async fn exists(&mut self) -> Result<bool, StorageError> {
+        Ok(false)
     }
 }
 

@@ -152,6 +152,7 @@ fn follow(
         // The first read only looks: a late reader whose journal expired
         // hears of the end at once, from the row.
         let mut wait = std::time::Duration::ZERO;
+        let mut read_any = false;
         let mut warned = false;
         loop {
             let entries = match reader.read(last, wait).await {
@@ -164,7 +165,13 @@ fn follow(
                     Vec::new()
                 }
             };
-            let quiet = entries.is_empty();
+            // The row is the authority once the journal said nothing for a
+            // whole wait, or holds nothing at all (expired, never kept);
+            // not when a look finds the writer still sending.
+            let ask_row = entries.is_empty()
+                && (!wait.is_zero() || (!read_any && !reader.exists().await.unwrap_or(false)));
+            read_any |= !entries.is_empty();
+            wait = context.policy.checkpoint_interval;
             for (seq, entry) in entries {
                 if last.is_some_and(|last| seq <= last) {
                     continue;
@@ -182,7 +189,7 @@ fn follow(
                 }
                 last = Some(seq);
             }
-            if quiet {
+            if ask_row {
                 // Nothing new for a while: the row may have ended without
                 // the journal telling (expired, lost, its instance dead).
                 match context.turns.get(&user, turn.session_id, turn.id).await {
@@ -200,7 +207,6 @@ fn follow(
                     // The database is out: the journal may still tell.
                     Err(_) => {}
                 }
-                wait = context.policy.checkpoint_interval;
             }
         }
     }

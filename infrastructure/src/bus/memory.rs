@@ -162,4 +162,8 @@ impl JournalReader for MemoryReader {
         let _ = tokio::time::timeout(wait, notified).await;
         Ok(self.newer(after).map(|(newer, _)| newer).unwrap_or_default())
     }
+
+    async fn exists(&mut self) -> Result<bool, StorageError> {
+        Ok(self.bus.lock().by_turn.contains_key(&self.turn))
+    }
 }

@@ -8,9 +8,9 @@
 //! from its end, so a dead instance's journals expire too.
 //!
 //! Appends are queued (bounded) for one writer task, which sends whatever
-//! has gathered at once over the shared multiplexed connection: one
-//! command per entry (the first and the last also set the TTL, in the
-//! same pipeline), in order. Readers ask with `XREAD` on the shared
+//! has gathered at once over the shared connection: one `XADD` per entry
+//! (the first and the last also set the TTL), a turn's in one pipeline in
+//! order, different turns' side by side. Readers ask with `XREAD` on the shared
 //! connection, and wait with `XREAD BLOCK` on a connection of their own.
 //! Cancels are published on [`CANCEL_CHANNEL`].
 
@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use pantheon_domain::ports::{JournalEntry, JournalReader, Numbered, TurnBus};
 use pantheon_domain::{StorageError, TurnId};
 use redis::streams::{StreamReadOptions, StreamReadReply};
-use redis::{Cmd, RedisError, Value};
+use redis::{Cmd, RedisError};
 use tokio::sync::mpsc;
 
 use super::MAX_ENTRIES;
@@ -107,6 +107,9 @@ impl TurnBus for RedisBus {
 }
 
 /// The writer: sends what gathered, waits for the answers, goes again.
+/// A turn's entries go in one pipeline, in order (sent side by side, two
+/// appends of a turn could land out of order, and the later one's id
+/// would refuse the earlier); different turns' pipelines go side by side.
 async fn write(mut appends: mpsc::Receiver<Append>, link: Link, lifetimes: Lifetimes) {
     let mut batch = Vec::with_capacity(BATCH);
     // Logged once per outage, where it is handled.
@@ -122,9 +125,25 @@ async fn write(mut appends: mpsc::Receiver<Append>, link: Link, lifetimes: Lifet
                 continue;
             }
         };
-        let sends = batch.drain(..).map(|append| {
+        let mut by_turn: Vec<(TurnId, redis::Pipeline)> = Vec::new();
+        for append in batch.drain(..) {
+            let at = match by_turn.iter().position(|(turn, _)| *turn == append.turn) {
+                Some(at) => at,
+                None => {
+                    by_turn.push((append.turn, redis::pipe()));
+                    by_turn.len() - 1
+                }
+            };
+            add(&mut by_turn[at].1, append, lifetimes);
+        }
+        let sends = by_turn.into_iter().map(|(_, pipe)| {
             let mut conn = conn.clone();
-            async move { send(&mut conn, append, lifetimes).await }
+            async move {
+                match conn.pipe(&pipe).await {
+                    Err(error) if is_duplicate(&error) => Ok(()),
+                    other => other,
+                }
+            }
         });
         let failed = futures::future::join_all(sends).await.into_iter().find_map(Result::err);
         match failed {
@@ -143,8 +162,9 @@ async fn write(mut appends: mpsc::Receiver<Append>, link: Link, lifetimes: Lifet
     }
 }
 
-/// Sends one append; an entry already there (a retried send) is no error.
-async fn send(conn: &mut Conn, append: Append, lifetimes: Lifetimes) -> Result<(), RedisError> {
+/// Adds one append's commands to its turn's pipeline: the `XADD`, and for
+/// the first and the last entry the journal's TTL.
+fn add(pipe: &mut redis::Pipeline, append: Append, lifetimes: Lifetimes) {
     let key = journal_key(append.turn);
     let mut xadd = redis::cmd("XADD");
     xadd.arg(&key).arg("MAXLEN").arg("~").arg(MAX_ENTRIES).arg(format!("0-{}", append.seq + 1));
@@ -162,18 +182,9 @@ async fn send(conn: &mut Conn, append: Append, lifetimes: Lifetimes) -> Result<(
             Some(lifetimes.ended)
         }
     };
-    let sent = match ttl {
-        None => conn.query::<Value>(&xadd).await.map(drop),
-        Some(ttl) => {
-            let mut pipe = redis::pipe();
-            pipe.add_command(xadd).ignore();
-            pipe.add_command(pexpire(&key, ttl)).ignore();
-            conn.pipe(&pipe).await
-        }
-    };
-    match sent {
-        Err(error) if is_duplicate(&error) => Ok(()),
-        other => other,
+    pipe.add_command(xadd).ignore();
+    if let Some(ttl) = ttl {
+        pipe.add_command(pexpire(&key, ttl)).ignore();
     }
 }
 
@@ -183,7 +194,8 @@ fn pexpire(key: &str, ttl: Duration) -> Cmd {
     cmd
 }
 
-/// Redis refuses an id at or below the stream's last: the entry is there.
+/// Redis refuses an id at or below the stream's last: the entry is there
+/// (a pipeline sent again after an answer was lost).
 fn is_duplicate(error: &RedisError) -> bool {
     error.to_string().contains("equal or smaller")
 }
@@ -238,6 +250,16 @@ impl JournalReader for RedisReader {
             StorageError::unavailable(error)
         })?;
         Ok(reply.map(entries).unwrap_or_default())
+    }
+
+    async fn exists(&mut self) -> Result<bool, StorageError> {
+        let mut conn = self.link.get().await.map_err(StorageError::unavailable)?;
+        let found: bool =
+            conn.query(redis::cmd("EXISTS").arg(&self.key)).await.map_err(|error| {
+                self.link.reset();
+                StorageError::unavailable(error)
+            })?;
+        Ok(found)
     }
 }
 

@@ -212,6 +212,8 @@ async fn a_stream_whose_client_stops_reading_is_dropped_after_write_timeout() {
         // The whole echo: far past the default cap of 4,096 tokens.
         s.turns.max_output_tokens = Some(100_000);
         s.provider.builtin.chunk_delay_ms = 1;
+        // An event per chunk: coalesced, the reply fits the buffers.
+        s.turns.coalesce_ms = 0;
     })
     .await;
     let (token, session) = user_with_session(&app).await;

@@ -95,6 +95,8 @@ async fn two_instances(store: Store) -> (TestDatabase, Vec<TestApp>) {
     let apps = spawn_instances(2, &database, Arc::new(SystemClock), |s| {
         store.configure(s);
         s.redis.timeout_ms = 2_000;
+        s.rate_limit.per_minute = 10_000;
+        s.rate_limit.per_hour = 100_000;
         s.provider.builtin.chunk_delay_ms = 15;
         s.turns.coalesce_ms = 20;
     })
@@ -168,7 +170,11 @@ async fn random_disconnects_lose_and_repeat_nothing(store: Store) {
         let end = seen.last().unwrap();
         assert_eq!(end.event, "turn.completed");
         let output = end.data["turn"]["output"].as_str().unwrap();
-        assert_eq!(deltas(&seen), output, "every character once");
+        let story: Vec<(String, String, &str)> = seen
+            .iter()
+            .map(|e| (e.id.clone(), e.event.clone(), e.data["delta"].as_str().unwrap_or("")))
+            .collect();
+        assert_eq!(deltas(&seen), output, "every character once: {story:?}");
         joined += usize::from(seen.len() > cut);
     }
     assert!(joined > 0, "some trials resumed mid-turn");

@@ -151,6 +151,7 @@ pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> Result<Built, 
         max_output_tokens: u64::from(settings.max_output_tokens()),
         min_output_tokens: u64::from(settings.rate_limit.min_output_tokens),
         coalesce: Duration::from_millis(settings.turns.coalesce_ms),
+        idempotency_ttl: Duration::from_secs(settings.turns.idempotency_ttl_secs),
     };
     let verifier =
         TokenVerifier::new(&settings.auth, limit_table(&settings.rate_limit)).map_err(|e| {

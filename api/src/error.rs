@@ -43,6 +43,13 @@ impl ApiError {
         Self::new(internal(cause).problem)
     }
 
+    /// The same error with `name: value` among its headers.
+    #[must_use]
+    pub fn with_header(mut self, name: &'static str, value: HeaderValue) -> Self {
+        self.headers.insert(name, value);
+        self
+    }
+
     /// The problem this error renders as.
     pub fn problem(&self) -> &Problem {
         &self.problem
@@ -176,6 +183,17 @@ pub fn failure(error: TurnError) -> Failure {
             )
             .retry_after(1)
         }
+        TurnError::IdempotencyKeyReused => Failure::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+            "This Idempotency-Key was sent with another request (another input or session).",
+        ),
+        TurnError::IdempotencyKeyInUse => Failure::new(
+            StatusCode::CONFLICT,
+            "idempotency_key_in_use",
+            "The first request with this Idempotency-Key has not committed its turn yet; retry.",
+        )
+        .retry_after(1),
         TurnError::ShuttingDown => Failure::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting_down",

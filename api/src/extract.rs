@@ -23,6 +23,7 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use pantheon_domain::Caller;
+use pantheon_domain::idempotency::IdempotencyKey;
 use serde::de::value::MapAccessDeserializer;
 use serde::de::{DeserializeOwned, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
@@ -92,6 +93,32 @@ where
             .map(|Query(v)| Self(v))
             .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
     }
+}
+
+/// The optional `Idempotency-Key` header (see `docs/API.md`); a malformed
+/// one, or two, is `400 invalid_idempotency_key`.
+#[derive(Debug)]
+pub struct IdempotencyHeader(pub Option<IdempotencyKey>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyHeader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let mut values = parts.headers.get_all("idempotency-key").iter();
+        let (Some(value), None) = (values.next(), values.next()) else {
+            return match parts.headers.contains_key("idempotency-key") {
+                true => Err(invalid_key("must be sent once")),
+                false => Ok(Self(None)),
+            };
+        };
+        IdempotencyKey::parse(value.as_bytes())
+            .map(|key| Self(Some(key)))
+            .map_err(|e| invalid_key(&e.message))
+    }
+}
+
+fn invalid_key(why: &str) -> ApiError {
+    ApiError::bad_request("invalid_idempotency_key", format!("Idempotency-Key {why}."))
 }
 
 /// A JSON body that must be present.

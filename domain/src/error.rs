@@ -135,6 +135,14 @@ pub enum TurnError {
     /// instance unreachable); the turn may still end either way.
     #[error("the cancel of turn {0} is not confirmed")]
     CancelUnconfirmed(crate::ids::TurnId),
+    /// The `Idempotency-Key` was sent before with another request (another
+    /// input or session).
+    #[error("the idempotency key was used for another request")]
+    IdempotencyKeyReused,
+    /// The `Idempotency-Key`'s first attempt holds the key but its turn was
+    /// not committed in time (it is still committing, or failed to).
+    #[error("the idempotency key's first request is not committed")]
+    IdempotencyKeyInUse,
     /// The process is shutting down and takes no new turns.
     #[error("shutting down")]
     ShuttingDown,

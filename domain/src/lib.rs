@@ -9,6 +9,7 @@
 
 pub mod clock;
 pub mod error;
+pub mod idempotency;
 pub mod ids;
 mod lifecycle;
 pub mod limiter;

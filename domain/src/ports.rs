@@ -64,6 +64,9 @@ pub struct TurnStart<'a> {
     pub turn_id: TurnId,
     /// The validated input.
     pub input: &'a str,
+    /// The client's `Idempotency-Key` and the request's fingerprint, kept
+    /// on the row; a second row with the key for the user is refused.
+    pub idempotency: Option<(&'a str, &'a str)>,
     /// The turn's `created_at`: the clock's reading when the begin was
     /// asked for. Not its heartbeat: a begin can wait on the database for
     /// longer than a heartbeat may be old (see [`TurnRepository::begin`]).
@@ -169,6 +172,21 @@ pub trait TurnRepository: Send + Sync + std::fmt::Debug {
         session: SessionId,
         turn: TurnId,
     ) -> Result<Option<Turn>, StorageError>;
+
+    /// The turn `user` committed with the `Idempotency-Key` `key`, and the
+    /// fingerprint of the request that sent it; `None` when there is none.
+    /// The default finds none (for stores that keep no keys).
+    ///
+    /// # Errors
+    /// [`StorageError`] when the database fails.
+    async fn find_by_key(
+        &self,
+        user: &UserId,
+        key: &str,
+    ) -> Result<Option<(TurnId, String)>, StorageError> {
+        let _ = (user, key);
+        Ok(None)
+    }
 
     /// The last `limit` `completed` turns of a session with a `seq` below
     /// `before_seq`, oldest first: the context of the turn `before_seq`.

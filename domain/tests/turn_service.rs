@@ -179,6 +179,7 @@ fn policy(max_duration: Duration) -> TurnPolicy {
         max_output_tokens: 4_096,
         min_output_tokens: 16,
         coalesce: Duration::ZERO,
+        idempotency_ttl: Duration::from_secs(86_400),
     }
 }
 
@@ -214,7 +215,8 @@ fn reserving_limiter(
                     Lease::new(LeaseId::random(), user, LeaseStore::Local, releases.clone())
                         .with_reservation(reservation)
                 });
-                let _ = respond_to.send(Admission { decision: answer.clone(), lease });
+                let _ =
+                    respond_to.send(Admission { decision: answer.clone(), lease, claimed: None });
             }
         }
     });
@@ -731,6 +733,7 @@ async fn the_input_is_tokenized_once_per_turn_with_its_history() {
     let earlier = |i: usize| {
         let start = TurnStart {
             user: &caller().user,
+            idempotency: None,
             session_id: session,
             turn_id: TurnId::new(),
             input: &format!("question {i}"),

@@ -8,6 +8,7 @@ pub mod lock;
 mod m20261127_000001_create_chat_tables;
 mod m20261128_000002_index_turns_in_progress;
 mod m20261202_000003_turn_heartbeat;
+mod m20261207_000004_turn_idempotency_keys;
 
 /// Every migration, in order.
 #[derive(Debug)]
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261127_000001_create_chat_tables::Migration),
             Box::new(m20261128_000002_index_turns_in_progress::Migration),
             Box::new(m20261202_000003_turn_heartbeat::Migration),
+            Box::new(m20261207_000004_turn_idempotency_keys::Migration),
         ]
     }
 }

@@ -64,6 +64,24 @@ pub const invalid_last_event_id: Code = code(
     400,
     "`Last-Event-ID` is not `<turn_id>:<seq>` of this turn, or `after` is not a number",
 );
+pub const invalid_idempotency_key: Code = code(
+    "invalid_idempotency_key",
+    400,
+    "`Idempotency-Key` is not 1–255 printable ASCII characters (bare, or a Structured Fields \
+     string), or is sent twice",
+);
+pub const idempotency_key_in_use: Code = retried(
+    "idempotency_key_in_use",
+    409,
+    "the first request with this `Idempotency-Key` has not committed its turn yet (or failed \
+     before it did); `Retry-After: 1`",
+);
+pub const idempotency_key_reused: Code = code(
+    "idempotency_key_reused",
+    422,
+    "this `Idempotency-Key` was sent with another request (another input or session); nothing \
+     was counted or written",
+);
 pub const turn_not_in_progress: Code = code(
     "turn_not_in_progress",
     409,

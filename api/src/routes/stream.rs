@@ -3,23 +3,27 @@
 //! limiter, session) is an ordinary problem response — then the reply as SSE.
 
 use axum::extract::State;
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use pantheon_domain::turn_service::Started;
 use pantheon_domain::{NewTurn, SessionId};
 
 use crate::dto::SubmitTurnRequest;
 use crate::error::ApiError;
-use crate::extract::{ApiJson, ApiPath, Authenticated};
+use crate::extract::{ApiJson, ApiPath, Authenticated, IdempotencyHeader};
 use crate::metrics::OpenStream;
 use crate::openapi::problems::problems;
 use crate::rate_limit;
-use crate::sse::turn_events;
+use crate::routes::turns::REPLAYED;
+use crate::sse::{followed_events, turn_events};
 use crate::state::AppState;
 
-problems!(StreamTurnProblems: malformed_json, bad_request, invalid_path, unauthenticated,
-    session_not_found, request_timeout, payload_too_large, unsupported_media_type,
-    validation_failed, input_exceeds_token_budget, rate_limited, internal_error,
+problems!(StreamTurnProblems: malformed_json, bad_request, invalid_path,
+    invalid_idempotency_key, unauthenticated, session_not_found, idempotency_key_in_use,
+    request_timeout, payload_too_large, unsupported_media_type, validation_failed,
+    input_exceeds_token_budget, idempotency_key_reused, rate_limited, internal_error,
     storage_unavailable, limiter_unavailable, shutting_down);
 
 /// An example stream, as the builtin provider answers `Hello`.
@@ -32,7 +36,12 @@ event: turn.completed\nid: 0193…:3\ndata: {\"seq\":3,\"turn\":{…,\"status\":
     post,
     path = "/api/v1/sessions/{session_id}/turns/stream",
     tag = "turns",
-    params(("session_id" = uuid::Uuid, Path, description = "The session's id.")),
+    params(
+        ("session_id" = uuid::Uuid, Path, description = "The session's id."),
+        ("Idempotency-Key" = Option<String>, Header, description = "As for `POST …/turns`: a \
+            retry with the key gets the first attempt's turn's events from `turn.created` (live \
+            while it runs), with `Idempotent-Replayed: true`, never a second turn."),
+    ),
     request_body(content = SubmitTurnRequest, content_type = "application/json"),
     responses(
         (
@@ -55,23 +64,31 @@ pub async fn stream_turn(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
     ApiPath(session_id): ApiPath<SessionId>,
+    IdempotencyHeader(key): IdempotencyHeader,
     ApiJson(body): ApiJson<SubmitTurnRequest>,
 ) -> Result<Response, ApiError> {
     let new = NewTurn::parse(body.input, state.max_input_chars)?;
     let cancel_on_disconnect = state.cancel_on_disconnect;
     // Dropped by the server if the client hangs up before the commit: with
     // `cancel`, the turn is then cancelled too, not generated for no one.
-    let run = if cancel_on_disconnect {
-        state.turns.start_cancel_on_drop(&caller, session_id, new).await?
-    } else {
-        state.turns.start(&caller, session_id, new).await?
+    let started =
+        state.turns.start_keyed(&caller, session_id, new, key, cancel_on_disconnect).await?;
+    let open = state.metrics.as_ref().map(|m| OpenStream::new(&m.sse_streams));
+    let (mut headers, sse) = match started {
+        Started::Run(run) => {
+            let headers =
+                rate_limit::admitted_headers(&state.turns, &caller, run.rate_limit.as_ref());
+            (headers, Sse::new(turn_events(run, cancel_on_disconnect, open).boxed()))
+        }
+        Started::Replay { turn, events } => {
+            let mut headers = HeaderMap::new();
+            headers.insert(REPLAYED, HeaderValue::from_static("true"));
+            (headers, Sse::new(followed_events(turn, events, open).boxed()))
+        }
     };
-    let mut headers = rate_limit::admitted_headers(&state.turns, &caller, run.rate_limit.as_ref());
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // Proxies such as nginx buffer responses unless told not to.
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    let open = state.metrics.as_ref().map(|m| OpenStream::new(&m.sse_streams));
-    let events = turn_events(run, cancel_on_disconnect, open);
-    let sse = Sse::new(events).keep_alive(KeepAlive::new().interval(state.keep_alive));
+    let sse = sse.keep_alive(KeepAlive::new().interval(state.keep_alive));
     Ok((headers, sse).into_response())
 }

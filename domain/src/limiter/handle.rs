@@ -18,7 +18,7 @@ use super::answer::{Decision, Denial, RateLimitStatus, SkipReason};
 use super::cache::OverLimitCache;
 use super::decision::Verdict;
 use super::lease::{Lease, Releases};
-use super::limits::{Limits, Reservation, TokenCost};
+use super::limits::{Claim, Limits, Reservation, TokenCost};
 use super::local::LocalLimiter;
 use super::protocol::{Admission, Fallback, LimiterCommand, LimiterState, Mode};
 use crate::clock::Clock;
@@ -81,14 +81,24 @@ impl LimiterShared {
         user: &UserId,
         limits: Limits,
         cost: TokenCost,
+        claim: Option<&Claim>,
         now_ms: i64,
     ) -> Admission {
-        let verdict = local.check(user, limits, cost, now_ms);
+        let verdict = match claim {
+            None => local.check(user, limits, cost, now_ms),
+            Some(claim) => match local.check_claiming(user, limits, cost, claim, now_ms) {
+                Ok(verdict) => verdict,
+                Err(held) => return Admission::claimed(held),
+            },
+        };
         let admitted = verdict.is_admitted();
         let (decision, reservation) = self.verdict(user, verdict);
-        let lease = admitted
-            .then(|| Lease::local(user.clone(), local.clone()).with_reservation(reservation));
-        Admission { decision, lease }
+        let lease = admitted.then(|| {
+            Lease::local(user.clone(), local.clone())
+                .with_reservation(reservation)
+                .with_claim(claim.map(|c| c.key.clone()))
+        });
+        Admission { decision, lease, claimed: None }
     }
 
     /// Turns a verdict (of any backend) into the caller's decision and the
@@ -171,13 +181,33 @@ impl LimiterHandle {
     /// trouble is answered by the fallback, and shadow mode turns refusals
     /// into admissions (counted, holding no slot, reserving nothing).
     pub async fn check_with(&self, user: UserId, limits: Limits, cost: TokenCost) -> Admission {
+        self.check_claiming(user, limits, cost, None).await
+    }
+
+    /// [`LimiterHandle::check_with`] claiming an `Idempotency-Key` in the
+    /// same atomic check (see [`Claim`]). A check with a claim skips the
+    /// over-limit cache: a retry is answered its turn even over a limit.
+    /// When the store cannot be asked (the fallback), the claim is not
+    /// made: the turn's row, unique by its key, still tells a retry.
+    pub async fn check_claiming(
+        &self,
+        user: UserId,
+        limits: Limits,
+        cost: TokenCost,
+        claim: Option<Claim>,
+    ) -> Admission {
         let requested = limits.has_token_budget().then(|| cost.smallest());
         let now_ms = self.clock.now_ms();
-        let cached = self.shared.refusals.get(&user, limits, requested, now_ms);
+        let cached = match claim {
+            Some(_) => None,
+            None => self.shared.refusals.get(&user, limits, requested, now_ms),
+        };
         let admission = match (cached, self.shared.deciding_locally()) {
             (Some(denial), _) => Admission::without_lease(Decision::Limited(denial)),
-            (None, Some(local)) => self.shared.decide_locally(local, &user, limits, cost, now_ms),
-            (None, None) => self.ask(user.clone(), limits, cost).await,
+            (None, Some(local)) => {
+                self.shared.decide_locally(local, &user, limits, cost, claim.as_ref(), now_ms)
+            }
+            (None, None) => self.ask(user.clone(), limits, cost, claim).await,
         };
         match admission.decision {
             Decision::Limited(denial) if self.options.mode == Mode::Shadow => {
@@ -201,9 +231,15 @@ impl LimiterHandle {
     }
 
     /// Asks the task.
-    async fn ask(&self, user: UserId, limits: Limits, cost: TokenCost) -> Admission {
+    async fn ask(
+        &self,
+        user: UserId,
+        limits: Limits,
+        cost: TokenCost,
+        claim: Option<Claim>,
+    ) -> Admission {
         let (respond_to, reply) = oneshot::channel();
-        let command = LimiterCommand::Check { user: user.clone(), limits, cost, respond_to };
+        let command = LimiterCommand::Check { user: user.clone(), limits, cost, claim, respond_to };
         // A full mailbox is overload: answer now rather than queue.
         let reason = if self.sender.try_send(command).is_err() {
             SkipReason::Overloaded
@@ -259,7 +295,7 @@ impl LimiterHandle {
             (Fallback::Deny, _) => Decision::Unavailable(reason),
             (Fallback::Local, Some(local)) => {
                 let now_ms = self.clock.now_ms();
-                return self.shared.decide_locally(local, user, limits, cost, now_ms);
+                return self.shared.decide_locally(local, user, limits, cost, None, now_ms);
             }
             // No in-process counts installed (a handle without its task).
             (Fallback::Allow | Fallback::Local, _) => Decision::Skipped(reason),

@@ -67,6 +67,9 @@ pub struct Released {
     pub store: LeaseStore,
     /// The unused part of its reservation, when it was settled below it.
     pub refund: Option<Refund>,
+    /// The `Idempotency-Key` this lease claimed, to let go of: its turn
+    /// was never committed.
+    pub unclaim: Option<String>,
 }
 
 /// Releases queued by dropped leases. Bounded by the number of leases alive
@@ -114,6 +117,8 @@ pub struct Lease {
     returns: Returns,
     reservation: Option<Reservation>,
     used: Option<u64>,
+    /// The key the check claimed, until the turn is committed.
+    claim: Option<String>,
 }
 
 impl Lease {
@@ -121,7 +126,7 @@ impl Lease {
     /// its drop queues the release.
     pub fn new(id: LeaseId, user: UserId, store: LeaseStore, releases: Arc<Releases>) -> Self {
         let returns = Returns::Queue(releases);
-        Self { id, user, store, returns, reservation: None, used: None }
+        Self { id, user, store, returns, reservation: None, used: None, claim: None }
     }
 
     /// A slot `local` just gave `user`: the drop gives it back there.
@@ -134,6 +139,7 @@ impl Lease {
             returns,
             reservation: None,
             used: None,
+            claim: None,
         }
     }
 
@@ -142,6 +148,20 @@ impl Lease {
     pub fn with_reservation(mut self, reservation: Option<Reservation>) -> Self {
         self.reservation = reservation;
         self
+    }
+
+    /// The lease of a check that claimed `key` (an `Idempotency-Key`):
+    /// dropped before [`Lease::keep_claim`], it lets go of the claim too, so
+    /// a retry of a turn that was never committed is a new attempt.
+    #[must_use]
+    pub fn with_claim(mut self, key: Option<String>) -> Self {
+        self.claim = key;
+        self
+    }
+
+    /// The turn is committed: its claim stays, whatever becomes of it.
+    pub fn keep_claim(&mut self) {
+        self.claim = None;
     }
 
     /// The tokens reserved for the turn, when a budget applies.
@@ -180,11 +200,15 @@ impl Drop for Lease {
                 user: self.user.clone(),
                 store: self.store,
                 refund,
+                unclaim: self.claim.take(),
             }),
             Returns::Local(local) => {
                 local.release(&self.user);
                 if let Some(refund) = refund {
                     local.refund(&self.user, refund);
+                }
+                if let Some(key) = self.claim.take() {
+                    local.unclaim(&self.user, &key);
                 }
             }
         }
@@ -206,7 +230,13 @@ mod tests {
         drop(lease);
         // The wake was stored: the task waiting after the drop is woken at once.
         releases.queued().await;
-        let released = Released { id, user: user.clone(), store: LeaseStore::Redis, refund: None };
+        let released = Released {
+            id,
+            user: user.clone(),
+            store: LeaseStore::Redis,
+            refund: None,
+            unclaim: None,
+        };
         assert_eq!(releases.take(), vec![released]);
         assert!(releases.take().is_empty());
     }

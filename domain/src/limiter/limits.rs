@@ -143,6 +143,20 @@ impl From<Window> for Policy {
     }
 }
 
+/// An `Idempotency-Key` claimed by a check, atomically with it: a check
+/// that finds the key claimed counts nothing and answers the claim; one
+/// that admits keeps `claim` under the key for `ttl_ms`; a refusal keeps
+/// nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// The user's key.
+    pub key: String,
+    /// The turn it will name, and the request's fingerprint.
+    pub claim: crate::idempotency::KeyClaim,
+    /// How long the claim is kept (`turns.idempotency_ttl_secs`).
+    pub ttl_ms: i64,
+}
+
 /// What a turn asks of the token budgets: its prompt's estimated tokens,
 /// the fewest output tokens worth running it for, and the most it may write.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]

@@ -12,8 +12,9 @@
 use std::fmt::Debug;
 
 use super::decision::Verdict;
-use super::limits::{Limits, Refund, TokenCost};
+use super::limits::{Claim, Limits, Refund, TokenCost};
 use super::log::Tally;
+use crate::idempotency::KeyClaim;
 use crate::ids::UserId;
 
 /// The in-process logs and slots of one instance.
@@ -26,6 +27,25 @@ pub trait LocalLimiter: Debug + Send + Sync {
     /// and, when admitted, makes the entry and takes a slot, atomically for
     /// `user`.
     fn check(&self, user: &UserId, limits: Limits, cost: TokenCost, now_ms: i64) -> Verdict;
+
+    /// [`LocalLimiter::check`] claiming `claim` with it, in the same
+    /// critical section: `Err` with the earlier claim of the key (counting
+    /// nothing) when it is held and unexpired; else the check, the claim
+    /// kept when it admits.
+    ///
+    /// # Errors
+    /// The claim that holds the key.
+    fn check_claiming(
+        &self,
+        user: &UserId,
+        limits: Limits,
+        cost: TokenCost,
+        claim: &Claim,
+        now_ms: i64,
+    ) -> Result<Verdict, KeyClaim>;
+
+    /// Lets go of `user`'s claim of `key` (its turn was never committed).
+    fn unclaim(&self, user: &UserId, key: &str);
 
     /// Gives back a slot `check` took for `user`.
     fn release(&self, user: &UserId);

@@ -32,7 +32,7 @@ pub use cache::OverLimitCache;
 pub use decision::{CONCURRENCY_RETRY_MS, Verdict, retry_after_secs};
 pub use handle::{HandleOptions, LimiterHandle, LimiterShared, limiter_channel};
 pub use lease::{Lease, LeaseId, LeaseStore, Released, Releases};
-pub use limits::{Limits, Policy, Refund, Reservation, TokenCost, TokenUsage, WindowUsage};
+pub use limits::{Claim, Limits, Policy, Refund, Reservation, TokenCost, TokenUsage, WindowUsage};
 pub use local::LocalLimiter;
 pub use log::{Entry, Tally, UsageLog};
 pub use protocol::{Admission, Fallback, LimitTable, LimiterCommand, LimiterState, Mode};

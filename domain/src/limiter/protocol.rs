@@ -9,7 +9,8 @@ use tokio::sync::oneshot;
 
 use super::answer::{Decision, RateLimitStatus};
 use super::lease::Lease;
-use super::limits::{Limits, TokenCost};
+use super::limits::{Claim, Limits, TokenCost};
+use crate::idempotency::KeyClaim;
 use crate::ids::UserId;
 
 /// A request to the limiter task.
@@ -24,6 +25,8 @@ pub enum LimiterCommand {
         limits: Limits,
         /// What the turn asks of the token budgets (ignored without one).
         cost: TokenCost,
+        /// The `Idempotency-Key` to claim with the check.
+        claim: Option<Claim>,
         /// Where the answer goes; an answer nobody receives drops its lease,
         /// which gives the slot back.
         respond_to: oneshot::Sender<Admission>,
@@ -47,12 +50,24 @@ pub struct Admission {
     pub decision: Decision,
     /// Held by the turn until its end is persisted.
     pub lease: Option<Lease>,
+    /// The check's key was claimed already, by this: nothing was counted,
+    /// and `decision` means nothing.
+    pub claimed: Option<KeyClaim>,
 }
 
 impl Admission {
     /// An answer that took no slot.
     pub fn without_lease(decision: Decision) -> Self {
-        Self { decision, lease: None }
+        Self { decision, lease: None, claimed: None }
+    }
+
+    /// The answer of a check whose key was claimed already.
+    pub fn claimed(claim: KeyClaim) -> Self {
+        Self {
+            decision: Decision::Skipped(super::SkipReason::StoreUnavailable),
+            lease: None,
+            claimed: Some(claim),
+        }
     }
 }
 

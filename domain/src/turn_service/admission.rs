@@ -2,8 +2,22 @@
 //! the turn asks of it, told as cheaply as it can be told.
 
 use crate::error::TurnError;
+use crate::idempotency::KeyClaim;
 use crate::ids::Caller;
-use crate::limiter::{Admission, Decision, Lease, Policy, RateLimitStatus, TokenCost, Window};
+use crate::limiter::{
+    Admission, Claim, Decision, Lease, Policy, RateLimitStatus, TokenCost, Window,
+};
+
+/// The limiter's answer to a turn. Moved once, from the check to the
+/// start: boxing the common case would cost every turn an allocation.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Admitted {
+    /// Go: the usage to report, and the slot (when one was taken).
+    Go(Option<RateLimitStatus>, Option<Lease>),
+    /// The turn's `Idempotency-Key` was claimed already: nothing counted.
+    Claimed(KeyClaim),
+}
 
 use super::TurnService;
 
@@ -28,9 +42,10 @@ impl TurnService {
         &self,
         caller: &Caller,
         input: &str,
-    ) -> Result<(Option<RateLimitStatus>, Option<Lease>), TurnError> {
+        claim: Option<Claim>,
+    ) -> Result<Admitted, TurnError> {
         let Some(limiter) = &self.limiter else {
-            return Ok((None, None));
+            return Ok(Admitted::Go(None, None));
         };
         let mut cached = None;
         let mut cost = TokenCost::default();
@@ -43,19 +58,26 @@ impl TurnService {
             // Every token is at least one byte.
             let most = framing.saturating_add(u64::try_from(input.len()).unwrap_or(u64::MAX));
             let at_most = most.saturating_add(self.context.policy.min_output_tokens);
-            cached = limiter.cached_refusal(&caller.user, caller.limits, at_most);
+            // A retry is answered its turn even over a limit: the script
+            // tells it, not the cache.
+            if claim.is_none() {
+                cached = limiter.cached_refusal(&caller.user, caller.limits, at_most);
+            }
             if cached.is_none() {
                 cost = self.token_cost(caller, input, enforce)?;
             }
         }
         let admission = match cached {
-            Some(denial) => Admission { decision: Decision::Limited(denial), lease: None },
-            None => limiter.check_with(caller.user.clone(), caller.limits, cost).await,
+            Some(denial) => Admission::without_lease(Decision::Limited(denial)),
+            None => limiter.check_claiming(caller.user.clone(), caller.limits, cost, claim).await,
         };
+        if let Some(claimed) = admission.claimed {
+            return Ok(Admitted::Claimed(claimed));
+        }
         self.context.observer.decided(&admission.decision);
         match admission.decision {
-            Decision::Admitted(status) => Ok((Some(status), admission.lease)),
-            Decision::Skipped(_) => Ok((None, admission.lease)),
+            Decision::Admitted(status) => Ok(Admitted::Go(Some(status), admission.lease)),
+            Decision::Skipped(_) => Ok(Admitted::Go(None, admission.lease)),
             Decision::Limited(denial) => Err(TurnError::RateLimited(Box::new(denial))),
             Decision::Unavailable(_) => Err(TurnError::LimiterUnavailable),
         }

@@ -12,13 +12,19 @@ use tokio_util::sync::CancellationToken;
 
 mod admission;
 mod follow;
+mod replay;
 
 pub use follow::Followed;
+pub use replay::{Answered, Started};
+
+use admission::Admitted;
+use replay::ended;
 
 use crate::clock::Clock;
 use crate::error::TurnError;
+use crate::idempotency::{IdempotencyKey, KeyClaim, fingerprint};
 use crate::ids::{Caller, SessionId, TurnId};
-use crate::limiter::{LimiterHandle, LimiterState, RateLimitStatus};
+use crate::limiter::{Claim, LimiterHandle, LimiterState, RateLimitStatus};
 use crate::live::LiveOutputs;
 use crate::observe::{Endpoint, TurnObserver, Unobserved};
 use crate::page::{Page, PageRequest};
@@ -26,7 +32,7 @@ use crate::ports::{ModelProvider, NoBus, TurnBus, TurnRepository};
 use crate::tokens::TokenCounter;
 use crate::turn::{NewTurn, Turn, TurnStatus};
 use crate::turn_run::TurnRun;
-use crate::turn_task::{Measured, TurnContext, TurnPolicy, TurnTask};
+use crate::turn_task::{Measured, NotBegun, TurnContext, TurnPolicy, TurnTask};
 
 /// Deltas buffered between the generating task and a slow reader.
 const EVENT_BUFFER: usize = 64;
@@ -132,7 +138,7 @@ impl TurnService {
         session_id: SessionId,
         new: NewTurn,
     ) -> Result<TurnRun, TurnError> {
-        self.start_for(Endpoint::Stream, caller, session_id, new, false).await
+        self.start_keyed(caller, session_id, new, None, false).await?.into_run()
     }
 
     /// [`TurnService::start`] for a caller whose leaving ends its turn
@@ -150,10 +156,30 @@ impl TurnService {
         session_id: SessionId,
         new: NewTurn,
     ) -> Result<TurnRun, TurnError> {
-        self.start_for(Endpoint::Stream, caller, session_id, new, true).await
+        self.start_keyed(caller, session_id, new, None, true).await?.into_run()
     }
 
-    /// [`TurnService::start`] on behalf of `endpoint`; `cancel_on_drop`: see
+    /// [`TurnService::start`] (or, with `cancel_on_drop`,
+    /// [`TurnService::start_cancel_on_drop`]) with an `Idempotency-Key`: a
+    /// retry of a request already made with `key` starts nothing and
+    /// follows the first attempt's turn from its `turn.created`.
+    ///
+    /// # Errors
+    /// Those of [`TurnService::start`]; [`TurnError::IdempotencyKeyReused`]
+    /// when `key` was sent with another request; [`TurnError::IdempotencyKeyInUse`]
+    /// when its first attempt's turn does not appear in time.
+    pub async fn start_keyed(
+        &self,
+        caller: &Caller,
+        session_id: SessionId,
+        new: NewTurn,
+        key: Option<IdempotencyKey>,
+        cancel_on_drop: bool,
+    ) -> Result<Started, TurnError> {
+        self.start_for(Endpoint::Stream, caller, session_id, new, key, cancel_on_drop).await
+    }
+
+    /// Starts a turn on behalf of `endpoint`; `cancel_on_drop`: see
     /// [`TurnService::start_cancel_on_drop`].
     async fn start_for(
         &self,
@@ -161,13 +187,25 @@ impl TurnService {
         caller: &Caller,
         session_id: SessionId,
         new: NewTurn,
+        key: Option<IdempotencyKey>,
         cancel_on_drop: bool,
-    ) -> Result<TurnRun, TurnError> {
+    ) -> Result<Started, TurnError> {
         let measured = Measured { endpoint, since: Instant::now() };
         if self.context.lifecycle.is_closing() {
             return Err(TurnError::ShuttingDown);
         }
-        let (rate_limit, lease) = self.admit(caller, new.input()).await?;
+        let turn_id = TurnId::new();
+        let keyed = key.map(|key| (key, fingerprint(session_id, new.input())));
+        let claim = keyed.as_ref().map(|(key, fingerprint)| Claim {
+            key: key.as_str().to_owned(),
+            claim: KeyClaim { turn: turn_id, fingerprint: fingerprint.clone() },
+            ttl_ms: i64::try_from(self.context.policy.idempotency_ttl.as_millis())
+                .unwrap_or(i64::MAX),
+        });
+        let (rate_limit, lease) = match self.admit(caller, new.input(), claim).await? {
+            Admitted::Go(rate_limit, lease) => (rate_limit, lease),
+            Admitted::Claimed(held) => return self.replay(caller, session_id, keyed, held).await,
+        };
         let (committed, begun) = oneshot::channel();
         let (events, receiver) = mpsc::channel(EVENT_BUFFER);
         let cancel = CancellationToken::new();
@@ -175,7 +213,9 @@ impl TurnService {
             context: Arc::clone(&self.context),
             user: caller.user.clone(),
             session_id,
+            turn_id,
             new,
+            keyed: keyed.clone(),
             lease,
             events,
             cancel: cancel.clone(),
@@ -186,11 +226,18 @@ impl TurnService {
         // future when its client hangs up, and the commit may be what it
         // was waiting for. A drop then cancels the turn the task commits.
         let abandoned = cancel_on_drop.then(|| cancel.clone().drop_guard());
-        let turn = begun.await.map_err(|_| TurnError::Internal("turn task lost".into()))??;
+        let turn = match begun.await {
+            Ok(Ok(turn)) => turn,
+            Ok(Err(NotBegun::Failed(error))) => return Err(error),
+            Ok(Err(NotBegun::KeyTaken(held))) => {
+                return self.replay(caller, session_id, keyed, held).await;
+            }
+            Err(_) => return Err(TurnError::Internal("turn task lost".into())),
+        };
         if let Some(guard) = abandoned {
             guard.disarm();
         }
-        Ok(TurnRun::new(turn, rate_limit, receiver, cancel))
+        Ok(Started::Run(TurnRun::new(turn, rate_limit, receiver, cancel)))
     }
 
     /// Submits a turn and waits for its reply.
@@ -205,10 +252,41 @@ impl TurnService {
         session_id: SessionId,
         new: NewTurn,
     ) -> Result<Submitted, TurnError> {
-        let run = self.start_for(Endpoint::Json, caller, session_id, new, false).await?;
+        let run = self.start_for(Endpoint::Json, caller, session_id, new, None, false).await?;
+        let run = run.into_run()?;
         let rate_limit = run.rate_limit;
         let turn = run.outcome().await?;
         Ok(Submitted { turn, rate_limit })
+    }
+
+    /// [`TurnService::submit`] with an `Idempotency-Key`: a retry waits for
+    /// the first attempt's turn to end (wherever it runs) and is answered
+    /// how it ended, as the first attempt was.
+    ///
+    /// # Errors
+    /// Refusals before any turn was started or found (those of
+    /// [`TurnService::start_keyed`]); how the turn ended is in
+    /// [`Answered::outcome`].
+    pub async fn submit_keyed(
+        &self,
+        caller: &Caller,
+        session_id: SessionId,
+        new: NewTurn,
+        key: IdempotencyKey,
+    ) -> Result<Answered, TurnError> {
+        let started =
+            self.start_for(Endpoint::Json, caller, session_id, new, Some(key), false).await?;
+        Ok(match started {
+            Started::Run(run) => {
+                let rate_limit = run.rate_limit;
+                let outcome = run.outcome().await.map(|turn| Submitted { turn, rate_limit });
+                Answered { replayed: false, outcome }
+            }
+            Started::Replay { events, .. } => {
+                let outcome = ended(events).await.map(|turn| Submitted { turn, rate_limit: None });
+                Answered { replayed: true, outcome }
+            }
+        })
     }
 
     /// One turn of a session of the caller's, also while in progress (with

@@ -30,6 +30,8 @@ pub struct TurnPolicy {
     /// `turns.coalesce_ms`: deltas arriving within this of the last batch
     /// sent go out together (zero: each chunk on its own).
     pub coalesce: Duration,
+    /// `turns.idempotency_ttl_secs`: how long an `Idempotency-Key` is held.
+    pub idempotency_ttl: Duration,
 }
 
 impl TurnPolicy {

@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{ProviderError, TurnError};
+use crate::idempotency::{IdempotencyKey, KeyClaim};
 use crate::ids::{SessionId, TurnId, UserId};
 use crate::limiter::Lease;
 use crate::live::LiveOutput;
@@ -36,6 +37,16 @@ pub(crate) use context::{Measured, TurnContext};
 use ending::{Ending, Stop};
 use outbox::Outbox;
 use usage::{Sent, settle};
+
+/// Why a turn was not committed.
+#[derive(Debug)]
+pub(crate) enum NotBegun {
+    /// The repository refused it (not the caller's session, the database
+    /// down); nothing was written.
+    Failed(TurnError),
+    /// The user's turn with this `Idempotency-Key` is already committed.
+    KeyTaken(KeyClaim),
+}
 
 /// Sleeps until `due`; never wakes when there is none.
 async fn sleep_until(due: Option<tokio::time::Instant>) {
@@ -62,7 +73,11 @@ pub(crate) struct TurnTask {
     pub(crate) context: Arc<TurnContext>,
     pub(crate) user: UserId,
     pub(crate) session_id: SessionId,
+    /// The id the turn is committed with (its key's claim names it).
+    pub(crate) turn_id: TurnId,
     pub(crate) new: NewTurn,
+    /// The client's `Idempotency-Key` and the request's fingerprint.
+    pub(crate) keyed: Option<(IdempotencyKey, String)>,
     /// The caller's slot and token reservation, when the limiter took one.
     pub(crate) lease: Option<Lease>,
     /// Deltas, then exactly one terminal event, to the caller's `TurnRun`.
@@ -77,8 +92,8 @@ impl TurnTask {
     /// refuses (not the caller's session, the database down) reached no
     /// provider: its whole reservation goes back, with the slot, before
     /// the caller hears of it.
-    pub(crate) async fn run(mut self, committed: oneshot::Sender<Result<Turn, TurnError>>) {
-        let turn_id = TurnId::new();
+    pub(crate) async fn run(mut self, committed: oneshot::Sender<Result<Turn, NotBegun>>) {
+        let turn_id = self.turn_id;
         // Tracked before the row exists, so a cancel that comes as soon as
         // the turn can be seen finds it (a checkpoint of a row not yet
         // committed changes nothing).
@@ -88,6 +103,7 @@ impl TurnTask {
             session_id: self.session_id,
             turn_id,
             input: self.new.input(),
+            idempotency: self.keyed.as_ref().map(|(key, hash)| (key.as_str(), hash.as_str())),
             now: self.context.clock.now_micros(),
         };
         let begun = match self.context.turns.begin(start).await {
@@ -97,6 +113,9 @@ impl TurnTask {
         };
         match begun {
             Ok(turn) => {
+                if let Some(lease) = self.lease.as_mut() {
+                    lease.keep_claim();
+                }
                 let _ = committed.send(Ok(turn.clone()));
                 self.drive(turn, live).await;
             }
@@ -104,7 +123,23 @@ impl TurnTask {
                 if let Some(mut lease) = self.lease.take() {
                     lease.settle(0);
                 }
-                let _ = committed.send(Err(error));
+                // A row with the key refused this one (its claim was lost
+                // with Redis, or never made): the retry gets that turn.
+                let taken = match &self.keyed {
+                    Some((key, _)) => self
+                        .context
+                        .turns
+                        .find_by_key(&self.user, key.as_str())
+                        .await
+                        .ok()
+                        .flatten(),
+                    None => None,
+                };
+                let failure = match taken {
+                    Some((turn, fingerprint)) => NotBegun::KeyTaken(KeyClaim { turn, fingerprint }),
+                    None => NotBegun::Failed(error),
+                };
+                let _ = committed.send(Err(failure));
             }
         }
     }

@@ -148,6 +148,7 @@ fn task(
             max_output_tokens: 1_000,
             min_output_tokens: 10,
             coalesce: Duration::ZERO,
+            idempotency_ttl: Duration::from_secs(86_400),
         },
         live: LiveOutputs::default(),
         lifecycle: Arc::new(Lifecycle::default()),
@@ -163,7 +164,9 @@ fn task(
         context: Arc::new(context),
         user,
         session_id: session,
+        turn_id: TurnId::new(),
         new: NewTurn::parse("hello".into(), 100).unwrap(),
+        keyed: None,
         lease: Some(lease),
         events,
         cancel: CancellationToken::new(),
@@ -231,7 +234,7 @@ async fn a_begin_refused_answers_its_caller_and_refunds_the_whole_reservation() 
     let (committed, begun) = oneshot::channel();
     task.run(committed).await;
 
-    assert!(matches!(begun.await.unwrap(), Err(TurnError::SessionNotFound)));
+    assert!(matches!(begun.await.unwrap(), Err(NotBegun::Failed(TurnError::SessionNotFound))));
     assert!(events.recv().await.is_none(), "no event for a turn never committed");
     assert!(repository.turns.lock().unwrap().is_empty());
     assert_eq!(*words.calls.lock().unwrap(), 0, "nothing reached the provider");

@@ -62,7 +62,7 @@ const BEGIN_SQL: &str = "\
 WITH input AS (
     SELECT * FROM jsonb_to_recordset($1::jsonb) AS i(
         ord bigint, turn_id uuid, session_id uuid, user_id text, input text,
-        created_at timestamptz)
+        created_at timestamptz, idempotency_key text, request_hash text)
 ), counts AS (
     SELECT session_id, user_id, count(*) AS n, max(created_at) AS latest
     FROM input GROUP BY session_id, user_id
@@ -75,10 +75,13 @@ WITH input AS (
 ), stamp AS MATERIALIZED (
     SELECT clock_timestamp() AS at FROM (SELECT count(*) FROM bumped) AS locked
 )
-INSERT INTO turns (id, session_id, seq, input, output, status, created_at, heartbeat_at)
+INSERT INTO turns (id, session_id, seq, input, output, status, created_at, heartbeat_at,
+                   user_id, idempotency_key, request_hash)
 SELECT i.turn_id, i.session_id,
        b.base + row_number() OVER (PARTITION BY i.session_id ORDER BY i.ord),
-       i.input, '', 'in_progress', i.created_at, t.at
+       i.input, '', 'in_progress', i.created_at, t.at,
+       CASE WHEN i.idempotency_key IS NULL THEN NULL ELSE i.user_id END,
+       i.idempotency_key, i.request_hash
 FROM input AS i JOIN bumped AS b ON b.id = i.session_id AND b.user_id = i.user_id
 CROSS JOIN stamp AS t
 RETURNING id, seq";
@@ -115,6 +118,11 @@ pub(super) struct BeginRow {
     user_id: String,
     input: String,
     created_at: DateTime<Utc>,
+    /// With its fingerprint, when the client sent one; a second row with
+    /// it for the user fails the statement (the batch is then written one
+    /// by one, so that row fails alone).
+    idempotency_key: Option<String>,
+    request_hash: Option<String>,
 }
 
 impl BeginRow {
@@ -124,6 +132,7 @@ impl BeginRow {
         user_id: &str,
         input: &str,
         created_at: DateTime<Utc>,
+        idempotency: Option<(&str, &str)>,
     ) -> Self {
         Self {
             ord: 0,
@@ -132,6 +141,8 @@ impl BeginRow {
             user_id: user_id.to_owned(),
             input: input.to_owned(),
             created_at,
+            idempotency_key: idempotency.map(|(key, _)| key.to_owned()),
+            request_hash: idempotency.map(|(_, hash)| hash.to_owned()),
         }
     }
 }

@@ -146,6 +146,9 @@ impl SeaOrmTurnRepository {
             status: Set(TurnStatus::InProgress.as_str().to_owned()),
             created_at: Set(start.now),
             heartbeat_at: Set(Some(heartbeat)),
+            user_id: Set(start.idempotency.map(|_| start.user.as_str().to_owned())),
+            idempotency_key: Set(start.idempotency.map(|(key, _)| key.to_owned())),
+            request_hash: Set(start.idempotency.map(|(_, hash)| hash.to_owned())),
             ..Default::default()
         };
         turn::Entity::insert(row).exec_without_returning(&txn).await.map_err(storage)?;
@@ -165,6 +168,7 @@ impl TurnRepository for SeaOrmTurnRepository {
                     start.user.as_str(),
                     start.input,
                     start.now,
+                    start.idempotency,
                 );
                 batcher.begin(row).await?
             }
@@ -319,6 +323,20 @@ impl TurnRepository for SeaOrmTurnRepository {
             .map_err(storage)?
             .map(turn_from_row)
             .transpose()
+    }
+
+    async fn find_by_key(
+        &self,
+        user: &UserId,
+        key: &str,
+    ) -> Result<Option<(TurnId, String)>, StorageError> {
+        let row = turn::Entity::find()
+            .filter(turn::Column::UserId.eq(user.as_str()))
+            .filter(turn::Column::IdempotencyKey.eq(key))
+            .one(&self.db)
+            .await
+            .map_err(storage)?;
+        Ok(row.map(|row| (TurnId::from(row.id), row.request_hash.unwrap_or_default())))
     }
 
     async fn completed_before(

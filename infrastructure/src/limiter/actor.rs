@@ -37,8 +37,8 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use pantheon_domain::limiter::{
-    Admission, Decision, Fallback, LeaseId, LimiterCommand, LimiterShared, Limits, LocalLimiter,
-    RateLimitStatus, SkipReason, TokenCost,
+    Admission, Claim, Decision, Fallback, LeaseId, LimiterCommand, LimiterShared, Limits,
+    LocalLimiter, RateLimitStatus, SkipReason, TokenCost,
 };
 use pantheon_domain::observe::Unobserved;
 use pantheon_domain::{Clock, LimiterObserver, UserId};
@@ -241,13 +241,16 @@ impl LimiterActor {
             }
             let remote = self.redis.as_ref().is_some_and(|r| r.routes(command_user(&command)));
             match command {
-                LimiterCommand::Check { user, limits, cost, respond_to } => {
+                LimiterCommand::Check { user, limits, cost, claim, respond_to } => {
                     // Known over-limit users are refused from the cache first,
-                    // before Redis and before any fallback.
+                    // before Redis and before any fallback; not a check with
+                    // a key, whose retry is answered even over a limit.
                     let requested = limits.has_token_budget().then(|| cost.smallest());
-                    if let Some(denial) =
-                        self.shared.refusals().get(&user, limits, requested, now_ms)
-                    {
+                    let cached = match claim {
+                        Some(_) => None,
+                        None => self.shared.refusals().get(&user, limits, requested, now_ms),
+                    };
+                    if let Some(denial) = cached {
                         let _ =
                             respond_to.send(Admission::without_lease(Decision::Limited(denial)));
                     } else if remote {
@@ -259,10 +262,12 @@ impl LimiterActor {
                             now_ms,
                             lease,
                             ttl_ms,
+                            claim,
                             reply: respond_to,
                         });
                     } else if self.redis.is_none() {
-                        let admission = self.check_locally(&user, limits, cost, now_ms);
+                        let admission =
+                            self.check_locally(&user, limits, cost, claim.as_ref(), now_ms);
                         let _ = respond_to.send(admission);
                     } else {
                         let admission = self.fallback(&user, limits, cost, now_ms);
@@ -300,9 +305,10 @@ impl LimiterActor {
         user: &UserId,
         limits: Limits,
         cost: TokenCost,
+        claim: Option<&Claim>,
         now_ms: i64,
     ) -> Admission {
-        self.shared.decide_locally(&self.local, user, limits, cost, now_ms)
+        self.shared.decide_locally(&self.local, user, limits, cost, claim, now_ms)
     }
 
     /// How a check is answered while Redis cannot be asked.
@@ -323,7 +329,9 @@ impl LimiterActor {
             Fallback::Deny => {
                 Admission::without_lease(Decision::Unavailable(SkipReason::StoreUnavailable))
             }
-            Fallback::Local => self.check_locally(user, limits, cost, now_ms),
+            // A claim is not made here: the turn's row, unique by its key,
+            // still tells a retry (see `LimiterHandle::check_claiming`).
+            Fallback::Local => self.check_locally(user, limits, cost, None, now_ms),
         }
     }
 }

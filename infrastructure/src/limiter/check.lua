@@ -33,6 +33,12 @@
 -- entry (holding input + output cap, where the cap is the most output that
 -- fits every budgeted window, or 0 without a budget) and adds the lease. A
 -- refusal logs nothing (it may move the clock and let go of what left).
+-- A check with an Idempotency-Key has a third key, its claim
+-- (ratelimit:{<user>}:idempotency:<key>), and two more ARGV: the claim
+-- ('<turn_id> <fingerprint>') and how long to keep it (ms). Before
+-- anything is read or written, a claim found is answered as 'C' .. claim
+-- (the retry of a turn: nothing counted, even over a limit); an admission
+-- sets it; a refusal leaves the key free.
 -- Peek: the same KEYS; ARGV: 'peek', now, the four limits as in a check;
 -- it writes only the refunds marked.
 -- Both return twelve integers packed as one string (struct TALLY: a bulk
@@ -148,6 +154,12 @@ local function frees_at(i, last, len, tokens, need, clock, xa, xt)
     if freed >= need then return xa + len end
   end
   return -1
+end
+
+local claim_key = KEYS[3]
+if claim_key and branch == 'check' then
+  local held = redis.call('GET', claim_key)
+  if held then return 'C' .. held end
 end
 
 -- The header: n, minute start, minute tokens, hour tokens, clock, first
@@ -338,6 +350,7 @@ if admitted then
   else
     redis.call('PEXPIRE', active_key, ARGV[3])
   end
+  if claim_key then redis.call('SET', claim_key, ARGV[13], 'PX', ARGV[14]) end
 end
 local verdict = 0
 if admitted then verdict = 1 end

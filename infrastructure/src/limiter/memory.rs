@@ -17,7 +17,10 @@ use std::hash::BuildHasher;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use pantheon_domain::UserId;
-use pantheon_domain::limiter::{Limits, LocalLimiter, Refund, Tally, TokenCost, UsageLog, Verdict};
+use pantheon_domain::idempotency::KeyClaim;
+use pantheon_domain::limiter::{
+    Claim, Limits, LocalLimiter, Refund, Tally, TokenCost, UsageLog, Verdict,
+};
 
 /// Shards of the logs: a few per core is enough for callers to rarely
 /// meet on one lock.
@@ -28,6 +31,8 @@ const SHARDS: usize = 64;
 struct Shard {
     logs: HashMap<UserId, UsageLog>,
     active: HashMap<UserId, u64>,
+    /// `Idempotency-Key` claims by user and key, with when they expire.
+    claims: HashMap<(UserId, String), (KeyClaim, i64)>,
 }
 
 impl Shard {
@@ -74,17 +79,33 @@ impl LocalLimiter for MemoryLimiter {
     }
 
     fn check(&self, user: &UserId, limits: Limits, cost: TokenCost, now_ms: i64) -> Verdict {
+        check(&mut self.shard(user), user, limits, cost, now_ms)
+    }
+
+    fn check_claiming(
+        &self,
+        user: &UserId,
+        limits: Limits,
+        cost: TokenCost,
+        claim: &Claim,
+        now_ms: i64,
+    ) -> Result<Verdict, KeyClaim> {
         let mut shard = self.shard(user);
-        let active = shard.active(user);
-        let log = shard.logs.entry(user.clone()).or_default();
-        let tally = log.check(limits, cost, active, now_ms);
-        if tally.admitted {
-            *shard.active.entry(user.clone()).or_insert(0) += 1;
-        } else if log.is_empty() && active == 0 {
-            // A refusal keeps nothing for a user who has nothing.
-            shard.logs.remove(user);
+        let id = (user.clone(), claim.key.clone());
+        if let Some((held, expires)) = shard.claims.get(&id)
+            && *expires > now_ms
+        {
+            return Err(held.clone());
         }
-        Verdict::from_tally(limits, cost, &tally, now_ms)
+        let verdict = check(&mut shard, user, limits, cost, now_ms);
+        if verdict.is_admitted() {
+            shard.claims.insert(id, (claim.claim.clone(), now_ms.saturating_add(claim.ttl_ms)));
+        }
+        Ok(verdict)
+    }
+
+    fn unclaim(&self, user: &UserId, key: &str) {
+        self.shard(user).claims.remove(&(user.clone(), key.to_owned()));
     }
 
     fn release(&self, user: &UserId) {
@@ -110,6 +131,28 @@ impl LocalLimiter for MemoryLimiter {
                 log.advance(now_ms);
                 !log.is_empty()
             });
+            shard.claims.retain(|_, (_, expires)| *expires > now_ms);
         }
     }
+}
+
+/// The check on `shard`, which holds `user`: decided on the user's log and,
+/// when admitted, counted with a slot taken.
+fn check(
+    shard: &mut Shard,
+    user: &UserId,
+    limits: Limits,
+    cost: TokenCost,
+    now_ms: i64,
+) -> Verdict {
+    let active = shard.active(user);
+    let log = shard.logs.entry(user.clone()).or_default();
+    let tally = log.check(limits, cost, active, now_ms);
+    if tally.admitted {
+        *shard.active.entry(user.clone()).or_insert(0) += 1;
+    } else if log.is_empty() && active == 0 {
+        // A refusal keeps nothing for a user who has nothing.
+        shard.logs.remove(user);
+    }
+    Verdict::from_tally(limits, cost, &tally, now_ms)
 }

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pantheon_domain::UserId;
+use pantheon_domain::idempotency::KeyClaim;
 use pantheon_domain::limiter::{
-    Admission, Fallback, LeaseId, LimiterShared, Limits, RateLimitStatus, Tally, TokenCost,
+    Admission, Claim, Fallback, LeaseId, LimiterShared, Limits, RateLimitStatus, Tally, TokenCost,
 };
 use redis::{Client, Cmd, ConnectionInfo, ErrorKind, RedisError, RedisResult, Script, Value};
 
@@ -17,7 +18,7 @@ use tokio::sync::oneshot;
 
 use super::exchange::{Exchange, Routed, exchange};
 use super::health::HealthBoard;
-use super::keys::{active_key, check_keys};
+use super::keys::{active_key, check_keys, claim_key};
 use super::nodes::Nodes;
 use super::topology::{NodeAddr, slot_of};
 
@@ -37,6 +38,8 @@ pub enum Pending<C, P> {
         now_ms: i64,
         lease: LeaseId,
         ttl_ms: i64,
+        /// The `Idempotency-Key` claimed with the check.
+        claim: Option<Claim>,
         reply: C,
     },
     /// A peek.
@@ -59,6 +62,9 @@ pub struct LeaseRelease {
     pub id: LeaseId,
     /// Marked only if Redis still holds `id` (see `check.lua`).
     pub refund: Option<TokenRefund>,
+    /// The `Idempotency-Key` its check claimed, to let go of (its turn was
+    /// never committed).
+    pub unclaim: Option<String>,
 }
 
 /// Tokens to give back to the log entry a reservation charged (by the
@@ -138,11 +144,20 @@ fn commands<C, P>(script: &Script, pending: &Pending<C, P>) -> Vec<Cmd> {
         }
     };
     match pending {
-        Pending::Check { user, limits, cost, now_ms, lease, ttl_ms, .. } => {
-            let mut cmd = evalsha(&check_keys(user), "check");
+        Pending::Check { user, limits, cost, now_ms, lease, ttl_ms, claim, .. } => {
+            let mut cmd = match claim {
+                None => evalsha(&check_keys(user), "check"),
+                Some(claim) => {
+                    let [active, log] = check_keys(user);
+                    evalsha(&[active, log, claim_key(user, &claim.key)], "check")
+                }
+            };
             cmd.arg(*now_ms).arg(*ttl_ms).arg(limits.max_concurrent).arg(lease.to_string());
             limits_args(&mut cmd, limits);
             cmd.arg(cost.input).arg(cost.min_output).arg(cost.max_output);
+            if let Some(claim) = claim {
+                cmd.arg(claim.claim.encode()).arg(claim.ttl_ms);
+            }
             vec![cmd]
         }
         Pending::Peek { user, limits, now_ms, .. } => {
@@ -179,7 +194,12 @@ fn commands<C, P>(script: &Script, pending: &Pending<C, P>) -> Vec<Cmd> {
                 }
                 .arg(lease.id.to_string());
             }
-            zrem.into_iter().chain(mark).collect()
+            let unclaims = leases.iter().filter_map(|lease| lease.unclaim.as_deref()).map(|key| {
+                let mut cmd = redis::cmd("DEL");
+                cmd.arg(claim_key(user, key));
+                cmd
+            });
+            zrem.into_iter().chain(mark).chain(unclaims).collect()
         }
     }
 }
@@ -261,6 +281,21 @@ fn per_item(widths: &[usize], results: Vec<RedisResult<Value>>) -> Vec<RedisResu
             Ok(values)
         })
         .collect()
+}
+
+/// Parses the script's answer to a check: its tally, or (`C` and the
+/// claim) the claim that already held the check's key.
+///
+/// # Errors
+/// A message when the reply has another shape.
+pub fn parse_check(values: Vec<Value>) -> Result<Result<Tally, KeyClaim>, String> {
+    if let [Value::BulkString(bytes)] = &values[..]
+        && let Some(held) = bytes.strip_prefix(b"C")
+    {
+        let held = std::str::from_utf8(held).ok().and_then(KeyClaim::decode);
+        return held.map(Err).ok_or_else(|| "a claim the script returned does not parse".into());
+    }
+    parse_tally(values).map(Ok)
 }
 
 /// Parses the script's tally of a check or a peek: twelve big-endian

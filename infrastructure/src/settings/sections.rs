@@ -347,6 +347,9 @@ pub struct TurnSettings {
     /// `turns.resume_ttl_secs`: how long a turn's events stay resumable
     /// after it ended; 0 keeps no journal (a resume then gets the end only).
     pub resume_ttl_secs: u64,
+    /// `turns.idempotency_ttl_secs`: how long an `Idempotency-Key` is held
+    /// (a retry within it gets the first attempt's turn).
+    pub idempotency_ttl_secs: u64,
 }
 
 /// `turns.max_output_tokens` when unset.
@@ -364,6 +367,7 @@ impl Default for TurnSettings {
             max_output_tokens: None,
             coalesce_ms: 50,
             resume_ttl_secs: 600,
+            idempotency_ttl_secs: 86_400,
         }
     }
 }

@@ -50,6 +50,7 @@ mod connections;
 mod crash_recovery;
 mod database_outage;
 mod http_surface;
+mod idempotency;
 mod limiter_abandoned;
 mod limiter_actor;
 mod limiter_cluster;

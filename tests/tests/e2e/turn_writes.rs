@@ -96,6 +96,7 @@ fn begin(
     tokio::spawn(async move {
         let start = TurnStart {
             user: &user,
+            idempotency: None,
             session_id: session,
             turn_id: TurnId::new(),
             input: &input,

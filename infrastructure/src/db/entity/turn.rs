@@ -42,6 +42,12 @@ pub struct Model {
     /// checkpoint), by the store's clock; the sweep ends turns whose
     /// heartbeat stopped. Null only on rows an older version wrote.
     pub heartbeat_at: Option<DateTimeUtc>,
+    /// The owner, recorded with an `Idempotency-Key` (unique with it).
+    pub user_id: Option<String>,
+    /// The client's `Idempotency-Key`, when it sent one.
+    pub idempotency_key: Option<String>,
+    /// The fingerprint of the request that sent the key.
+    pub request_hash: Option<String>,
 }
 
 /// No navigable relations are needed by the queries.

@@ -42,6 +42,8 @@ pub(super) struct Unreleased {
 struct Entry {
     user: UserId,
     refund: Option<TokenRefund>,
+    /// The `Idempotency-Key` its check claimed, to let go of.
+    unclaim: Option<String>,
     /// In a pipeline now: not sent again until it fails.
     sent: bool,
 }
@@ -74,6 +76,9 @@ impl LimiterActor {
                     if let Some(refund) = released.refund {
                         self.local.refund(&released.user, refund);
                     }
+                    if let Some(key) = &released.unclaim {
+                        self.local.unclaim(&released.user, key);
+                    }
                 }
                 LeaseStore::Redis => {
                     self.held.remove(&released.id);
@@ -83,7 +88,8 @@ impl LimiterActor {
                         .refund
                         .filter(|r| r.tokens > 0 && r.at_ms > now_ms - Window::Hour.millis())
                         .map(|r| TokenRefund { at_ms: r.at_ms, tokens: r.tokens });
-                    self.unrelease(released.id, released.user, refund, Upkeep::Due);
+                    let unclaim = released.unclaim;
+                    self.unrelease(released.id, released.user, refund, unclaim, Upkeep::Due);
                 }
             }
         }
@@ -99,7 +105,8 @@ impl LimiterActor {
                 continue;
             }
             entry.sent = true;
-            let release = LeaseRelease { id: *id, refund: entry.refund };
+            let release =
+                LeaseRelease { id: *id, refund: entry.refund, unclaim: entry.unclaim.clone() };
             by_user.entry(entry.user.clone()).or_default().push(release);
         }
         by_user.into_iter().map(|(user, leases)| Pending::Release { user, leases }).collect()
@@ -112,13 +119,14 @@ impl LimiterActor {
         id: LeaseId,
         user: UserId,
         refund: Option<TokenRefund>,
+        unclaim: Option<String>,
         when: Upkeep,
     ) {
         let book = &mut self.unreleased;
         if book.pending.len() + book.awaiting.len() >= MAX_UNRELEASED {
             return;
         }
-        let entry = Entry { user, refund, sent: false };
+        let entry = Entry { user, refund, unclaim, sent: false };
         match when {
             Upkeep::Due => {
                 book.pending.insert(id, entry);

@@ -112,9 +112,16 @@ impl LimiterActor {
         }
         for (pending, result) in batch.into_iter().zip(outcome.results) {
             match (pending, result) {
-                (Pending::Check { user, limits, cost, now_ms, lease, reply, .. }, Ok(values)) => {
-                    match redis_link::parse_tally(values) {
-                        Ok(tally) => {
+                (
+                    Pending::Check { user, limits, cost, now_ms, lease, reply, claim, .. },
+                    Ok(values),
+                ) => {
+                    let unclaim = claim.map(|claim| claim.key);
+                    match redis_link::parse_check(values) {
+                        Ok(Err(held)) => {
+                            let _ = reply.send(Admission::claimed(held));
+                        }
+                        Ok(Ok(tally)) => {
                             let verdict = Verdict::from_tally(limits, cost, &tally, now_ms);
                             let (decision, reservation) = self.shared.verdict(&user, verdict);
                             // The lease follows the script, which took the
@@ -125,13 +132,14 @@ impl LimiterActor {
                                 let releases = self.shared.releases().clone();
                                 Lease::new(lease, user, LeaseStore::Redis, releases)
                                     .with_reservation(reservation)
+                                    .with_claim(unclaim)
                             });
-                            let _ = reply.send(Admission { decision, lease });
+                            let _ = reply.send(Admission { decision, lease, claimed: None });
                         }
                         Err(error) => {
                             tracing::error!(error, "unexpected limiter script reply");
                             // The script ran: it may have taken a slot.
-                            self.unrelease(lease, user.clone(), None, Upkeep::Due);
+                            self.unrelease(lease, user.clone(), None, unclaim, Upkeep::Due);
                             let admission = self.fallback(&user, limits, cost, now_ms);
                             let _ = reply.send(admission);
                         }
@@ -152,8 +160,16 @@ impl LimiterActor {
                         // have run (or run later) and taken a slot nobody
                         // holds: its lease is removed once the node answers
                         // (idempotent; what it counted stays counted).
-                        Pending::Check { user, lease, .. } if ran => {
-                            self.unrelease(*lease, user.clone(), None, Upkeep::AwaitingAnswer);
+                        // Its claim, if it made one, names a turn never made.
+                        Pending::Check { user, lease, claim, .. } if ran => {
+                            let unclaim = claim.as_ref().map(|claim| claim.key.clone());
+                            self.unrelease(
+                                *lease,
+                                user.clone(),
+                                None,
+                                unclaim,
+                                Upkeep::AwaitingAnswer,
+                            );
                         }
                         // Redis refused it: sending it again would too.
                         Pending::Release { leases, .. } if !ran => self.released(leases),

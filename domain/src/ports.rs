@@ -294,6 +294,11 @@ pub enum JournalEntry {
     },
 }
 
+/// The most entries one journal keeps (older ones go first; a reader
+/// then sees a gap): a turn coalesced every 50 ms for its whole default
+/// `max_duration` (300 s) makes 6,000.
+pub const MAX_JOURNAL_ENTRIES: usize = 10_000;
+
 /// One numbered entry of a turn's journal.
 pub type Numbered = (u64, JournalEntry);
 

@@ -2,24 +2,11 @@
 //! the turn asks of it, told as cheaply as it can be told.
 
 use crate::error::TurnError;
-use crate::idempotency::KeyClaim;
 use crate::ids::Caller;
-use crate::limiter::{
-    Admission, Claim, Decision, Lease, Policy, RateLimitStatus, TokenCost, Window,
-};
-
-/// The limiter's answer to a turn. Moved once, from the check to the
-/// start: boxing the common case would cost every turn an allocation.
-#[derive(Debug)]
-#[allow(clippy::large_enum_variant)]
-pub(super) enum Admitted {
-    /// Go: the usage to report, and the slot (when one was taken).
-    Go(Option<RateLimitStatus>, Option<Lease>),
-    /// The turn's `Idempotency-Key` was claimed already: nothing counted.
-    Claimed(KeyClaim),
-}
+use crate::limiter::{Admission, Claim, Decision, Policy, TokenCost, Window};
 
 use super::TurnService;
+use super::answers::Admitted;
 
 impl TurnService {
     /// Asks the limiter whether the caller may submit a turn now, counting

@@ -19,29 +19,7 @@ use crate::turn::{FailureKind, Turn, TurnStatus};
 use crate::turn_task::TurnContext;
 
 use super::TurnService;
-
-/// One event of a followed turn, numbered as its own stream numbered it.
-#[derive(Debug)]
-pub enum Followed {
-    /// `seq` 0: the turn as it was committed.
-    Created(Turn),
-    /// A chunk of the reply.
-    Delta {
-        /// Its number.
-        seq: u64,
-        /// Its text.
-        text: String,
-    },
-    /// The end; nothing follows.
-    Ended {
-        /// Its number: the journal's, or one past the last event the reader
-        /// knew of when only the row told of the end.
-        seq: u64,
-        /// The turn as it ended, or why it did not complete (as the turn's
-        /// own stream reported it).
-        outcome: Result<Turn, TurnError>,
-    },
-}
+use super::answers::Followed;
 
 impl TurnService {
     /// The events of a turn of the caller's after `after` (all of them,

@@ -11,14 +11,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 mod admission;
+mod answers;
 mod follow;
 mod replay;
 
-pub use follow::Followed;
-pub use replay::{Answered, Started};
+pub use answers::{Answered, Followed, Started, Submitted};
 
-use admission::Admitted;
-use replay::ended;
+use answers::{Admitted, ended};
 
 use crate::clock::Clock;
 use crate::error::TurnError;
@@ -36,15 +35,6 @@ use crate::turn_task::{Measured, NotBegun, TurnContext, TurnPolicy, TurnTask};
 
 /// Deltas buffered between the generating task and a slow reader.
 const EVENT_BUFFER: usize = 64;
-
-/// A turn that was admitted and completed, with the usage to report.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Submitted {
-    /// The completed turn, as persisted.
-    pub turn: Turn,
-    /// The caller's usage after this turn; `None` when the check was skipped.
-    pub rate_limit: Option<RateLimitStatus>,
-}
 
 /// Submits and reads turns.
 #[derive(Debug, Clone)]

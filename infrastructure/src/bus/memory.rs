@@ -10,11 +10,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pantheon_domain::StorageError;
 use pantheon_domain::TurnId;
-use pantheon_domain::ports::{JournalEntry, JournalReader, Numbered, TurnBus};
+use pantheon_domain::ports::{JournalEntry, JournalReader, MAX_JOURNAL_ENTRIES, Numbered, TurnBus};
 use tokio::sync::Notify;
 use tokio::time::Instant;
-
-use super::MAX_ENTRIES;
 
 /// The most text all journals hold together.
 pub const MAX_BYTES: usize = 64 << 20;
@@ -92,7 +90,7 @@ impl TurnBus for MemoryBus {
         journal.entries.push_back((seq, entry));
         journal.bytes += bytes;
         let mut freed = 0;
-        while journal.entries.len() > MAX_ENTRIES {
+        while journal.entries.len() > MAX_JOURNAL_ENTRIES {
             if let Some((_, dropped)) = journal.entries.pop_front() {
                 freed += size(&dropped);
             }

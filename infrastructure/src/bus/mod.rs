@@ -23,10 +23,6 @@ pub use redis_bus::{CANCEL_CHANNEL, Lifetimes, RedisBus, journal_key};
 
 use crate::settings::Settings;
 
-/// The most entries one journal keeps (`MAXLEN ~` on Redis): a turn
-/// coalesced every 50 ms for its whole `max_duration` (300 s) sends 6,000.
-pub const MAX_ENTRIES: usize = 10_000;
-
 /// A task the composition root runs.
 pub type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
 

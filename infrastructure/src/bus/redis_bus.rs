@@ -17,13 +17,12 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pantheon_domain::ports::{JournalEntry, JournalReader, Numbered, TurnBus};
+use pantheon_domain::ports::{JournalEntry, JournalReader, MAX_JOURNAL_ENTRIES, Numbered, TurnBus};
 use pantheon_domain::{StorageError, TurnId};
 use redis::streams::{StreamReadOptions, StreamReadReply};
 use redis::{Cmd, RedisError};
 use tokio::sync::mpsc;
 
-use super::MAX_ENTRIES;
 use super::link::{Conn, Link, Target};
 
 /// The channel every instance listens on for cancel requests.
@@ -167,7 +166,11 @@ async fn write(mut appends: mpsc::Receiver<Append>, link: Link, lifetimes: Lifet
 fn add(pipe: &mut redis::Pipeline, append: Append, lifetimes: Lifetimes) {
     let key = journal_key(append.turn);
     let mut xadd = redis::cmd("XADD");
-    xadd.arg(&key).arg("MAXLEN").arg("~").arg(MAX_ENTRIES).arg(format!("0-{}", append.seq + 1));
+    xadd.arg(&key)
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(MAX_JOURNAL_ENTRIES)
+        .arg(format!("0-{}", append.seq + 1));
     let ttl = match &append.entry {
         JournalEntry::Created => {
             xadd.arg("k").arg("c");
@@ -217,7 +220,7 @@ impl JournalReader for RedisReader {
         wait: Duration,
     ) -> Result<Vec<Numbered>, StorageError> {
         let from = after.map_or_else(|| "0-0".to_owned(), |after| format!("0-{}", after + 1));
-        let mut options = StreamReadOptions::default().count(MAX_ENTRIES);
+        let mut options = StreamReadOptions::default().count(MAX_JOURNAL_ENTRIES);
         let (mut conn, own) = if wait.is_zero() {
             (self.link.get().await.map_err(StorageError::unavailable)?, false)
         } else {

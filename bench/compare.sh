@@ -22,6 +22,11 @@
 # Scenarios (default: all): json — run.sh's A and B on each build (the
 # limiter overhead 1 − A/B per build); refusal — C and /healthz on each;
 # sse — E on a fresh server of each, alternately.
+# COMPARE_AFTER_KEYED=1 sends every JSON turn of AFTER's servers with an
+# `Idempotency-Key` of its own (what a key costs a first attempt), e.g.
+#   COMPARE_AFTER_KEYED=1 bench/compare.sh target/release/pantheon target/release/pantheon json
+# Each line also gives the Redis commands per request (or per stream), so
+# a change that adds a round trip shows.
 # Environment: COMPARE_ROUNDS (default 4), COMPARE_SECS (seconds per round,
 # default 5), COMPARE_REFUSAL_INPUT (the refused turn's input, plain text
 # without quotes or backslashes; e.g. 32,000 characters of words, with
@@ -76,22 +81,24 @@ ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 # pipefail that would end the run, so its status is ignored.
 pg_ticks() { { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk '$2 ~ /^\(postgres/ { n += $14 + $15 } END { print n + 0 }'; }
 redis_ticks() { ticks "$(cat "$WORK/redis-limiter.pid")"; }
+redis_commands() { redis-cli -p "$REDIS_PORT" INFO stats | awk -F: '/^total_commands_processed:/ { print $2 + 0 }'; }
+per() { awk -v t="$1" -v n="$2" 'BEGIN { printf "%.2f", (n > 0 ? t / n : 0) }'; }
 us_per() { awk -v t="$1" -v n="$2" 'BEGIN { printf "%.0f", (n > 0 ? t * 10000 / n : 0) }'; }
 
 # measure LABEL SERVER SCRIPT ARGS...: one wrk round, one line, and its
 # rate appended to $WORK/rate-LABEL.
 measure() {
-  local label=$1 server=$2 script=$3 out n rps s0 p0 r0 s1 p1 r1
+  local label=$1 server=$2 script=$3 out n rps s0 p0 r0 c0 s1 p1 r1 c1
   shift 3
-  s0=$(ticks "${SPID[$server]}"); p0=$(pg_ticks); r0=$(redis_ticks)
+  s0=$(ticks "${SPID[$server]}"); p0=$(pg_ticks); r0=$(redis_ticks); c0=$(redis_commands)
   out=$(wrk -t2 -c64 -d"${SECS}s" -s "bench/wrk/$script" "${SBASE[$server]}" -- "$@" | grep '^RESULT ')
-  s1=$(ticks "${SPID[$server]}"); p1=$(pg_ticks); r1=$(redis_ticks)
+  s1=$(ticks "${SPID[$server]}"); p1=$(pg_ticks); r1=$(redis_ticks); c1=$(redis_commands)
   n=$(sed -E 's/.* requests=([0-9]+).*/\1/' <<<"$out")
   rps=$(sed -E 's/.* rps=([0-9.]+).*/\1/' <<<"$out")
   echo "$rps" >>"$WORK/rate-$label"
-  printf '%-10s %9s /s  server %4s µs  postgres %4s µs  redis %3s µs  %s\n' "$label" "$rps" \
+  printf '%-10s %9s /s  server %4s µs  postgres %4s µs  redis %3s µs  %s cmds  %s\n' "$label" "$rps" \
     "$(us_per $((s1 - s0)) "$n")" "$(us_per $((p1 - p0)) "$n")" "$(us_per $((r1 - r0)) "$n")" \
-    "$(grep -oE 'statuses=[^ ]*' <<<"$out" || true)"
+    "$(per $((c1 - c0)) "$n")" "$(grep -oE 'statuses=[^ ]*' <<<"$out" || true)"
 }
 total() { awk '{ s += $1 } END { printf "%.0f", s }' "$WORK/rate-$1"; }
 ratio() { awk -v a="$(total "$1")" -v b="$(total "$2")" 'BEGIN { printf "%.3f", a / b }'; }
@@ -130,8 +137,11 @@ for scenario in "${SCENARIOS[@]}"; do
       for s in A-before B-before A-after B-after; do
         wrk -t2 -c64 -d2s -s bench/wrk/turns.lua "${SBASE[$s]}" -- "$WORK/users-a.txt" >/dev/null
       done
+      keyed=()
+      [ "${COMPARE_AFTER_KEYED:-0}" = 1 ] && keyed=("Hello, Pantheon benchmark" keyed)
       for r in $(seq 1 "$ROUNDS"); do
-        for s in A-before B-before A-after B-after; do measure "$s" "$s" turns.lua "$WORK/users-a.txt"; done
+        for s in A-before B-before; do measure "$s" "$s" turns.lua "$WORK/users-a.txt"; done
+        for s in A-after B-after; do measure "$s" "$s" turns.lua "$WORK/users-a.txt" "${keyed[@]}"; done
       done
       echo "json: A after/before $(ratio A-after A-before); limiter overhead 1 − A/B:" \
         "before $(awk -v x="$(ratio A-before B-before)" 'BEGIN { printf "%.1f", (1 - x) * 100 }') %," \
@@ -172,17 +182,22 @@ for scenario in "${SCENARIOS[@]}"; do
         for b in before after; do
           mapfile -t extra < <(build_env "$b")
           start_build "E-$b" "$(build "$b")" "${HIGH_ENV[@]}" "${extra[@]}" PANTHEON__PROVIDER__BUILTIN__CHUNK_DELAY_MS=50
-          s0=$(ticks "${SPID[E-$b]}"); p0=$(pg_ticks)
+          s0=$(ticks "${SPID[E-$b]}"); p0=$(pg_ticks); r0=$(redis_ticks); c0=$(redis_commands)
           out=$("$LOADGEN" sse --base "${SBASE[E-$b]}" --users "$WORK/users-e.txt" --input "$input" | grep '^RESULT ')
-          s1=$(ticks "${SPID[E-$b]}"); p1=$(pg_ticks)
-          printf 'E-%-8s %s  server %s s  postgres %s s  peak RSS %s MB\n' "$b" \
+          s1=$(ticks "${SPID[E-$b]}"); p1=$(pg_ticks); r1=$(redis_ticks); c1=$(redis_commands)
+          done_n=$(grep -oE 'completed=[0-9]+' <<<"$out" | cut -d= -f2)
+          wall=$(grep -oE 'wall_ms=[0-9]+' <<<"$out" | cut -d= -f2)
+          awk -v n="$done_n" -v w="$wall" 'BEGIN { printf "%.1f\n", n * 1000 / w }' >>"$WORK/rate-E-$b"
+          printf 'E-%-8s %s  server %s s  postgres %s s  redis %s s, %s cmds/stream  peak RSS %s MB\n' "$b" \
             "$(grep -oE '(completed|wall_ms|first_event_p99_ms)=[0-9.]+' <<<"$out" | tr '\n' ' ')" \
             "$(awk -v t=$((s1 - s0)) 'BEGIN { printf "%.2f", t / 100 }')" \
             "$(awk -v t=$((p1 - p0)) 'BEGIN { printf "%.2f", t / 100 }')" \
+            "$(awk -v t=$((r1 - r0)) 'BEGIN { printf "%.2f", t / 100 }')" "$(per $((c1 - c0)) "$done_n")" \
             "$(awk '/^VmHWM:/ { printf "%.0f", $2 / 1024 }' "/proc/${SPID[E-$b]}/status")"
           stop_server "E-$b"
         done
       done
+      echo "sse: streams per second after/before $(ratio E-after E-before), median of the rounds' $(median_ratio E-after E-before)"
       ;;
     *) die "unknown scenario $scenario (json, refusal, sse)" ;;
   esac

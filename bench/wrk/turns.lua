@@ -3,7 +3,9 @@
 -- distinct user until the file wraps around. wrk's threads start at
 -- different offsets of the file.
 --
--- wrk -t2 -c64 -d20s --latency -s bench/wrk/turns.lua http://127.0.0.1:PORT -- USERS_FILE [INPUT]
+-- wrk -t2 -c64 -d20s --latency -s bench/wrk/turns.lua http://127.0.0.1:PORT -- USERS_FILE [INPUT [keyed]]
+-- With `keyed`, every request carries an `Idempotency-Key` of its own (a
+-- first attempt each time: what a key costs when it is not a retry).
 -- Ends with two machine-readable lines: RESULT requests=… rps=… p50_us=… …
 -- and QUANTILES (the latency distribution).
 
@@ -15,19 +17,22 @@ function setup(thread)
 end
 
 local requests = {}
+local lines = {}
+local keyed = false
+local sent = 0
 local next_index = 1
 
 function init(args)
   local file = args[1] or error("usage: -- USERS_FILE [INPUT]")
   local input = args[2] or "Hello, Pantheon benchmark"
   local body = '{"input":"' .. input .. '"}'
+  keyed = args[3] == "keyed"
   for line in io.lines(file) do
     local token, session = line:match("^(%S+)%s+(%S+)")
     if token then
-      requests[#requests + 1] = wrk.format("POST", "/api/v1/sessions/" .. session .. "/turns", {
-        ["Authorization"] = "Bearer " .. token,
-        ["Content-Type"] = "application/json",
-      }, body)
+      local headers = { ["Authorization"] = "Bearer " .. token, ["Content-Type"] = "application/json" }
+      lines[#lines + 1] = { "/api/v1/sessions/" .. session .. "/turns", headers, body }
+      requests[#requests + 1] = wrk.format("POST", lines[#lines][1], headers, body)
     end
   end
   if #requests == 0 then error(file .. ": no `token session` lines") end
@@ -37,6 +42,12 @@ end
 
 function request()
   local r = requests[next_index]
+  if keyed then
+    local line = lines[next_index]
+    sent = sent + 1
+    line[2]["Idempotency-Key"] = string.format("bench-%d-%d-%d", thread_index or 1, os.time(), sent)
+    r = wrk.format("POST", line[1], line[2], line[3])
+  end
   next_index = next_index % #requests + 1
   return r
 end

@@ -5,12 +5,17 @@
 // (tests/tests/e2e/playground.rs) to judge.
 //
 //   node drive.mjs BASE_URL TOKEN
+//   node drive.mjs BASE_URL TOKEN follow
+//
+// With `follow`, instead: a slow turn streamed, the page reloaded mid-way
+// and the stream resumed with its button, then another turn cancelled with
+// its button.
 //
 // Debian's Chromium (/usr/bin/chromium) and npm's playwright-core, both
 // installed by scripts/browser.sh. Every wait is bounded.
 import { chromium } from "playwright-core";
 
-const [base, token] = process.argv.slice(2);
+const [base, token, mode] = process.argv.slice(2);
 if (!base || !token) {
   console.error("usage: node drive.mjs BASE_URL TOKEN");
   process.exit(2);
@@ -40,6 +45,10 @@ try {
   await page.click("#create-session");
   await page.waitForFunction(() => document.getElementById("sessions").value !== "", null, WAIT);
   const createdStatus = await page.textContent("#status");
+  if (mode === "follow") {
+    console.log(JSON.stringify({ title, createdStatus, ...(await follow(page)), failures, external }));
+    process.exit(0);
+  }
 
   // Every text the reply shows while it streams, as the page renders it.
   await page.evaluate(() => {
@@ -72,4 +81,37 @@ try {
   console.log(JSON.stringify({ title, createdStatus, streamed, refused, failures, external }));
 } finally {
   await browser.close();
+}
+
+/** The follow run: resume after a reload, then cancel. */
+async function follow(page) {
+  const deltas = () => page.evaluate(() =>
+    document.getElementById("body").textContent.split("\n").filter((l) => l.startsWith("turn.delta")).length);
+  await page.fill("#input", "one two three four five six seven eight nine ten");
+  await page.click("#send-stream");
+  await page.waitForFunction(() =>
+    document.getElementById("body").textContent.split("turn.delta").length > 3, null, WAIT);
+  const beforeReload = await page.textContent("#output");
+  await page.reload({ waitUntil: "load", ...WAIT });
+  const resumeEnabled = !(await page.isDisabled("#resume"));
+  await page.fill("#token", token);
+  await page.click("#resume");
+  await page.waitForFunction(
+    () => document.getElementById("turn-status").textContent === "completed", null, WAIT);
+  const resumed = { beforeReload, resumeEnabled, output: await page.textContent("#output"),
+    resumedDeltas: await deltas() };
+
+  await page.click("#load-sessions");
+  await page.waitForFunction(() => document.getElementById("sessions").value !== "", null, WAIT);
+  await page.fill("#input", "one two three four five six seven eight nine ten");
+  await page.click("#send-stream");
+  await page.waitForFunction(() =>
+    document.getElementById("body").textContent.includes("turn.delta"), null, WAIT);
+  await page.click("#cancel");
+  await page.waitForFunction(
+    () => document.getElementById("turn-status").textContent === "cancelled", null, WAIT);
+  const cancelled = { output: await page.textContent("#output"),
+    status: await page.textContent("#turn-status"),
+    cancelDisabledAfter: await page.isDisabled("#cancel") };
+  return { resumed, cancelled };
 }

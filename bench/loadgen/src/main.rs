@@ -7,7 +7,9 @@
 //!   scripts and for `sse`;
 //! - `turns`: N sequential JSON turns (the per-turn cost measurement);
 //! - `sse`: one streaming turn per line of the users file, all at once,
-//!   counting events to each stream's terminal one.
+//!   counting events to each stream's terminal one;
+//! - `resume`, `cancel`: streams resumed, and turns cancelled, across two
+//!   instances (`bench/follow.sh`).
 //!
 //! Every loop is bounded in count, every request in time, and all traffic
 //! goes to the `--base` URL (127.0.0.1 in `bench/run.sh`).
@@ -29,6 +31,7 @@ use pantheon_infrastructure::auth::TokenMinter;
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 
+mod follow;
 mod sse;
 
 /// The load generator of `bench/run.sh`.
@@ -93,6 +96,31 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         timeout_secs: u64,
     },
+    /// Streams cut at random points and resumed on either instance until
+    /// their end, checked for missing and repeated characters.
+    Resume {
+        /// The instances, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        bases: Vec<String>,
+        #[arg(long)]
+        users: PathBuf,
+        #[arg(long)]
+        trials: usize,
+        #[arg(long)]
+        input: String,
+    },
+    /// Turns streamed on the first instance, cancelled from the second.
+    Cancel {
+        /// The two instances, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        bases: Vec<String>,
+        #[arg(long)]
+        users: PathBuf,
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        input: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -110,6 +138,12 @@ fn main() -> ExitCode {
             Command::Sse { base, users, input, cold, timeout_secs } => {
                 let timeout = Duration::from_secs(timeout_secs);
                 sse::sse(&base, read_users(&users)?, &input, cold, timeout).await
+            }
+            Command::Resume { bases, users, trials, input } => {
+                follow::resume(&bases, &read_users(&users)?, trials, &input).await
+            }
+            Command::Cancel { bases, users, count, input } => {
+                follow::cancel(&bases, &read_users(&users)?, count, &input).await
             }
         }
     });

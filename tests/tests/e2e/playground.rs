@@ -84,3 +84,48 @@ async fn the_playground_streams_a_turn_and_shows_a_429_in_a_real_browser() {
     assert_eq!(app.count("turns").await, 1, "the refused turn wrote nothing");
     assert_eq!(app.count("sessions").await, 1);
 }
+
+/// The page keeps the stream it reads: after a reload its "Resume" button
+/// continues the turn where the page was cut, and "Cancel" stops a turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_playground_resumes_a_stream_after_a_reload_and_cancels_a_turn() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("playground");
+    assert!(
+        Path::new("/usr/bin/chromium").exists()
+            && dir.join("node_modules/playwright-core/package.json").exists(),
+        "Chromium or playwright-core is missing: run scripts/browser.sh (scripts/test.sh does)"
+    );
+    let app = spawn_app_with(Backend::Sqlite, |s| s.provider.builtin.chunk_delay_ms = 150).await;
+    let (_, token) = app.new_user();
+    let out = std::env::temp_dir().join(format!("pantheon-playground-{}", uuid::Uuid::new_v4()));
+    let mut child = Command::new("node")
+        .args(["drive.mjs", &app.address, &token, "follow"])
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("node runs");
+    let status = wait_bounded(&mut child, BROWSER_TIMEOUT, "the browser run").await;
+    let printed = std::fs::read_to_string(&out).unwrap_or_default();
+    let _ = std::fs::remove_file(&out);
+    assert!(status.success(), "drive.mjs failed ({status}): {printed}");
+    let page: Value = serde_json::from_str(printed.trim()).unwrap();
+    assert_eq!(page["failures"], serde_json::json!([]), "no script error on the page");
+    assert_eq!(page["external"], serde_json::json!([]), "nothing loaded from elsewhere");
+
+    let whole = "You said: one two three four five six seven eight nine ten";
+    let resumed = &page["resumed"];
+    assert_eq!(resumed["resumeEnabled"], true, "the reload kept the stream to resume");
+    let before = resumed["beforeReload"].as_str().unwrap();
+    assert!(!before.is_empty() && whole.starts_with(before), "{resumed}");
+    assert_eq!(resumed["output"], whole);
+    assert!(resumed["resumedDeltas"].as_u64().unwrap() >= 1, "deltas came after the reload");
+
+    let cancelled = &page["cancelled"];
+    assert_eq!(cancelled["status"], "cancelled");
+    assert_eq!(cancelled["cancelDisabledAfter"], true);
+    let output = cancelled["output"].as_str().unwrap();
+    assert!(output.len() < whole.len() && whole.starts_with(output), "{cancelled}");
+    assert_eq!(app.count("turns").await, 2);
+}

@@ -9,11 +9,12 @@
 //!
 //! Appends are queued (bounded) for one writer task, which sends whatever
 //! has gathered at once over the shared connection: one `XADD` per entry
-//! (the first and the last also set the TTL), a turn's in one pipeline in
-//! order, different turns' side by side. Readers ask with `XREAD` on the shared
+//! (the first and the last also set the TTL), in one pipeline per batch
+//! (on a cluster, one per turn, side by side), a turn's entries in order. Readers ask with `XREAD` on the shared
 //! connection, and wait with `XREAD BLOCK` on a connection of their own.
 //! Cancels are published on [`CANCEL_CHANNEL`].
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -124,18 +125,8 @@ async fn write(mut appends: mpsc::Receiver<Append>, link: Link, lifetimes: Lifet
                 continue;
             }
         };
-        let mut by_turn: Vec<(TurnId, redis::Pipeline)> = Vec::new();
-        for append in batch.drain(..) {
-            let at = match by_turn.iter().position(|(turn, _)| *turn == append.turn) {
-                Some(at) => at,
-                None => {
-                    by_turn.push((append.turn, redis::pipe()));
-                    by_turn.len() - 1
-                }
-            };
-            add(&mut by_turn[at].1, append, lifetimes);
-        }
-        let sends = by_turn.into_iter().map(|(_, pipe)| {
+        let pipes = pipelines(&mut batch, matches!(conn, Conn::Cluster(_)), lifetimes);
+        let sends = pipes.into_iter().map(|pipe| {
             let mut conn = conn.clone();
             async move {
                 match conn.pipe(&pipe).await {
@@ -159,6 +150,24 @@ async fn write(mut appends: mpsc::Receiver<Append>, link: Link, lifetimes: Lifet
             None => {}
         }
     }
+}
+
+/// The batch as pipelines: on one Redis all of it in one (a pipeline runs
+/// in order, so each turn's entries do), on a cluster one per turn (its
+/// key's slot; redis-rs routes a pipeline by its first key).
+fn pipelines(batch: &mut Vec<Append>, cluster: bool, lifetimes: Lifetimes) -> Vec<redis::Pipeline> {
+    if !cluster {
+        let mut pipe = redis::pipe();
+        for append in batch.drain(..) {
+            add(&mut pipe, append, lifetimes);
+        }
+        return vec![pipe];
+    }
+    let mut by_turn: HashMap<TurnId, redis::Pipeline> = HashMap::new();
+    for append in batch.drain(..) {
+        add(by_turn.entry(append.turn).or_insert_with(redis::pipe), append, lifetimes);
+    }
+    by_turn.into_values().collect()
 }
 
 /// Adds one append's commands to its turn's pipeline: the `XADD`, and for

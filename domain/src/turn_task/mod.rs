@@ -27,6 +27,7 @@ use crate::idempotency::{IdempotencyKey, KeyClaim};
 use crate::ids::{SessionId, TurnId, UserId};
 use crate::limiter::Lease;
 use crate::live::LiveOutput;
+use crate::observe::Endpoint;
 use crate::ports::{ReplyEvent, ReplyRequest, TurnStart};
 use crate::tokens::OutputMeter;
 use crate::turn::{FinishReason, NewTurn, Turn};
@@ -156,8 +157,9 @@ impl TurnTask {
     /// provider that sends more anyway is cut at the cap and not read on.
     async fn drive(mut self, turn: Turn, live: LiveOutput) {
         let context = Arc::clone(&self.context);
+        let streamed = self.measured.endpoint == Endpoint::Stream;
         let mut outbox =
-            Outbox::created(turn.id, Arc::clone(&context.bus), context.policy.coalesce);
+            Outbox::created(turn.id, Arc::clone(&context.bus), context.policy.coalesce, streamed);
         let mut output = String::new();
         // Reported once, even when a first chunk is cut to nothing at the cap.
         let mut first_delta = true;

@@ -9,6 +9,12 @@
 //! then, or until [`MAX_BATCH_BYTES`] have gathered. A fast upstream then
 //! costs the journal one write per interval, not one per token, and a
 //! first chunk is never held back.
+//!
+//! A JSON turn's journal holds its start and its end only: no client
+//! streams it, so no ids are to be repeated, and its deltas would cost
+//! every JSON turn Redis writes nobody reads. A stream that follows it
+//! (a resume, a retry on the streaming endpoint) gets `turn.created`, then
+//! the end with the whole output: the numbers in between are a gap.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,13 +39,21 @@ pub(super) struct Outbox {
     pending: String,
     /// When the last batch went out.
     sent_at: Option<Instant>,
+    /// Whether deltas are journaled (a streamed turn's are).
+    journal_deltas: bool,
 }
 
 impl Outbox {
     /// The outbox of `turn`, just committed: its `seq` 0 is recorded.
-    pub(super) fn created(turn: TurnId, bus: Arc<dyn TurnBus>, coalesce: Duration) -> Self {
+    pub(super) fn created(
+        turn: TurnId,
+        bus: Arc<dyn TurnBus>,
+        coalesce: Duration,
+        journal_deltas: bool,
+    ) -> Self {
         bus.append(turn, 0, JournalEntry::Created);
-        Self { turn, bus, coalesce, next: 1, pending: String::new(), sent_at: None }
+        let pending = String::new();
+        Self { turn, bus, coalesce, next: 1, pending, sent_at: None, journal_deltas }
     }
 
     /// Adds a chunk; `true` when the batch is due now.
@@ -64,7 +78,9 @@ impl Outbox {
             return None;
         }
         let batch = std::mem::take(&mut self.pending);
-        self.bus.append(self.turn, self.next, JournalEntry::Delta(batch.clone()));
+        if self.journal_deltas {
+            self.bus.append(self.turn, self.next, JournalEntry::Delta(batch.clone()));
+        }
         self.next += 1;
         self.sent_at = Some(Instant::now());
         Some(batch)

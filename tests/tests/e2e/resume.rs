@@ -222,7 +222,8 @@ async fn with_no_journal_a_resume_still_gets_the_end() {
 async fn hostile_last_event_ids_and_other_users_turns_are_refused() {
     let app = spawn_app_with(Backend::Sqlite, |_| {}).await;
     let (token, session) = user_with_session(&app).await;
-    let turn = expect_json(app.submit_turn(&token, &session, "mine").await, 201).await;
+    let streamed = read_events(stream(&app, &token, &session, "mine").await, None).await;
+    let turn = streamed[0].data["turn"].clone();
     let other = expect_json(app.submit_turn(&token, &session, "another").await, 201).await;
     let id = turn["id"].as_str().unwrap();
     let huge = format!("{id}:{}", "9".repeat(8_000));
@@ -308,3 +309,20 @@ async fn a_cancel_from_the_other_instance_stops_the_turn(store: Store) {
 }
 
 on_both_stores!(a_cancel_from_the_other_instance_stops_the_turn);
+
+/// A JSON turn's journal holds its start and end only; followed as a
+/// stream, it is `turn.created` then the end with the whole output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_turn_journals_its_start_and_end_only() {
+    let (_database, apps) = two_instances(Store::Single).await;
+    let (token, session) = user_with_session(&apps[0]).await;
+    let turn = expect_json(apps[0].submit_turn(&token, &session, LONG_INPUT).await, 201).await;
+    let turn_id: uuid::Uuid = turn["id"].as_str().unwrap().parse().unwrap();
+    let mut redis = Store::Single.connection();
+    let entries: usize = redis.xlen(journal_key(turn_id.into())).unwrap();
+    assert_eq!(entries, 2, "created and ended");
+    let events = read_events(resume(&apps[1], &token, &turn, None).await, None).await;
+    let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(names, ["turn.created", "turn.completed"]);
+    assert_eq!(events[1].data["turn"], turn, "the end carries the whole turn");
+}

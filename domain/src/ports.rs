@@ -291,6 +291,11 @@ pub enum JournalEntry {
     Ended {
         /// Whether the row holds the end.
         recorded: bool,
+        /// Whether the journal is kept for resumes (`turns.resume_ttl_secs`:
+        /// a streamed turn's), or only briefly, for the readers waiting on
+        /// the end ([`ENDED_JSON_KEPT`]: a JSON turn's, whose row tells a
+        /// later reader all the journal could).
+        resumable: bool,
     },
 }
 
@@ -298,6 +303,10 @@ pub enum JournalEntry {
 /// then sees a gap): a turn coalesced every 50 ms for its whole default
 /// `max_duration` (300 s) makes 6,000.
 pub const MAX_JOURNAL_ENTRIES: usize = 10_000;
+
+/// How long a JSON turn's journal is kept after its end: long enough for
+/// the readers already waiting on it (a cancel, a retry) to read the end.
+pub const ENDED_JSON_KEPT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One numbered entry of a turn's journal.
 pub type Numbered = (u64, JournalEntry);

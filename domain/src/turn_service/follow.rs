@@ -156,7 +156,7 @@ fn follow(
                 }
                 gap |= seq != last.map_or(0, |last| last + 1);
                 match entry {
-                    JournalEntry::Ended { recorded } => {
+                    JournalEntry::Ended { recorded, .. } => {
                         let outcome = ended(&context, &user, &turn, recorded).await;
                         yield Followed::Ended { seq, outcome };
                         return;

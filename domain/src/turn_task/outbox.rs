@@ -10,11 +10,13 @@
 //! costs the journal one write per interval, not one per token, and a
 //! first chunk is never held back.
 //!
-//! A JSON turn's journal holds its start and its end only: no client
-//! streams it, so no ids are to be repeated, and its deltas would cost
-//! every JSON turn Redis writes nobody reads. A stream that follows it
-//! (a resume, a retry on the streaming endpoint) gets `turn.created`, then
-//! the end with the whole output: the numbers in between are a gap.
+//! A JSON turn's journal holds its start and its end only, and is kept
+//! briefly after the end: no client streams it, so no ids are to be
+//! repeated, its deltas would cost every JSON turn Redis writes nobody
+//! reads, and once it ended its row tells a reader all its journal could.
+//! A stream that follows it (a resume, a retry on the streaming endpoint)
+//! gets `turn.created`, then the end with the whole output: the numbers
+//! in between are a gap.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,7 +90,8 @@ impl Outbox {
 
     /// Records the end, after the last batch was taken.
     pub(super) fn ended(&mut self, recorded: bool) {
-        self.bus.append(self.turn, self.next, JournalEntry::Ended { recorded });
+        let resumable = self.journal_deltas;
+        self.bus.append(self.turn, self.next, JournalEntry::Ended { recorded, resumable });
         self.next += 1;
     }
 }

@@ -1,5 +1,6 @@
-//! The journals of one instance that runs alone (no Redis): in memory,
-//! each kept `turns.resume_ttl_secs` after its turn ended, all of them
+//! The journals of one instance that runs alone (no Redis): in memory, a
+//! streamed turn's kept `turns.resume_ttl_secs` after its turn ended (a
+//! JSON turn's, ten seconds), all of them
 //! within [`MAX_BYTES`] (the oldest ended ones go first when it is
 //! reached). A cancel needs no delivery: every turn runs here.
 
@@ -10,7 +11,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pantheon_domain::StorageError;
 use pantheon_domain::TurnId;
-use pantheon_domain::ports::{JournalEntry, JournalReader, MAX_JOURNAL_ENTRIES, Numbered, TurnBus};
+use pantheon_domain::ports::{
+    ENDED_JSON_KEPT, JournalEntry, JournalReader, MAX_JOURNAL_ENTRIES, Numbered, TurnBus,
+};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -28,22 +31,26 @@ struct Journal {
 #[derive(Debug, Default)]
 struct Journals {
     by_turn: HashMap<TurnId, Journal>,
-    /// Ended turns, oldest first, with when their journal expires.
-    ended: VecDeque<(Instant, TurnId)>,
+    /// Ended turns, oldest first, with when their journal expires: JSON
+    /// turns' (kept briefly), then streamed ones' (kept for resumes), each
+    /// queue in the order of its expiries.
+    ended: [VecDeque<(Instant, TurnId)>; 2],
     bytes: usize,
 }
 
 impl Journals {
-    /// Drops the journals that expired, then the oldest ended ones while
-    /// over [`MAX_BYTES`].
+    /// Drops the journals that expired, then the oldest ended ones (JSON
+    /// turns' first) while over [`MAX_BYTES`].
     fn evict(&mut self, now: Instant) {
-        while let Some(&(expires, turn)) = self.ended.front() {
-            if expires > now && self.bytes <= MAX_BYTES {
-                break;
-            }
-            self.ended.pop_front();
-            if let Some(journal) = self.by_turn.remove(&turn) {
-                self.bytes -= journal.bytes;
+        for queue in 0..2 {
+            while let Some(&(expires, turn)) = self.ended[queue].front() {
+                if expires > now && self.bytes <= MAX_BYTES {
+                    break;
+                }
+                self.ended[queue].pop_front();
+                if let Some(journal) = self.by_turn.remove(&turn) {
+                    self.bytes -= journal.bytes;
+                }
             }
         }
     }
@@ -80,7 +87,13 @@ impl TurnBus for MemoryBus {
     fn append(&self, turn: TurnId, seq: u64, entry: JournalEntry) {
         let now = Instant::now();
         let mut journals = self.lock();
-        let ended = matches!(entry, JournalEntry::Ended { .. });
+        let kept = match entry {
+            JournalEntry::Ended { resumable: false, .. } => {
+                Some((0, ENDED_JSON_KEPT.min(self.ttl)))
+            }
+            JournalEntry::Ended { resumable: true, .. } => Some((1, self.ttl)),
+            JournalEntry::Created | JournalEntry::Delta(_) => None,
+        };
         let bytes = size(&entry);
         let journal = journals.by_turn.entry(turn).or_insert_with(|| Journal {
             entries: VecDeque::new(),
@@ -98,8 +111,8 @@ impl TurnBus for MemoryBus {
         journal.bytes -= freed;
         journal.appended.notify_waiters();
         journals.bytes = journals.bytes + bytes - freed;
-        if ended {
-            journals.ended.push_back((now + self.ttl, turn));
+        if let Some((queue, kept)) = kept {
+            journals.ended[queue].push_back((now + kept, turn));
         }
         journals.evict(now);
     }

@@ -18,7 +18,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pantheon_domain::ports::{JournalEntry, JournalReader, MAX_JOURNAL_ENTRIES, Numbered, TurnBus};
+use pantheon_domain::ports::{
+    ENDED_JSON_KEPT, JournalEntry, JournalReader, MAX_JOURNAL_ENTRIES, Numbered, TurnBus,
+};
 use pantheon_domain::{StorageError, TurnId};
 use redis::streams::{StreamReadOptions, StreamReadReply};
 use redis::{Cmd, RedisError};
@@ -189,9 +191,9 @@ fn add(pipe: &mut redis::Pipeline, append: Append, lifetimes: Lifetimes) {
             xadd.arg("k").arg("d").arg("v").arg(text.as_str());
             None
         }
-        JournalEntry::Ended { recorded } => {
+        JournalEntry::Ended { recorded, resumable } => {
             xadd.arg("k").arg("e").arg("v").arg(if *recorded { "1" } else { "0" });
-            Some(lifetimes.ended)
+            Some(if *resumable { lifetimes.ended } else { ENDED_JSON_KEPT.min(lifetimes.ended) })
         }
     };
     pipe.add_command(xadd).ignore();
@@ -285,7 +287,8 @@ fn entries(reply: StreamReadReply) -> Vec<Numbered> {
         let entry = match kind.as_str() {
             "c" => JournalEntry::Created,
             "d" => JournalEntry::Delta(id.get("v")?),
-            "e" => JournalEntry::Ended { recorded: id.get::<String>("v")? == "1" },
+            // A reader does not need to know how long the journal is kept.
+            "e" => JournalEntry::Ended { recorded: id.get::<String>("v")? == "1", resumable: true },
             _ => return None,
         };
         Some((seq, entry))

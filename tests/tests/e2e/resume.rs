@@ -321,6 +321,8 @@ async fn a_json_turn_journals_its_start_and_end_only() {
     let mut redis = Store::Single.connection();
     let entries: usize = redis.xlen(journal_key(turn_id.into())).unwrap();
     assert_eq!(entries, 2, "created and ended");
+    let ttl: i64 = redis.ttl(journal_key(turn_id.into())).unwrap();
+    assert!((1..=10).contains(&ttl), "kept only for the readers waiting on its end: {ttl}");
     let events = read_events(resume(&apps[1], &token, &turn, None).await, None).await;
     let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
     assert_eq!(names, ["turn.created", "turn.completed"]);

@@ -41,12 +41,7 @@ impl TurnService {
         turn_id: TurnId,
         after: Option<u64>,
     ) -> Result<(Turn, impl Stream<Item = Followed> + Send + 'static), TurnError> {
-        let turn = self
-            .context
-            .turns
-            .get(&caller.user, session_id, turn_id)
-            .await?
-            .ok_or(TurnError::TurnNotFound)?;
+        let turn = self.owned(caller, session_id, turn_id).await?;
         let started = committed(&turn);
         Ok((started, follow(Arc::clone(&self.context), caller.user.clone(), turn, after)))
     }
@@ -67,12 +62,7 @@ impl TurnService {
         session_id: SessionId,
         turn_id: TurnId,
     ) -> Result<Turn, TurnError> {
-        let turn = self
-            .context
-            .turns
-            .get(&caller.user, session_id, turn_id)
-            .await?
-            .ok_or(TurnError::TurnNotFound)?;
+        let turn = self.owned(caller, session_id, turn_id).await?;
         if turn.status != TurnStatus::InProgress {
             return Err(TurnError::TurnNotInProgress(Box::new(turn)));
         }
@@ -106,6 +96,20 @@ impl TurnService {
         } else {
             Err(TurnError::TurnNotInProgress(Box::new(turn)))
         }
+    }
+
+    /// The caller's turn, as its row has it.
+    async fn owned(
+        &self,
+        caller: &Caller,
+        session_id: SessionId,
+        turn_id: TurnId,
+    ) -> Result<Turn, TurnError> {
+        self.context
+            .turns
+            .get(&caller.user, session_id, turn_id)
+            .await?
+            .ok_or(TurnError::TurnNotFound)
     }
 
     /// Cancels `turn` if it generates in this process: a cancel request

@@ -8,33 +8,27 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use pantheon_tests::process::wait_bounded;
-use pantheon_tests::{Backend, spawn_app_with};
+use pantheon_tests::{Backend, TestApp, spawn_app_with};
 use serde_json::Value;
 
 /// The longest the browser run may take.
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(90);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_playground_streams_a_turn_and_shows_a_429_in_a_real_browser() {
+/// Runs `drive.mjs` against `app` as `token` (with `mode`, when given) and
+/// returns what it printed of the page.
+async fn drive(app: &TestApp, token: &str, mode: Option<&str>) -> Value {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("playground");
     assert!(
         Path::new("/usr/bin/chromium").exists()
             && dir.join("node_modules/playwright-core/package.json").exists(),
         "Chromium or playwright-core is missing: run scripts/browser.sh (scripts/test.sh does)"
     );
-    let app = spawn_app_with(Backend::Sqlite, |s| {
-        s.rate_limit.per_minute = 1;
-        // Chunks far enough apart that the page renders the reply growing.
-        s.provider.builtin.chunk_delay_ms = 150;
-    })
-    .await;
-    let (_, token) = app.new_user();
-
     let out = std::env::temp_dir().join(format!("pantheon-playground-{}", uuid::Uuid::new_v4()));
     let mut child = Command::new("node")
         .arg("drive.mjs")
         .arg(&app.address)
-        .arg(&token)
+        .arg(token)
+        .args(mode)
         .current_dir(&dir)
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&out).unwrap())
@@ -46,10 +40,23 @@ async fn the_playground_streams_a_turn_and_shows_a_429_in_a_real_browser() {
     let _ = std::fs::remove_file(&out);
     assert!(status.success(), "drive.mjs failed ({status}): {printed}");
     let page: Value = serde_json::from_str(printed.trim()).unwrap();
-
-    assert_eq!(page["title"], "Pantheon playground");
     assert_eq!(page["failures"], serde_json::json!([]), "no script error on the page");
     assert_eq!(page["external"], serde_json::json!([]), "nothing loaded from elsewhere");
+    page
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_playground_streams_a_turn_and_shows_a_429_in_a_real_browser() {
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        s.rate_limit.per_minute = 1;
+        // Chunks far enough apart that the page renders the reply growing.
+        s.provider.builtin.chunk_delay_ms = 150;
+    })
+    .await;
+    let (_, token) = app.new_user();
+    let page = drive(&app, &token, None).await;
+
+    assert_eq!(page["title"], "Pantheon playground");
     assert!(page["createdStatus"].as_str().unwrap().starts_with("201"));
 
     // The streamed reply appeared a chunk at a time, each text a prefix of
@@ -89,30 +96,9 @@ async fn the_playground_streams_a_turn_and_shows_a_429_in_a_real_browser() {
 /// continues the turn where the page was cut, and "Cancel" stops a turn.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_playground_resumes_a_stream_after_a_reload_and_cancels_a_turn() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("playground");
-    assert!(
-        Path::new("/usr/bin/chromium").exists()
-            && dir.join("node_modules/playwright-core/package.json").exists(),
-        "Chromium or playwright-core is missing: run scripts/browser.sh (scripts/test.sh does)"
-    );
     let app = spawn_app_with(Backend::Sqlite, |s| s.provider.builtin.chunk_delay_ms = 150).await;
     let (_, token) = app.new_user();
-    let out = std::env::temp_dir().join(format!("pantheon-playground-{}", uuid::Uuid::new_v4()));
-    let mut child = Command::new("node")
-        .args(["drive.mjs", &app.address, &token, "follow"])
-        .current_dir(&dir)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("node runs");
-    let status = wait_bounded(&mut child, BROWSER_TIMEOUT, "the browser run").await;
-    let printed = std::fs::read_to_string(&out).unwrap_or_default();
-    let _ = std::fs::remove_file(&out);
-    assert!(status.success(), "drive.mjs failed ({status}): {printed}");
-    let page: Value = serde_json::from_str(printed.trim()).unwrap();
-    assert_eq!(page["failures"], serde_json::json!([]), "no script error on the page");
-    assert_eq!(page["external"], serde_json::json!([]), "nothing loaded from elsewhere");
+    let page = drive(&app, &token, Some("follow")).await;
 
     let whole = "You said: one two three four five six seven eight nine ten";
     let resumed = &page["resumed"];

@@ -18,7 +18,7 @@ use redis::Commands;
 use reqwest::{Method, Response};
 use serde_json::Value;
 
-use crate::streaming::{LONG_INPUT, get_turn, stream, user_with_session};
+use crate::streaming::{LONG_INPUT, deltas, get_turn, stream, user_with_session};
 
 /// Reads a stream's events; with `limit`, hangs up once that many came.
 async fn read_events(response: Response, limit: Option<usize>) -> Vec<SseEvent> {
@@ -59,14 +59,6 @@ async fn resume(app: &TestApp, token: &str, turn: &Value, last_event_id: Option<
 async fn cancel(app: &TestApp, token: &str, turn: &Value) -> Response {
     let path = format!("{}/cancel", turn_path(turn));
     app.request(Method::POST, &path, token).send().await.unwrap()
-}
-
-fn deltas(events: &[SseEvent]) -> String {
-    events
-        .iter()
-        .filter(|e| e.event == "turn.delta")
-        .map(|e| e.data["delta"].as_str().unwrap())
-        .collect()
 }
 
 /// Asserts `resumed` is exactly `original` (ids, names, deltas, and the

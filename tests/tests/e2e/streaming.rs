@@ -41,7 +41,7 @@ pub fn assert_contract(events: &[SseEvent]) -> &SseEvent {
     last
 }
 
-fn deltas(events: &[SseEvent]) -> String {
+pub fn deltas(events: &[SseEvent]) -> String {
     events
         .iter()
         .filter(|e| e.event == "turn.delta")

@@ -5,7 +5,9 @@
 
 use std::convert::Infallible;
 
-use axum::response::sse::Event;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 use futures::Stream;
 use pantheon_domain::turn_service::Followed;
 use pantheon_domain::{Turn, TurnError, TurnEvent, TurnId, TurnRun};
@@ -105,6 +107,21 @@ fn terminal(events: &mut Events, started: &Turn, outcome: Result<Turn, TurnError
     let turn = failure.turn.unwrap_or_else(|| started.clone());
     let error = failure.problem.to_body(None);
     events.next("turn.failed", FailedFields { turn: TurnBody::from(turn), error })
+}
+
+/// A stream's response: `headers` (with `Cache-Control: no-cache` and
+/// `X-Accel-Buffering: no` added: proxies such as nginx buffer responses
+/// unless told not to) and `events`, with a keep-alive comment every
+/// `keep_alive` while nothing else is sent.
+pub fn response(
+    mut headers: HeaderMap,
+    events: impl Stream<Item = Result<Event, Infallible>> + Send + 'static,
+    keep_alive: std::time::Duration,
+) -> Response {
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    let sse = Sse::new(events).keep_alive(KeepAlive::new().interval(keep_alive));
+    (headers, sse).into_response()
 }
 
 /// The event stream of a started turn; `open` counts it while it lives.

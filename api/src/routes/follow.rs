@@ -3,9 +3,8 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, header};
-use axum::response::sse::{KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
+use axum::response::Response;
 use pantheon_domain::{SessionId, TurnId};
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -15,7 +14,7 @@ use crate::error::ApiError;
 use crate::extract::{ApiPath, ApiQuery, Authenticated};
 use crate::metrics::OpenStream;
 use crate::openapi::problems::problems;
-use crate::sse::followed_events;
+use crate::sse::{self, followed_events};
 use crate::state::AppState;
 
 /// Where a resumed stream starts.
@@ -90,13 +89,9 @@ pub async fn turn_events(
 ) -> Result<Response, ApiError> {
     let after = resume_after(&headers, turn_id, &query)?;
     let (started, followed) = state.turns.follow(&caller, session_id, turn_id, after).await?;
-    let mut headers = HeaderMap::new();
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     let open = state.metrics.as_ref().map(|m| OpenStream::new(&m.sse_streams));
     let events = followed_events(started, followed, open);
-    let sse = Sse::new(events).keep_alive(KeepAlive::new().interval(state.keep_alive));
-    Ok((headers, sse).into_response())
+    Ok(sse::response(HeaderMap::new(), events, state.keep_alive))
 }
 
 problems!(CancelTurnProblems: invalid_path, unauthenticated, turn_not_found,

@@ -3,10 +3,8 @@
 //! limiter, session) is an ordinary problem response — then the reply as SSE.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, header};
-use axum::response::sse::{KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::Response;
 use pantheon_domain::turn_service::Started;
 use pantheon_domain::{NewTurn, SessionId};
 
@@ -17,7 +15,7 @@ use crate::metrics::OpenStream;
 use crate::openapi::problems::problems;
 use crate::rate_limit;
 use crate::routes::turns::REPLAYED;
-use crate::sse::{followed_events, turn_events};
+use crate::sse::{self, followed_events, turn_events};
 use crate::state::AppState;
 
 problems!(StreamTurnProblems: malformed_json, bad_request, invalid_path,
@@ -74,21 +72,16 @@ pub async fn stream_turn(
     let started =
         state.turns.start_keyed(&caller, session_id, new, key, cancel_on_disconnect).await?;
     let open = state.metrics.as_ref().map(|m| OpenStream::new(&m.sse_streams));
-    let (mut headers, sse) = match started {
+    Ok(match started {
         Started::Run(run) => {
             let headers =
                 rate_limit::admitted_headers(&state.turns, &caller, run.rate_limit.as_ref());
-            (headers, Sse::new(turn_events(run, cancel_on_disconnect, open).boxed()))
+            sse::response(headers, turn_events(run, cancel_on_disconnect, open), state.keep_alive)
         }
         Started::Replay { turn, events } => {
             let mut headers = HeaderMap::new();
             headers.insert(REPLAYED, HeaderValue::from_static("true"));
-            (headers, Sse::new(followed_events(turn, events, open).boxed()))
+            sse::response(headers, followed_events(turn, events, open), state.keep_alive)
         }
-    };
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    // Proxies such as nginx buffer responses unless told not to.
-    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    let sse = sse.keep_alive(KeepAlive::new().interval(state.keep_alive));
-    Ok((headers, sse).into_response())
+    })
 }

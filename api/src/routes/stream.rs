@@ -49,9 +49,13 @@ event: turn.completed\nid: 0193…:3\ndata: {\"seq\":3,\"turn\":{…,\"status\":
                 is one line of JSON, a `TurnStreamEvent` (`x-itemSchema`); its `event` is the \
                 `type`, its `id` `<turn_id>:<seq>`. A comment line (`:`) is sent every \
                 `turns.keep_alive_secs` while the provider is silent. A provider failure is a \
-                `turn.failed` event, not a status.",
+                `turn.failed` event, not a status. Deltas arriving within `turns.coalesce_ms` of \
+                the last one sent go out as one event.",
             content_type = "text/event-stream",
             body = String,
+            headers(("Idempotent-Replayed" = String, description = "`true` when the request \
+                was a retry (`Idempotency-Key`): the events are the first attempt's turn's, from \
+                `turn.created`.")),
             example = json!(EXAMPLE),
         ),
         StreamTurnProblems,

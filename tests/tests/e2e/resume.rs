@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use pantheon_domain::SystemClock;
+use pantheon_domain::UserId;
 use pantheon_infrastructure::bus::journal_key;
-use pantheon_tests::limiter::Store;
+use pantheon_tests::limiter::{Store, logged_tokens};
 use pantheon_tests::rng::Rng;
 use pantheon_tests::sse::{SseEvent, parse_raw};
 use pantheon_tests::{
@@ -265,17 +266,21 @@ async fn cancel_in_memory(backend: Backend) {
 on_both_databases!(cancel_in_memory);
 
 /// A cancel sent to the instance that does not run the turn stops it, frees
-/// its slot and settles it; the stream on the other instance ends.
+/// its slot and settles its tokens (the prompt and what was written
+/// charged, the rest of the reservation given back); the stream on the
+/// other instance ends.
 async fn a_cancel_from_the_other_instance_stops_the_turn(store: Store) {
     let database = TestDatabase::create(Backend::Postgres).await;
     let apps = spawn_instances(2, &database, Arc::new(SystemClock), |s| {
         store.configure(s);
         s.redis.timeout_ms = 2_000;
         s.rate_limit.max_concurrent_turns = 1;
+        s.rate_limit.tokens_per_minute = Some(1_000_000);
         s.provider.builtin.chunk_delay_ms = 200;
     })
     .await;
-    let (token, session) = user_with_session(&apps[0]).await;
+    let (user, token) = apps[0].new_user();
+    let session = apps[0].create_session(&token).await["id"].as_str().unwrap().to_owned();
     let response = stream(&apps[0], &token, &session, LONG_INPUT).await;
     let mut body = response.bytes_stream();
     let mut text = String::new();
@@ -294,6 +299,18 @@ async fn a_cancel_from_the_other_instance_stops_the_turn(store: Store) {
     let end = events.last().unwrap();
     assert_eq!(end.data["turn"]["status"], "cancelled", "the original stream ends too");
     assert_eq!(deltas(&events), cancelled["output"].as_str().unwrap());
+    // The refund rides the release, queued as the turn ended.
+    let user = UserId::parse(&user).unwrap();
+    let charged = cancelled["usage"]["total_tokens"].as_u64().unwrap();
+    let mut logged = 0;
+    for _ in 0..100 {
+        logged = logged_tokens(&mut store.connection(), &user);
+        if logged == charged {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(logged, charged, "the prompt and the output written charged, no more");
     // Its release is ahead of any check its instance sends next (another
     // instance sees it once it reached Redis).
     let next = apps[0].submit_turn(&token, &session, "next").await;

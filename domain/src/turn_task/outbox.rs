@@ -95,3 +95,78 @@ impl Outbox {
         self.next += 1;
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::error::StorageError;
+    use crate::ports::{JournalReader, NoBus};
+
+    /// Records every append.
+    #[derive(Debug, Default)]
+    struct Recorded(Mutex<Vec<(u64, JournalEntry)>>);
+
+    #[async_trait]
+    impl TurnBus for Recorded {
+        fn append(&self, _: TurnId, seq: u64, entry: JournalEntry) {
+            self.0.lock().unwrap().push((seq, entry));
+        }
+
+        fn reader(&self, turn: TurnId) -> Box<dyn JournalReader> {
+            NoBus.reader(turn)
+        }
+
+        async fn request_cancel(&self, _: TurnId) -> Result<(), StorageError> {
+            Ok(())
+        }
+    }
+
+    const COALESCE: Duration = Duration::from_millis(50);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_first_chunk_goes_at_once_then_chunks_gather_for_the_interval() {
+        let bus = Arc::new(Recorded::default());
+        let mut outbox = Outbox::created(TurnId::new(), bus.clone(), COALESCE, true);
+        assert!(outbox.push("a"), "the first chunk is never held back");
+        assert_eq!(outbox.take().as_deref(), Some("a"));
+        tokio::time::advance(Duration::from_millis(10)).await;
+        assert!(!outbox.push("b"), "10 ms after a batch: it waits");
+        assert!(!outbox.push("c"));
+        let due = outbox.due_at().unwrap();
+        assert_eq!(due - Instant::now(), Duration::from_millis(40), "due 50 ms after the last");
+        tokio::time::advance(Duration::from_millis(40)).await;
+        assert_eq!(outbox.take().as_deref(), Some("bc"), "the two go as one event");
+        assert!(!outbox.push(&"x".repeat(MAX_BATCH_BYTES - 1)));
+        assert!(outbox.push("y"), "4 KiB gathered goes at once");
+        assert_eq!(outbox.take().map(|b| b.len()), Some(MAX_BATCH_BYTES));
+        assert_eq!(outbox.take(), None, "nothing waits");
+        assert_eq!(outbox.due_at(), None);
+        outbox.ended(true);
+        let seqs: Vec<u64> = bus.0.lock().unwrap().iter().map(|(seq, _)| *seq).collect();
+        assert_eq!(seqs, [0, 1, 2, 3, 4], "numbered as the stream numbers them");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_json_turn_journals_its_start_and_end_numbered_as_a_stream_would_be() {
+        let bus = Arc::new(Recorded::default());
+        let mut outbox = Outbox::created(TurnId::new(), bus.clone(), Duration::ZERO, false);
+        for chunk in ["a", "b", "c"] {
+            assert!(outbox.push(chunk), "no coalescing at zero");
+            assert_eq!(outbox.take().as_deref(), Some(chunk), "the caller still gets each");
+        }
+        outbox.ended(false);
+        let entries = bus.0.lock().unwrap().clone();
+        assert_eq!(
+            entries,
+            [
+                (0, JournalEntry::Created),
+                (4, JournalEntry::Ended { recorded: false, resumable: false })
+            ]
+        );
+    }
+}

@@ -178,3 +178,57 @@ impl JournalReader for MemoryReader {
         Ok(self.bus.lock().by_turn.contains_key(&self.turn))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use pantheon_domain::TurnId;
+    use pantheon_domain::ports::{JournalEntry, TurnBus};
+
+    use super::MemoryBus;
+
+    fn ended(resumable: bool) -> JournalEntry {
+        JournalEntry::Ended { recorded: true, resumable }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_gets_what_is_after_its_seq_and_wakes_for_what_comes() {
+        let bus = MemoryBus::new(Duration::from_secs(600));
+        let turn = TurnId::new();
+        bus.append(turn, 0, JournalEntry::Created);
+        bus.append(turn, 1, JournalEntry::Delta("a".into()));
+        let mut reader = bus.reader(turn);
+        let all = reader.read(None, Duration::ZERO).await.unwrap_or_default();
+        assert_eq!(all.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(), [0, 1]);
+        let writer = bus.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            writer.append(turn, 2, JournalEntry::Delta("b".into()));
+        });
+        let started = tokio::time::Instant::now();
+        let next = reader.read(Some(1), Duration::from_secs(1)).await.unwrap_or_default();
+        assert_eq!(next, [(2, JournalEntry::Delta("b".into()))]);
+        assert_eq!(started.elapsed(), Duration::from_millis(30), "woken by the append");
+        let none = reader.read(Some(2), Duration::from_millis(100)).await.unwrap_or_default();
+        assert!(none.is_empty(), "nothing new within the wait");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_json_turn_s_journal_goes_after_ten_seconds_a_streamed_one_after_its_ttl() {
+        let bus = MemoryBus::new(Duration::from_secs(600));
+        let (json, streamed) = (TurnId::new(), TurnId::new());
+        for (turn, resumable) in [(json, false), (streamed, true)] {
+            bus.append(turn, 0, JournalEntry::Created);
+            bus.append(turn, 1, ended(resumable));
+        }
+        tokio::time::advance(Duration::from_secs(11)).await;
+        // Expiries are applied as journals are appended.
+        bus.append(TurnId::new(), 0, JournalEntry::Created);
+        assert!(!bus.reader(json).exists().await.unwrap_or(true), "a JSON turn's is gone");
+        assert!(bus.reader(streamed).exists().await.unwrap_or(false), "a streamed one's stays");
+        tokio::time::advance(Duration::from_secs(590)).await;
+        bus.append(TurnId::new(), 0, JournalEntry::Created);
+        assert!(!bus.reader(streamed).exists().await.unwrap_or(true), "gone after its TTL");
+    }
+}

@@ -57,16 +57,7 @@ command -v wrk >/dev/null || die "wrk is missing (bench/run.sh installs it)"
 raise_open_files
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/pantheon-compare.XXXXXX")
-cleanup() {
-  local status=$?
-  for name in "${!SPID[@]}"; do stop_server "$name"; done
-  stop_redis limiter
-  psql_admin -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" 2>/dev/null || true
-  rm -rf "$WORK"
-  exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+cleanup_on_exit limiter
 
 bench_env info 2
 REDIS_PORT=$(start_redis limiter)

@@ -26,16 +26,7 @@ scripts/services.sh
 raise_open_files
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/pantheon-follow.XXXXXX")
-cleanup() {
-  local status=$?
-  for name in "${!SPID[@]}"; do stop_server "$name"; done
-  stop_redis bus
-  psql_admin -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" 2>/dev/null || true
-  rm -rf "$WORK"
-  exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+cleanup_on_exit bus
 
 bench_env info 2
 psql_admin -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB" 2>/dev/null

@@ -101,3 +101,20 @@ start_build() {
   tail -n 20 "$WORK/server-$name.log" >&2
   die "server $name did not start"
 }
+
+# cleanup_on_exit REDIS_NAME: on exit (or INT/TERM), stop every server
+# started, the bench Redis REDIS_NAME, drop the database $DB and remove
+# $WORK, keeping the exit status.
+cleanup_on_exit() {
+  BENCH_REDIS=$1
+  trap bench_cleanup EXIT
+  trap 'exit 130' INT TERM
+}
+bench_cleanup() {
+  local status=$?
+  for name in "${!SPID[@]}"; do stop_server "$name"; done
+  stop_redis "$BENCH_REDIS"
+  psql_admin -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" 2>/dev/null || true
+  rm -rf "$WORK"
+  exit "$status"
+}

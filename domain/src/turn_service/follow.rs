@@ -98,20 +98,6 @@ impl TurnService {
         }
     }
 
-    /// The caller's turn, as its row has it.
-    async fn owned(
-        &self,
-        caller: &Caller,
-        session_id: SessionId,
-        turn_id: TurnId,
-    ) -> Result<Turn, TurnError> {
-        self.context
-            .turns
-            .get(&caller.user, session_id, turn_id)
-            .await?
-            .ok_or(TurnError::TurnNotFound)
-    }
-
     /// Cancels `turn` if it generates in this process: a cancel request
     /// that another instance sent over the bus. `false` when it does not.
     pub fn cancel_here(&self, turn: TurnId) -> bool {

@@ -290,18 +290,27 @@ impl TurnService {
         session_id: SessionId,
         turn_id: TurnId,
     ) -> Result<Turn, TurnError> {
-        let mut turn = self
-            .context
-            .turns
-            .get(&caller.user, session_id, turn_id)
-            .await?
-            .ok_or(TurnError::TurnNotFound)?;
+        let mut turn = self.owned(caller, session_id, turn_id).await?;
         if turn.status == TurnStatus::InProgress
             && let Some(output) = self.context.live.get(turn.id)
         {
             turn.output = output;
         }
         Ok(turn)
+    }
+
+    /// The caller's turn, as its row has it.
+    async fn owned(
+        &self,
+        caller: &Caller,
+        session_id: SessionId,
+        turn_id: TurnId,
+    ) -> Result<Turn, TurnError> {
+        self.context
+            .turns
+            .get(&caller.user, session_id, turn_id)
+            .await?
+            .ok_or(TurnError::TurnNotFound)
     }
 
     /// The turns of a session of the caller's, in `seq` order.

@@ -25,7 +25,7 @@
 //! the leases this instance holds (`actor/leases.rs`: renewed every
 //! `lease_ttl / 3`, one script call per user; releases Redis has not
 //! answered kept until their node answers), the Redis half's state and
-//! commands (`redis_link.rs`) and the script (`check.lua`), the deployment
+//! commands (`redis_link.rs`), the script (`check.lua`) and its replies (`reply.rs`), the deployment
 //! (`nodes.rs`: a connection per node and the slot map of `topology.rs`; a
 //! single Redis is every slot on one node, a cluster's map is read with
 //! `CLUSTER SLOTS`), one exchange with one node (`exchange.rs`: a pipeline,
@@ -68,6 +68,7 @@ pub mod log_format;
 mod memory;
 mod nodes;
 mod redis_link;
+mod reply;
 pub mod topology;
 
 use std::collections::HashMap;
@@ -81,7 +82,8 @@ use pantheon_domain::observe::Unobserved;
 use pantheon_domain::{Clock, LimiterObserver};
 
 pub use actor::LimiterActor;
-pub use redis_link::{CHECK_SCRIPT, RedisLink, TokenRefund, parse_tally};
+pub use redis_link::{CHECK_SCRIPT, RedisLink, TokenRefund};
+pub use reply::parse_tally;
 
 use crate::settings::{self, Settings};
 

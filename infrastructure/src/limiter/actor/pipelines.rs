@@ -22,6 +22,7 @@ use super::{LimiterActor, MAX_BATCH};
 use crate::limiter::redis_link::{
     self, Batch, BatchOutcome, BatchReply, CheckReply, MAX_IN_FLIGHT, PeekReply, Pending,
 };
+use crate::limiter::reply;
 use crate::limiter::topology::{NodeAddr, slot_of};
 
 impl LimiterActor {
@@ -117,7 +118,7 @@ impl LimiterActor {
                     Ok(values),
                 ) => {
                     let unclaim = claim.map(|claim| claim.key);
-                    match redis_link::parse_check(values) {
+                    match reply::parse_check(values) {
                         Ok(Err(held)) => {
                             let _ = reply.send(Admission::claimed(held));
                         }
@@ -146,7 +147,7 @@ impl LimiterActor {
                     }
                 }
                 (Pending::Peek { limits, now_ms, reply, .. }, Ok(values)) => {
-                    let status = redis_link::parse_tally(values)
+                    let status = reply::parse_tally(values)
                         .ok()
                         .map(|t| RateLimitStatus::from_peek(limits, &t, now_ms));
                     let _ = reply.send(status);

@@ -25,8 +25,9 @@
 //! the leases this instance holds (`actor/leases.rs`: renewed every
 //! `lease_ttl / 3`, one script call per user; releases Redis has not
 //! answered kept until their node answers), the Redis half's state and
-//! commands (`redis_link.rs`), the script (`check.lua`) and its replies (`reply.rs`), the deployment
-//! (`nodes.rs`: a connection per node and the slot map of `topology.rs`; a
+//! commands (`redis_link.rs`), the script (`check.lua`) and its replies
+//! (`reply.rs`), the deployment (`nodes.rs`: a connection per node and the
+//! slot map of `topology.rs`; a
 //! single Redis is every slot on one node, a cluster's map is read with
 //! `CLUSTER SLOTS`), one exchange with one node (`exchange.rs`: a pipeline,
 //! then `NOSCRIPT`/`MOVED`/`ASK`/`TRYAGAIN` handled command by command, as

@@ -4,6 +4,7 @@
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use pantheon_domain::file::UploadFault;
 use pantheon_domain::{FailureKind, ProviderError, StorageError, Turn, TurnError, ValidationError};
 use serde_json::json;
 
@@ -194,6 +195,61 @@ pub fn failure(error: TurnError) -> Failure {
             "The first request with this Idempotency-Key has not committed its turn yet; retry.",
         )
         .retry_after(1),
+        TurnError::FileNotFound => {
+            Failure::new(StatusCode::NOT_FOUND, "file_not_found", "No such file.")
+        }
+        TurnError::FileTooLarge { limit } => {
+            let mut f = Failure::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "file_too_large",
+                format!("A file may hold at most {limit} bytes."),
+            );
+            f.problem = f.problem.with("limit", json!(limit));
+            f
+        }
+        TurnError::StorageQuotaExceeded { unit, limit } => {
+            let mut f = Failure::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "storage_quota_exceeded",
+                format!("Your files may hold at most {limit} {unit} in all; delete some first."),
+            );
+            f.problem = f.problem.with("quota", json!({ "unit": unit, "limit": limit }));
+            f
+        }
+        TurnError::FileTypeMismatch { declared, detected } => {
+            let mut f = Failure::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "file_type_mismatch",
+                format!("The file was declared {declared}, but its content is {detected}."),
+            );
+            f.problem =
+                f.problem.with("declared", json!(declared)).with("detected", json!(detected));
+            f
+        }
+        TurnError::FileTypeNotAllowed { detected } => {
+            let mut f = Failure::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "file_type_not_allowed",
+                format!("Files of type {detected} are not accepted."),
+            );
+            f.problem = f.problem.with("detected", json!(detected));
+            f
+        }
+        TurnError::Upload(UploadFault::Malformed(why)) => Failure::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_upload",
+            format!("The body must be multipart/form-data with a `file` part: {why}."),
+        ),
+        TurnError::Upload(UploadFault::Incomplete) => Failure::new(
+            StatusCode::BAD_REQUEST,
+            "upload_incomplete",
+            "The body ended before the upload was complete; nothing was kept.",
+        ),
+        TurnError::Upload(UploadFault::TimedOut) => Failure::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "upload_timeout",
+            "The upload was too slow; nothing was kept.",
+        ),
         TurnError::ShuttingDown => Failure::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting_down",

@@ -143,6 +143,42 @@ pub enum TurnError {
     /// not committed in time (it is still committing, or failed to).
     #[error("the idempotency key's first request is not committed")]
     IdempotencyKeyInUse,
+    /// No such file of the caller's (another user's behaves the same).
+    #[error("file not found")]
+    FileNotFound,
+    /// An upload crossed `files.max_file_bytes`; nothing was kept.
+    #[error("the file exceeds {limit} bytes")]
+    FileTooLarge {
+        /// The limit.
+        limit: u64,
+    },
+    /// An upload would take the caller past a storage quota; nothing was
+    /// kept.
+    #[error("storage quota exceeded: {limit} {unit}")]
+    StorageQuotaExceeded {
+        /// `bytes` (`files.quota_bytes`) or `files` (`files.max_files`).
+        unit: &'static str,
+        /// The quota.
+        limit: u64,
+    },
+    /// The bytes are of another type than the client declared.
+    #[error("declared {declared}, but the content is {detected}")]
+    FileTypeMismatch {
+        /// What the client said (the part's type, or its name's extension).
+        declared: String,
+        /// What the bytes are.
+        detected: String,
+    },
+    /// The bytes are of a type not in `files.allowed_types`.
+    #[error("files of type {detected} are not accepted")]
+    FileTypeNotAllowed {
+        /// What the bytes are (`application/octet-stream` when unknown).
+        detected: String,
+    },
+    /// The upload's body broke off, arrived too slowly, or was not the
+    /// form it must be; nothing was kept.
+    #[error("upload failed: {0}")]
+    Upload(#[from] crate::file::UploadFault),
     /// The process is shutting down and takes no new turns.
     #[error("shutting down")]
     ShuttingDown,

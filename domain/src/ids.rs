@@ -41,6 +41,13 @@ impl UserId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The id the limiter counts this user's `scope` requests under (the
+    /// uploads window): `<user>/<scope>`. `/` is outside the user-id
+    /// alphabet, so no user's own id can collide with it.
+    pub fn scoped(&self, scope: &str) -> Self {
+        Self(format!("{}/{scope}", self.0))
+    }
 }
 
 impl fmt::Display for UserId {
@@ -96,6 +103,10 @@ uuid_id!(
 uuid_id!(
     /// A turn's id.
     TurnId
+);
+uuid_id!(
+    /// An uploaded file's id; also the only part of its storage path.
+    FileId
 );
 
 /// The authenticated caller of a request, established from the bearer token

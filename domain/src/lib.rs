@@ -9,6 +9,7 @@
 
 pub mod clock;
 pub mod error;
+pub mod file;
 pub mod idempotency;
 pub mod ids;
 mod lifecycle;
@@ -20,6 +21,7 @@ pub mod ports;
 pub mod session;
 pub mod session_service;
 pub mod tokens;
+pub mod tool;
 pub mod turn;
 pub mod turn_run;
 pub mod turn_service;
@@ -28,7 +30,8 @@ pub mod validation;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{ProviderError, StorageError, TurnError, ValidationError};
-pub use ids::{Caller, SessionId, TurnId, UserId};
+pub use file::{NewUpload, StorageUsage, StoredFile, Uploaded};
+pub use ids::{Caller, FileId, SessionId, TurnId, UserId};
 pub use observe::{Endpoint, LimiterObserver, TurnObserver};
 pub use page::{Page, PageRequest};
 pub use session::{NewSession, Session};

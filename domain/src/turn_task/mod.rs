@@ -181,6 +181,9 @@ impl TurnTask {
                 input: turn.input.clone(),
                 history,
                 max_output_tokens: cap,
+                files: Vec::new(),
+                tools: Vec::new(),
+                rounds: Vec::new(),
             };
             context.provider.reply(request).await
         };
@@ -226,6 +229,7 @@ impl TurnTask {
                     Some(Ok(ReplyEvent::Finished { finish_reason, usage })) => {
                         break Ending::Completed(finish_reason, usage);
                     }
+                    Some(Ok(ReplyEvent::ToolCall(_))) => {}
                     Some(Err(error)) => break Ending::Failed(error),
                     None => break Ending::Completed(FinishReason::Stop, None),
                 }

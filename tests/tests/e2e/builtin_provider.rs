@@ -15,6 +15,9 @@ fn request(input: &str) -> ReplyRequest {
         input: input.into(),
         history: Vec::new(),
         max_output_tokens: 4_096,
+        files: Vec::new(),
+        tools: Vec::new(),
+        rounds: Vec::new(),
     }
 }
 

@@ -129,6 +129,9 @@ fn the_request_carries_the_system_prompt_the_history_in_order_and_the_input() {
         input: "third".into(),
         history: vec![("first".into(), "one".into()), ("second".into(), "two".into())],
         max_output_tokens: 64,
+        files: Vec::new(),
+        tools: Vec::new(),
+        rounds: Vec::new(),
     };
     let body = provider.map(|p| serde_json::to_value(p.body(&request)).unwrap_or_default());
     let expected = serde_json::json!({
@@ -153,6 +156,9 @@ fn the_output_cap_goes_in_the_configured_field() {
         input: "hi".into(),
         history: Vec::new(),
         max_output_tokens: 77,
+        files: Vec::new(),
+        tools: Vec::new(),
+        rounds: Vec::new(),
     };
     let fields = [
         (MaxTokensField::MaxTokens, Some(77), None),

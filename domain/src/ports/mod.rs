@@ -2,6 +2,10 @@
 //! nouns. Adapters (SeaORM repositories, model providers) live in
 //! `infrastructure` and are named by technology.
 
+mod files;
+
+pub use files::{BlobStore, BlobWriter, FileRepository, Quota, Tools};
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
@@ -11,6 +15,7 @@ use crate::ids::{SessionId, TurnId, UserId};
 use crate::page::{Page, PageRequest};
 use crate::session::{NewSession, Session};
 use crate::tokens::TokenCounter;
+use crate::tool::{FileRef, ToolCall, ToolRound, ToolSpec};
 use crate::turn::{FinishReason, Turn, TurnEnd, TurnStatus, Usage};
 
 /// Persistence of sessions. Every read and write is scoped to the owner: a
@@ -221,6 +226,13 @@ pub struct ReplyRequest {
     /// or less when the turn's token reservation holds less. A provider asks
     /// its upstream for no more and stops there (`finish_reason` `length`).
     pub max_output_tokens: u64,
+    /// The files the turn may read, for the model to name (empty: none).
+    pub files: Vec<FileRef>,
+    /// The tools offered (empty when the turn has no files).
+    pub tools: Vec<ToolSpec>,
+    /// The earlier rounds of this turn's tool use, oldest first: the
+    /// model's calls and their results, sent back with the prompt.
+    pub rounds: Vec<ToolRound>,
 }
 
 /// One item of a reply stream.
@@ -228,6 +240,9 @@ pub struct ReplyRequest {
 pub enum ReplyEvent {
     /// A chunk of the reply's text.
     Delta(String),
+    /// The model calls a tool. A round whose reply holds calls ends with
+    /// them; the turn runs them and asks again with their results.
+    ToolCall(ToolCall),
     /// The reply is over. A stream that ends without this is taken as a
     /// normal stop with unknown usage.
     Finished {
@@ -273,6 +288,22 @@ pub trait ModelProvider: Send + Sync + std::fmt::Debug {
     ) -> u64 {
         let earlier: u64 = history.iter().map(|(i, o)| tokens.count(i) + tokens.count(o)).sum();
         tokens.count(input) + earlier
+    }
+
+    /// The tokens a round of tool use adds to the next round's prompt: the
+    /// model's text and calls, and the results. The default counts the
+    /// texts alone.
+    fn round_tokens(&self, tokens: &dyn TokenCounter, round: &ToolRound) -> u64 {
+        let calls: u64 = round
+            .calls
+            .iter()
+            .map(|(call, result)| {
+                tokens.count(&call.name)
+                    + tokens.count(&call.arguments)
+                    + tokens.count(&result.content)
+            })
+            .sum();
+        tokens.count(&round.text) + calls
     }
 }
 

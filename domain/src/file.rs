@@ -57,6 +57,31 @@ pub struct StorageUsage {
     pub files: u64,
 }
 
+/// What the HTTP layer read of an upload before its bytes: the form's
+/// fields and the file part's headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadMeta {
+    /// The form's `session_id`, when given.
+    pub session_id: Option<SessionId>,
+    /// The part's file name, as sent (sanitised before it is kept).
+    pub filename: String,
+    /// The part's `Content-Type`, as sent.
+    pub part_type: Option<String>,
+}
+
+/// One piece of an upload's body, as the HTTP layer hands it over. The
+/// body is complete only once [`UploadChunk::End`] came: a channel closed
+/// before it means the client went away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UploadChunk {
+    /// The next bytes.
+    Data(bytes::Bytes),
+    /// The file part is complete.
+    End,
+    /// Reading the body failed.
+    Fault(UploadFault),
+}
+
 /// How an upload's body failed, as the HTTP layer saw it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UploadFault {

@@ -10,6 +10,7 @@
 pub mod clock;
 pub mod error;
 pub mod file;
+pub mod files;
 pub mod idempotency;
 pub mod ids;
 mod lifecycle;
@@ -35,6 +36,7 @@ pub use ids::{Caller, FileId, SessionId, TurnId, UserId};
 pub use observe::{Endpoint, LimiterObserver, TurnObserver};
 pub use page::{Page, PageRequest};
 pub use session::{NewSession, Session};
+pub use files::{FilePolicy, FileService};
 pub use session_service::SessionService;
 pub use tokens::{OutputMeter, TokenCounter};
 pub use turn::{FailureKind, FinishReason, NewTurn, Turn, TurnEnd, TurnFailure, TurnStatus, Usage};

@@ -1,0 +1,242 @@
+//! One upload's work, in its own task: the type from the first bytes, then
+//! every chunk counted, hashed, reserved against the quota and written, and
+//! on any failure (the client gone included) nothing kept.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::clock::Clock;
+use crate::error::TurnError;
+use crate::file::{
+    NewUpload, StoredFile, UploadChunk, UploadFault, UploadMeta, Uploaded, sanitize_filename,
+};
+use crate::ids::{FileId, UserId};
+use crate::ports::{BlobStore, BlobWriter, FileRepository};
+
+use super::FilePolicy;
+use super::kind::{self, HEAD_BYTES, Utf8Check};
+
+/// Bytes reserved at a time while the quota allows: a 1 GiB upload costs
+/// 256 reservations, not one per chunk.
+const RESERVE_STEP: u64 = 4 * 1024 * 1024;
+
+/// What an upload's task needs.
+pub(super) struct Upload {
+    pub(super) files: Arc<dyn FileRepository>,
+    pub(super) blobs: Arc<dyn BlobStore>,
+    pub(super) clock: Arc<dyn Clock>,
+    pub(super) policy: Arc<FilePolicy>,
+    pub(super) user: UserId,
+}
+
+/// The bytes written so far and what they are charged.
+struct Progress {
+    id: FileId,
+    written: u64,
+    reserved: u64,
+    hash: Sha256,
+    utf8: Option<Utf8Check>,
+}
+
+impl Upload {
+    /// Runs the upload; whatever fails after its row was recorded removes
+    /// the blob and the row (giving the reservation back) before answering.
+    pub(super) async fn run(
+        self,
+        meta: UploadMeta,
+        mut body: mpsc::Receiver<UploadChunk>,
+    ) -> Result<StoredFile, TurnError> {
+        let deadline = Instant::now() + self.policy.max_upload;
+        let (head, ended) = self.head(&mut body, deadline).await?;
+        let filename = sanitize_filename(&meta.filename);
+        let declared = kind::declared(meta.part_type.as_deref(), &filename);
+        let first: Vec<u8> = head.iter().flat_map(|c| c.iter().copied()).take(HEAD_BYTES).collect();
+        let content_type = kind::sniff(&first, declared.as_deref(), &self.policy.allowed_types)?;
+        let upload = NewUpload {
+            id: FileId::new(),
+            session_id: meta.session_id,
+            filename,
+            content_type: content_type.clone(),
+        };
+        let now = self.clock.now_micros();
+        if !self.files.begin(&self.user, &upload, self.policy.quota, now).await? {
+            return Err(TurnError::StorageQuotaExceeded {
+                unit: "files",
+                limit: self.policy.quota.files,
+            });
+        }
+        let mut progress = Progress {
+            id: upload.id,
+            written: 0,
+            reserved: 0,
+            hash: Sha256::new(),
+            utf8: kind::is_text(&content_type).then(Utf8Check::default),
+        };
+        let writer = match self.blobs.create(upload.id).await {
+            Ok(writer) => writer,
+            Err(error) => {
+                self.discard(upload.id).await;
+                return Err(error.into());
+            }
+        };
+        let written = self.write(writer, &mut progress, head, ended, body, deadline).await;
+        let stored = match written {
+            Ok(()) => self.complete(&progress, &content_type, declared).await,
+            Err(error) => Err(error),
+        };
+        if stored.is_err() {
+            self.discard(upload.id).await;
+        }
+        stored
+    }
+
+    /// Gathers the first [`HEAD_BYTES`] (or the whole body, when shorter);
+    /// `true` when the body ended within them.
+    async fn head(
+        &self,
+        body: &mut mpsc::Receiver<UploadChunk>,
+        deadline: Instant,
+    ) -> Result<(Vec<Bytes>, bool), TurnError> {
+        let mut head = Vec::new();
+        let mut size = 0u64;
+        while size < HEAD_BYTES as u64 {
+            match next(body, deadline).await? {
+                Some(chunk) => {
+                    size += chunk.len() as u64;
+                    if size > self.policy.max_file_bytes {
+                        return Err(TurnError::FileTooLarge { limit: self.policy.max_file_bytes });
+                    }
+                    head.push(chunk);
+                }
+                None => return Ok((head, true)),
+            }
+        }
+        Ok((head, false))
+    }
+
+    /// Writes the head, then the rest of the body, reserving ahead of it.
+    async fn write(
+        &self,
+        mut writer: Box<dyn BlobWriter>,
+        progress: &mut Progress,
+        head: Vec<Bytes>,
+        ended: bool,
+        mut body: mpsc::Receiver<UploadChunk>,
+        deadline: Instant,
+    ) -> Result<(), TurnError> {
+        let mut pending = head.into_iter();
+        loop {
+            let chunk = match pending.next() {
+                Some(chunk) => chunk,
+                None if ended => break,
+                None => match next(&mut body, deadline).await {
+                    Ok(Some(chunk)) => chunk,
+                    Ok(None) => break,
+                    Err(error) => {
+                        writer.abort().await;
+                        return Err(error);
+                    }
+                },
+            };
+            if let Err(error) = self.accept(progress, &chunk).await {
+                writer.abort().await;
+                return Err(error);
+            }
+            if let Err(error) = writer.write(chunk).await {
+                writer.abort().await;
+                return Err(error.into());
+            }
+        }
+        Ok(writer.finish().await?)
+    }
+
+    /// Counts, hashes and reserves `chunk` before it is written: the
+    /// user's bytes never pass the quota, even for a moment.
+    async fn accept(&self, progress: &mut Progress, chunk: &[u8]) -> Result<(), TurnError> {
+        let limit = self.policy.max_file_bytes;
+        let written = progress.written + chunk.len() as u64;
+        if written > limit {
+            return Err(TurnError::FileTooLarge { limit });
+        }
+        if written > progress.reserved {
+            let needed = written - progress.reserved;
+            // A step ahead while it fits; near the quota, what is needed.
+            let step = RESERVE_STEP.max(needed).min(limit - progress.reserved);
+            let quota = self.policy.quota;
+            let mut got = self.reserve(progress.id, step).await?;
+            if !got && step > needed {
+                got = self.reserve(progress.id, needed).await?;
+                if got {
+                    progress.reserved += needed;
+                }
+            } else if got {
+                progress.reserved += step;
+            }
+            if !got {
+                return Err(TurnError::StorageQuotaExceeded { unit: "bytes", limit: quota.bytes });
+            }
+        }
+        progress.written = written;
+        progress.hash.update(chunk);
+        if let Some(utf8) = progress.utf8.as_mut() {
+            utf8.push(chunk);
+        }
+        Ok(())
+    }
+
+    async fn reserve(&self, id: FileId, bytes: u64) -> Result<bool, TurnError> {
+        let now = self.clock.now_micros();
+        Ok(self.files.reserve(&self.user, id, bytes, self.policy.quota, now).await?)
+    }
+
+    /// Makes the row `ready`: text must have been UTF-8 to its end.
+    async fn complete(
+        &self,
+        progress: &Progress,
+        content_type: &str,
+        declared: Option<String>,
+    ) -> Result<StoredFile, TurnError> {
+        if progress.utf8.as_ref().is_some_and(|utf8| !utf8.is_valid()) {
+            return Err(TurnError::FileTypeMismatch {
+                declared: declared.unwrap_or_else(|| content_type.to_owned()),
+                detected: "application/octet-stream".to_owned(),
+            });
+        }
+        let done = Uploaded {
+            bytes: progress.written,
+            sha256: progress.hash.clone().finalize().iter().map(|b| format!("{b:02x}")).collect(),
+        };
+        let now = self.clock.now_micros();
+        Ok(self.files.complete(&self.user, progress.id, &done, now).await?)
+    }
+
+    /// Removes what a failed upload left: its blob, then its row with the
+    /// reservation. A failure here leaves both to the sweep.
+    async fn discard(&self, id: FileId) {
+        let removed = match self.blobs.delete(id).await {
+            Ok(()) => self.files.remove(id).await.map(|_| ()),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = removed {
+            tracing::warn!(file.id = %id, error = %error, "a failed upload is left to the sweep");
+        }
+    }
+}
+
+/// The next chunk of the body, `None` at its end.
+async fn next(
+    body: &mut mpsc::Receiver<UploadChunk>,
+    deadline: Instant,
+) -> Result<Option<Bytes>, TurnError> {
+    match tokio::time::timeout_at(deadline, body.recv()).await {
+        Err(_) => Err(UploadFault::TimedOut.into()),
+        Ok(None) => Err(UploadFault::Incomplete.into()),
+        Ok(Some(UploadChunk::Data(chunk))) => Ok(Some(chunk)),
+        Ok(Some(UploadChunk::End)) => Ok(None),
+        Ok(Some(UploadChunk::Fault(fault))) => Err(fault.into()),
+    }
+}

@@ -97,3 +97,47 @@ impl ToolRecord {
         }
     }
 }
+
+/// What a turn's stream shows of its tool use (`turn.tool_call`,
+/// `turn.tool_result`), journaled like its deltas.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ToolEvent {
+    /// The model called a tool.
+    Call {
+        /// The tool.
+        name: String,
+        /// Its arguments, as the model sent them.
+        arguments: String,
+    },
+    /// The call's result went back to the model.
+    Result {
+        /// The tool.
+        name: String,
+        /// The file read, when the call named one of the turn's files.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        file_id: Option<FileId>,
+        /// The bytes of the file returned.
+        bytes: u64,
+        /// Why the call failed, when it did.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+}
+
+impl ToolEvent {
+    /// The event of `call`.
+    pub fn call(call: &ToolCall) -> Self {
+        Self::Call { name: call.name.clone(), arguments: call.arguments.clone() }
+    }
+
+    /// The event of `call`'s `result`.
+    pub fn result(call: &ToolCall, result: &ToolResult) -> Self {
+        Self::Result {
+            name: call.name.clone(),
+            file_id: result.file,
+            bytes: result.bytes,
+            error: result.error.clone(),
+        }
+    }
+}

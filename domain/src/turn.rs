@@ -4,7 +4,8 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{SessionId, TurnId};
+use crate::ids::{FileId, SessionId, TurnId};
+use crate::tool::ToolRecord;
 use crate::validation::ValidationError;
 
 /// Where a turn is in its life.
@@ -99,6 +100,16 @@ impl Usage {
         }
     }
 
+    /// The sum of two requests' usage (a turn's rounds of tool use).
+    #[must_use]
+    pub fn plus(self, other: Self) -> Self {
+        Self {
+            input_tokens: self.input_tokens.saturating_add(other.input_tokens),
+            output_tokens: self.output_tokens.saturating_add(other.output_tokens),
+            total_tokens: self.total_tokens.saturating_add(other.total_tokens),
+        }
+    }
+
     /// The total as charged against a token budget (a negative report counts 0).
     pub fn charged(&self) -> u64 {
         u64::try_from(self.total_tokens).unwrap_or(0)
@@ -171,6 +182,8 @@ pub struct Turn {
     pub created_at: DateTime<Utc>,
     /// When it reached a final status.
     pub completed_at: Option<DateTime<Utc>>,
+    /// The tools its model called, in order (empty for most turns).
+    pub tool_calls: Vec<ToolRecord>,
 }
 
 /// How a turn ended: everything [`crate::ports::TurnRepository::finish`]
@@ -189,13 +202,19 @@ pub struct TurnEnd {
     pub error: Option<TurnFailure>,
     /// When it ended.
     pub completed_at: DateTime<Utc>,
+    /// The tools its model called, in order.
+    pub tool_calls: Vec<ToolRecord>,
 }
 
 /// A validated turn submission.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewTurn {
     input: String,
+    files: Vec<FileId>,
 }
+
+/// The most files one turn may name.
+pub const MAX_TURN_FILES: usize = 20;
 
 impl NewTurn {
     /// Validates the input: not blank, at most `max_chars` characters
@@ -218,7 +237,32 @@ impl NewTurn {
         if input.contains('\0') {
             return Err(ValidationError::new("input", "must not contain NUL (U+0000)"));
         }
-        Ok(Self { input })
+        Ok(Self { input, files: Vec::new() })
+    }
+
+    /// The same turn, naming `files` for its model to read (besides its
+    /// session's): at most [`MAX_TURN_FILES`], each once.
+    ///
+    /// # Errors
+    /// [`ValidationError`] on `files`.
+    pub fn with_files(mut self, files: Vec<FileId>) -> Result<Self, ValidationError> {
+        if files.len() > MAX_TURN_FILES {
+            return Err(ValidationError::new(
+                "files",
+                format!("must name at most {MAX_TURN_FILES} files"),
+            ));
+        }
+        let mut seen = std::collections::HashSet::with_capacity(files.len());
+        if !files.iter().all(|id| seen.insert(*id)) {
+            return Err(ValidationError::new("files", "must not name a file twice"));
+        }
+        self.files = files;
+        Ok(self)
+    }
+
+    /// The files the turn names.
+    pub fn files(&self) -> &[FileId] {
+        &self.files
     }
 
     /// The input text.

@@ -6,6 +6,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::TurnError;
 use crate::limiter::RateLimitStatus;
+use crate::tool::ToolEvent;
 use crate::turn::Turn;
 
 /// What a run reports while it generates.
@@ -13,6 +14,8 @@ use crate::turn::Turn;
 pub enum TurnEvent {
     /// A chunk of the reply.
     Delta(String),
+    /// The model called a tool, or a call's result went back to it.
+    Tool(ToolEvent),
     /// The end: the turn as persisted, or why it did not complete
     /// ([`TurnError::Provider`] and [`TurnError::Interrupted`] carry the turn).
     /// Boxed: every stream's channel allocates room for 32 events at once,

@@ -180,6 +180,7 @@ fn policy(max_duration: Duration) -> TurnPolicy {
         min_output_tokens: 16,
         coalesce: Duration::ZERO,
         idempotency_ttl: Duration::from_secs(86_400),
+        max_tool_rounds: 8,
     }
 }
 

@@ -15,7 +15,7 @@ use crate::ids::{SessionId, TurnId, UserId};
 use crate::page::{Page, PageRequest};
 use crate::session::{NewSession, Session};
 use crate::tokens::TokenCounter;
-use crate::tool::{FileRef, ToolCall, ToolRound, ToolSpec};
+use crate::tool::{FileRef, ToolCall, ToolEvent, ToolRound, ToolSpec};
 use crate::turn::{FinishReason, Turn, TurnEnd, TurnStatus, Usage};
 
 /// Persistence of sessions. Every read and write is scoped to the owner: a
@@ -93,6 +93,7 @@ impl TurnStart<'_> {
             error: None,
             created_at: self.now,
             completed_at: None,
+            tool_calls: Vec::new(),
         }
     }
 }
@@ -317,6 +318,8 @@ pub enum JournalEntry {
     Created,
     /// A chunk of the reply, as one `turn.delta` carried it.
     Delta(String),
+    /// A `turn.tool_call` or `turn.tool_result`.
+    Tool(ToolEvent),
     /// The turn ended. `recorded`: its row holds the end (`false`: the
     /// database refused it then; the end is written when it is back).
     Ended {

@@ -8,6 +8,7 @@ use futures::stream::BoxStream;
 use crate::error::TurnError;
 use crate::idempotency::KeyClaim;
 use crate::limiter::{Lease, RateLimitStatus};
+use crate::tool::ToolEvent;
 use crate::turn::Turn;
 use crate::turn_run::TurnRun;
 
@@ -31,6 +32,13 @@ pub enum Followed {
         seq: u64,
         /// Its text.
         text: String,
+    },
+    /// A tool call or result.
+    Tool {
+        /// Its number.
+        seq: u64,
+        /// What happened.
+        event: ToolEvent,
     },
     /// The end; nothing follows.
     Ended {

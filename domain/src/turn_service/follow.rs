@@ -153,7 +153,8 @@ fn follow(
                     }
                     JournalEntry::Created if !gap => yield Followed::Created(committed(&turn)),
                     JournalEntry::Delta(text) if !gap => yield Followed::Delta { seq, text },
-                    JournalEntry::Created | JournalEntry::Delta(_) => {}
+                    JournalEntry::Tool(event) if !gap => yield Followed::Tool { seq, event },
+                    JournalEntry::Created | JournalEntry::Delta(_) | JournalEntry::Tool(_) => {}
                 }
                 last = Some(seq);
             }
@@ -210,6 +211,7 @@ fn committed(turn: &Turn) -> Turn {
         usage: None,
         error: None,
         completed_at: None,
+        tool_calls: Vec::new(),
         ..turn.clone()
     }
 }

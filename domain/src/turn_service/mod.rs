@@ -27,7 +27,7 @@ use crate::limiter::{Claim, LimiterHandle, LimiterState, RateLimitStatus};
 use crate::live::LiveOutputs;
 use crate::observe::{Endpoint, TurnObserver, Unobserved};
 use crate::page::{Page, PageRequest};
-use crate::ports::{ModelProvider, NoBus, TurnBus, TurnRepository};
+use crate::ports::{FileRepository, ModelProvider, NoBus, Tools, TurnBus, TurnRepository};
 use crate::tokens::TokenCounter;
 use crate::turn::{NewTurn, Turn, TurnStatus};
 use crate::turn_run::TurnRun;
@@ -65,6 +65,8 @@ impl TurnService {
             lifecycle: Arc::default(),
             observer: Arc::new(Unobserved),
             bus: Arc::new(NoBus),
+            files: None,
+            tools: None,
         };
         Self { context: Arc::new(context), limiter }
     }
@@ -83,6 +85,16 @@ impl TurnService {
     pub fn with_bus(self, bus: Arc<dyn TurnBus>) -> Self {
         let mut context = Arc::unwrap_or_clone(self.context);
         context.bus = bus;
+        Self { context: Arc::new(context), ..self }
+    }
+
+    /// The same service, letting turns read the caller's files (those a
+    /// turn names and its session's) through `tools`.
+    #[must_use]
+    pub fn with_files(self, files: Arc<dyn FileRepository>, tools: Arc<dyn Tools>) -> Self {
+        let mut context = Arc::unwrap_or_clone(self.context);
+        context.files = Some(files);
+        context.tools = Some(tools);
         Self { context: Arc::new(context), ..self }
     }
 

@@ -11,7 +11,7 @@ use crate::clock::Clock;
 use crate::lifecycle::Lifecycle;
 use crate::live::LiveOutputs;
 use crate::observe::{Endpoint, TurnObserver};
-use crate::ports::{ModelProvider, TurnBus, TurnRepository};
+use crate::ports::{FileRepository, ModelProvider, Tools, TurnBus, TurnRepository};
 use crate::tokens::TokenCounter;
 
 /// Tunables of the turn path.
@@ -32,6 +32,8 @@ pub struct TurnPolicy {
     pub coalesce: Duration,
     /// `turns.idempotency_ttl_secs`: how long an `Idempotency-Key` is held.
     pub idempotency_ttl: Duration,
+    /// `turns.max_tool_rounds`: the most rounds of tool calls one turn runs.
+    pub max_tool_rounds: u32,
 }
 
 impl TurnPolicy {
@@ -63,6 +65,11 @@ pub(crate) struct TurnContext {
     pub(crate) observer: Arc<dyn TurnObserver>,
     /// The turns' journals and cancel requests, shared with other instances.
     pub(crate) bus: Arc<dyn TurnBus>,
+    /// The files turns may read; `None`: no files (a turn naming one is
+    /// refused).
+    pub(crate) files: Option<Arc<dyn FileRepository>>,
+    /// The tools offered to a turn that has files.
+    pub(crate) tools: Option<Arc<dyn Tools>>,
 }
 
 /// Which endpoint a turn came from and when it was admitted, for the

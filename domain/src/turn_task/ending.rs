@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::error::{ProviderError, TurnError};
 use crate::ids::TurnId;
+use crate::tool::ToolRecord;
 use crate::turn::{FinishReason, Turn, TurnEnd, TurnFailure, TurnStatus, Usage};
 
 use super::context::TurnContext;
@@ -34,29 +35,6 @@ impl Ending {
     }
 }
 
-/// Why the provider stopped early, besides its own failure.
-pub(super) enum Stop {
-    Provider(ProviderError),
-    Cancelled,
-    ShutDown,
-}
-
-impl From<ProviderError> for Stop {
-    fn from(error: ProviderError) -> Self {
-        Self::Provider(error)
-    }
-}
-
-impl From<Stop> for Ending {
-    fn from(stop: Stop) -> Self {
-        match stop {
-            Stop::Provider(error) => Self::Failed(error),
-            Stop::Cancelled => Self::Cancelled,
-            Stop::ShutDown => Self::ShutDown,
-        }
-    }
-}
-
 impl TurnContext {
     /// Writes how the turn ended, with its usage. The second value is the
     /// end still to be written when the database was unavailable.
@@ -66,6 +44,7 @@ impl TurnContext {
         output: String,
         ending: Ending,
         usage: Option<Usage>,
+        tool_calls: Vec<ToolRecord>,
     ) -> (Result<Turn, TurnError>, Option<TurnEnd>) {
         let completed_at = self.clock.now_micros();
         let end = |status, finish_reason, usage, error| TurnEnd {
@@ -75,6 +54,7 @@ impl TurnContext {
             usage,
             error,
             completed_at,
+            tool_calls,
         };
         let (end, failure) = match ending {
             Ending::Completed(reason, _) => (end(TurnStatus::Completed, reason, usage, None), None),

@@ -10,6 +10,8 @@
 mod context;
 mod ending;
 mod outbox;
+mod prepare;
+mod round;
 mod usage;
 
 #[cfg(test)]
@@ -18,26 +20,26 @@ mod tests;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{ProviderError, TurnError};
+use crate::error::TurnError;
 use crate::idempotency::{IdempotencyKey, KeyClaim};
 use crate::ids::{SessionId, TurnId, UserId};
 use crate::limiter::Lease;
 use crate::live::LiveOutput;
 use crate::observe::Endpoint;
-use crate::ports::{ReplyEvent, ReplyRequest, TurnStart};
-use crate::tokens::OutputMeter;
-use crate::turn::{FinishReason, NewTurn, Turn};
+use crate::ports::{ReplyRequest, TurnStart};
+use crate::tool::{FileRef, ToolRecord, ToolRound};
+use crate::turn::{FinishReason, NewTurn, Turn, Usage};
 use crate::turn_run::TurnEvent;
 
 pub use context::TurnPolicy;
 pub(crate) use context::{Measured, TurnContext};
-use ending::{Ending, Stop};
+use ending::Ending;
 use outbox::Outbox;
-use usage::{Sent, settle};
+use round::{Reply, Watch};
+use usage::settle;
 
 /// Why a turn was not committed.
 #[derive(Debug)]
@@ -107,18 +109,26 @@ impl TurnTask {
             idempotency: self.keyed.as_ref().map(|(key, hash)| (key.as_str(), hash.as_str())),
             now: self.context.clock.now_micros(),
         };
-        let begun = match self.context.turns.begin(start).await {
-            Ok(Some(turn)) => Ok(turn),
-            Ok(None) => Err(TurnError::SessionNotFound),
-            Err(error) => Err(TurnError::from(error)),
+        // Files the turn names are checked before anything is written.
+        let named = match self.new.files() {
+            [] => Ok(None),
+            ids => self.context.named_files(&self.user, self.session_id, ids).await.map(Some),
+        };
+        let begun = match named {
+            Err(error) => Err(error),
+            Ok(named) => match self.context.turns.begin(start).await {
+                Ok(Some(turn)) => Ok((turn, named)),
+                Ok(None) => Err(TurnError::SessionNotFound),
+                Err(error) => Err(TurnError::from(error)),
+            },
         };
         match begun {
-            Ok(turn) => {
+            Ok((turn, named)) => {
                 if let Some(lease) = self.lease.as_mut() {
                     lease.keep_claim();
                 }
                 let _ = committed.send(Ok(turn.clone()));
-                self.drive(turn, live).await;
+                self.drive(turn, live, named).await;
             }
             Err(error) => {
                 if let Some(mut lease) = self.lease.take() {
@@ -152,120 +162,121 @@ impl TurnTask {
     /// client that starts its next turn on seeing the end finds the slot
     /// free.
     ///
-    /// The reply is held to its output cap (the reservation's, or
-    /// `turns.max_output_tokens`): the provider is asked for no more, and a
-    /// provider that sends more anyway is cut at the cap and not read on.
-    async fn drive(mut self, turn: Turn, live: LiveOutput) {
+    /// A turn with files may take several rounds: while the model calls
+    /// tools (at most `turns.max_tool_rounds` rounds), their results go
+    /// back to it in another request. Each round's prompt is paid out of
+    /// the reservation before it is sent; a round that would not fit ends
+    /// the turn (`length`). The usage is the sum over the rounds.
+    async fn drive(mut self, turn: Turn, live: LiveOutput, named: Option<Vec<FileRef>>) {
         let context = Arc::clone(&self.context);
         let streamed = self.measured.endpoint == Endpoint::Stream;
-        let mut outbox =
+        let outbox =
             Outbox::created(turn.id, Arc::clone(&context.bus), context.policy.coalesce, streamed);
-        let mut output = String::new();
-        // Reported once, even when a first chunk is cut to nothing at the cap.
-        let mut first_delta = true;
-        let deadline = tokio::time::sleep(context.policy.max_duration);
-        tokio::pin!(deadline);
-        let abort = context.lifecycle.abort().clone();
-        let cancel = self.cancel.clone();
+        let mut reply = Reply { output: String::new(), outbox, first_delta: true };
+        let mut watch = Watch {
+            cancel: self.cancel.clone(),
+            abort: context.lifecycle.abort().clone(),
+            deadline: Box::pin(tokio::time::sleep(context.policy.max_duration)),
+        };
         let reservation = self.lease.as_ref().and_then(Lease::reservation);
-        // Set once the provider was called (its request may be on the wire
-        // from then on): the history sent, the cap asked for, and the
-        // prompt's tokens when the admission already counted them.
-        let mut sent: Option<Sent> = None;
-        let open = async {
-            let mut history = context.history(&turn).await;
-            let (cap, prompt) = context.output_cap(reservation, &mut history);
-            sent = Some(Sent { history: history.clone(), cap, prompt });
-            let request = ReplyRequest {
-                session_id: turn.session_id,
-                input: turn.input.clone(),
-                history,
-                max_output_tokens: cap,
-                files: Vec::new(),
-                tools: Vec::new(),
-                rounds: Vec::new(),
-            };
-            context.provider.reply(request).await
+        let prepared = tokio::select! {
+            prepared = context.prepare(&self.user, &turn, named, reservation) => Ok(prepared),
+            ending = watch.stopped() => Err(ending),
         };
-        let opened = tokio::select! {
-            opened = open => opened.map_err(Stop::from),
-            () = cancel.cancelled() => Err(Stop::Cancelled),
-            () = abort.cancelled() => Err(Stop::ShutDown),
-            () = &mut deadline => Err(Stop::Provider(ProviderError::Timeout)),
-        };
-        let cap = sent.as_ref().map_or(context.policy.max_output_tokens, |sent| sent.cap);
-        let mut meter = OutputMeter::new(context.tokens.as_ref(), cap);
-        let ending = match opened {
-            Err(stop) => Ending::from(stop),
-            Ok(mut stream) => loop {
-                let due = outbox.due_at();
-                let item = tokio::select! {
-                    item = stream.next() => Some(item),
-                    () = sleep_until(due) => None,
-                    () = cancel.cancelled() => break Ending::Cancelled,
-                    () = abort.cancelled() => break Ending::ShutDown,
-                    () = &mut deadline => break Ending::Failed(ProviderError::Timeout),
+        // The sum of the rounds' usage; `None` while nothing reached the
+        // provider.
+        let mut usage: Option<Usage> = None;
+        let mut records = Vec::new();
+        let ending = match prepared {
+            Err(ending) => ending,
+            Ok(prepared) => {
+                let tools = match (&context.tools, prepared.files.is_empty()) {
+                    (Some(tools), false) => tools.specs(),
+                    _ => Vec::new(),
                 };
-                let mut flush = item.is_none();
-                match item.flatten() {
-                    None if flush => {}
-                    Some(Ok(ReplyEvent::Delta(mut delta))) => {
-                        if std::mem::take(&mut first_delta) {
-                            let since = self.measured.since.elapsed();
-                            context.observer.first_delta(self.measured.endpoint, since);
+                let mut rounds: Vec<ToolRound> = Vec::new();
+                let mut cap = prepared.cap;
+                let mut prompt = prepared.prompt;
+                loop {
+                    let request = ReplyRequest {
+                        session_id: turn.session_id,
+                        input: turn.input.clone(),
+                        history: prepared.history.clone(),
+                        max_output_tokens: cap,
+                        files: prepared.files.clone(),
+                        tools: tools.clone(),
+                        rounds: rounds.clone(),
+                    };
+                    let opened = tokio::select! {
+                        opened = context.provider.reply(request) => opened.map_err(Ending::Failed),
+                        ending = watch.stopped() => Err(ending),
+                    };
+                    // Charged once sent, whatever ends the round.
+                    let round_prompt = *prompt.get_or_insert_with(|| {
+                        let tokens = context.tokens.as_ref();
+                        context.provider.prompt_tokens(tokens, &turn.input, &prepared.history)
+                    });
+                    let round = match opened {
+                        Err(ending) => {
+                            let charged = context.charged(&turn, round_prompt, 0, None);
+                            usage = Some(usage.map_or(charged, |u| u.plus(charged)));
+                            break ending;
                         }
-                        let accepted = meter.accept(&output, &delta);
-                        delta.truncate(accepted.keep);
-                        if !delta.is_empty() {
-                            output.push_str(&delta);
-                            live.append(&delta);
-                            flush = outbox.push(&delta);
-                        }
-                        if accepted.capped {
-                            tracing::info!(turn.id = %turn.id, cap, "the reply reached its output cap; not reading on");
+                        Ok(stream) => self.read_round(stream, cap, &mut reply, &live, &mut watch).await,
+                    };
+                    let received = context.received(&round);
+                    let reported = match &round.ending {
+                        Ending::Completed(_, reported) => *reported,
+                        _ => None,
+                    };
+                    let charged = context.charged(&turn, round_prompt, received, reported);
+                    let spent = usage.map_or(charged, |u| u.plus(charged));
+                    usage = Some(spent);
+                    let more = matches!(&round.ending, Ending::Completed(reason, _) if *reason != FinishReason::Length)
+                        && !round.calls.is_empty();
+                    if !more {
+                        break round.ending;
+                    }
+                    if rounds.len() >= context.policy.max_tool_rounds as usize {
+                        tracing::info!(turn.id = %turn.id, rounds = rounds.len(), "the model called tools past turns.max_tool_rounds");
+                        break Ending::Completed(FinishReason::Length, None);
+                    }
+                    let done = match self.run_tools(&prepared.files, round.calls, &mut reply, &mut watch).await {
+                        Ok(done) => done,
+                        Err(ending) => break ending,
+                    };
+                    records.extend(done.iter().map(|(call, result)| ToolRecord::of(call, result)));
+                    let done = ToolRound { text: round.text, calls: done };
+                    let next = round_prompt
+                        .saturating_add(context.provider.round_tokens(context.tokens.as_ref(), &done));
+                    rounds.push(done);
+                    match context.next_cap(reservation, spent, next) {
+                        Some(next_cap) => cap = next_cap,
+                        None => {
+                            tracing::info!(turn.id = %turn.id, prompt = next, "the next round's prompt does not fit the turn's reservation");
                             break Ending::Completed(FinishReason::Length, None);
                         }
                     }
-                    Some(Ok(ReplyEvent::Finished { finish_reason, usage })) => {
-                        break Ending::Completed(finish_reason, usage);
-                    }
-                    Some(Ok(ReplyEvent::ToolCall(_))) => {}
-                    Some(Err(error)) => break Ending::Failed(error),
-                    None => break Ending::Completed(FinishReason::Stop, None),
+                    prompt = Some(next);
                 }
-                // A client that reads nothing holds the send, so it waits
-                // under the same deadline, cancellation and abort as the
-                // provider. A receiver gone means the client left; the turn
-                // goes on.
-                if let Some(batch) = flush.then(|| outbox.take()).flatten() {
-                    let held = tokio::select! {
-                        biased;
-                        _ = self.events.send(TurnEvent::Delta(batch)) => None,
-                        () = cancel.cancelled() => Some(Ending::Cancelled),
-                        () = abort.cancelled() => Some(Ending::ShutDown),
-                        () = &mut deadline => Some(Ending::Failed(ProviderError::Timeout)),
-                    };
-                    if let Some(ending) = held {
-                        break ending;
-                    }
-                }
-            },
+            }
         };
         // What was still gathering is output too: it goes out before the end.
-        let tail = outbox.take();
-        let usage = sent.map(|sent| context.usage(&turn, &ending, sent, &output));
+        let tail = reply.outbox.take();
         if let Some(lease) = self.lease.as_mut() {
             settle(lease, &turn, usage);
         }
         let status = ending.status();
-        let (outcome, unwritten) = context.persist(&turn, output, ending, usage).await;
-        outbox.ended(recorded(&outcome));
+        let (outcome, unwritten) =
+            context.persist(&turn, reply.output, ending, usage, records).await;
+        reply.outbox.ended(recorded(&outcome));
         let elapsed = self.measured.since.elapsed();
         context.observer.ended(self.measured.endpoint, status, elapsed, usage.as_ref());
         // The end is on record: a client that reads nothing may delay its
         // terminal event, not the task, past the turn's deadline (or
         // `FINISHED_GRACE` after a turn that ran to it) or the abort.
-        let report_by = deadline.deadline().max(tokio::time::Instant::now() + FINISHED_GRACE);
+        let report_by =
+            watch.deadline.deadline().max(tokio::time::Instant::now() + FINISHED_GRACE);
         if let Some(end) = unwritten {
             // The client hears of the outage now; the end is written when
             // the database is back, and meanwhile `GET` shows the output.

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 
 use crate::ids::TurnId;
 use crate::ports::{JournalEntry, TurnBus};
+use crate::tool::ToolEvent;
 
 /// A batch this large goes out without waiting for its interval.
 pub(crate) const MAX_BATCH_BYTES: usize = 4096;
@@ -86,6 +87,14 @@ impl Outbox {
         self.next += 1;
         self.sent_at = Some(Instant::now());
         Some(batch)
+    }
+
+    /// Records a tool event, after the batch before it was taken.
+    pub(super) fn tool(&mut self, event: ToolEvent) {
+        if self.journal_deltas {
+            self.bus.append(self.turn, self.next, JournalEntry::Tool(event));
+        }
+        self.next += 1;
     }
 
     /// Records the end, after the last batch was taken.

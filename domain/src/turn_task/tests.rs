@@ -12,7 +12,8 @@ use futures::StreamExt;
 
 use super::*;
 use crate::clock::SystemClock;
-use crate::error::StorageError;
+use crate::error::{ProviderError, StorageError};
+use crate::ports::ReplyEvent;
 use crate::lifecycle::Lifecycle;
 use crate::limiter::{LeaseId, LeaseStore, Released, Releases, Reservation};
 use crate::live::LiveOutputs;
@@ -149,11 +150,14 @@ fn task(
             min_output_tokens: 10,
             coalesce: Duration::ZERO,
             idempotency_ttl: Duration::from_secs(86_400),
+            max_tool_rounds: 8,
         },
         live: LiveOutputs::default(),
         lifecycle: Arc::new(Lifecycle::default()),
         observer: Arc::new(Unobserved),
         bus: Arc::new(crate::ports::NoBus),
+        files: None,
+        tools: None,
     };
     let user = UserId::parse("alice").unwrap();
     let lease =
@@ -190,6 +194,7 @@ async fn drain(
         match event {
             TurnEvent::Delta(delta) => text.push_str(&delta),
             TurnEvent::Finished(end) => outcome = Some(*end),
+            TurnEvent::Tool(_) => {}
         }
     }
     (text, outcome)

@@ -6,32 +6,24 @@ use crate::limiter::{Lease, Reservation};
 use crate::turn::{Turn, Usage};
 
 use super::context::TurnContext;
-use super::ending::Ending;
-
-/// What reached the provider: set when it was called.
-pub(super) struct Sent {
-    /// The history sent with the input.
-    pub(super) history: Vec<(String, String)>,
-    /// The output cap asked for.
-    pub(super) cap: u64,
-    /// The prompt's tokens, when the admission counted the input.
-    pub(super) prompt: Option<u64>,
-}
+use super::round::Round;
 
 impl TurnContext {
-    /// The usage of a turn whose request reached the provider: what the
-    /// provider reported, but never less than Pantheon counted — the prompt
-    /// as sent (charged once sent, whatever ended the turn) and the output
-    /// received. A provider reporting less (a zero, an omitted field) does
-    /// not make a turn cheaper.
-    pub(super) fn usage(&self, turn: &Turn, ending: &Ending, sent: Sent, output: &str) -> Usage {
-        let tokens = self.tokens.as_ref();
-        let prompt = sent
-            .prompt
-            .unwrap_or_else(|| self.provider.prompt_tokens(tokens, &turn.input, &sent.history));
-        let received = if output.is_empty() { 0 } else { tokens.count(output) };
+    /// The usage of one request that reached the provider (a turn makes
+    /// one per round of tool use): what the provider reported, but never
+    /// less than Pantheon counted — the `prompt` as sent (charged once
+    /// sent, whatever ended the turn) and the `received` output. A provider
+    /// reporting less (a zero, an omitted field) does not make a turn
+    /// cheaper.
+    pub(super) fn charged(
+        &self,
+        turn: &Turn,
+        prompt: u64,
+        received: u64,
+        reported: Option<Usage>,
+    ) -> Usage {
         let counted = Usage::of(prompt, received);
-        let Ending::Completed(_, Some(reported)) = ending else {
+        let Some(reported) = reported else {
             return counted;
         };
         let floored = Usage {
@@ -48,6 +40,36 @@ impl TurnContext {
             );
         }
         floored
+    }
+
+    /// The output tokens of a round: its text and its calls.
+    pub(super) fn received(&self, round: &Round) -> u64 {
+        let tokens = self.tokens.as_ref();
+        let text = if round.text.is_empty() { 0 } else { tokens.count(&round.text) };
+        let calls: u64 = round
+            .calls
+            .iter()
+            .map(|call| tokens.count(&call.name) + tokens.count(&call.arguments))
+            .sum();
+        text + calls
+    }
+
+    /// The cap of a next round whose prompt is `prompt` tokens, after the
+    /// turn `spent` so much: without a reservation, `turns.max_output_tokens`;
+    /// with one, what is left of it after the prompt, `None` when that is
+    /// less than `rate_limit.min_output_tokens` (the round would not fit).
+    pub(super) fn next_cap(
+        &self,
+        reservation: Option<Reservation>,
+        spent: Usage,
+        prompt: u64,
+    ) -> Option<u64> {
+        let Some(reservation) = reservation else {
+            return Some(self.policy.max_output_tokens);
+        };
+        let left = reservation.total().saturating_sub(spent.charged()).saturating_sub(prompt);
+        let floor = self.policy.min_output_tokens.min(reservation.output_cap).max(1);
+        (left >= floor).then(|| left.min(self.policy.max_output_tokens))
     }
 
     /// The output cap of a turn, the history that fits with it, and the

@@ -9,15 +9,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pantheon_domain::observe::Unobserved;
-use pantheon_domain::ports::ModelProvider;
+use pantheon_domain::ports::{FileRepository, ModelProvider, Quota};
 use pantheon_domain::{
-    Clock, LimiterObserver, SessionService, SystemClock, TokenCounter, TurnPolicy, TurnService,
+    Clock, FilePolicy, FileService, LimiterObserver, SessionService, SystemClock, TokenCounter,
+    TurnPolicy, TurnService,
 };
 use pantheon_infrastructure::auth::TokenVerifier;
 use pantheon_infrastructure::bus;
 use pantheon_infrastructure::db::{
-    self, DatabaseProbe, SeaOrmSessionRepository, SeaOrmTurnRepository,
+    self, DatabaseProbe, SeaOrmFileRepository, SeaOrmSessionRepository, SeaOrmTurnRepository,
 };
+use pantheon_infrastructure::files;
+use pantheon_infrastructure::tools::FileTools;
 use pantheon_infrastructure::limiter::{limit_table, measured_limiter};
 use pantheon_infrastructure::provider::{BuiltinProvider, OpenAiProvider};
 use pantheon_infrastructure::settings::{OnDisconnect, ProviderKind, ProviderSettings, Settings};
@@ -83,11 +86,14 @@ impl Built {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let (turns, grace) = (self.state.turns.clone(), self.shutdown_grace);
+        let files = self.state.files.clone();
         let draining = async move {
-            turns.drain(grace).await;
-            // This clone holds the limiter's handle too: the actor ends
+            // Uploads and turns drain together, within the one grace.
+            tokio::join!(turns.drain(grace), files.drain(grace));
+            // These clones hold the limiter's handle too: the actor ends
             // once the last one is dropped (see `Background::stop`).
             drop(turns);
+            drop(files);
         };
         let served = server::serve(listener, router(self.state), self.limits, shutdown, draining);
         let result = served.await;
@@ -152,6 +158,7 @@ pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> Result<Built, 
         min_output_tokens: u64::from(settings.rate_limit.min_output_tokens),
         coalesce: Duration::from_millis(settings.turns.coalesce_ms),
         idempotency_ttl: Duration::from_secs(settings.turns.idempotency_ttl_secs),
+        max_tool_rounds: settings.turns.max_tool_rounds,
     };
     let verifier =
         TokenVerifier::new(&settings.auth, limit_table(&settings.rate_limit)).map_err(|e| {
@@ -185,9 +192,26 @@ pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> Result<Built, 
     }
     let bus = bus::turn_bus(settings)
         .map_err(|e| StartError::Settings(format!("configuration error: redis: {e}")))?;
+    let blobs = files::blob_store(&settings.files, &settings.database)
+        .map_err(|e| StartError::Settings(format!("configuration error: files: {e}")))?;
+    // The tool's schema is compiled here, once for the process.
+    let tools = FileTools::new(blobs.clone(), settings.files.max_read_bytes)
+        .map_err(|e| StartError::Settings(format!("file_read tool: {e}")))?;
+    let file_rows: Arc<dyn FileRepository> = Arc::new(SeaOrmFileRepository::new(conn.clone()));
+    let session_rows = Arc::new(SeaOrmSessionRepository::new(conn.clone()));
+    let files = FileService::new(
+        file_rows.clone(),
+        blobs,
+        session_rows.clone(),
+        clock.clone(),
+        file_policy(settings),
+        limiter.clone(),
+    );
+    spawn_file_sweep(&background, &files, settings.files.sweep_interval_secs);
     let mut turns =
         TurnService::new(Arc::new(repository), provider, tokens, clock.clone(), policy, limiter)
-            .with_bus(bus.bus);
+            .with_bus(bus.bus)
+            .with_files(file_rows, Arc::new(tools));
     if let Some(writer) = bus.writer {
         // Ends on its own once the last turn's end is appended and the
         // service is gone.
@@ -211,11 +235,9 @@ pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> Result<Built, 
         background.spawn(metrics::server::serve(listener, metrics.clone()));
     }
     let state = AppState::new(AppParts {
-        sessions: SessionService::new(
-            Arc::new(SeaOrmSessionRepository::new(conn.clone())),
-            clock.clone(),
-        ),
+        sessions: SessionService::new(session_rows, clock.clone()).with_files(files.clone()),
         turns,
+        files,
         verifier: Arc::new(verifier),
         database: DatabaseProbe::new(conn),
         max_input_chars: settings.turns.max_input_chars,
@@ -277,6 +299,33 @@ fn spawn_turn_upkeep(background: &Background, turns: &TurnService, policy: TurnP
         async move {
             if let Err(error) = turns.sweep_stale().await {
                 tracing::warn!(error = %error, "sweeping abandoned turns failed");
+            }
+        }
+    });
+}
+
+/// The rules of uploads, from `files.*` and `rate_limit.uploads_per_minute`.
+fn file_policy(settings: &Settings) -> FilePolicy {
+    let files = &settings.files;
+    FilePolicy {
+        max_file_bytes: files.max_file_bytes,
+        quota: Quota { bytes: files.quota_bytes, files: files.max_files },
+        allowed_types: files.allowed_types.clone(),
+        max_upload: Duration::from_secs(files.max_upload_secs),
+        orphan_grace: Duration::from_secs(files.orphan_grace_secs),
+        uploads_per_minute: settings.rate_limit.uploads_per_minute,
+    }
+}
+
+/// The files' sweep (at start, then every `files.sweep_interval_secs`):
+/// what interrupted uploads and deletions left, past their grace.
+fn spawn_file_sweep(background: &Background, files: &FileService, every_secs: u64) {
+    let sweeping = files.clone();
+    background.every(Duration::from_secs(every_secs), move || {
+        let files = sweeping.clone();
+        async move {
+            if let Err(error) = files.sweep().await {
+                tracing::warn!(error = %error, "sweeping abandoned files failed");
             }
         }
     });

@@ -9,6 +9,7 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
+use pantheon_domain::tool::ToolEvent;
 use pantheon_domain::turn_service::Followed;
 use pantheon_domain::{Turn, TurnError, TurnEvent, TurnId, TurnRun};
 use serde::Serialize;
@@ -70,6 +71,23 @@ struct TurnField {
 struct DeltaFields<'a> {
     turn_id: TurnId,
     delta: &'a str,
+}
+
+/// A `turn.tool_call` or `turn.tool_result`.
+#[derive(Serialize)]
+struct ToolFields<'a> {
+    turn_id: TurnId,
+    #[serde(flatten)]
+    event: &'a ToolEvent,
+}
+
+impl ToolFields<'_> {
+    fn kind(event: &ToolEvent) -> &'static str {
+        match event {
+            ToolEvent::Call { .. } => "turn.tool_call",
+            ToolEvent::Result { .. } => "turn.tool_result",
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -143,6 +161,10 @@ pub fn turn_events(
                 Some(TurnEvent::Delta(delta)) => {
                     yield Ok(events.next("turn.delta", DeltaFields { turn_id: started.id, delta: &delta }));
                 }
+                Some(TurnEvent::Tool(event)) => {
+                    let kind = ToolFields::kind(&event);
+                    yield Ok(events.next(kind, ToolFields { turn_id: started.id, event: &event }));
+                }
                 Some(TurnEvent::Finished(outcome)) => {
                     guard.disarm();
                     yield Ok(terminal(&mut events, &started, *outcome));
@@ -178,6 +200,10 @@ pub fn followed_events(
                 }
                 Followed::Delta { seq, text } => {
                     yield Ok(events.at(seq, "turn.delta", DeltaFields { turn_id: started.id, delta: &text }));
+                }
+                Followed::Tool { seq, event } => {
+                    let kind = ToolFields::kind(&event);
+                    yield Ok(events.at(seq, kind, ToolFields { turn_id: started.id, event: &event }));
                 }
                 Followed::Ended { seq, outcome } => {
                     events.seq = seq;

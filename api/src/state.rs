@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pantheon_domain::{SessionService, TurnService};
+use pantheon_domain::{FileService, SessionService, TurnService};
 use pantheon_infrastructure::auth::TokenVerifier;
 use pantheon_infrastructure::db::DatabaseProbe;
 
@@ -39,6 +39,8 @@ pub struct AppParts {
     pub sessions: SessionService,
     /// Turn use cases.
     pub turns: TurnService,
+    /// File use cases.
+    pub files: FileService,
     /// Bearer-token verification.
     pub verifier: Arc<TokenVerifier>,
     /// Readiness of the database.

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::clock::Clock;
 use crate::error::TurnError;
+use crate::files::FileService;
 use crate::ids::{Caller, SessionId};
 use crate::page::{Page, PageRequest};
 use crate::ports::SessionRepository;
@@ -14,12 +15,20 @@ use crate::session::{NewSession, Session};
 pub struct SessionService {
     sessions: Arc<dyn SessionRepository>,
     clock: Arc<dyn Clock>,
+    /// The files deleted with a session.
+    files: Option<FileService>,
 }
 
 impl SessionService {
     /// A service over a repository and a clock.
     pub fn new(sessions: Arc<dyn SessionRepository>, clock: Arc<dyn Clock>) -> Self {
-        Self { sessions, clock }
+        Self { sessions, clock, files: None }
+    }
+
+    /// The same service, deleting a session's files with it.
+    #[must_use]
+    pub fn with_files(self, files: FileService) -> Self {
+        Self { files: Some(files), ..self }
     }
 
     /// Opens a session for the caller.
@@ -51,15 +60,19 @@ impl SessionService {
         self.sessions.get(&caller.user, id).await?.ok_or(TurnError::SessionNotFound)
     }
 
-    /// Deletes one of the caller's sessions and its turns.
+    /// Deletes one of the caller's sessions, its turns and its files. The
+    /// repository marks the files in the session's delete; their bytes and
+    /// rows go next (what a failure leaves, the files' sweep removes).
     ///
     /// # Errors
     /// [`TurnError::SessionNotFound`] when it is missing or not the caller's.
     pub async fn delete(&self, caller: &Caller, id: SessionId) -> Result<(), TurnError> {
-        if self.sessions.delete(&caller.user, id).await? {
-            Ok(())
-        } else {
-            Err(TurnError::SessionNotFound)
+        if !self.sessions.delete(&caller.user, id).await? {
+            return Err(TurnError::SessionNotFound);
         }
+        if let Some(files) = &self.files {
+            files.purge_session(id).await;
+        }
+        Ok(())
     }
 }

@@ -3,6 +3,11 @@
 //! by a script. It records what it was sent (bodies, `Authorization`), and
 //! notices when a streamed body is dropped before its end — which is how a
 //! server sees its client close the connection.
+//!
+//! Tool use is scripted as a queue of [`Round`]s ([`FakeOpenAi::rounds`],
+//! [`FakeOpenAi::queue`]): each request takes the next one (calls to make,
+//! streamed in fragments as OpenAI streams them, or a text reply), and the
+//! script answers once the queue is empty.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -20,6 +25,11 @@ use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
+
+mod tools;
+
+use tools::Queue;
+pub use tools::{Round, tool_calls};
 
 /// How the fake answers one request.
 #[derive(Debug, Clone)]
@@ -119,19 +129,28 @@ pub struct Seen {
 }
 
 impl Seen {
-    /// The messages as `(role, content)`.
+    /// The messages as `(role, content)` (a `null` content, an assistant
+    /// message that only called tools, as empty).
     pub fn messages(&self) -> Vec<(String, String)> {
-        self.body["messages"]
-            .as_array()
-            .unwrap()
+        self.message_values()
             .iter()
-            .map(|m| (m["role"].as_str().unwrap().into(), m["content"].as_str().unwrap().into()))
+            .map(|m| {
+                let content = m["content"].as_str().unwrap_or_default();
+                (m["role"].as_str().unwrap().into(), content.into())
+            })
             .collect()
     }
 
-    /// The content of the last message (the new input).
+    /// The content of the last user message (the new input).
     pub fn input(&self) -> String {
-        self.messages().last().map(|(_, c)| c.clone()).unwrap_or_default()
+        let messages = self.messages();
+        let user = messages.iter().rev().find(|(role, _)| role == "user");
+        user.map(|(_, c)| c.clone()).unwrap_or_default()
+    }
+
+    /// The messages as sent.
+    pub fn message_values(&self) -> Vec<Value> {
+        self.body["messages"].as_array().cloned().unwrap_or_default()
     }
 }
 
@@ -140,6 +159,7 @@ type Script = Arc<dyn Fn(&Seen) -> Answer + Send + Sync>;
 #[derive(Clone)]
 struct Shared {
     script: Script,
+    queue: Arc<Mutex<Queue>>,
     seen: Arc<Mutex<Vec<Seen>>>,
     cut_short: Arc<AtomicUsize>,
 }
@@ -149,24 +169,53 @@ struct Shared {
 pub struct FakeOpenAi {
     /// What `provider.openai.base_url` should be (`http://127.0.0.1:<port>/v1`).
     pub base_url: String,
+    queue: Arc<Mutex<Queue>>,
     seen: Arc<Mutex<Vec<Seen>>>,
     cut_short: Arc<AtomicUsize>,
     server: JoinHandle<()>,
 }
 
 impl FakeOpenAi {
-    /// Starts a fake that answers every request by `script`.
+    /// Starts a fake that answers every request by `script` (once the
+    /// queue of rounds, empty to begin with, is).
     pub async fn start(script: impl Fn(&Seen) -> Answer + Send + Sync + 'static) -> Self {
-        let shared =
-            Shared { script: Arc::new(script), seen: Arc::default(), cut_short: Arc::default() };
-        let (seen, cut_short) = (shared.seen.clone(), shared.cut_short.clone());
+        let shared = Shared {
+            script: Arc::new(script),
+            queue: Arc::default(),
+            seen: Arc::default(),
+            cut_short: Arc::default(),
+        };
+        let (queue, seen, cut_short) =
+            (shared.queue.clone(), shared.seen.clone(), shared.cut_short.clone());
         let app = Router::new().route("/v1/chat/completions", post(completions)).with_state(shared);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base_url = format!("http://{}/v1", listener.local_addr().unwrap());
         let server = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
-        Self { base_url, seen, cut_short, server }
+        Self { base_url, queue, seen, cut_short, server }
+    }
+
+    /// Starts a fake that answers successive requests by `rounds`, in
+    /// order, and any request after the last with a `500`.
+    pub async fn rounds(rounds: Vec<Round>) -> Self {
+        let fake =
+            Self::start(|_| status(500, "the fake has no more scripted rounds", vec![])).await;
+        for round in rounds {
+            fake.queue(round);
+        }
+        fake
+    }
+
+    /// Queues `round`: it answers the first request after those already
+    /// queued, ahead of the script.
+    pub fn queue(&self, round: Round) {
+        self.queue.lock().unwrap().rounds.push_back(round);
+    }
+
+    /// How many requests the fake received.
+    pub fn calls(&self) -> usize {
+        self.seen.lock().unwrap().len()
     }
 
     /// Every request received so far, in order.
@@ -194,8 +243,13 @@ async fn completions(
 ) -> Response {
     let authorization = headers.get(header::AUTHORIZATION).map(|v| v.to_str().unwrap().to_owned());
     let seen = Seen { body, authorization };
-    shared.seen.lock().unwrap().push(seen.clone());
-    let mut answer = (shared.script)(&seen);
+    // Under the one lock, the n-th request recorded takes the n-th round.
+    let queued = {
+        let mut all = shared.seen.lock().unwrap();
+        all.push(seen.clone());
+        shared.queue.lock().unwrap().next()
+    };
+    let mut answer = queued.unwrap_or_else(|| (shared.script)(&seen));
     while let Answer::Delayed(wait, then) = answer {
         tokio::time::sleep(wait).await;
         answer = *then;

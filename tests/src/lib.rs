@@ -8,6 +8,7 @@
 pub mod contract;
 pub mod db;
 pub mod fake_openai;
+pub mod files;
 pub mod headers;
 pub mod limiter;
 pub mod logs;
@@ -17,6 +18,7 @@ pub mod process;
 pub mod redis_cluster;
 pub mod redis_server;
 pub mod rng;
+pub mod s3;
 pub mod sse;
 
 use std::sync::Arc;
@@ -85,9 +87,19 @@ pub async fn spawn_app_on(
     settings.server.addr = "127.0.0.1:0".parse().unwrap();
     settings.server.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
     settings.auth.jwt_secret = format!("test-secret-{}", uuid::Uuid::new_v4());
+    settings.files.local_dir = Some(files_dir(&database.url));
     adjust(&mut settings);
     settings.validate().expect("test settings are valid");
     spawn_with_settings(database, settings, clock).await
+}
+
+/// The files directory of the servers over the database at `url`:
+/// instances of one deployment share it, as they share the database.
+pub fn files_dir(url: &str) -> std::path::PathBuf {
+    use std::hash::{Hash, Hasher};
+    let mut hash = std::collections::hash_map::DefaultHasher::new();
+    url.hash(&mut hash);
+    std::env::temp_dir().join("pantheon-test-files").join(format!("{:016x}", hash.finish()))
 }
 
 /// `count` servers over one database (`database` stays the caller's), with

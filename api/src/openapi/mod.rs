@@ -35,6 +35,7 @@ use crate::routes::api_router;
     tags(
         (name = "sessions", description = "A user's chat sessions."),
         (name = "turns", description = "Submitting and reading turns; every submission is checked against the caller's limits first."),
+        (name = "files", description = "Files a user uploads for turns to read through the `file_read` tool: typed from their bytes, within exact per-user quotas."),
         (name = "rate limiting", description = "The caller's usage."),
         (name = "probes", description = "Liveness and readiness, without authentication."),
         (name = "documentation", description = "This document and the playground page."),
@@ -43,6 +44,7 @@ use crate::routes::api_router;
         schemas::ProblemSchema,
         schemas::RateLimitedProblem,
         schemas::TokenBudgetProblem,
+        schemas::FileProblem,
         schemas::TurnStreamEvent,
     )),
 )]

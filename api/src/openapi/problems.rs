@@ -150,6 +150,45 @@ pub const upstream_timeout: Code = code(
     "the provider did not answer in time (`turns.max_duration_secs`, or its own timeouts); the \
      turn is persisted `failed`",
 );
+pub const file_not_found: Code =
+    code("file_not_found", 404, "no such file of the caller's (another user's looks the same)");
+pub const malformed_upload: Code = code(
+    "malformed_upload",
+    400,
+    "the body is not `multipart/form-data` with a `file` part (and at most a `session_id` \
+     before it)",
+);
+pub const upload_incomplete: Code =
+    code("upload_incomplete", 400, "the body ended before the file did; nothing was kept");
+pub const upload_timeout: Code = code(
+    "upload_timeout",
+    408,
+    "the body stalled past `server.body_read_timeout_ms`, or the upload took longer than \
+     `files.max_upload_secs`; nothing was kept",
+);
+pub const file_too_large: Code = code(
+    "file_too_large",
+    413,
+    "the file is over `files.max_file_bytes` (`limit`), told from `Content-Length` before \
+     reading or while streaming; nothing was kept",
+);
+pub const storage_quota_exceeded: Code = code(
+    "storage_quota_exceeded",
+    413,
+    "the file would take the caller past `files.quota_bytes` or `files.max_files` (`quota`); \
+     nothing was kept",
+);
+pub const file_type_mismatch: Code = code(
+    "file_type_mismatch",
+    415,
+    "the bytes are not of the type the part's `Content-Type` or the name's extension declared \
+     (`declared`, `detected`)",
+);
+pub const file_type_not_allowed: Code = code(
+    "file_type_not_allowed",
+    415,
+    "the bytes are of a type not in `files.allowed_types` (`detected`)",
+);
 /// Any unknown path (not part of an operation).
 pub const route_not_found: Code = code("route_not_found", 404, "no such route");
 /// A known path with a method it does not take (not part of an operation).
@@ -222,6 +261,11 @@ pub fn response(status: u16, codes: &[Code]) -> Response {
     if codes.iter().any(|c| c.name == input_exceeds_token_budget.name) {
         // Its members, optional: the same status holds `validation_failed`.
         all = all.item(Ref::from_schema_name("TokenBudgetProblem"));
+    }
+    let upload = [file_too_large, storage_quota_exceeded, file_type_mismatch, file_type_not_allowed];
+    if codes.iter().any(|c| upload.iter().any(|u| u.name == c.name)) {
+        // Their members, optional: each status holds other codes too.
+        all = all.item(Ref::from_schema_name("FileProblem"));
     }
     let schema = Schema::AllOf(all.item(narrowed).build());
     let description =

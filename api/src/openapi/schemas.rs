@@ -45,6 +45,33 @@ pub struct ProblemSchema {
     database: Option<String>,
 }
 
+/// The members a refused upload adds to the problem, each only with the
+/// codes it names.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FileProblem {
+    /// `file_too_large`: `files.max_file_bytes`.
+    #[schema(required = false, nullable = false)]
+    limit: Option<u64>,
+    /// `storage_quota_exceeded`: which quota, and its size.
+    #[schema(required = false, nullable = false)]
+    quota: Option<QuotaMember>,
+    /// `file_type_mismatch`: the type the part or the name declared.
+    #[schema(required = false, nullable = false)]
+    declared: Option<String>,
+    /// `file_type_mismatch`, `file_type_not_allowed`: the type of the bytes.
+    #[schema(required = false, nullable = false)]
+    detected: Option<String>,
+}
+
+/// The quota a `storage_quota_exceeded` upload would have passed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QuotaMember {
+    /// `bytes` (`files.quota_bytes`) or `files` (`files.max_files`).
+    unit: String,
+    /// The quota.
+    limit: u64,
+}
+
 /// One refused field of a `validation_failed` problem.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct FieldError {
@@ -198,6 +225,12 @@ pub enum TurnStreamEvent {
     /// A chunk of the reply.
     #[serde(rename = "turn.delta")]
     Delta(TurnDelta),
+    /// The model called a tool (`file_read`) on one of the turn's files.
+    #[serde(rename = "turn.tool_call")]
+    ToolCall(TurnToolCall),
+    /// A tool call's result went back to the model.
+    #[serde(rename = "turn.tool_result")]
+    ToolResult(TurnToolResult),
     /// The turn completed, as persisted: terminal.
     #[serde(rename = "turn.completed")]
     Completed(TurnEventWithTurn),
@@ -223,6 +256,40 @@ pub struct TurnDelta {
     turn_id: String,
     /// The chunk, to append to the output so far.
     delta: String,
+}
+
+/// `turn.tool_call`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TurnToolCall {
+    seq: u64,
+    #[schema(format = Uuid)]
+    turn_id: String,
+    /// Always `call`.
+    kind: String,
+    /// The tool: `file_read`.
+    name: String,
+    /// Its arguments as the model sent them (JSON text, validated before
+    /// the call runs).
+    arguments: String,
+}
+
+/// `turn.tool_result`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TurnToolResult {
+    seq: u64,
+    #[schema(format = Uuid)]
+    turn_id: String,
+    /// Always `result`.
+    kind: String,
+    /// The tool: `file_read`.
+    name: String,
+    /// The file read, when the call named one of the turn's files.
+    #[schema(format = Uuid)]
+    file_id: Option<String>,
+    /// The bytes of the file returned to the model.
+    bytes: u64,
+    /// Why the call failed (the model was told; the turn goes on).
+    error: Option<String>,
 }
 
 /// `turn.failed`.

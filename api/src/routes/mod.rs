@@ -7,12 +7,14 @@
 //! the route: the document cannot miss a route.
 
 mod docs;
+mod files;
 mod follow;
 mod health;
 mod rate_limit;
 mod sessions;
 mod stream;
 mod turns;
+mod upload;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -60,6 +62,9 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(follow::turn_events))
         .routes(routes!(follow::cancel_turn))
         .routes(routes!(rate_limit::rate_limit_status))
+        .routes(routes!(files::upload_file, files::list_files))
+        .routes(routes!(files::get_file, files::delete_file))
+        .routes(routes!(files::file_content))
         .routes(routes!(docs::openapi_json))
         .routes(routes!(docs::playground))
 }

@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::Response;
 use pantheon_domain::turn_service::Started;
-use pantheon_domain::{NewTurn, SessionId};
+use pantheon_domain::SessionId;
 
 use crate::dto::SubmitTurnRequest;
 use crate::error::ApiError;
@@ -69,7 +69,7 @@ pub async fn stream_turn(
     IdempotencyHeader(key): IdempotencyHeader,
     ApiJson(body): ApiJson<SubmitTurnRequest>,
 ) -> Result<Response, ApiError> {
-    let new = NewTurn::parse(body.input, state.max_input_chars)?;
+    let new = body.into_turn(state.max_input_chars)?;
     let cancel_on_disconnect = state.cancel_on_disconnect;
     // Dropped by the server if the client hangs up before the commit: with
     // `cancel`, the turn is then cancelled too, not generated for no one.

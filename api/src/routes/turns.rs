@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use pantheon_domain::{NewTurn, SessionId, TurnId};
+use pantheon_domain::{SessionId, TurnId};
 
 use crate::dto::{ListBody, ListQuery, SubmitTurnRequest, TurnBody, turn_cursor};
 use crate::error::ApiError;
@@ -53,7 +53,7 @@ pub async fn submit_turn(
     IdempotencyHeader(key): IdempotencyHeader,
     ApiJson(body): ApiJson<SubmitTurnRequest>,
 ) -> Result<Response, ApiError> {
-    let new = NewTurn::parse(body.input, state.max_input_chars)?;
+    let new = body.into_turn(state.max_input_chars)?;
     let (submitted, replayed) = match key {
         None => (state.turns.submit(&caller, session_id, new).await?, false),
         Some(key) => {

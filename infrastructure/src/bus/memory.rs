@@ -11,6 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pantheon_domain::StorageError;
 use pantheon_domain::TurnId;
+use pantheon_domain::tool::ToolEvent;
 use pantheon_domain::ports::{
     ENDED_JSON_KEPT, JournalEntry, JournalReader, MAX_JOURNAL_ENTRIES, Numbered, TurnBus,
 };
@@ -78,6 +79,10 @@ impl MemoryBus {
 fn size(entry: &JournalEntry) -> usize {
     match entry {
         JournalEntry::Delta(text) => text.len(),
+        JournalEntry::Tool(ToolEvent::Call { name, arguments }) => name.len() + arguments.len(),
+        JournalEntry::Tool(ToolEvent::Result { name, error, .. }) => {
+            name.len() + error.as_ref().map_or(0, String::len)
+        }
         JournalEntry::Created | JournalEntry::Ended { .. } => 0,
     }
 }
@@ -92,7 +97,7 @@ impl TurnBus for MemoryBus {
                 Some((0, ENDED_JSON_KEPT.min(self.ttl)))
             }
             JournalEntry::Ended { resumable: true, .. } => Some((1, self.ttl)),
-            JournalEntry::Created | JournalEntry::Delta(_) => None,
+            JournalEntry::Created | JournalEntry::Delta(_) | JournalEntry::Tool(_) => None,
         };
         let bytes = size(&entry);
         let journal = journals.by_turn.entry(turn).or_insert_with(|| Journal {

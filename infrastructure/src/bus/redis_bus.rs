@@ -191,6 +191,11 @@ fn add(pipe: &mut redis::Pipeline, append: Append, lifetimes: Lifetimes) {
             xadd.arg("k").arg("d").arg("v").arg(text.as_str());
             None
         }
+        JournalEntry::Tool(event) => {
+            let json = serde_json::to_string(event).unwrap_or_default();
+            xadd.arg("k").arg("t").arg("v").arg(json);
+            None
+        }
         JournalEntry::Ended { recorded, resumable } => {
             xadd.arg("k").arg("e").arg("v").arg(if *recorded { "1" } else { "0" });
             Some(if *resumable { lifetimes.ended } else { ENDED_JSON_KEPT.min(lifetimes.ended) })
@@ -287,6 +292,7 @@ fn entries(reply: StreamReadReply) -> Vec<Numbered> {
         let entry = match kind.as_str() {
             "c" => JournalEntry::Created,
             "d" => JournalEntry::Delta(id.get("v")?),
+            "t" => JournalEntry::Tool(serde_json::from_str(&id.get::<String>("v")?).ok()?),
             // A reader does not need to know how long the journal is kept.
             "e" => JournalEntry::Ended { recorded: id.get::<String>("v")? == "1", resumable: true },
             _ => return None,

@@ -4,11 +4,13 @@
 mod connect;
 pub mod entity;
 mod error;
+mod file_repository;
 mod session_repository;
 mod turn_batch;
 mod turn_repository;
 
 pub use connect::{DatabaseProbe, connect, connect_options, is_sqlite, pool_size};
+pub use file_repository::SeaOrmFileRepository;
 pub use session_repository::SeaOrmSessionRepository;
 pub use turn_batch::WriterTask;
 pub use turn_repository::SeaOrmTurnRepository;

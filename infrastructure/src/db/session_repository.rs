@@ -3,14 +3,16 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use pantheon_domain::ports::SessionRepository;
-use pantheon_domain::{NewSession, Page, PageRequest, Session, SessionId, StorageError, UserId};
-use sea_orm::sea_query::OnConflict;
+use pantheon_domain::{
+    Clock, NewSession, Page, PageRequest, Session, SessionId, StorageError, SystemClock, UserId,
+};
+use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect,
+    QuerySelect, TransactionTrait,
 };
 
-use super::entity::{session, user};
+use super::entity::{session, uploaded_file, user};
 use super::error::storage;
 
 /// Sessions in the `sessions` table, scoped by `user_id` in every statement.
@@ -98,13 +100,29 @@ impl SessionRepository for SeaOrmSessionRepository {
     }
 
     async fn delete(&self, user: &UserId, id: SessionId) -> Result<bool, StorageError> {
-        // Turns go with it through `ON DELETE CASCADE`.
+        // Turns go with it through `ON DELETE CASCADE`. Its files cannot:
+        // their blobs must go first, so they are marked for the file
+        // service (and, should it fail, the sweep) in the same transaction.
+        let txn = self.db.begin().await.map_err(storage)?;
         let result = session::Entity::delete_many()
             .filter(session::Column::Id.eq(id.as_uuid()))
             .filter(session::Column::UserId.eq(user.as_str()))
-            .exec(&self.db)
+            .exec(&txn)
             .await
             .map_err(storage)?;
-        Ok(result.rows_affected > 0)
+        if result.rows_affected == 0 {
+            txn.rollback().await.map_err(storage)?;
+            return Ok(false);
+        }
+        uploaded_file::Entity::update_many()
+            .col_expr(uploaded_file::Column::Status, Expr::value(uploaded_file::DELETING))
+            .col_expr(uploaded_file::Column::UpdatedAt, Expr::value(SystemClock.now_micros()))
+            .filter(uploaded_file::Column::SessionId.eq(id.as_uuid()))
+            .filter(uploaded_file::Column::UserId.eq(user.as_str()))
+            .exec(&txn)
+            .await
+            .map_err(storage)?;
+        txn.commit().await.map_err(storage)?;
+        Ok(true)
     }
 }

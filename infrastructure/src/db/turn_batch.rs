@@ -92,11 +92,12 @@ UPDATE turns AS t
 SET output = v.output, status = v.status, finish_reason = v.finish_reason,
     input_tokens = v.input_tokens, output_tokens = v.output_tokens,
     total_tokens = v.total_tokens, error_code = v.error_code,
-    error_detail = v.error_detail, completed_at = v.completed_at
+    error_detail = v.error_detail, completed_at = v.completed_at,
+    tool_calls = v.tool_calls
 FROM jsonb_to_recordset($1::jsonb) AS v(
     id uuid, output text, status text, finish_reason text, input_tokens bigint,
     output_tokens bigint, total_tokens bigint, error_code text, error_detail text,
-    completed_at timestamptz)
+    completed_at timestamptz, tool_calls text)
 WHERE t.id = v.id
 RETURNING t.*";
 
@@ -160,6 +161,7 @@ pub(super) struct FinishRow {
     error_code: Option<String>,
     error_detail: Option<String>,
     completed_at: DateTime<Utc>,
+    tool_calls: Option<String>,
 }
 
 impl FinishRow {
@@ -176,6 +178,7 @@ impl FinishRow {
             error_code: error.as_ref().map(|e| e.kind.as_str().to_owned()),
             error_detail: error.map(|e| e.detail),
             completed_at: end.completed_at,
+            tool_calls: turn::tool_calls_column(&end.tool_calls),
         }
     }
 }

@@ -103,6 +103,10 @@ fn turn_from_row(row: turn::Model) -> Result<Turn, StorageError> {
             })
         })
         .transpose()?;
+    let tool_calls = match row.tool_calls.as_deref() {
+        None => Vec::new(),
+        Some(raw) => serde_json::from_str(raw).map_err(|_| corrupt("tool_calls", raw))?,
+    };
     Ok(Turn {
         id: TurnId::from(row.id),
         session_id: SessionId::from(row.session_id),
@@ -115,6 +119,7 @@ fn turn_from_row(row: turn::Model) -> Result<Turn, StorageError> {
         error,
         created_at: row.created_at,
         completed_at: row.completed_at,
+        tool_calls,
     })
 }
 
@@ -198,6 +203,7 @@ impl TurnRepository for SeaOrmTurnRepository {
             error_code: Set(error.as_ref().map(|e| e.kind.as_str().to_owned())),
             error_detail: Set(error.map(|e| e.detail)),
             completed_at: Set(Some(end.completed_at)),
+            tool_calls: Set(turn::tool_calls_column(&end.tool_calls)),
             ..Default::default()
         };
         let rows = turn::Entity::update_many()

@@ -8,5 +8,5 @@
 mod builtin;
 mod openai;
 
-pub use builtin::{BuiltinProvider, FAIL_MARKER};
+pub use builtin::{BuiltinProvider, FAIL_MARKER, READ_LENGTH};
 pub use openai::OpenAiProvider;

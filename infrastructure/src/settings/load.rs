@@ -77,10 +77,12 @@ impl Sources {
                     .separator("__")
                     .ignore_empty(true)
                     .try_parsing(true)
-                    // `PANTHEON__REDIS__CLUSTER_URLS=redis://a:6379,redis://b:6379`;
+                    // `PANTHEON__REDIS__CLUSTER_URLS=redis://a:6379,redis://b:6379`,
+                    // `PANTHEON__FILES__ALLOWED_TYPES=text/plain,image/png`;
                     // every other value stays one string, commas and all.
                     .list_separator(",")
                     .with_list_parse_key("redis.cluster_urls")
+                    .with_list_parse_key("files.allowed_types")
                     .source(Some(self.environment()?.into_iter().collect())),
             )
             .build()
@@ -117,7 +119,7 @@ impl Sources {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::settings::{Fallback, ProviderKind};
+    use crate::settings::{Fallback, FileStoreKind, ProviderKind};
 
     fn load(vars: &[(&str, &str)]) -> Result<Settings, SettingsError> {
         Sources::from_env(vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))).load()
@@ -225,6 +227,57 @@ mod tests {
             addr(&[("PANTHEON__SERVER__METRICS_ADDR", "0.0.0.0:9100")]),
             Ok(Some("0.0.0.0:9100".parse().unwrap_or_else(|_| unreachable!())))
         );
+    }
+
+    #[test]
+    fn files_settings_come_from_the_environment() {
+        let s = load(&[
+            ("PANTHEON__FILES__MAX_FILE_BYTES", "1048576"),
+            ("PANTHEON__FILES__ALLOWED_TYPES", "text/plain,image/png"),
+            ("PANTHEON__FILES__STORE", "s3"),
+            ("PANTHEON__FILES__S3__BUCKET", "pantheon"),
+            ("PANTHEON__FILES__S3__PATH_STYLE", "true"),
+            ("PANTHEON__RATE_LIMIT__UPLOADS_PER_MINUTE", "3"),
+        ])
+        .map_err(|e| e.to_string());
+        let files = s.as_ref().map(|s| &s.files);
+        assert_eq!(files.map(|f| f.max_file_bytes), Ok(1_048_576));
+        assert_eq!(files.map(|f| f.allowed_types.join(" ")), Ok("text/plain image/png".into()));
+        assert_eq!(files.map(|f| (f.store, f.s3.path_style)), Ok((FileStoreKind::S3, true)));
+        assert_eq!(files.map(|f| f.s3.bucket.as_deref()), Ok(Some("pantheon")));
+        assert_eq!(s.as_ref().map(|s| s.rate_limit.uploads_per_minute), Ok(3));
+        let defaults = Settings::default();
+        assert_eq!(defaults.files.max_file_bytes, 26_214_400);
+        assert_eq!(defaults.files.quota_bytes, 1 << 30);
+        assert_eq!(defaults.rate_limit.uploads_per_minute, 10);
+    }
+
+    #[test]
+    fn bad_files_settings_name_their_key() {
+        let cases: [&[(&str, &str)]; 6] = [
+            &[("PANTHEON__FILES__MAX_FILES", "0")],
+            &[("PANTHEON__FILES__ORPHAN_GRACE_SECS", "600")],
+            &[("PANTHEON__FILES__MAX_FILE_BYTES", "2147483648")],
+            &[("PANTHEON__FILES__ALLOWED_TYPES", "text/plain,Image/PNG")],
+            &[("PANTHEON__FILES__STORE", "s3")],
+            &[
+                ("PANTHEON__FILES__STORE", "s3"),
+                ("PANTHEON__FILES__S3__BUCKET", "b"),
+                ("PANTHEON__FILES__S3__ENDPOINT", "http://127.0.0.1:9000"),
+            ],
+        ];
+        let keys = [
+            "files.max_files",
+            "files.orphan_grace_secs",
+            "files.max_file_bytes",
+            "files.allowed_types",
+            "files.s3.bucket",
+            "files.s3.endpoint",
+        ];
+        for (vars, key) in cases.iter().zip(keys) {
+            let err = load(vars).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains(key), "{vars:?}: {err:?} should name {key}");
+        }
     }
 
     #[test]

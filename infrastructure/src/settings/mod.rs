@@ -6,11 +6,14 @@
 //! `PANTHEON__DATABASE__URL` when that one is unset, so the server, the
 //! `pantheon` CLI and the migration CLI resolve the database the same way.
 
+mod addr;
+mod files;
 mod load;
 mod provider;
 mod sections;
 mod validate;
 
+pub use files::*;
 pub use load::{SettingsError, Sources};
 pub use provider::*;
 pub use sections::*;
@@ -37,6 +40,8 @@ pub struct Settings {
     pub turns: TurnSettings,
     /// `provider.*`
     pub provider: ProviderSettings,
+    /// `files.*`
+    pub files: FilesSettings,
     /// `log.*`
     pub log: LogSettings,
 }

@@ -53,7 +53,7 @@ pub struct ServerSettings {
     pub max_connections: Option<usize>,
     /// `server.metrics_addr`: where `GET /metrics` listens, apart from the
     /// API; `off` (or an empty string) serves no metrics.
-    #[serde(deserialize_with = "optional_addr")]
+    #[serde(deserialize_with = "super::addr::optional_addr")]
     pub metrics_addr: Option<SocketAddr>,
 }
 
@@ -61,41 +61,6 @@ pub struct ServerSettings {
 /// name routes and limiter states an outsider has no business seeing.
 pub const DEFAULT_METRICS_ADDR: SocketAddr =
     SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 9464));
-
-/// An address, or `off` / an empty string / `false` for none: an
-/// environment variable cannot be unset to `null`.
-fn optional_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
-    struct Addr;
-
-    impl serde::de::Visitor<'_> for Addr {
-        type Value = Option<SocketAddr>;
-
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("an address such as 127.0.0.1:9464, or off")
-        }
-
-        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
-            match v.trim() {
-                "" | "off" => Ok(None),
-                addr => addr.parse().map(Some).map_err(E::custom),
-            }
-        }
-
-        fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
-            if v { Err(E::custom("expected an address or off, not true")) } else { Ok(None) }
-        }
-
-        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-
-        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-    }
-
-    d.deserialize_any(Addr)
-}
 
 impl Default for ServerSettings {
     fn default() -> Self {
@@ -285,6 +250,9 @@ pub struct RateLimitSettings {
     pub tokenizer: TokenizerKind,
     /// `rate_limit.tiers.<name>`
     pub tiers: BTreeMap<String, TierLimits>,
+    /// `rate_limit.uploads_per_minute`: file uploads one user may start a
+    /// minute, whatever their tier.
+    pub uploads_per_minute: u32,
 }
 
 impl Default for RateLimitSettings {
@@ -302,6 +270,7 @@ impl Default for RateLimitSettings {
             min_output_tokens: 16,
             tokenizer: TokenizerKind::O200k,
             tiers: BTreeMap::new(),
+            uploads_per_minute: 10,
         }
     }
 }
@@ -350,6 +319,9 @@ pub struct TurnSettings {
     /// `turns.idempotency_ttl_secs`: how long an `Idempotency-Key` is held
     /// (a retry within it gets the first attempt's turn).
     pub idempotency_ttl_secs: u64,
+    /// `turns.max_tool_rounds`: the most rounds of tool calls (`file_read`)
+    /// one turn runs before it ends `length`.
+    pub max_tool_rounds: u32,
 }
 
 /// `turns.max_output_tokens` when unset.
@@ -368,6 +340,7 @@ impl Default for TurnSettings {
             coalesce_ms: 50,
             resume_ttl_secs: 600,
             idempotency_ttl_secs: 86_400,
+            max_tool_rounds: 8,
         }
     }
 }

@@ -51,6 +51,7 @@ impl Settings {
             ("server.header_read_timeout_ms", self.server.header_read_timeout_ms),
             ("server.body_read_timeout_ms", self.server.body_read_timeout_ms),
             ("server.idle_timeout_secs", self.server.idle_timeout_secs),
+            ("rate_limit.uploads_per_minute", u64::from(self.rate_limit.uploads_per_minute)),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -93,6 +94,7 @@ impl Settings {
         if self.database.max_connections == Some(0) {
             return Err(SettingsError::invalid("database.max_connections", "must be at least 1"));
         }
+        self.files.check()?;
         if self.provider.kind == ProviderKind::Openai {
             self.provider
                 .openai

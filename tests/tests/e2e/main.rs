@@ -43,12 +43,14 @@ macro_rules! on_both_stores {
 
 mod auth;
 mod bad_input;
+mod blob_store;
 mod builtin_provider;
 mod charging;
 mod concurrency;
 mod connections;
 mod crash_recovery;
 mod database_outage;
+mod file_repository;
 mod http_surface;
 mod idempotency;
 mod limiter_abandoned;
@@ -64,6 +66,7 @@ mod locked_begin;
 mod metrics;
 mod migrations;
 mod openai_provider;
+mod openai_tool_rounds;
 mod openapi;
 mod ownership;
 mod playground;
@@ -77,3 +80,4 @@ mod tokens;
 mod tokens_actor;
 mod turn_writes;
 mod turns;
+mod uploads;

@@ -11,6 +11,7 @@ use std::time::Duration;
 use chrono::{TimeZone, Utc};
 use futures::future::join_all;
 use migration::{Migrator, MigratorTrait};
+use pantheon_domain::tool::ToolRecord;
 use pantheon_domain::ports::{Checkpoint, SessionRepository, TurnRepository, TurnStart};
 use pantheon_domain::{
     FailureKind, FinishReason, NewSession, SessionId, TurnEnd, TurnFailure, TurnId, TurnStatus,
@@ -176,6 +177,7 @@ async fn concurrent_finishes_each_persist_their_own_outcome(backend: Backend) {
                     detail: format!("d{i}"),
                 }),
                 completed_at: at,
+                tool_calls: (i % 2 == 0).then(|| tool_record(i)).into_iter().collect(),
             };
             (i, turn.id, turns.finish(turn.id, end).await.unwrap())
         })
@@ -185,6 +187,8 @@ async fn concurrent_finishes_each_persist_their_own_outcome(backend: Backend) {
         assert_eq!(persisted.input, format!("q{i}"), "the row of this turn, not a neighbour's");
         assert_eq!(persisted.output, format!("reply {i}"));
         assert_eq!(persisted.completed_at, Some(at));
+        let recorded: Vec<ToolRecord> = (i % 2 == 0).then(|| tool_record(i)).into_iter().collect();
+        assert_eq!(persisted.tool_calls, recorded, "its own tool calls, read back");
         if i % 3 == 0 {
             assert_eq!(persisted.status, TurnStatus::Failed);
             assert_eq!(persisted.usage, None);
@@ -207,8 +211,20 @@ async fn concurrent_finishes_each_persist_their_own_outcome(backend: Backend) {
         usage: None,
         error: None,
         completed_at: at,
+        tool_calls: Vec::new(),
     };
     assert!(store.turns.finish(gone, end).await.is_err());
+}
+
+/// A `file_read` call as a turn records it.
+fn tool_record(i: usize) -> ToolRecord {
+    ToolRecord {
+        name: "file_read".into(),
+        arguments: format!(r#"{{"offset":{i}}}"#),
+        file_id: None,
+        bytes: i as u64,
+        error: (i % 4 == 0).then(|| "no such file among this turn's files".into()),
+    }
 }
 
 /// PostgreSQL's `text` cannot hold a NUL: such an input (the API refuses it
@@ -262,6 +278,7 @@ async fn checkpoints_keep_output_and_heartbeat_and_the_sweep_ends_only_stale_tur
         usage: None,
         error: None,
         completed_at: Utc::now(),
+        tool_calls: Vec::new(),
     };
     store.turns.finish(finished, end).await.unwrap();
 

@@ -3,4 +3,6 @@
 
 pub mod session;
 pub mod turn;
+pub mod uploaded_file;
 pub mod user;
+pub mod user_storage;

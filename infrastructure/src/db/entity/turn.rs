@@ -48,6 +48,8 @@ pub struct Model {
     pub idempotency_key: Option<String>,
     /// The fingerprint of the request that sent the key.
     pub request_hash: Option<String>,
+    /// The tool calls its model made, as JSON; `NULL` when none.
+    pub tool_calls: Option<String>,
 }
 
 /// No navigable relations are needed by the queries.
@@ -55,3 +57,8 @@ pub struct Model {
 pub enum Relation {}
 
 impl ActiveModelBehavior for ActiveModel {}
+
+/// A turn's tool calls as stored: `NULL` when there were none.
+pub fn tool_calls_column(calls: &[pantheon_domain::tool::ToolRecord]) -> Option<String> {
+    if calls.is_empty() { None } else { serde_json::to_string(calls).ok() }
+}

@@ -15,7 +15,12 @@
 //!   drops the connection, and nothing goes on reading in the background;
 //! - the API key only ever travels as a header marked sensitive, and
 //!   upstream text that reaches a log has it scrubbed ([`failure`]).
+//! - tool use takes the chat format's own shape ([`body`]), and the calls
+//!   an upstream streams are put together within bounds ([`calls`]): a
+//!   hostile upstream cannot make a turn hold or run more than a few.
 
+mod body;
+mod calls;
 mod failure;
 mod stream;
 #[cfg(test)]
@@ -25,10 +30,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pantheon_domain::ports::{ModelProvider, ReplyRequest, ReplyStream};
+use pantheon_domain::tool::ToolRound;
 use pantheon_domain::{ProviderError, TokenCounter};
 use reqwest::header::{self, HeaderValue};
 use reqwest::{Client, Url};
-use serde::Serialize;
 
 use crate::settings::{MaxTokensField, OpenAiProviderSettings, SettingsError};
 use failure::Secret;
@@ -96,55 +101,18 @@ impl OpenAiProvider {
         })
     }
 
-    /// The request body: system prompt, history pairs, then the new input.
-    fn body<'a>(&'a self, request: &'a ReplyRequest) -> ChatRequest<'a> {
-        let mut messages = Vec::with_capacity(2 + 2 * request.history.len());
-        if let Some(prompt) = &self.system_prompt {
-            messages.push(Message { role: "system", content: prompt });
-        }
-        for (input, output) in &request.history {
-            messages.push(Message { role: "user", content: input });
-            messages.push(Message { role: "assistant", content: output });
-        }
-        messages.push(Message { role: "user", content: &request.input });
-        let cap = request.max_output_tokens;
-        let (max_tokens, max_completion_tokens) = match self.max_tokens_field {
-            MaxTokensField::MaxTokens => (Some(cap), None),
-            MaxTokensField::MaxCompletionTokens => (None, Some(cap)),
-            MaxTokensField::Both => (Some(cap), Some(cap)),
-        };
-        ChatRequest {
+    /// The request body ([`body`]).
+    fn body<'a>(
+        &'a self,
+        request: &'a ReplyRequest,
+    ) -> Result<body::ChatRequest<'a>, ProviderError> {
+        let shape = body::Shape {
             model: &self.model,
-            messages,
-            stream: true,
-            stream_options: StreamOptions { include_usage: true },
-            max_tokens,
-            max_completion_tokens,
-        }
+            system_prompt: self.system_prompt.as_deref(),
+            max_tokens_field: self.max_tokens_field,
+        };
+        body::chat_request(&shape, request)
     }
-}
-
-#[derive(Debug, Serialize)]
-struct ChatRequest<'a> {
-    model: &'a str,
-    messages: Vec<Message<'a>>,
-    stream: bool,
-    stream_options: StreamOptions,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_tokens: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_completion_tokens: Option<u64>,
-}
-
-#[derive(Debug, Serialize)]
-struct Message<'a> {
-    role: &'static str,
-    content: &'a str,
-}
-
-#[derive(Debug, Serialize)]
-struct StreamOptions {
-    include_usage: bool,
 }
 
 #[async_trait]
@@ -153,13 +121,14 @@ impl ModelProvider for OpenAiProvider {
         tracing::debug!(
             model = %self.model,
             history = request.history.len(),
+            rounds = request.rounds.len(),
             "opening an upstream reply"
         );
         let mut call = self
             .client
             .post(self.endpoint.clone())
             .header(header::ACCEPT, HeaderValue::from_static("text/event-stream"))
-            .json(&self.body(&request));
+            .json(&self.body(&request)?);
         if let Some(key) = &self.api_key {
             call = call.header(header::AUTHORIZATION, key.bearer());
         }
@@ -194,5 +163,21 @@ impl ModelProvider for OpenAiProvider {
         let system = self.system_prompt.as_deref().map_or(0, message);
         let earlier: u64 = history.iter().map(|(i, o)| message(i) + message(o)).sum();
         system + earlier + message(input) + REPLY_PRIMING_TOKENS
+    }
+    /// The assistant message of the round (its text and calls) and one
+    /// message per result, each with its framing, as `prompt_tokens`
+    /// frames the others.
+    fn round_tokens(&self, tokens: &dyn TokenCounter, round: &ToolRound) -> u64 {
+        let calls: u64 = round
+            .calls
+            .iter()
+            .map(|(call, result)| {
+                tokens.count(&call.name)
+                    + tokens.count(&call.arguments)
+                    + TOKENS_PER_MESSAGE
+                    + tokens.count(&result.content)
+            })
+            .sum();
+        TOKENS_PER_MESSAGE + tokens.count(&round.text) + calls
     }
 }

@@ -3,7 +3,10 @@
 //! The body is Server-Sent Events (parsed by `eventsource-stream`), one
 //! `chat.completion.chunk` a `data:` line, ended by `data: [DONE]`. Deltas
 //! are forwarded as they arrive; the finish reason and the usage chunk
-//! (`stream_options.include_usage`) are kept for the final event.
+//! (`stream_options.include_usage`) are kept for the final event. Tool
+//! calls arrive in fragments ([`super::calls`]) and are handed on whole
+//! when the model finishes (its finish reason, or `[DONE]` without one),
+//! before the final event.
 //!
 //! After the first byte, failure is an `Err` item: an error object in the
 //! stream, a body that ends without `[DONE]` or a finish reason (truncated),
@@ -14,6 +17,7 @@
 //! The stream owns the response and reads it only when polled: dropping it
 //! closes the connection, and no task lives on.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -23,6 +27,7 @@ use pantheon_domain::ports::{ReplyEvent, ReplyStream};
 use pantheon_domain::{FinishReason, ProviderError, Usage};
 use serde::Deserialize;
 
+use super::calls::{CallDelta, Calls};
 use super::failure::{Secret, scrub};
 
 /// Why the byte stream stopped early.
@@ -65,7 +70,8 @@ where
     });
     let reader = Reader {
         events: Some(Box::pin(timed.eventsource())),
-        reply: Reply { finish_reason: None, usage: None, secret },
+        queued: VecDeque::new(),
+        reply: Reply { finish_reason: None, usage: None, calls: Calls::default(), secret },
     };
     futures::stream::unfold(reader, Reader::next_item).boxed()
 }
@@ -74,6 +80,8 @@ where
 struct Reader {
     /// `None` once the reply is over: the response is dropped at once.
     events: Option<Events>,
+    /// Reply events made by one upstream event, not yet handed on.
+    queued: VecDeque<Result<ReplyEvent, ProviderError>>,
     reply: Reply,
 }
 
@@ -81,18 +89,23 @@ struct Reader {
 struct Reply {
     finish_reason: Option<FinishReason>,
     usage: Option<Usage>,
+    calls: Calls,
     secret: Option<Secret>,
 }
 
 /// What one event means.
 enum Step {
     Nothing,
-    Delta(String),
+    /// Never empty.
+    Events(Vec<ReplyEvent>),
     End(Result<ReplyEvent, ProviderError>),
 }
 
 impl Reader {
     async fn next_item(mut self) -> Option<(Result<ReplyEvent, ProviderError>, Self)> {
+        if let Some(item) = self.queued.pop_front() {
+            return Some((item, self));
+        }
         let events = self.events.as_mut()?;
         let reply = &mut self.reply;
         let step = loop {
@@ -116,18 +129,22 @@ impl Reader {
             }
         };
         match step {
-            Step::Delta(delta) => Some((Ok(ReplyEvent::Delta(delta)), self)),
+            Step::Events(list) => self.queued.extend(list.into_iter().map(Ok)),
             Step::End(end) => {
                 // A body read to its end lets the connection go back to the
                 // pool; the end is usually in hand already after `[DONE]`.
                 if end.is_ok() {
                     let _ = events.next().now_or_never();
+                    let calls = self.reply.calls.take();
+                    self.queued.extend(calls.into_iter().map(|c| Ok(ReplyEvent::ToolCall(c))));
                 }
                 self.events = None;
-                Some((end, self))
+                self.queued.push_back(end);
             }
-            Step::Nothing => None,
+            Step::Nothing => {}
         }
+        let item = self.queued.pop_front()?;
+        Some((item, self))
     }
 }
 
@@ -161,14 +178,28 @@ impl Reply {
         if let Some(usage) = chunk.usage {
             self.usage = Some(usage.into());
         }
-        let mut delta = String::new();
+        let (mut text, mut finished) = (String::new(), false);
         for choice in chunk.choices.into_iter().filter(|c| c.index == 0) {
             if let Some(reason) = choice.finish_reason.as_deref() {
                 self.finish_reason = Some(finish_reason(reason));
+                finished = true;
             }
-            delta.extend(choice.delta.and_then(|d| d.content));
+            let Some(delta) = choice.delta else { continue };
+            text.extend(delta.content);
+            for fragment in delta.tool_calls.into_iter().flatten() {
+                if let Err(error) = self.calls.add(fragment) {
+                    return Step::End(Err(error));
+                }
+            }
         }
-        if delta.is_empty() { Step::Nothing } else { Step::Delta(delta) }
+        let mut events = Vec::new();
+        if !text.is_empty() {
+            events.push(ReplyEvent::Delta(text));
+        }
+        if finished {
+            events.extend(self.calls.take().into_iter().map(ReplyEvent::ToolCall));
+        }
+        if events.is_empty() { Step::Nothing } else { Step::Events(events) }
     }
 
     fn upstream_error(&self, detail: &str) -> ProviderError {
@@ -233,6 +264,7 @@ struct Choice {
 #[derive(Debug, Deserialize)]
 struct Delta {
     content: Option<String>,
+    tool_calls: Option<Vec<CallDelta>>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]

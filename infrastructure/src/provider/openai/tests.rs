@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use pantheon_domain::ports::{ModelProvider, ReplyEvent, ReplyRequest};
-use pantheon_domain::{FinishReason, ProviderError, SessionId, Usage};
+use pantheon_domain::tool::{FileRef, ToolCall, ToolResult, ToolRound, ToolSpec};
+use pantheon_domain::{FileId, FinishReason, ProviderError, SessionId, Usage};
 
 use super::OpenAiProvider;
 use super::failure::Secret;
@@ -133,7 +134,8 @@ fn the_request_carries_the_system_prompt_the_history_in_order_and_the_input() {
         tools: Vec::new(),
         rounds: Vec::new(),
     };
-    let body = provider.map(|p| serde_json::to_value(p.body(&request)).unwrap_or_default());
+    let body = provider
+        .map(|p| p.body(&request).map(|b| serde_json::to_value(b).unwrap_or_default()).ok());
     let expected = serde_json::json!({
         "model": "m",
         "messages": [
@@ -146,7 +148,7 @@ fn the_request_carries_the_system_prompt_the_history_in_order_and_the_input() {
         "stream_options": {"include_usage": true},
         "max_tokens": 64,
     });
-    assert_eq!(body, Ok(expected));
+    assert_eq!(body, Ok(Some(expected)));
 }
 
 #[test]
@@ -173,7 +175,9 @@ fn the_output_cap_goes_in_the_configured_field() {
             ..Default::default()
         };
         let body = OpenAiProvider::new(&settings)
-            .map(|p| serde_json::to_value(p.body(&request)).unwrap_or_default())
+            .ok()
+            .and_then(|p| p.body(&request).ok().map(serde_json::to_value))
+            .and_then(Result::ok)
             .unwrap_or_default();
         assert_eq!(body.get("max_tokens").and_then(|v| v.as_u64()), max_tokens, "{field:?}");
         let completion = body.get("max_completion_tokens").and_then(|v| v.as_u64());
@@ -199,4 +203,196 @@ fn the_prompt_estimate_frames_every_message_as_the_chat_format_does() {
         + (4 + count("third"))
         + 3;
     assert_eq!(provider.prompt_tokens(&tokens, "third", &history), expected);
+}
+
+fn tool_call(index: u32, id: Option<&str>, name: Option<&str>, arguments: &str) -> String {
+    let mut call = serde_json::json!({"index": index, "function": {"arguments": arguments}});
+    if let Some(id) = id {
+        call["id"] = id.into();
+        call["type"] = "function".into();
+    }
+    if let Some(name) = name {
+        call["function"]["name"] = name.into();
+    }
+    let chunk = serde_json::json!({"choices": [{"index": 0, "delta": {"tool_calls": [call]}}]});
+    format!("data: {chunk}\n\n")
+}
+
+fn calls(events: &[Result<ReplyEvent, ProviderError>]) -> Vec<ToolCall> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Ok(ReplyEvent::ToolCall(call)) => Some(call.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn call(id: &str, name: &str, arguments: &str) -> ToolCall {
+    ToolCall { id: id.into(), name: name.into(), arguments: arguments.into() }
+}
+
+#[tokio::test]
+async fn streamed_tool_calls_are_put_together_and_handed_on_before_the_end_however_cut() {
+    let body = [
+        delta("Let me look."),
+        tool_call(0, Some("call_a"), Some("file_read"), ""),
+        tool_call(1, Some("call_b"), Some("file_read"), "{\"file_id\":"),
+        tool_call(0, None, None, "{\"file_id\":\"é\"}"),
+        tool_call(1, None, None, "\"b\"}"),
+        finish("tool_calls"),
+        USAGE.into(),
+        DONE.into(),
+    ]
+    .concat();
+    for cut in [1, 5, body.len()] {
+        let events = read(&body, cut, false).await;
+        assert_eq!(text(&events), "Let me look.", "cut {cut}");
+        let expected = vec![
+            call("call_a", "file_read", "{\"file_id\":\"é\"}"),
+            call("call_b", "file_read", "{\"file_id\":\"b\"}"),
+        ];
+        assert_eq!(calls(&events), expected, "cut {cut}");
+        let kinds: Vec<&str> = events
+            .iter()
+            .map(|e| match e {
+                Ok(ReplyEvent::Delta(_)) => "delta",
+                Ok(ReplyEvent::ToolCall(_)) => "call",
+                Ok(ReplyEvent::Finished { .. }) => "finished",
+                Err(_) => "error",
+            })
+            .collect();
+        assert_eq!(kinds, ["delta", "call", "call", "finished"], "cut {cut}");
+        let usage = Usage { input_tokens: 3, output_tokens: 2, total_tokens: 5 };
+        assert_eq!(
+            events.last(),
+            Some(&Ok(ReplyEvent::Finished {
+                finish_reason: FinishReason::Stop,
+                usage: Some(usage)
+            }))
+        );
+    }
+}
+
+#[tokio::test]
+async fn calls_end_with_done_without_a_finish_reason_but_not_with_a_truncated_body() {
+    let call_a = tool_call(0, Some("call_a"), Some("file_read"), "{}");
+    let done = read(&[call_a.clone(), DONE.into()].concat(), 9, false).await;
+    assert_eq!(calls(&done), vec![call("call_a", "file_read", "{}")]);
+    assert!(matches!(done.last(), Some(Ok(ReplyEvent::Finished { .. }))));
+
+    let truncated = read(&call_a, 9, false).await;
+    assert_eq!(calls(&truncated), Vec::new(), "a call may be cut: none is handed on");
+    assert!(matches!(truncated.last(), Some(Err(ProviderError::Failed(_)))));
+}
+
+#[tokio::test]
+async fn a_hostile_upstream_cannot_make_unbounded_calls_or_arguments() {
+    let many: String = (0..=16).map(|i| tool_call(i, Some(&format!("c{i}")), None, "")).collect();
+    let events = read(&[many, finish("tool_calls"), DONE.into()].concat(), 64, false).await;
+    assert_eq!(calls(&events), Vec::new());
+    let message = events.last().and_then(|e| e.clone().err()).map(|e| e.to_string());
+    assert!(message.is_some_and(|m| m.contains("more than 16 tool calls")));
+
+    let piece = "x".repeat(8 * 1024);
+    let mut body = tool_call(0, Some("c"), Some("file_read"), "");
+    for _ in 0..9 {
+        body.push_str(&tool_call(0, None, None, &piece));
+    }
+    let events = read(&[body, finish("tool_calls"), DONE.into()].concat(), 4096, false).await;
+    assert_eq!(calls(&events), Vec::new());
+    let message = events.last().and_then(|e| e.clone().err()).map(|e| e.to_string());
+    assert!(message.is_some_and(|m| m.contains("arguments longer than 65536 bytes")));
+}
+
+fn round() -> ToolRound {
+    let result =
+        |content: &str| ToolResult { content: content.into(), file: None, bytes: 0, error: None };
+    ToolRound {
+        text: String::new(),
+        calls: vec![
+            (call("call_1", "file_read", "{\"file_id\":\"a\"}"), result("{\"text\":\"A\"}")),
+            (call("call_2", "file_read", "{}"), result("{\"error\":\"no\"}")),
+        ],
+    }
+}
+
+#[test]
+fn with_tools_the_request_offers_them_lists_the_files_and_replays_each_round() {
+    let settings = OpenAiProviderSettings {
+        base_url: Some("http://127.0.0.1:9/v1".into()),
+        model: Some("m".into()),
+        system_prompt: Some("Be brief.".into()),
+        ..Default::default()
+    };
+    let file = FileRef {
+        id: FileId::new(),
+        filename: "notes \"1\".txt".into(),
+        content_type: "text/plain".into(),
+        bytes: 12,
+    };
+    let tool =
+        ToolSpec { name: "file_read", description: "Reads.", parameters: r#"{"type":"object"}"# };
+    let mut second = round();
+    second.text = "And the other.".into();
+    let request = ReplyRequest {
+        session_id: SessionId::new(),
+        input: "what is in it?".into(),
+        history: vec![("before".into(), "yes".into())],
+        max_output_tokens: 64,
+        files: vec![file.clone()],
+        tools: vec![tool],
+        rounds: vec![round(), second],
+    };
+    let body = OpenAiProvider::new(&settings)
+        .ok()
+        .and_then(|p| p.body(&request).ok().map(serde_json::to_value))
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    let listing = format!(
+        "Files you can read with the file_read tool, one JSON object a line \
+         (its id, name, type and size in bytes):\n{}",
+        serde_json::json!({"id": file.id, "name": "notes \"1\".txt", "type": "text/plain", "bytes": 12})
+    );
+    let calls = serde_json::json!([
+        {"id": "call_1", "type": "function",
+         "function": {"name": "file_read", "arguments": "{\"file_id\":\"a\"}"}},
+        {"id": "call_2", "type": "function", "function": {"name": "file_read", "arguments": "{}"}},
+    ]);
+    let results = [
+        serde_json::json!({"role": "tool", "tool_call_id": "call_1", "content": "{\"text\":\"A\"}"}),
+        serde_json::json!({"role": "tool", "tool_call_id": "call_2", "content": "{\"error\":\"no\"}"}),
+    ];
+    let expected = serde_json::json!([
+        {"role": "system", "content": "Be brief."},
+        {"role": "system", "content": listing},
+        {"role": "user", "content": "before"}, {"role": "assistant", "content": "yes"},
+        {"role": "user", "content": "what is in it?"},
+        {"role": "assistant", "content": null, "tool_calls": calls},
+        results[0], results[1],
+        {"role": "assistant", "content": "And the other.", "tool_calls": calls},
+        results[0], results[1],
+    ]);
+    assert_eq!(body["messages"], expected);
+    assert_eq!(
+        body["tools"],
+        serde_json::json!([{"type": "function", "function":
+            {"name": "file_read", "description": "Reads.", "parameters": {"type": "object"}}}])
+    );
+}
+
+#[test]
+fn a_round_is_counted_as_its_messages_with_their_framing() {
+    let tokens = crate::tokenizer::Tiktoken::new(crate::settings::TokenizerKind::O200k);
+    let settings = OpenAiProviderSettings {
+        base_url: Some("http://127.0.0.1:9/v1".into()),
+        model: Some("m".into()),
+        ..Default::default()
+    };
+    let provider = OpenAiProvider::new(&settings).unwrap_or_else(|_| unreachable!());
+    let count = |t: &str| pantheon_domain::TokenCounter::count(&tokens, t);
+    let expected = 4
+        + (count("file_read") + count("{\"file_id\":\"a\"}") + 4 + count("{\"text\":\"A\"}"))
+        + (count("file_read") + count("{}") + 4 + count("{\"error\":\"no\"}"));
+    assert_eq!(provider.round_tokens(&tokens, &round()), expected);
 }

@@ -8,14 +8,20 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, SecondsFormat, Utc};
 use pantheon_domain::limiter::LimiterState;
 use pantheon_domain::page::{DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT};
+use pantheon_domain::tool::ToolRecord;
 use pantheon_domain::{
-    FinishReason, Page, PageRequest, Session, SessionId, Turn, TurnStatus, Usage,
+    FileId, FinishReason, NewTurn, Page, PageRequest, Session, SessionId, Turn, TurnStatus, Usage,
+    ValidationError,
 };
 use serde::{Deserialize, Serialize, Serializer};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::error::{ApiError, failure_status};
+
+mod files;
+
+pub use files::{FileBody, file_cursor};
 
 /// Timestamps as RFC 3339 UTC with microseconds, the precision stored.
 fn timestamp<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
@@ -48,6 +54,22 @@ pub struct SubmitTurnRequest {
     /// characters (default 32,000).
     #[schema(min_length = 1)]
     pub input: String,
+    /// Files of the caller's for the model to read with `file_read`,
+    /// besides those attached to the session: at most 20, each stored
+    /// whole (`422` otherwise).
+    #[serde(default)]
+    #[schema(value_type = Vec<String>, format = Uuid)]
+    pub files: Vec<FileId>,
+}
+
+impl SubmitTurnRequest {
+    /// The validated turn.
+    ///
+    /// # Errors
+    /// [`ValidationError`] on `input` or `files`.
+    pub fn into_turn(self, max_input_chars: usize) -> Result<NewTurn, ValidationError> {
+        NewTurn::parse(self.input, max_input_chars)?.with_files(self.files)
+    }
 }
 
 /// A chat session.
@@ -201,6 +223,8 @@ pub struct TurnBody {
     #[serde(serialize_with = "optional_timestamp")]
     #[schema(value_type = Option<String>, format = DateTime)]
     completed_at: Option<DateTime<Utc>>,
+    /// The tools the model called for this reply, in order.
+    tool_calls: Vec<ToolCallBody>,
 }
 
 impl From<Turn> for TurnBody {
@@ -228,7 +252,31 @@ impl From<Turn> for TurnBody {
             error,
             created_at: t.created_at,
             completed_at: t.completed_at,
+            tool_calls: t.tool_calls.into_iter().map(ToolCallBody::from).collect(),
         }
+    }
+}
+
+/// A tool call of a turn's model.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = ToolCall)]
+pub struct ToolCallBody {
+    /// The tool: `file_read`.
+    name: String,
+    /// Its arguments as the model sent them (JSON text).
+    arguments: String,
+    /// The file it read, when it named one of the turn's files.
+    #[schema(value_type = Option<String>, format = Uuid)]
+    file_id: Option<FileId>,
+    /// The bytes of the file returned.
+    bytes: u64,
+    /// Why the call failed, when it did (the model was told).
+    error: Option<String>,
+}
+
+impl From<ToolRecord> for ToolCallBody {
+    fn from(r: ToolRecord) -> Self {
+        Self { name: r.name, arguments: r.arguments, file_id: r.file_id, bytes: r.bytes, error: r.error }
     }
 }
 

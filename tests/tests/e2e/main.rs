@@ -51,6 +51,7 @@ mod connections;
 mod crash_recovery;
 mod database_outage;
 mod file_repository;
+mod file_tools;
 mod http_surface;
 mod idempotency;
 mod limiter_abandoned;

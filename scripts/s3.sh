@@ -94,5 +94,5 @@ case "${1:-}" in
   start) DIR=${2:?usage: $0 start DIR}; start ;;
   stop) DIR=${2:?usage: $0 stop DIR}; stop ;;
   check) answers "${2:?usage: $0 check URL}" ;;
-  *) sed -n '2,14p' "$0"; exit 2 ;;
+  *) sed -n '2,12p' "$0"; exit 2 ;;
 esac

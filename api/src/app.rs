@@ -20,11 +20,11 @@ use pantheon_infrastructure::db::{
     self, DatabaseProbe, SeaOrmFileRepository, SeaOrmSessionRepository, SeaOrmTurnRepository,
 };
 use pantheon_infrastructure::files;
-use pantheon_infrastructure::tools::FileTools;
 use pantheon_infrastructure::limiter::{limit_table, measured_limiter};
 use pantheon_infrastructure::provider::{BuiltinProvider, OpenAiProvider};
 use pantheon_infrastructure::settings::{OnDisconnect, ProviderKind, ProviderSettings, Settings};
 use pantheon_infrastructure::tokenizer::Tiktoken;
+use pantheon_infrastructure::tools::FileTools;
 use thiserror::Error;
 use tokio::net::TcpListener;
 

@@ -116,6 +116,7 @@ pub fn sanitize_filename(raw: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -77,15 +77,15 @@ impl MigrationTrait for Migration {
             )
             .await?;
         let indexes = [
-            ("ix_uploaded_files_user_id_created_at", vec![
-                UploadedFiles::UserId,
-                UploadedFiles::CreatedAt,
-            ]),
+            (
+                "ix_uploaded_files_user_id_created_at",
+                vec![UploadedFiles::UserId, UploadedFiles::CreatedAt],
+            ),
             ("ix_uploaded_files_session_id", vec![UploadedFiles::SessionId]),
-            ("ix_uploaded_files_status_updated_at", vec![
-                UploadedFiles::Status,
-                UploadedFiles::UpdatedAt,
-            ]),
+            (
+                "ix_uploaded_files_status_updated_at",
+                vec![UploadedFiles::Status, UploadedFiles::UpdatedAt],
+            ),
         ];
         for (name, columns) in indexes {
             let mut index = Index::create();

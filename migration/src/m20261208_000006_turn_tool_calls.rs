@@ -28,7 +28,9 @@ impl MigrationTrait for Migration {
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager
-            .alter_table(Table::alter().table(Turns::Table).drop_column(Turns::ToolCalls).to_owned())
+            .alter_table(
+                Table::alter().table(Turns::Table).drop_column(Turns::ToolCalls).to_owned(),
+            )
             .await
     }
 }

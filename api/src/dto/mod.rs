@@ -276,7 +276,13 @@ pub struct ToolCallBody {
 
 impl From<ToolRecord> for ToolCallBody {
     fn from(r: ToolRecord) -> Self {
-        Self { name: r.name, arguments: r.arguments, file_id: r.file_id, bytes: r.bytes, error: r.error }
+        Self {
+            name: r.name,
+            arguments: r.arguments,
+            file_id: r.file_id,
+            bytes: r.bytes,
+            error: r.error,
+        }
     }
 }
 

@@ -262,7 +262,8 @@ pub fn response(status: u16, codes: &[Code]) -> Response {
         // Its members, optional: the same status holds `validation_failed`.
         all = all.item(Ref::from_schema_name("TokenBudgetProblem"));
     }
-    let upload = [file_too_large, storage_quota_exceeded, file_type_mismatch, file_type_not_allowed];
+    let upload =
+        [file_too_large, storage_quota_exceeded, file_type_mismatch, file_type_not_allowed];
     if codes.iter().any(|c| upload.iter().any(|u| u.name == c.name)) {
         // Their members, optional: each status holds other codes too.
         all = all.item(Ref::from_schema_name("FileProblem"));

@@ -5,8 +5,8 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::Response;
-use pantheon_domain::turn_service::Started;
 use pantheon_domain::SessionId;
+use pantheon_domain::turn_service::Started;
 
 use crate::dto::SubmitTurnRequest;
 use crate::error::ApiError;

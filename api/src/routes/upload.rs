@@ -114,7 +114,11 @@ fn fault_of(error: &multer::Error) -> UploadFault {
 
 /// Pumps the file part's chunks into `chunks` until its end, a fault, or
 /// the upload's task stops listening. The rest of the form is not read.
-pub async fn pump(mut file: Field<'static>, chunks: mpsc::Sender<UploadChunk>, read_timeout: Duration) {
+pub async fn pump(
+    mut file: Field<'static>,
+    chunks: mpsc::Sender<UploadChunk>,
+    read_timeout: Duration,
+) {
     loop {
         let next = match tokio::time::timeout(read_timeout, file.chunk()).await {
             Ok(Ok(Some(bytes))) => UploadChunk::Data(bytes),

@@ -20,9 +20,11 @@ use crate::ports::{BlobStore, BlobWriter, FileRepository};
 use super::FilePolicy;
 use super::kind::{self, HEAD_BYTES, Utf8Check};
 
-/// Bytes reserved at a time while the quota allows: a 1 GiB upload costs
-/// 256 reservations, not one per chunk.
-const RESERVE_STEP: u64 = 4 * 1024 * 1024;
+/// Bytes gathered before they are reserved (exactly) and written: a 1 GiB
+/// upload costs 1,024 reservations, not one per chunk, and never reserves
+/// a byte it has not received, so concurrent uploads are never refused
+/// for room another one only held for a moment.
+const RESERVE_BATCH: u64 = 1024 * 1024;
 
 /// What an upload's task needs.
 pub(super) struct Upload {
@@ -33,13 +35,14 @@ pub(super) struct Upload {
     pub(super) user: UserId,
 }
 
-/// The bytes written so far and what they are charged.
+/// The bytes received so far, and those not yet reserved and written.
 struct Progress {
     id: FileId,
-    written: u64,
-    reserved: u64,
+    received: u64,
     hash: Sha256,
     utf8: Option<Utf8Check>,
+    pending: Vec<Bytes>,
+    pending_bytes: u64,
 }
 
 impl Upload {
@@ -71,10 +74,11 @@ impl Upload {
         }
         let mut progress = Progress {
             id: upload.id,
-            written: 0,
-            reserved: 0,
+            received: 0,
             hash: Sha256::new(),
             utf8: kind::is_text(&content_type).then(Utf8Check::default),
+            pending: Vec::new(),
+            pending_bytes: 0,
         };
         let writer = match self.blobs.create(upload.id).await {
             Ok(writer) => writer,
@@ -118,7 +122,8 @@ impl Upload {
         Ok((head, false))
     }
 
-    /// Writes the head, then the rest of the body, reserving ahead of it.
+    /// Writes the head, then the rest of the body, each batch reserved
+    /// before it is written.
     async fn write(
         &self,
         mut writer: Box<dyn BlobWriter>,
@@ -128,62 +133,70 @@ impl Upload {
         mut body: mpsc::Receiver<UploadChunk>,
         deadline: Instant,
     ) -> Result<(), TurnError> {
-        let mut pending = head.into_iter();
-        loop {
-            let chunk = match pending.next() {
+        let mut head = head.into_iter();
+        let written = loop {
+            let chunk = match head.next() {
                 Some(chunk) => chunk,
-                None if ended => break,
+                None if ended => break Ok(()),
                 None => match next(&mut body, deadline).await {
                     Ok(Some(chunk)) => chunk,
-                    Ok(None) => break,
-                    Err(error) => {
-                        writer.abort().await;
-                        return Err(error);
-                    }
+                    Ok(None) => break Ok(()),
+                    Err(error) => break Err(error),
                 },
             };
-            if let Err(error) = self.accept(progress, &chunk).await {
-                writer.abort().await;
-                return Err(error);
+            if let Err(error) = self.accept(progress, chunk) {
+                break Err(error);
             }
-            if let Err(error) = writer.write(chunk).await {
-                writer.abort().await;
-                return Err(error.into());
+            if progress.pending_bytes >= RESERVE_BATCH
+                && let Err(error) = self.flush(&mut writer, progress).await
+            {
+                break Err(error);
             }
+        };
+        let flushed = match written {
+            Ok(()) => self.flush(&mut writer, progress).await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = flushed {
+            writer.abort().await;
+            return Err(error);
         }
         Ok(writer.finish().await?)
     }
 
-    /// Counts, hashes and reserves `chunk` before it is written: the
-    /// user's bytes never pass the quota, even for a moment.
-    async fn accept(&self, progress: &mut Progress, chunk: &[u8]) -> Result<(), TurnError> {
+    /// Counts and hashes `chunk`, and keeps it for the next batch.
+    fn accept(&self, progress: &mut Progress, chunk: Bytes) -> Result<(), TurnError> {
         let limit = self.policy.max_file_bytes;
-        let written = progress.written + chunk.len() as u64;
-        if written > limit {
+        progress.received += chunk.len() as u64;
+        if progress.received > limit {
             return Err(TurnError::FileTooLarge { limit });
         }
-        if written > progress.reserved {
-            let needed = written - progress.reserved;
-            // A step ahead while it fits; near the quota, what is needed.
-            let step = RESERVE_STEP.max(needed).min(limit - progress.reserved);
-            let quota = self.policy.quota;
-            let mut got = self.reserve(progress.id, step).await?;
-            if !got && step > needed {
-                got = self.reserve(progress.id, needed).await?;
-                if got {
-                    progress.reserved += needed;
-                }
-            } else if got {
-                progress.reserved += step;
-            }
-            if !got {
-                return Err(TurnError::StorageQuotaExceeded { unit: "bytes", limit: quota.bytes });
-            }
-        }
-        progress.written = written;
-        progress.hash.update(chunk);
+        progress.hash.update(&chunk);
         if let Some(utf8) = progress.utf8.as_mut() {
-            utf8.push(chunk);
+            utf8.push(&chunk);
+        }
+        progress.pending_bytes += chunk.len() as u64;
+        progress.pending.push(chunk);
+        Ok(())
+    }
+
+    /// Reserves exactly the gathered batch, then writes it: the user's
+    /// bytes never pass the quota, even for a moment.
+    async fn flush(
+        &self,
+        writer: &mut Box<dyn BlobWriter>,
+        progress: &mut Progress,
+    ) -> Result<(), TurnError> {
+        if progress.pending_bytes == 0 {
+            return Ok(());
+        }
+        if !self.reserve(progress.id, progress.pending_bytes).await? {
+            let limit = self.policy.quota.bytes;
+            return Err(TurnError::StorageQuotaExceeded { unit: "bytes", limit });
+        }
+        progress.pending_bytes = 0;
+        for chunk in progress.pending.drain(..) {
+            writer.write(chunk).await?;
         }
         Ok(())
     }
@@ -207,7 +220,7 @@ impl Upload {
             });
         }
         let done = Uploaded {
-            bytes: progress.written,
+            bytes: progress.received,
             sha256: progress.hash.clone().finalize().iter().map(|b| format!("{b:02x}")).collect(),
         };
         let now = self.clock.now_micros();

@@ -222,7 +222,9 @@ impl TurnTask {
                             usage = Some(usage.map_or(charged, |u| u.plus(charged)));
                             break ending;
                         }
-                        Ok(stream) => self.read_round(stream, cap, &mut reply, &live, &mut watch).await,
+                        Ok(stream) => {
+                            self.read_round(stream, cap, &mut reply, &live, &mut watch).await
+                        }
                     };
                     let received = context.received(&round);
                     let reported = match &round.ending {
@@ -241,14 +243,18 @@ impl TurnTask {
                         tracing::info!(turn.id = %turn.id, rounds = rounds.len(), "the model called tools past turns.max_tool_rounds");
                         break Ending::Completed(FinishReason::Length, None);
                     }
-                    let done = match self.run_tools(&prepared.files, round.calls, &mut reply, &mut watch).await {
+                    let done = match self
+                        .run_tools(&prepared.files, round.calls, &mut reply, &mut watch)
+                        .await
+                    {
                         Ok(done) => done,
                         Err(ending) => break ending,
                     };
                     records.extend(done.iter().map(|(call, result)| ToolRecord::of(call, result)));
                     let done = ToolRound { text: round.text, calls: done };
-                    let next = round_prompt
-                        .saturating_add(context.provider.round_tokens(context.tokens.as_ref(), &done));
+                    let next = round_prompt.saturating_add(
+                        context.provider.round_tokens(context.tokens.as_ref(), &done),
+                    );
                     rounds.push(done);
                     match context.next_cap(reservation, spent, next) {
                         Some(next_cap) => cap = next_cap,
@@ -275,8 +281,7 @@ impl TurnTask {
         // The end is on record: a client that reads nothing may delay its
         // terminal event, not the task, past the turn's deadline (or
         // `FINISHED_GRACE` after a turn that ran to it) or the abort.
-        let report_by =
-            watch.deadline.deadline().max(tokio::time::Instant::now() + FINISHED_GRACE);
+        let report_by = watch.deadline.deadline().max(tokio::time::Instant::now() + FINISHED_GRACE);
         if let Some(end) = unwritten {
             // The client hears of the outage now; the end is written when
             // the database is back, and meanwhile `GET` shows the output.

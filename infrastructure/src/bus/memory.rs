@@ -11,10 +11,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pantheon_domain::StorageError;
 use pantheon_domain::TurnId;
-use pantheon_domain::tool::ToolEvent;
 use pantheon_domain::ports::{
     ENDED_JSON_KEPT, JournalEntry, JournalReader, MAX_JOURNAL_ENTRIES, Numbered, TurnBus,
 };
+use pantheon_domain::tool::ToolEvent;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 

@@ -21,13 +21,14 @@ use pantheon_domain::{
 };
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Query};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, DatabaseConnection, DatabaseTransaction,
-    EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, TransactionTrait,
 };
 
 use super::entity::uploaded_file::{self as file, DELETING, READY, UPLOADING};
 use super::entity::{session, user, user_storage as counters};
 use super::error::storage;
+use super::file_rows::{cursor_time, file_from_row, signed, undo, unsigned};
 
 /// Uploaded files in `uploaded_files`, and the users' counters in
 /// `user_storage`; every read is scoped by `user_id`.
@@ -41,60 +42,6 @@ impl SeaOrmFileRepository {
     pub fn new(db: DatabaseConnection) -> Self {
         Self { db }
     }
-}
-
-/// Sizes are `u64` in the domain and `bigint` in the tables; no file or
-/// quota comes near `i64::MAX`, so saturating loses nothing real.
-fn signed(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-fn unsigned(n: i64) -> u64 {
-    u64::try_from(n).unwrap_or(0)
-}
-
-fn file_from_row(row: file::Model) -> Result<StoredFile, StorageError> {
-    let sha256 = row
-        .sha256
-        .ok_or_else(|| StorageError::other(format!("file {} is ready without a hash", row.id)))?;
-    Ok(StoredFile {
-        id: FileId::from(row.id),
-        session_id: row.session_id.map(SessionId::from),
-        filename: row.filename,
-        content_type: row.content_type,
-        bytes: unsigned(row.bytes),
-        sha256,
-        created_at: row.created_at,
-    })
-}
-
-/// Ends a transaction that must leave nothing behind with `error`.
-async fn undo<T>(txn: DatabaseTransaction, error: StorageError) -> Result<T, StorageError> {
-    txn.rollback().await.map_err(storage)?;
-    Err(error)
-}
-
-/// Where a page after the file `after` starts: that file's `created_at`. A
-/// cursor whose row is gone altogether (deleted meanwhile) falls back on
-/// the time in its UUIDv7 id, which is when the upload began to the
-/// millisecond; `None` when not even that is known.
-async fn cursor_time(
-    db: &DatabaseConnection,
-    user: &UserId,
-    after: FileId,
-) -> Result<Option<DateTime<Utc>>, StorageError> {
-    let created = file::Entity::find_by_id(after.as_uuid())
-        .filter(file::Column::UserId.eq(user.as_str()))
-        .select_only()
-        .column(file::Column::CreatedAt)
-        .into_tuple::<DateTime<Utc>>()
-        .one(db)
-        .await
-        .map_err(storage)?;
-    Ok(created.or_else(|| {
-        let (secs, nanos) = after.as_uuid().get_timestamp()?.to_unix();
-        DateTime::from_timestamp(i64::try_from(secs).ok()?, nanos)
-    }))
 }
 
 #[async_trait]
@@ -406,10 +353,8 @@ impl FileRepository for SeaOrmFileRepository {
     }
 
     async fn usage(&self, user: &UserId) -> Result<StorageUsage, StorageError> {
-        let row = counters::Entity::find_by_id(user.as_str())
-            .one(&self.db)
-            .await
-            .map_err(storage)?;
+        let row =
+            counters::Entity::find_by_id(user.as_str()).one(&self.db).await.map_err(storage)?;
         Ok(row.map_or_else(StorageUsage::default, |row| StorageUsage {
             bytes: unsigned(row.bytes),
             files: unsigned(row.files),

@@ -5,6 +5,7 @@ mod connect;
 pub mod entity;
 mod error;
 mod file_repository;
+mod file_rows;
 mod session_repository;
 mod turn_batch;
 mod turn_repository;

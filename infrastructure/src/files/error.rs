@@ -106,7 +106,8 @@ mod tests {
 
     #[test]
     fn a_missing_object_is_not_an_outage() {
-        let missing = object_store::Error::NotFound { path: "files/1".into(), source: "gone".into() };
+        let missing =
+            object_store::Error::NotFound { path: "files/1".into(), source: "gone".into() };
         assert!(!store_error(missing).is_unavailable());
         let refused = object_store::Error::Generic {
             store: "S3",

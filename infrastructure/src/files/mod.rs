@@ -65,7 +65,8 @@ impl ObjectBlobStore {
     /// # Errors
     /// A line naming `files.local_dir` when the directory cannot be made.
     pub fn local(dir: &std::path::Path) -> Result<Self, String> {
-        let unusable = |e: &dyn std::fmt::Display| format!("files.local_dir {}: {e}", dir.display());
+        let unusable =
+            |e: &dyn std::fmt::Display| format!("files.local_dir {}: {e}", dir.display());
         std::fs::create_dir_all(dir).map_err(|e| unusable(&e))?;
         let local = LocalFileSystem::new_with_prefix(dir).map_err(|e| unusable(&e))?;
         Ok(Self::new(Arc::new(local.with_fsync(true))))

@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 
 /// An address, or `off` / an empty string / `false` for none: an
 /// environment variable cannot be unset to `null`.
-pub(super) fn optional_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+pub(super) fn optional_addr<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<SocketAddr>, D::Error> {
     struct Addr;
 
     impl serde::de::Visitor<'_> for Addr {
@@ -36,4 +38,3 @@ pub(super) fn optional_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Op
 
     d.deserialize_any(Addr)
 }
-

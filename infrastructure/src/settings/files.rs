@@ -203,7 +203,10 @@ impl FilesSettings {
     fn check_s3(&self) -> Result<(), SettingsError> {
         let s3 = &self.s3;
         if s3.bucket.as_deref().is_none_or(str::is_empty) {
-            return Err(SettingsError::invalid("files.s3.bucket", "is required with files.store = s3"));
+            return Err(SettingsError::invalid(
+                "files.s3.bucket",
+                "is required with files.store = s3",
+            ));
         }
         if let Some(endpoint) = &s3.endpoint {
             if endpoint.starts_with("http://") && !s3.allow_http {

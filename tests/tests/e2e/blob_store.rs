@@ -57,7 +57,8 @@ enum Under {
 
 impl Store {
     fn local() -> Self {
-        let dir = std::env::temp_dir().join(format!("pantheon-test-blobs-{}", uuid::Uuid::new_v4()));
+        let dir =
+            std::env::temp_dir().join(format!("pantheon-test-blobs-{}", uuid::Uuid::new_v4()));
         let settings = FilesSettings { local_dir: Some(dir.clone()), ..FilesSettings::default() };
         let blobs = blob_store(&settings, &DatabaseSettings::default()).unwrap();
         assert!(dir.is_dir(), "the directory is made at start");
@@ -165,7 +166,8 @@ async fn a_blob_written_in_parts_reads_back_whole_and_by_range(store: Store) {
     let part = u64::try_from(PART_BYTES).unwrap();
     for range in [0..10, part - 3..part + 3, len - 5..len, 3 * part..3 * part + 4096] {
         let got = store.blobs.read_range(id, range.clone()).await.unwrap();
-        let want = &whole[usize::try_from(range.start).unwrap()..usize::try_from(range.end).unwrap()];
+        let want =
+            &whole[usize::try_from(range.start).unwrap()..usize::try_from(range.end).unwrap()];
         assert!(got == want, "range {range:?}");
     }
     let tail = store.blobs.read_range(id, len - 5..len + 100).await.unwrap();
@@ -182,7 +184,9 @@ async fn a_small_blob_and_an_empty_one_read_back(store: Store) {
     store.write(small, &chunks).await.finish().await.unwrap();
     store.write(empty, &[]).await.finish().await.unwrap();
     assert!(store.read(small).await == chunks.concat());
-    assert!(store.blobs.read_range(small, 999..1_001).await.unwrap() == chunks.concat()[999..1_001]);
+    assert!(
+        store.blobs.read_range(small, 999..1_001).await.unwrap() == chunks.concat()[999..1_001]
+    );
     assert!(store.read(empty).await.is_empty());
     assert!(store.blobs.read_range(empty, 0..10).await.unwrap().is_empty());
 

@@ -72,7 +72,12 @@ impl Store {
     }
 
     /// An `uploading` file of `owner`'s, begun at `now`.
-    async fn begin(&self, owner: &UserId, session: Option<SessionId>, now: DateTime<Utc>) -> FileId {
+    async fn begin(
+        &self,
+        owner: &UserId,
+        session: Option<SessionId>,
+        now: DateTime<Utc>,
+    ) -> FileId {
         let upload = NewUpload {
             id: FileId::new(),
             session_id: session,
@@ -365,7 +370,10 @@ async fn the_sweep_finds_stale_uploads_deletions_and_orphans(backend: Backend) {
         let files = Arc::clone(&store.files);
         async move { files.stale(before, limit).await.unwrap().into_iter().collect::<BTreeSet<_>>() }
     };
-    assert_eq!(stale(at(100), 100).await, BTreeSet::from([stale_upload, stale_deletion.id, orphan.id]));
+    assert_eq!(
+        stale(at(100), 100).await,
+        BTreeSet::from([stale_upload, stale_deletion.id, orphan.id])
+    );
     assert_eq!(store.files.get(&owner, orphan.id).await.unwrap(), None, "now marked deleting");
     assert_eq!(store.files.get(&owner, live.id).await.unwrap(), Some(live.clone()));
     assert_eq!(stale(at(100), 2).await.len(), 2, "at most the limit");

@@ -62,7 +62,10 @@ async fn a_sessions_files_are_read_by_its_turns_without_naming_them(backend: Bac
     app.upload_ok(&token, "attached.md", b"# Plan\nShip on Friday.", Some(&session)).await;
     let turn = expect_json(app.submit_turn(&token, &session, "What is the plan?").await, 201).await;
     assert!(
-        turn["output"].as_str().unwrap().starts_with("Read 22 bytes of attached.md: \"# Plan Ship on Friday.\""),
+        turn["output"]
+            .as_str()
+            .unwrap()
+            .starts_with("Read 22 bytes of attached.md: \"# Plan Ship on Friday.\""),
         "{turn}"
     );
     assert_eq!(turn["tool_calls"].as_array().unwrap().len(), 1);

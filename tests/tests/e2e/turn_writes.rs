@@ -11,8 +11,8 @@ use std::time::Duration;
 use chrono::{TimeZone, Utc};
 use futures::future::join_all;
 use migration::{Migrator, MigratorTrait};
-use pantheon_domain::tool::ToolRecord;
 use pantheon_domain::ports::{Checkpoint, SessionRepository, TurnRepository, TurnStart};
+use pantheon_domain::tool::ToolRecord;
 use pantheon_domain::{
     FailureKind, FinishReason, NewSession, SessionId, TurnEnd, TurnFailure, TurnId, TurnStatus,
     Usage, UserId,
@@ -177,7 +177,7 @@ async fn concurrent_finishes_each_persist_their_own_outcome(backend: Backend) {
                     detail: format!("d{i}"),
                 }),
                 completed_at: at,
-                tool_calls: (i % 2 == 0).then(|| tool_record(i)).into_iter().collect(),
+                tool_calls: i.is_multiple_of(2).then(|| tool_record(i)).into_iter().collect(),
             };
             (i, turn.id, turns.finish(turn.id, end).await.unwrap())
         })
@@ -187,7 +187,8 @@ async fn concurrent_finishes_each_persist_their_own_outcome(backend: Backend) {
         assert_eq!(persisted.input, format!("q{i}"), "the row of this turn, not a neighbour's");
         assert_eq!(persisted.output, format!("reply {i}"));
         assert_eq!(persisted.completed_at, Some(at));
-        let recorded: Vec<ToolRecord> = (i % 2 == 0).then(|| tool_record(i)).into_iter().collect();
+        let recorded: Vec<ToolRecord> =
+            i.is_multiple_of(2).then(|| tool_record(i)).into_iter().collect();
         assert_eq!(persisted.tool_calls, recorded, "its own tool calls, read back");
         if i % 3 == 0 {
             assert_eq!(persisted.status, TurnStatus::Failed);
@@ -223,7 +224,7 @@ fn tool_record(i: usize) -> ToolRecord {
         arguments: format!(r#"{{"offset":{i}}}"#),
         file_id: None,
         bytes: i as u64,
-        error: (i % 4 == 0).then(|| "no such file among this turn's files".into()),
+        error: i.is_multiple_of(4).then(|| "no such file among this turn's files".into()),
     }
 }
 

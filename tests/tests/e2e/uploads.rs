@@ -16,7 +16,8 @@ on_both_databases!(
     deleting_a_session_deletes_its_files
 );
 
-const PNG: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0\x1f\x15\xc4\x89";
+const PNG: &[u8] =
+    b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0\x1f\x15\xc4\x89";
 
 fn sha256(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
@@ -45,8 +46,13 @@ async fn a_file_is_stored_listed_read_and_deleted(backend: Backend) {
         200,
     )
     .await;
-    let ids: Vec<&str> = page["data"].as_array().unwrap().iter().map(|f| f["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, [third["id"].as_str().unwrap(), second["id"].as_str().unwrap()], "newest first");
+    let ids: Vec<&str> =
+        page["data"].as_array().unwrap().iter().map(|f| f["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        ids,
+        [third["id"].as_str().unwrap(), second["id"].as_str().unwrap()],
+        "newest first"
+    );
     assert_eq!(page["has_more"], true);
     let cursor = page["next_cursor"].as_str().unwrap();
     let rest = expect_json(
@@ -266,4 +272,60 @@ where
         assert!(tokio::time::Instant::now() < deadline, "not within 10 s");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// 100 uploads by one user fired at once at two instances over one
+/// PostgreSQL: exactly as many as fit are stored, and the user's bytes are
+/// never over the quota, neither at the end nor at any moment a sampler
+/// looked while they ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_uploads_over_two_instances_never_pass_the_quota() {
+    const SIZE: usize = 10_000;
+    const QUOTA: u64 = 25 * SIZE as u64 + 5_000;
+    let database = pantheon_tests::TestDatabase::create(Backend::Postgres).await;
+    let clock = std::sync::Arc::new(pantheon_domain::SystemClock);
+    let apps = pantheon_tests::spawn_instances(2, &database, clock, |s| {
+        s.files.quota_bytes = QUOTA;
+        s.files.max_file_bytes = 2 * SIZE as u64;
+        s.rate_limit.uploads_per_minute = 1_000;
+    })
+    .await;
+    let user = format!("racer-{}", uuid::Uuid::new_v4());
+    let token = apps[0].token(&user);
+    let body = vec![b'r'; SIZE];
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let (db, user, sampling) = (apps[0].db.clone(), user.clone(), sampling.clone());
+        tokio::spawn(async move {
+            let mut samples = 0;
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                let (bytes, _) = storage_of(&db, &user).await;
+                assert!(bytes as u64 <= QUOTA, "{bytes} bytes held, over the quota of {QUOTA}");
+                samples += 1;
+            }
+            samples
+        })
+    };
+    let uploads = (0..100).map(|i| {
+        let app = &apps[i % 2];
+        let (token, body) = (token.clone(), body.clone());
+        async move { app.upload(&token, &format!("{i}.txt"), None, &body, None).await }
+    });
+    let mut stored = 0;
+    for response in futures::future::join_all(uploads).await {
+        match response.status().as_u16() {
+            201 => stored += 1,
+            413 => {
+                expect_problem(response, 413, "storage_quota_exceeded").await;
+            }
+            other => panic!("unexpected {other}: {}", response.text().await.unwrap()),
+        }
+    }
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let samples = sampler.await.unwrap();
+    assert_eq!(stored, 25, "as many as fit, no more, no fewer");
+    assert_eq!(storage_of(&apps[0].db, &user).await, (25 * SIZE as i64, 25));
+    assert_eq!(file_rows(&apps[0].db, &user).await, 25);
+    assert_eq!(apps[0].blobs().len(), 25, "no blob of a refused upload is left");
+    assert!(samples > 0);
 }

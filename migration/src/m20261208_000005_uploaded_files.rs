@@ -8,6 +8,10 @@
 //!   user, changed only by single conditional statements so that concurrent
 //!   uploads on any instance can never together pass a quota.
 //!
+//! - `deleted_files`: a deleted file's id and owner, kept a day, so that
+//!   deleting it again answers as the first deletion did (and another
+//!   user's id still as a missing file).
+//!
 //! Indexes: a user's files newest first `(user_id, created_at)`, a
 //! session's files `(session_id)`, and the sweep's `(status, updated_at)`.
 
@@ -16,7 +20,7 @@ use sea_orm_migration::schema::{
     big_integer, string_len, text, text_null, timestamp_with_time_zone, uuid, uuid_null,
 };
 
-/// Creates `uploaded_files` and `user_storage`.
+/// Creates `uploaded_files`, `user_storage` and `deleted_files`.
 #[derive(Debug, DeriveMigrationName)]
 pub struct Migration;
 
@@ -39,6 +43,14 @@ enum UploadedFiles {
     Status,
     CreatedAt,
     UpdatedAt,
+}
+
+#[derive(DeriveIden)]
+enum DeletedFiles {
+    Table,
+    Id,
+    UserId,
+    DeletedAt,
 }
 
 #[derive(DeriveIden)]
@@ -111,11 +123,34 @@ impl MigrationTrait for Migration {
                     )
                     .to_owned(),
             )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(DeletedFiles::Table)
+                    .col(uuid(DeletedFiles::Id).primary_key())
+                    .col(string_len(DeletedFiles::UserId, 128))
+                    .col(timestamp_with_time_zone(DeletedFiles::DeletedAt))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("ix_deleted_files_deleted_at")
+                    .table(DeletedFiles::Table)
+                    .col(DeletedFiles::DeletedAt)
+                    .to_owned(),
+            )
             .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        for table in [UserStorage::Table.into_iden(), UploadedFiles::Table.into_iden()] {
+        for table in [
+            DeletedFiles::Table.into_iden(),
+            UserStorage::Table.into_iden(),
+            UploadedFiles::Table.into_iden(),
+        ] {
             manager.drop_table(Table::drop().table(table).to_owned()).await?;
         }
         Ok(())

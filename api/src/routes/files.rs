@@ -48,24 +48,36 @@ pub async fn upload_file(
     body: Body,
 ) -> Result<Response, ApiError> {
     let max = state.files.policy().max_file_bytes;
-    let form = upload::open(&headers, body, max, state.body_read_timeout).await?;
+    let form = upload::open(&headers, body, max, state.body_read_timeout).await.map_err(closing)?;
     let (chunks, receiver) = upload::channel();
-    let pump = upload::pump(form.file, chunks, state.body_read_timeout);
-    let stored = state.files.upload(&caller, form.meta, receiver);
+    let meta = form.meta.clone();
+    let pump = upload::pump(form, chunks, state.body_read_timeout);
+    let stored = state.files.upload(&caller, meta, receiver);
     tokio::pin!(pump, stored);
     let mut pumping = true;
-    // The upload may answer before the body is read to its end (a refused
-    // type, a crossed quota): the pump then stops with it.
     let stored = loop {
         tokio::select! {
             stored = &mut stored => break stored,
             () = &mut pump, if pumping => pumping = false,
         }
     };
-    let file = stored?;
+    // The answer waits for the body's end (a refusal may come before it:
+    // a refused type, a crossed quota; the pump then reads on a little),
+    // so a client still sending hears of it.
+    if pumping {
+        pump.await;
+    }
+    let file = stored.map_err(|e| closing(ApiError::from(e)))?;
     let location = format!("/api/v1/files/{}", file.id);
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(FileBody::from(file)))
         .into_response())
+}
+
+/// A refused upload's answer closes its connection: the body may be left
+/// unread (refused from its `Content-Length`, or cut off while draining),
+/// and a client must not send its next request after it on the same one.
+fn closing(error: ApiError) -> ApiError {
+    error.with_header("connection", HeaderValue::from_static("close"))
 }
 
 problems!(ListFilesProblems: invalid_query, invalid_cursor, unauthenticated, internal_error,

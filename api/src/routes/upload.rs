@@ -28,6 +28,8 @@ const CHUNKS_IN_FLIGHT: usize = 4;
 pub struct Form {
     pub meta: UploadMeta,
     pub file: Field<'static>,
+    /// The rest of the form, read (and dropped) after the file.
+    pub rest: Multipart<'static>,
 }
 
 /// Opens the form: a body that cannot hold an allowed file is refused
@@ -75,7 +77,7 @@ pub async fn open(
                 filename: field.file_name().unwrap_or_default().to_owned(),
                 part_type: field.content_type().map(ToString::to_string),
             };
-            return Ok(Form { meta, file: field });
+            return Ok(Form { meta, file: field, rest: form });
         }
         let text = within(read_timeout, field.text()).await?;
         let id = uuid::Uuid::parse_str(text.trim()).map_err(|_| {
@@ -112,13 +114,19 @@ fn fault_of(error: &multer::Error) -> UploadFault {
     }
 }
 
-/// Pumps the file part's chunks into `chunks` until its end, a fault, or
-/// the upload's task stops listening. The rest of the form is not read.
-pub async fn pump(
-    mut file: Field<'static>,
-    chunks: mpsc::Sender<UploadChunk>,
-    read_timeout: Duration,
-) {
+/// How much of a body is still read (and dropped) when the upload no
+/// longer wants it: a client that is still sending then reads its answer
+/// (a `413`, a `415`) instead of a connection reset, and one sending much
+/// more is cut off.
+const DRAIN_BYTES: usize = 1024 * 1024;
+
+/// Pumps the file part's chunks into `chunks` until its end or a fault,
+/// then reads the rest of the form to its end. Once the upload's task
+/// stops listening (it refused the file), what still comes is dropped, at
+/// most [`DRAIN_BYTES`] of it.
+pub async fn pump(form: Form, chunks: mpsc::Sender<UploadChunk>, read_timeout: Duration) {
+    let Form { mut file, mut rest, .. } = form;
+    let mut drained = 0;
     loop {
         let next = match tokio::time::timeout(read_timeout, file.chunk()).await {
             Ok(Ok(Some(bytes))) => UploadChunk::Data(bytes),
@@ -126,9 +134,34 @@ pub async fn pump(
             Ok(Err(error)) => UploadChunk::Fault(fault_of(&error)),
             Err(_) => UploadChunk::Fault(UploadFault::TimedOut),
         };
-        let last = !matches!(next, UploadChunk::Data(_));
-        if chunks.send(next).await.is_err() || last {
+        match next {
+            UploadChunk::Data(bytes) if chunks.is_closed() => {
+                drained += bytes.len();
+                if drained > DRAIN_BYTES {
+                    return;
+                }
+            }
+            UploadChunk::Data(bytes) => {
+                let _ = chunks.send(UploadChunk::Data(bytes)).await;
+            }
+            UploadChunk::End => {
+                let _ = chunks.send(UploadChunk::End).await;
+                break;
+            }
+            fault @ UploadChunk::Fault(_) => {
+                let _ = chunks.send(fault).await;
+                return;
+            }
+        }
+    }
+    // Whatever parts follow the file (the closing boundary at least).
+    while drained <= DRAIN_BYTES {
+        let Ok(Ok(Some(mut field))) = tokio::time::timeout(read_timeout, rest.next_field()).await
+        else {
             return;
+        };
+        while let Ok(Ok(Some(bytes))) = tokio::time::timeout(read_timeout, field.chunk()).await {
+            drained += bytes.len();
         }
     }
 }

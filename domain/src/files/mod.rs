@@ -19,7 +19,7 @@ use crate::file::{StoredFile, UploadChunk, UploadMeta};
 use crate::ids::{Caller, FileId, SessionId};
 use crate::limiter::{Decision, LimiterHandle, Limits};
 use crate::page::{Page, PageRequest};
-use crate::ports::{BlobStore, FileRepository, Quota, SessionRepository};
+use crate::ports::{BlobStore, Deleting, FileRepository, Quota, SessionRepository};
 
 /// The rules of uploads, from `files.*` and `rate_limit.uploads_per_minute`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,17 +181,19 @@ impl FileService {
 
     /// Deletes one of the caller's files: it disappears from every read at
     /// once, then its blob and row go (the sweep finishes what a failure
-    /// leaves). Deleting a file already deleted succeeds.
+    /// leaves). Deleting a file of the caller's again (within
+    /// [`DELETIONS_KEPT`]) succeeds again.
     ///
     /// # Errors
     /// [`TurnError::FileNotFound`] when it is not the caller's (or never
     /// was); [`TurnError::Storage`] when the database fails.
     pub async fn delete(&self, caller: &Caller, id: FileId) -> Result<(), TurnError> {
         let now = self.clock.now_micros();
-        if !self.files.mark_deleting(&caller.user, id, now).await? {
-            return Err(TurnError::FileNotFound);
+        match self.files.mark_deleting(&caller.user, id, now).await? {
+            Deleting::Marked => self.purge(id).await,
+            Deleting::AlreadyDeleted => {}
+            Deleting::NotFound => return Err(TurnError::FileNotFound),
         }
-        self.purge(id).await;
         Ok(())
     }
 
@@ -214,7 +216,7 @@ impl FileService {
     /// failure leaves it to the sweep (logged here, its one handler).
     async fn purge(&self, id: FileId) {
         let removed = match self.blobs.delete(id).await {
-            Ok(()) => self.files.remove(id).await.map(|_| ()),
+            Ok(()) => self.files.remove(id, self.clock.now_micros()).await.map(|_| ()),
             Err(error) => Err(error),
         };
         if let Err(error) = removed {
@@ -231,15 +233,17 @@ impl FileService {
     pub async fn sweep(&self) -> Result<usize, TurnError> {
         let grace =
             chrono::Duration::from_std(self.policy.orphan_grace).unwrap_or(chrono::Duration::MAX);
-        let before = self.clock.now_micros() - grace;
-        let stale = self.files.stale(before, SWEEP_BATCH).await?;
+        let now = self.clock.now_micros();
+        let stale = self.files.stale(now - grace, SWEEP_BATCH).await?;
         let mut removed = 0;
         for id in stale {
             self.blobs.delete(id).await?;
-            if self.files.remove(id).await? {
+            if self.files.remove(id, now).await? {
                 removed += 1;
             }
         }
+        let kept = chrono::Duration::from_std(DELETIONS_KEPT).unwrap_or(chrono::Duration::MAX);
+        self.files.forget_deleted(now - kept).await?;
         if removed > 0 {
             tracing::warn!(
                 files = removed,
@@ -255,6 +259,10 @@ impl FileService {
         let _ = tokio::time::timeout(grace, self.tasks.wait()).await;
     }
 }
+
+/// How long a deletion is remembered, so that deleting the file again
+/// answers as the first time did.
+pub const DELETIONS_KEPT: Duration = Duration::from_secs(24 * 3600);
 
 /// The most files one sweep removes; the next sweep takes the rest.
 const SWEEP_BATCH: u64 = 500;

@@ -231,7 +231,7 @@ impl Upload {
     /// reservation. A failure here leaves both to the sweep.
     async fn discard(&self, id: FileId) {
         let removed = match self.blobs.delete(id).await {
-            Ok(()) => self.files.remove(id).await.map(|_| ()),
+            Ok(()) => self.files.remove(id, self.clock.now_micros()).await.map(|_| ()),
             Err(error) => Err(error),
         };
         if let Err(error) = removed {

@@ -23,6 +23,17 @@ pub struct Quota {
     pub files: u64,
 }
 
+/// What [`FileRepository::mark_deleting`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deleting {
+    /// A `ready` file of the user's, now `deleting`.
+    Marked,
+    /// A file of the user's already being deleted, or deleted lately.
+    AlreadyDeleted,
+    /// No file of the user's by that id.
+    NotFound,
+}
+
 /// Rows of uploaded files and each user's storage counters. Every read is
 /// scoped to the owner: another user's file behaves as a missing one.
 ///
@@ -106,7 +117,8 @@ pub trait FileRepository: Send + Sync + std::fmt::Debug {
     ) -> Result<Vec<StoredFile>, StorageError>;
 
     /// Marks a `ready` file of the user's `deleting` (it disappears from
-    /// every read); `false` when there was none.
+    /// every read); tells a file of the user's already being deleted, or
+    /// deleted within the last day, from one that never was the user's.
     ///
     /// # Errors
     /// [`StorageError`] when the database fails.
@@ -115,7 +127,7 @@ pub trait FileRepository: Send + Sync + std::fmt::Debug {
         user: &UserId,
         id: FileId,
         now: DateTime<Utc>,
-    ) -> Result<bool, StorageError>;
+    ) -> Result<Deleting, StorageError>;
 
     /// The ids of the files marked `deleting` with `session` (the session
     /// repository marks them in the transaction that deletes the session).
@@ -126,11 +138,18 @@ pub trait FileRepository: Send + Sync + std::fmt::Debug {
 
     /// Removes the row of a file that is `uploading` or `deleting` (never a
     /// `ready` one), giving back its bytes and its count; `false` when
-    /// there was no such row. Its blob must be gone first.
+    /// there was no such row. Its blob must be gone first. A `deleting`
+    /// one leaves its id and owner in `deleted_files`, stamped `now`.
     ///
     /// # Errors
     /// [`StorageError`] when the database fails.
-    async fn remove(&self, id: FileId) -> Result<bool, StorageError>;
+    async fn remove(&self, id: FileId, now: DateTime<Utc>) -> Result<bool, StorageError>;
+
+    /// Forgets the deletions made before `before`; returns how many.
+    ///
+    /// # Errors
+    /// [`StorageError`] when the database fails.
+    async fn forget_deleted(&self, before: DateTime<Utc>) -> Result<u64, StorageError>;
 
     /// Files left `uploading` or `deleting` since before `before` (their
     /// instance died, or the store failed), at most `limit` of them.

@@ -4,7 +4,7 @@
 
 mod files;
 
-pub use files::{BlobStore, BlobWriter, FileRepository, Quota, Tools};
+pub use files::{BlobStore, BlobWriter, Deleting, FileRepository, Quota, Tools};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};

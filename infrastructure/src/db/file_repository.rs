@@ -14,7 +14,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use pantheon_domain::ports::{FileRepository, Quota};
+use pantheon_domain::ports::{Deleting, FileRepository, Quota};
 use pantheon_domain::{
     FileId, NewUpload, Page, PageRequest, SessionId, StorageError, StorageUsage, StoredFile,
     Uploaded, UserId,
@@ -28,6 +28,7 @@ use sea_orm::{
 use super::entity::uploaded_file::{self as file, DELETING, READY, UPLOADING};
 use super::entity::{session, user, user_storage as counters};
 use super::error::storage;
+use super::file_deletions;
 use super::file_rows::{cursor_time, file_from_row, signed, undo, unsigned};
 
 /// Uploaded files in `uploaded_files`, and the users' counters in
@@ -259,17 +260,8 @@ impl FileRepository for SeaOrmFileRepository {
         user: &UserId,
         id: FileId,
         now: DateTime<Utc>,
-    ) -> Result<bool, StorageError> {
-        let marked = file::Entity::update_many()
-            .col_expr(file::Column::Status, Expr::value(DELETING))
-            .col_expr(file::Column::UpdatedAt, Expr::value(now))
-            .filter(file::Column::Id.eq(id.as_uuid()))
-            .filter(file::Column::UserId.eq(user.as_str()))
-            .filter(file::Column::Status.eq(READY))
-            .exec(&self.db)
-            .await
-            .map_err(storage)?;
-        Ok(marked.rows_affected > 0)
+    ) -> Result<Deleting, StorageError> {
+        file_deletions::mark(&self.db, user, id, now).await
     }
 
     async fn deleting_in_session(&self, session: SessionId) -> Result<Vec<FileId>, StorageError> {
@@ -285,27 +277,12 @@ impl FileRepository for SeaOrmFileRepository {
         Ok(ids.into_iter().map(FileId::from).collect())
     }
 
-    async fn remove(&self, id: FileId) -> Result<bool, StorageError> {
-        let txn = self.db.begin().await.map_err(storage)?;
-        let removed = file::Entity::delete_many()
-            .filter(file::Column::Id.eq(id.as_uuid()))
-            .filter(file::Column::Status.ne(READY))
-            .exec_with_returning(&txn)
-            .await
-            .map_err(storage)?;
-        let Some(row) = removed.into_iter().next() else {
-            txn.rollback().await.map_err(storage)?;
-            return Ok(false);
-        };
-        counters::Entity::update_many()
-            .col_expr(counters::Column::Bytes, Expr::col(counters::Column::Bytes).sub(row.bytes))
-            .col_expr(counters::Column::Files, Expr::col(counters::Column::Files).sub(1))
-            .filter(counters::Column::UserId.eq(row.user_id))
-            .exec(&txn)
-            .await
-            .map_err(storage)?;
-        txn.commit().await.map_err(storage)?;
-        Ok(true)
+    async fn remove(&self, id: FileId, now: DateTime<Utc>) -> Result<bool, StorageError> {
+        file_deletions::remove(&self.db, id, now).await
+    }
+
+    async fn forget_deleted(&self, before: DateTime<Utc>) -> Result<u64, StorageError> {
+        file_deletions::forget(&self.db, before).await
     }
 
     /// Also finds the files whose session is gone without having marked

@@ -4,6 +4,7 @@
 mod connect;
 pub mod entity;
 mod error;
+mod file_deletions;
 mod file_repository;
 mod file_rows;
 mod session_repository;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use futures::future::join_all;
 use migration::{Migrator, MigratorTrait};
-use pantheon_domain::ports::{FileRepository, Quota, SessionRepository};
+use pantheon_domain::ports::{Deleting, FileRepository, Quota, SessionRepository};
 use pantheon_domain::{
     FileId, NewSession, NewUpload, PageRequest, SessionId, StorageUsage, StoredFile, Uploaded,
     UserId,
@@ -161,15 +161,30 @@ async fn an_upload_goes_from_reserved_to_ready_to_removed(backend: Backend) {
     assert_eq!(store.files.get(&owner, id).await.unwrap(), Some(want.clone()));
     assert!(store.files.complete(&owner, id, &done, at(5)).await.is_err(), "completed twice");
     assert!(store.files.reserve(&owner, id, 1, quota, at(5)).await.is_err(), "not uploading");
-    assert!(!store.files.remove(id).await.unwrap(), "a ready file's row is never removed");
+    assert!(
+        !store.files.remove(id, Utc::now()).await.unwrap(),
+        "a ready file's row is never removed"
+    );
 
-    assert!(store.files.mark_deleting(&owner, id, at(6)).await.unwrap());
+    assert_eq!(store.files.mark_deleting(&owner, id, at(6)).await.unwrap(), Deleting::Marked);
     assert_eq!(store.files.get(&owner, id).await.unwrap(), None);
-    assert!(!store.files.mark_deleting(&owner, id, at(7)).await.unwrap(), "already marked");
+    assert_eq!(
+        store.files.mark_deleting(&owner, id, at(7)).await.unwrap(),
+        Deleting::AlreadyDeleted,
+        "already marked"
+    );
     assert_eq!(store.usage(&owner).await, StorageUsage { bytes: 640, files: 1 }, "until removed");
-    assert!(store.files.remove(id).await.unwrap());
-    assert!(!store.files.remove(id).await.unwrap());
+    assert!(store.files.remove(id, at(8)).await.unwrap());
+    assert!(!store.files.remove(id, at(8)).await.unwrap());
     assert_eq!(store.usage(&owner).await, StorageUsage::default());
+    // Its deletion is remembered for its owner only, until forgotten.
+    let again = store.files.mark_deleting(&owner, id, at(9)).await.unwrap();
+    assert_eq!(again, Deleting::AlreadyDeleted, "deleting it again answers as the first time");
+    let stranger = UserId::parse("stranger").unwrap();
+    assert_eq!(store.files.mark_deleting(&stranger, id, at(9)).await.unwrap(), Deleting::NotFound);
+    assert_eq!(store.files.forget_deleted(at(8)).await.unwrap(), 0, "not before its time");
+    assert_eq!(store.files.forget_deleted(at(10)).await.unwrap(), 1);
+    assert_eq!(store.files.mark_deleting(&owner, id, at(11)).await.unwrap(), Deleting::NotFound);
 
     // An upload that wrote more than it reserved is refused, not counted.
     let over = store.begin(&owner, None, at(8)).await;
@@ -178,7 +193,7 @@ async fn an_upload_goes_from_reserved_to_ready_to_removed(backend: Backend) {
     assert!(store.files.complete(&owner, over, &too_much, at(9)).await.is_err());
     assert_eq!(store.usage(&owner).await, StorageUsage { bytes: 10, files: 1 });
     // An abandoned upload gives back what it reserved when removed.
-    assert!(store.files.remove(over).await.unwrap());
+    assert!(store.files.remove(over, Utc::now()).await.unwrap());
     assert_eq!(store.usage(&owner).await, StorageUsage::default());
 }
 
@@ -194,7 +209,7 @@ async fn ready_files_are_listed_newest_first_in_pages(backend: Backend) {
     // Neither an upload nor a file being deleted is listed.
     store.begin(&owner, None, at(50)).await;
     let gone = store.ready(&owner, None, 5, at(60)).await;
-    assert!(store.files.mark_deleting(&owner, gone.id, at(61)).await.unwrap());
+    assert_eq!(store.files.mark_deleting(&owner, gone.id, at(61)).await.unwrap(), Deleting::Marked);
 
     let mut want: Vec<&StoredFile> = stored.iter().collect();
     want.sort_by_key(|f| std::cmp::Reverse((f.created_at, f.id)));
@@ -211,8 +226,11 @@ async fn ready_files_are_listed_newest_first_in_pages(backend: Backend) {
     let older = store.ready(&owner, None, 1, Utc::now()).await;
     tokio::time::sleep(Duration::from_millis(5)).await;
     let cursor = store.ready(&owner, None, 1, Utc::now()).await;
-    assert!(store.files.mark_deleting(&owner, cursor.id, Utc::now()).await.unwrap());
-    assert!(store.files.remove(cursor.id).await.unwrap());
+    assert_eq!(
+        store.files.mark_deleting(&owner, cursor.id, Utc::now()).await.unwrap(),
+        Deleting::Marked
+    );
+    assert!(store.files.remove(cursor.id, Utc::now()).await.unwrap());
     let after = PageRequest { limit: 1, after: Some(cursor.id) };
     let page = store.files.list(&owner, after).await.unwrap();
     assert_eq!(page.items.iter().map(|f| f.id).collect::<Vec<_>>(), [older.id]);
@@ -283,7 +301,10 @@ async fn another_users_files_are_invisible_to_every_call(backend: Backend) {
     assert_eq!(store.files.get(&other, file.id).await.unwrap(), None);
     assert!(store.list_all(&other, 10).await.is_empty());
     assert!(store.files.readable(&other, session, &[file.id]).await.unwrap().is_empty());
-    assert!(!store.files.mark_deleting(&other, file.id, at(2)).await.unwrap());
+    assert_eq!(
+        store.files.mark_deleting(&other, file.id, at(2)).await.unwrap(),
+        Deleting::NotFound
+    );
     assert!(store.files.reserve(&other, upload, 1, ROOMY, at(2)).await.is_err());
     let done = Uploaded { bytes: 8, sha256: sha(8) };
     assert!(store.files.complete(&other, upload, &done, at(2)).await.is_err());
@@ -307,7 +328,10 @@ async fn a_turn_reads_the_files_it_names_and_its_sessions(backend: Backend) {
     let loose = store.ready(&owner, None, 4, at(3)).await;
     store.begin(&owner, Some(session), at(4)).await;
     let deleted = store.ready(&owner, Some(session), 5, at(5)).await;
-    assert!(store.files.mark_deleting(&owner, deleted.id, at(6)).await.unwrap());
+    assert_eq!(
+        store.files.mark_deleting(&owner, deleted.id, at(6)).await.unwrap(),
+        Deleting::Marked
+    );
 
     let ids = |files: Vec<StoredFile>| files.into_iter().map(|f| f.id).collect::<BTreeSet<_>>();
     let read = |names: Vec<FileId>| {
@@ -345,7 +369,7 @@ async fn deleting_a_session_marks_its_files_deleting(backend: Backend) {
 
     assert_eq!(store.usage(&owner).await, StorageUsage { bytes: 65, files: 4 });
     for id in marked {
-        assert!(store.files.remove(id).await.unwrap());
+        assert!(store.files.remove(id, Utc::now()).await.unwrap());
     }
     assert_eq!(store.usage(&owner).await, StorageUsage { bytes: 50, files: 2 });
 }
@@ -357,7 +381,10 @@ async fn the_sweep_finds_stale_uploads_deletions_and_orphans(backend: Backend) {
     let stale_upload = store.begin(&owner, Some(session), at(0)).await;
     assert!(store.files.reserve(&owner, stale_upload, 7, ROOMY, at(10)).await.unwrap());
     let stale_deletion = store.ready(&owner, None, 1, at(0)).await;
-    assert!(store.files.mark_deleting(&owner, stale_deletion.id, at(20)).await.unwrap());
+    assert_eq!(
+        store.files.mark_deleting(&owner, stale_deletion.id, at(20)).await.unwrap(),
+        Deleting::Marked
+    );
     let live_upload = store.begin(&owner, None, at(1_000)).await;
     let live = store.ready(&owner, Some(session), 2, at(0)).await;
     // Uploads into a session deleted before their rows were written: the
@@ -384,7 +411,7 @@ async fn the_sweep_finds_stale_uploads_deletions_and_orphans(backend: Backend) {
     );
 
     for id in [stale_upload, stale_deletion.id, orphan.id, live_upload, orphan_uploading] {
-        assert!(store.files.remove(id).await.unwrap());
+        assert!(store.files.remove(id, Utc::now()).await.unwrap());
     }
     assert!(stale(at(2_000), 100).await.is_empty());
     assert_eq!(store.usage(&owner).await, StorageUsage { bytes: 2, files: 1 });

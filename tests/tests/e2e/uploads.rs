@@ -92,6 +92,9 @@ async fn a_file_is_stored_listed_read_and_deleted(backend: Backend) {
     let deleted =
         app.request(Method::DELETE, &format!("/api/v1/files/{id}"), &token).send().await.unwrap();
     assert_eq!(deleted.status(), 204);
+    let again =
+        app.request(Method::DELETE, &format!("/api/v1/files/{id}"), &token).send().await.unwrap();
+    assert_eq!(again.status(), 204, "deleting it again answers as the first time did");
     for path in [format!("/api/v1/files/{id}"), format!("/api/v1/files/{id}/content")] {
         let gone = app.request(Method::GET, &path, &token).send().await.unwrap();
         expect_problem(gone, 404, "file_not_found").await;

@@ -138,7 +138,7 @@ fn the_document_is_valid_openapi_3_1_and_every_reference_resolves() {
             }
         }
     }
-    assert_eq!(operations, 15, "every operation is read");
+    assert_eq!(operations, 20, "every operation is read");
     let schemes = spec.components.as_ref().map(|c| c.security_schemes.len());
     assert_eq!(schemes, Some(1), "the bearer scheme");
 }

@@ -332,3 +332,45 @@ async fn a_hundred_uploads_over_two_instances_never_pass_the_quota() {
     assert_eq!(apps[0].blobs().len(), 25, "no blob of a refused upload is left");
     assert!(samples > 0);
 }
+
+/// The endpoints on an S3 store (moto's server, which the test script
+/// starts): a file larger than one multipart part round-trips, a turn reads
+/// it, and a refused upload and a deletion leave no object and no
+/// unfinished multipart upload behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_endpoints_work_on_an_s3_store() {
+    use pantheon_infrastructure::settings::FileStoreKind;
+    use pantheon_tests::s3;
+    let Some(endpoint) = s3::endpoint() else { return };
+    let bucket = s3::new_bucket(&endpoint).await;
+    let app = spawn_app_with(Backend::Postgres, |s| {
+        s.files.store = FileStoreKind::S3;
+        s.files.s3 = s3::settings(&endpoint, &bucket);
+    })
+    .await;
+    let (user, token) = app.new_user();
+    let session = app.create_session(&token).await["id"].as_str().unwrap().to_owned();
+    // Over one 5 MiB part: stored as a multipart upload.
+    let big: Vec<u8> = (0..6 * 1024 * 1024).map(|i| b"abcdefghij\n"[i % 11]).collect();
+    let file = app.upload_ok(&token, "big.txt", &big, Some(&session)).await;
+    assert_eq!(file["sha256"], sha256(&big));
+    let id = file["id"].as_str().unwrap().to_owned();
+    let content = app
+        .request(Method::GET, &format!("/api/v1/files/{id}/content"), &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(content.bytes().await.unwrap().as_ref(), &big[..]);
+    let turn = expect_json(app.submit_turn(&token, &session, "what is in it?").await, 201).await;
+    assert!(turn["output"].as_str().unwrap().starts_with("Read 2048 bytes of big.txt"), "{turn}");
+
+    let refused = app.upload(&token, "x.png", Some("image/png"), &big, None).await;
+    expect_problem(refused, 415, "file_type_mismatch").await;
+    assert_eq!(s3::objects(&endpoint, &bucket).await.len(), 1);
+    let deleted =
+        app.request(Method::DELETE, &format!("/api/v1/files/{id}"), &token).send().await.unwrap();
+    assert_eq!(deleted.status(), 204);
+    assert!(s3::objects(&endpoint, &bucket).await.is_empty(), "the object is gone");
+    assert_eq!(s3::unfinished_uploads(&endpoint, &bucket).await, 0);
+    assert_eq!(storage_of(&app.db, &user).await, (0, 0));
+}

@@ -6,10 +6,16 @@
 //
 //   node drive.mjs BASE_URL TOKEN
 //   node drive.mjs BASE_URL TOKEN follow
+//   node drive.mjs BASE_URL TOKEN files
 //
 // With `follow`, instead: a slow turn streamed, the page reloaded mid-way
 // and the stream resumed with its button, then another turn cancelled with
 // its button.
+//
+// With `files`, instead: a text file uploaded through the file picker,
+// ticked and sent with a streamed turn (which reads it through
+// `file_read`); a second one uploaded with the session and read by a turn
+// sent as JSON that names no file; then the first deleted from the list.
 //
 // Debian's Chromium (/usr/bin/chromium) and npm's playwright-core, both
 // installed by scripts/browser.sh. Every wait is bounded.
@@ -21,6 +27,10 @@ if (!base || !token) {
   process.exit(2);
 }
 const WAIT = { timeout: 20_000 };
+/** The text of the file the `files` run uploads and names in its turn. */
+const NOTES = "Quarterly notes: revenue up 12 %, costs flat, hiring paused.";
+/** The text of the file it uploads with the session. */
+const PLAN = "# Plan\nShip on Friday.";
 
 const browser = await chromium.launch({
   executablePath: "/usr/bin/chromium",
@@ -45,8 +55,9 @@ try {
   await page.click("#create-session");
   await page.waitForFunction(() => document.getElementById("sessions").value !== "", null, WAIT);
   const createdStatus = await page.textContent("#status");
-  if (mode === "follow") {
-    console.log(JSON.stringify({ title, createdStatus, ...(await follow(page)), failures, external }));
+  if (mode === "follow" || mode === "files") {
+    const run = mode === "follow" ? await follow(page) : await files(page);
+    console.log(JSON.stringify({ title, createdStatus, ...run, failures, external }));
     process.exit(0);
   }
 
@@ -114,4 +125,98 @@ async function follow(page) {
     status: await page.textContent("#turn-status"),
     cancelDisabledAfter: await page.isDisabled("#cancel") };
   return { resumed, cancelled };
+}
+
+/** Waits for `predicate` in the page; on a timeout, says what the page
+ *  showed (the HTTP status and the problem) with what was awaited. */
+async function settle(page, what, predicate, arg) {
+  try {
+    await page.waitForFunction(predicate, arg, WAIT);
+  } catch (e) {
+    const status = await page.textContent("#status");
+    const problem = await page.textContent("#problem");
+    throw new Error(`waiting for ${what}: ${e.message}\nHTTP ${status}\nproblem: ${problem}`);
+  }
+}
+
+/** Picks `name` in the file input and clicks "Upload"; returns what the
+ *  page showed once the list has `count` files. */
+async function upload(page, name, text, count) {
+  await page.setInputFiles("#file", { name, mimeType: "text/plain", buffer: Buffer.from(text) });
+  await page.click("#upload");
+  await settle(page, `${count} file(s) listed`,
+    (n) => document.querySelectorAll("#files input.attach").length === n, count);
+  return {
+    status: await page.textContent("#status"),
+    file: JSON.parse(await page.textContent("#body")),
+    listed: await page.textContent("#files"),
+    pickerCleared: (await page.inputValue("#file")) === "",
+  };
+}
+
+/** The page's tool lines, one string a line. */
+function toolLines(page) {
+  return page.evaluate(() =>
+    document.getElementById("tools").textContent.split("\n").filter((l) => l !== ""));
+}
+
+/** The files run: upload, tick, stream a turn that reads the file; a
+ *  session's file read by a JSON turn; a delete. */
+async function files(page) {
+  const session = await page.inputValue("#sessions");
+  // Every turn the page sends, as it went out.
+  const sent = [];
+  page.on("request", (r) => {
+    const path = new URL(r.url()).pathname;
+    if (r.method() === "POST" && /\/turns(\/stream)?$/.test(path)) {
+      sent.push({ path, idempotencyKey: r.headers()["idempotency-key"] || null,
+        body: JSON.parse(r.postData() || "null") });
+    }
+  });
+
+  const notes = await upload(page, "notes.txt", NOTES, 1);
+  const id = notes.file.id;
+  await page.check(`#files input.attach[value="${id}"]`);
+  // The tool lines as they were when the reply's first text appeared.
+  await page.evaluate(() => {
+    window.__toolsAtFirstText = null;
+    const output = document.getElementById("output");
+    new MutationObserver(() => {
+      if (window.__toolsAtFirstText === null && output.textContent !== "") {
+        window.__toolsAtFirstText = document.getElementById("tools").textContent;
+      }
+    }).observe(output, { childList: true, characterData: true, subtree: true });
+  });
+  await page.fill("#input", "What do my notes say?");
+  await page.click("#send-stream");
+  await settle(page, "the streamed turn to complete",
+    () => document.getElementById("turn-status").textContent === "completed");
+  const streamed = {
+    tools: await toolLines(page),
+    toolsAtFirstText: await page.evaluate(() => window.__toolsAtFirstText),
+    output: await page.textContent("#output"),
+    events: await page.evaluate(() => document.getElementById("body").textContent.split("\n")
+      .map((l) => l.split(" ")[0]).filter((e) => e !== "")),
+    tickedAfter: await page.locator("#files input.attach:checked").count(),
+  };
+
+  await page.check("#file-to-session");
+  const plan = await upload(page, "plan.txt", PLAN, 2);
+  await page.fill("#input", "What is the plan?");
+  await page.click("#send-json");
+  await settle(page, "the JSON turn to complete", () =>
+    document.getElementById("turn-status").textContent === "completed"
+      && document.getElementById("output").textContent.includes("plan.txt"));
+  const answered = {
+    status: await page.textContent("#status"),
+    tools: await toolLines(page),
+    output: await page.textContent("#output"),
+  };
+
+  await page.click(`#files li:has(input[value="${id}"]) button.delete`);
+  await settle(page, "notes.txt gone from the list", (gone) =>
+    !document.querySelector(`#files input.attach[value="${gone}"]`), id);
+  const deleted = { status: await page.textContent("#status"),
+    listed: await page.textContent("#files") };
+  return { files: { session, notes, streamed, plan, answered, deleted, sent } };
 }

@@ -40,8 +40,9 @@ const PLAYGROUND_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; \
     responses((
         status = 200,
         description = "A page to try the API from a browser: paste a token, create or pick a \
-                       session, send turns as JSON or as a stream, see the rate-limit headers \
-                       and any problem. It calls the API like any client and holds no secret.",
+                       session, upload files and attach them, send turns as JSON or as a \
+                       stream (with their tool calls), see the rate-limit headers and any \
+                       problem. It calls the API like any client and holds no secret.",
         content_type = "text/html",
         body = String,
     )),

@@ -50,12 +50,21 @@ pub fn blob_store(
 #[derive(Debug, Clone)]
 pub struct ObjectBlobStore {
     store: Arc<dyn ObjectStore>,
+    /// The directory of a local store, whose multipart uploads stage their
+    /// parts in files of their own.
+    local_dir: Option<std::path::PathBuf>,
 }
+
+/// How many staging files of one blob a delete looks for: `object_store`'s
+/// local store stages a multipart upload of `<path>` in `<path>#<n>`, with
+/// the first `n` from 1 that is free (more than one only while uploads of
+/// the same path overlap, which ids never do).
+const STAGING_FILES: u32 = 4;
 
 impl ObjectBlobStore {
     /// Blobs in `store`.
     pub fn new(store: Arc<dyn ObjectStore>) -> Self {
-        Self { store }
+        Self { store, local_dir: None }
     }
 
     /// Blobs under the directory `dir`, created when missing. Each write is
@@ -69,7 +78,8 @@ impl ObjectBlobStore {
             |e: &dyn std::fmt::Display| format!("files.local_dir {}: {e}", dir.display());
         std::fs::create_dir_all(dir).map_err(|e| unusable(&e))?;
         let local = LocalFileSystem::new_with_prefix(dir).map_err(|e| unusable(&e))?;
-        Ok(Self::new(Arc::new(local.with_fsync(true))))
+        let store = Self::new(Arc::new(local.with_fsync(true)));
+        Ok(Self { local_dir: Some(dir.to_path_buf()), ..store })
     }
 
     /// Blobs in the bucket of `files.s3.*`, with the environment's
@@ -162,11 +172,25 @@ impl BlobStore for ObjectBlobStore {
         }
     }
 
+    /// Also removes what a multipart upload cut short by a dead instance
+    /// left staged in a local store. (An S3 bucket's unfinished multipart
+    /// uploads are its lifecycle rule's to abort; see the README.)
     async fn delete(&self, id: FileId) -> Result<(), StorageError> {
         match tokio::time::timeout(CALL_TIMEOUT, self.store.delete(&path(id))).await {
-            Ok(Ok(()) | Err(object_store::Error::NotFound { .. })) => Ok(()),
-            Ok(Err(error)) => Err(store_error(error)),
-            Err(_) => Err(timed_out("a delete")),
+            Ok(Ok(()) | Err(object_store::Error::NotFound { .. })) => {}
+            Ok(Err(error)) => return Err(store_error(error)),
+            Err(_) => return Err(timed_out("a delete")),
         }
+        if let Some(dir) = &self.local_dir {
+            for n in 1..=STAGING_FILES {
+                let staged = dir.join("files").join(format!("{id}#{n}"));
+                match tokio::fs::remove_file(&staged).await {
+                    Ok(()) => {}
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(error) => return Err(StorageError::other(error)),
+                }
+            }
+        }
+        Ok(())
     }
 }

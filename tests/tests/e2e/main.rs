@@ -79,6 +79,8 @@ mod simultaneous_start;
 mod streaming;
 mod tokens;
 mod tokens_actor;
+mod tool_rounds;
 mod turn_writes;
 mod turns;
+mod upload_crash;
 mod uploads;

@@ -1,6 +1,7 @@
 //! The playground page in a real browser: headless Chromium, driven by
-//! `tests/playground/drive.mjs` (playwright-core), through one streamed
-//! turn and one `429`. Needs `/usr/bin/chromium` and the npm package, which
+//! `tests/playground/drive.mjs` (playwright-core): a streamed turn and a
+//! `429`; a resume after a reload and a cancel; an upload whose file a turn
+//! reads. Needs `/usr/bin/chromium` and the npm package, which
 //! `scripts/browser.sh` installs (`scripts/test.sh` runs it first).
 
 use std::path::Path;
@@ -113,5 +114,84 @@ async fn the_playground_resumes_a_stream_after_a_reload_and_cancels_a_turn() {
     assert_eq!(cancelled["cancelDisabledAfter"], true);
     let output = cancelled["output"].as_str().unwrap();
     assert!(output.len() < whole.len() && whole.starts_with(output), "{cancelled}");
+    assert_eq!(app.count("turns").await, 2);
+}
+
+/// What `drive.mjs files` uploads and names in its streamed turn.
+const NOTES: &str = "Quarterly notes: revenue up 12 %, costs flat, hiring paused.";
+
+/// The page's files: one uploaded through its picker, ticked and sent with
+/// a streamed turn, which shows the `file_read` call and result before the
+/// reply reads `Read N bytes of …`; one uploaded with the session, read by a
+/// turn sent as JSON that names no file; a delete from the list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_playground_uploads_a_file_and_a_turn_reads_it_in_a_real_browser() {
+    let app = spawn_app_with(Backend::Sqlite, |s| s.provider.builtin.chunk_delay_ms = 50).await;
+    let (_, token) = app.new_user();
+    let page = drive(&app, &token, Some("files")).await;
+    let files = &page["files"];
+    let session = files["session"].as_str().unwrap();
+
+    // The picked file went up as `multipart/form-data`, without a session.
+    let notes = &files["notes"];
+    assert!(notes["status"].as_str().unwrap().starts_with("201"), "{notes}");
+    let file = &notes["file"];
+    assert_eq!(file["filename"], "notes.txt");
+    assert_eq!(file["content_type"], "text/plain");
+    assert_eq!(file["bytes"], NOTES.len());
+    assert_eq!(file["session_id"], Value::Null);
+    assert!(notes["listed"].as_str().unwrap().contains("notes.txt"), "{notes}");
+    assert_eq!(notes["pickerCleared"], true);
+    let id = file["id"].as_str().unwrap();
+
+    // The streamed turn named the ticked file, and the page showed its call
+    // and result (from the stream's events, before the reply's first text).
+    let sent = files["sent"].as_array().unwrap();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert!(sent[0]["path"].as_str().unwrap().ends_with("/turns/stream"), "{sent:?}");
+    assert_eq!(sent[0]["body"]["files"], serde_json::json!([id]));
+    let streamed = &files["streamed"];
+    let tools: Vec<&str> =
+        streamed["tools"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert_eq!(tools.len(), 2, "a line per call and per result: {tools:?}");
+    assert!(tools[0].starts_with("call   file_read notes.txt"), "{tools:?}");
+    assert_eq!(tools[1], format!("result file_read notes.txt → {} bytes", NOTES.len()));
+    let at_first_text = streamed["toolsAtFirstText"].as_str().unwrap();
+    assert_eq!(at_first_text, format!("{}\n{}\n", tools[0], tools[1]), "{streamed}");
+    let events: Vec<&str> =
+        streamed["events"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert_eq!(&events[..3], ["turn.created", "turn.tool_call", "turn.tool_result"], "{events:?}");
+    let expected = format!("Read {} bytes of notes.txt: \"{}\"", NOTES.len(), &NOTES[..60]);
+    assert!(streamed["output"].as_str().unwrap().starts_with(&expected), "{streamed}");
+    assert_eq!(streamed["tickedAfter"], 0, "a ticked file goes with the next turn only");
+
+    // A file uploaded with the session is read by the session's next turn,
+    // sent as JSON and naming no file; its recorded calls are shown.
+    let plan = &files["plan"];
+    assert!(plan["status"].as_str().unwrap().starts_with("201"), "{plan}");
+    assert_eq!(plan["file"]["session_id"], session);
+    assert!(sent[1]["path"].as_str().unwrap().ends_with("/turns"), "{sent:?}");
+    assert!(sent[1]["body"].get("files").is_none(), "{sent:?}");
+    let keys = (sent[0]["idempotencyKey"].as_str(), sent[1]["idempotencyKey"].as_str());
+    assert!(matches!(keys, (Some(a), Some(b)) if a != b), "a fresh key per send: {sent:?}");
+    let answered = &files["answered"];
+    assert!(answered["status"].as_str().unwrap().starts_with("201"), "{answered}");
+    let tools: Vec<&str> =
+        answered["tools"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert_eq!(tools.len(), 2, "{tools:?}");
+    assert!(tools[0].starts_with("call   file_read plan.txt"), "{tools:?}");
+    assert_eq!(tools[1], "result file_read plan.txt → 22 bytes");
+    let output = answered["output"].as_str().unwrap();
+    assert!(
+        output.starts_with("Read 22 bytes of plan.txt: \"# Plan Ship on Friday.\""),
+        "{output}"
+    );
+
+    // "Delete" on the first file removed it.
+    let deleted = &files["deleted"];
+    assert!(deleted["status"].as_str().unwrap().starts_with("204"), "{deleted}");
+    let listed = deleted["listed"].as_str().unwrap();
+    assert!(!listed.contains("notes.txt") && listed.contains("plan.txt"), "{listed}");
+    assert_eq!(app.count("uploaded_files").await, 1);
     assert_eq!(app.count("turns").await, 2);
 }

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use pantheon_domain::{ManualClock, TokenCounter};
 use pantheon_infrastructure::Settings;
 use pantheon_infrastructure::settings::ProviderKind;
-use pantheon_tests::fake_openai::{FakeOpenAi, Round};
 use pantheon_tests::expect_json;
+use pantheon_tests::fake_openai::{FakeOpenAi, Round};
 use reqwest::Method;
 use serde_json::{Value, json};
 

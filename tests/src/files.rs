@@ -141,3 +141,27 @@ pub async fn storage_of(db: &DatabaseConnection, user: &str) -> (i64, i64) {
 pub async fn file_rows(db: &DatabaseConnection, user: &str) -> i64 {
     crate::db::count_where(db, "uploaded_files", &format!("user_id = '{user}'")).await
 }
+
+/// The head of an upload of a `body_len`-byte [`form`] body, for a test
+/// that writes the body itself on a raw socket (and stops when it likes).
+pub fn upload_head(address: &str, token: &str, body_len: usize) -> String {
+    format!(
+        "POST /api/v1/files HTTP/1.1\r\nhost: {address}\r\nauthorization: Bearer {token}\r\n\
+         content-type: {}\r\ncontent-length: {body_len}\r\n\r\n",
+        form_type()
+    )
+}
+
+/// Polls `done` until it holds, at most `limit`: for what a server does in
+/// a task of its own after a response (an upload's cleanup, a sweep).
+pub async fn wait_for<F, Fut>(limit: std::time::Duration, done: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !done().await {
+        assert!(tokio::time::Instant::now() < deadline, "not within {limit:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

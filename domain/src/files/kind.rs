@@ -8,6 +8,19 @@ use crate::error::TurnError;
 /// number `infer` knows, and for text to show it is text.
 pub const HEAD_BYTES: usize = 8192;
 
+/// The types uploads may have unless `files.allowed_types` says otherwise:
+/// text a model reads as it is, and the documents and images the tools read.
+pub const DEFAULT_ALLOWED_TYPES: [&str; 8] = [
+    "text/plain",
+    "text/markdown",
+    "text/csv",
+    "application/json",
+    "application/pdf",
+    "image/png",
+    "image/jpeg",
+    "image/webp",
+];
+
 /// The type of unknown binary content.
 const OCTET_STREAM: &str = "application/octet-stream";
 
@@ -144,18 +157,7 @@ mod tests {
     use super::*;
 
     fn allowed() -> Vec<String> {
-        [
-            "text/plain",
-            "text/markdown",
-            "text/csv",
-            "application/json",
-            "application/pdf",
-            "image/png",
-            "image/jpeg",
-            "image/webp",
-        ]
-        .map(str::to_owned)
-        .to_vec()
+        DEFAULT_ALLOWED_TYPES.map(str::to_owned).to_vec()
     }
 
     const PNG: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0";

@@ -3,7 +3,11 @@
 //! what interrupted uploads and deletions left behind.
 
 pub mod kind;
+mod policy;
+mod removal;
 mod upload;
+
+pub use policy::FilePolicy;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,38 +21,9 @@ use crate::clock::Clock;
 use crate::error::{StorageError, TurnError};
 use crate::file::{StoredFile, UploadChunk, UploadMeta};
 use crate::ids::{Caller, FileId, SessionId};
-use crate::limiter::{Decision, LimiterHandle, Limits};
+use crate::limiter::{Decision, LimiterHandle};
 use crate::page::{Page, PageRequest};
-use crate::ports::{BlobStore, Deleting, FileRepository, Quota, SessionRepository};
-
-/// The rules of uploads, from `files.*` and `rate_limit.uploads_per_minute`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FilePolicy {
-    /// `files.max_file_bytes`.
-    pub max_file_bytes: u64,
-    /// `files.quota_bytes` and `files.max_files`, per user.
-    pub quota: Quota,
-    /// `files.allowed_types`.
-    pub allowed_types: Vec<String>,
-    /// `files.max_upload_secs`: the longest an upload may take.
-    pub max_upload: Duration,
-    /// `files.orphan_grace_secs`: how long an unfinished upload or deletion
-    /// is left before the sweep finishes it (longer than `max_upload`, so
-    /// a live upload is never swept).
-    pub orphan_grace: Duration,
-    /// `rate_limit.uploads_per_minute`.
-    pub uploads_per_minute: u32,
-}
-
-impl FilePolicy {
-    /// The limits the uploads window is checked under: per minute, and per
-    /// hour sixty times that (the hour never binds first), with no cap on
-    /// uploads at once (the quotas bound those).
-    fn upload_limits(&self) -> Limits {
-        let per_minute = self.uploads_per_minute;
-        Limits::turns(per_minute, per_minute.saturating_mul(60), u32::MAX)
-    }
-}
+use crate::ports::{BlobStore, Deleting, FileRepository, SessionRepository};
 
 /// The upload scope of a user's limiter key.
 const UPLOADS: &str = "uploads";
@@ -215,11 +190,9 @@ impl FileService {
     /// Removes the blob, then the row, of a file no longer `ready`; a
     /// failure leaves it to the sweep (logged here, its one handler).
     async fn purge(&self, id: FileId) {
-        let removed = match self.blobs.delete(id).await {
-            Ok(()) => self.files.remove(id, self.clock.now_micros()).await.map(|_| ()),
-            Err(error) => Err(error),
-        };
-        if let Err(error) = removed {
+        let now = self.clock.now_micros();
+        if let Err(error) = removal::remove(self.blobs.as_ref(), self.files.as_ref(), id, now).await
+        {
             tracing::warn!(file.id = %id, error = %error, "a file is left to the sweep");
         }
     }

@@ -17,8 +17,9 @@ use crate::file::{
 use crate::ids::{FileId, UserId};
 use crate::ports::{BlobStore, BlobWriter, FileRepository};
 
-use super::FilePolicy;
 use super::kind::{self, HEAD_BYTES, Utf8Check};
+use super::policy::FilePolicy;
+use super::removal;
 
 /// Bytes gathered before they are reserved (exactly) and written: a 1 GiB
 /// upload costs 1,024 reservations, not one per chunk, and never reserves
@@ -230,11 +231,9 @@ impl Upload {
     /// Removes what a failed upload left: its blob, then its row with the
     /// reservation. A failure here leaves both to the sweep.
     async fn discard(&self, id: FileId) {
-        let removed = match self.blobs.delete(id).await {
-            Ok(()) => self.files.remove(id, self.clock.now_micros()).await.map(|_| ()),
-            Err(error) => Err(error),
-        };
-        if let Err(error) = removed {
+        let now = self.clock.now_micros();
+        if let Err(error) = removal::remove(self.blobs.as_ref(), self.files.as_ref(), id, now).await
+        {
             tracing::warn!(file.id = %id, error = %error, "a failed upload is left to the sweep");
         }
     }

@@ -13,6 +13,7 @@ mod outbox;
 mod prepare;
 mod round;
 mod usage;
+mod watch;
 
 #[cfg(test)]
 mod tests;
@@ -38,8 +39,8 @@ pub use context::TurnPolicy;
 pub(crate) use context::{Measured, TurnContext};
 use ending::Ending;
 use outbox::Outbox;
-use round::{Reply, Watch};
 use usage::settle;
+use watch::{Reply, Watch};
 
 /// Why a turn was not committed.
 #[derive(Debug)]
@@ -49,14 +50,6 @@ pub(crate) enum NotBegun {
     Failed(TurnError),
     /// The user's turn with this `Idempotency-Key` is already committed.
     KeyTaken(KeyClaim),
-}
-
-/// Sleeps until `due`; never wakes when there is none.
-async fn sleep_until(due: Option<tokio::time::Instant>) {
-    match due {
-        Some(due) => tokio::time::sleep_until(due).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// Whether the row holds the turn's end: an outcome that carries the

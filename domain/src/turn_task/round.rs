@@ -3,13 +3,8 @@
 //! each shown to the client before and after. Every wait is under the
 //! turn's [`Watch`]: its cancel, the shutdown abort, its deadline.
 
-use std::pin::Pin;
-
 use futures::StreamExt;
-use tokio::time::Sleep;
-use tokio_util::sync::CancellationToken;
 
-use crate::error::ProviderError;
 use crate::live::LiveOutput;
 use crate::ports::{ReplyEvent, ReplyStream};
 use crate::tokens::OutputMeter;
@@ -17,45 +12,9 @@ use crate::tool::{FileRef, ToolCall, ToolEvent, ToolResult};
 use crate::turn::FinishReason;
 use crate::turn_run::TurnEvent;
 
+use super::TurnTask;
 use super::ending::Ending;
-use super::outbox::Outbox;
-use super::{TurnTask, sleep_until};
-
-/// What stops a turn's waits.
-pub(super) struct Watch {
-    pub(super) cancel: CancellationToken,
-    pub(super) abort: CancellationToken,
-    pub(super) deadline: Pin<Box<Sleep>>,
-}
-
-impl Watch {
-    /// Resolves when the turn must stop, with how it ends.
-    pub(super) async fn stopped(&mut self) -> Ending {
-        tokio::select! {
-            () = self.cancel.cancelled() => Ending::Cancelled,
-            () = self.abort.cancelled() => Ending::ShutDown,
-            () = &mut self.deadline => Ending::Failed(ProviderError::Timeout),
-        }
-    }
-}
-
-/// The reply across rounds: its whole output and its numbered events.
-pub(super) struct Reply {
-    pub(super) output: String,
-    pub(super) outbox: Outbox,
-    /// Reported once, even when a first chunk is cut to nothing at the cap.
-    pub(super) first_delta: bool,
-}
-
-/// What one round produced.
-pub(super) struct Round {
-    /// Its text (also appended to the reply's output).
-    pub(super) text: String,
-    /// The tools it called.
-    pub(super) calls: Vec<ToolCall>,
-    /// How its stream ended.
-    pub(super) ending: Ending,
-}
+use super::watch::{Reply, Round, Watch, sleep_until};
 
 impl TurnTask {
     /// Reads one round's stream. Its text is held to `cap` tokens: the

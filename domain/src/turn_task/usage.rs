@@ -6,7 +6,7 @@ use crate::limiter::{Lease, Reservation};
 use crate::turn::{Turn, Usage};
 
 use super::context::TurnContext;
-use super::round::Round;
+use super::watch::Round;
 
 impl TurnContext {
     /// The usage of one request that reached the provider (a turn makes

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use pantheon_domain::files::kind::DEFAULT_ALLOWED_TYPES;
 use serde::Deserialize;
 
 use super::load::SettingsError;
@@ -108,19 +109,6 @@ pub struct FilesSettings {
     /// model.
     pub max_read_bytes: u64,
 }
-
-/// The types uploads may have by default: text a model reads as it is,
-/// and the documents and images it reads through the tools.
-pub const DEFAULT_ALLOWED_TYPES: [&str; 8] = [
-    "text/plain",
-    "text/markdown",
-    "text/csv",
-    "application/json",
-    "application/pdf",
-    "image/png",
-    "image/jpeg",
-    "image/webp",
-];
 
 impl Default for FilesSettings {
     fn default() -> Self {

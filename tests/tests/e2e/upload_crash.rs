@@ -10,12 +10,14 @@ use std::time::Duration;
 use pantheon_domain::ManualClock;
 use pantheon_infrastructure::auth::TokenMinter;
 use pantheon_infrastructure::settings::AuthSettings;
-use pantheon_tests::files::{Part, file_rows, form, form_type, storage_of};
+use pantheon_tests::files::{Part, file_rows, form, storage_of, upload_head, wait_for};
 use pantheon_tests::process::ServerCommand;
 use pantheon_tests::{Backend, TestDatabase, files_dir, spawn_app_on};
 use tokio::io::AsyncWriteExt;
 
 const GRACE_SECS: u64 = 120;
+/// How long the sweep of another instance may take to come round.
+const WAIT: Duration = Duration::from_secs(20);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_whose_instance_was_killed_is_swept_by_another() {
@@ -40,15 +42,10 @@ async fn an_upload_whose_instance_was_killed_is_swept_by_another() {
     let body = form(&[Part::file("big.txt", Some("text/plain"), &vec![b'k'; 12 << 20])]);
     let address = first.address().trim_start_matches("http://").to_owned();
     let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
-    let head = format!(
-        "POST /api/v1/files HTTP/1.1\r\nhost: {address}\r\nauthorization: Bearer {token}\r\n\
-         content-type: {}\r\ncontent-length: {}\r\n\r\n",
-        form_type(),
-        body.len()
-    );
+    let head = upload_head(&address, &token, body.len());
     socket.write_all(head.as_bytes()).await.unwrap();
     socket.write_all(&body[..8 << 20]).await.unwrap();
-    wait_for(|| async { storage_of(&db, &user).await.0 >= 6 << 20 }).await;
+    wait_for(WAIT, || async { storage_of(&db, &user).await.0 >= 6 << 20 }).await;
     first.kill();
     drop(socket);
     assert_eq!(file_rows(&db, &user).await, 1, "the dead instance left its row");
@@ -71,19 +68,7 @@ async fn an_upload_whose_instance_was_killed_is_swept_by_another() {
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert_eq!(file_rows(&db, &user).await, 1, "not swept within the grace");
     clock.advance(i64::try_from(GRACE_SECS + 1).unwrap() * 1_000);
-    wait_for(|| async { file_rows(&db, &user).await == 0 }).await;
+    wait_for(WAIT, || async { file_rows(&db, &user).await == 0 }).await;
     assert_eq!(storage_of(&db, &user).await, (0, 0), "the reservation is given back");
     assert!(second.blobs().is_empty(), "no bytes are left: {:?}", second.blobs());
-}
-
-async fn wait_for<F, Fut>(done: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !done().await {
-        assert!(tokio::time::Instant::now() < deadline, "not within 20 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }

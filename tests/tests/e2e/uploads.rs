@@ -2,7 +2,7 @@
 //! that a refusal or a failure leaves nothing behind (no row, no blob, no
 //! byte of quota).
 
-use pantheon_tests::files::{Part, file_rows, form, form_type, storage_of};
+use pantheon_tests::files::{Part, file_rows, form, form_type, storage_of, upload_head, wait_for};
 use pantheon_tests::{Backend, expect_json, expect_problem, header, spawn_app, spawn_app_with};
 use reqwest::Method;
 use serde_json::Value;
@@ -15,6 +15,9 @@ on_both_databases!(
     files_over_a_limit_are_refused_before_or_while_they_stream,
     deleting_a_session_deletes_its_files
 );
+
+/// How long an upload's cleanup may take after its client left.
+const WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 const PNG: &[u8] =
     b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0\x1f\x15\xc4\x89";
@@ -247,34 +250,15 @@ async fn a_client_that_stops_mid_upload_leaves_no_row_no_blob_no_quota() {
     let body = form(&[Part::file("half.txt", Some("text/plain"), &vec![b'h'; 1_000_000])]);
     let address = app.address.trim_start_matches("http://").to_owned();
     let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
-    let head = format!(
-        "POST /api/v1/files HTTP/1.1\r\nhost: {address}\r\nauthorization: Bearer {token}\r\n\
-         content-type: {}\r\ncontent-length: {}\r\n\r\n",
-        form_type(),
-        body.len()
-    );
+    let head = upload_head(&address, &token, body.len());
     socket.write_all(head.as_bytes()).await.unwrap();
     socket.write_all(&body[..600_000]).await.unwrap();
     // Wait until the upload is under way (its row reserved), then leave.
-    wait_for(|| async { file_rows(&app.db, &user).await == 1 }).await;
+    wait_for(WAIT, || async { file_rows(&app.db, &user).await == 1 }).await;
     drop(socket);
-    wait_for(|| async { file_rows(&app.db, &user).await == 0 }).await;
+    wait_for(WAIT, || async { file_rows(&app.db, &user).await == 0 }).await;
     assert_eq!(storage_of(&app.db, &user).await, (0, 0));
     assert!(app.blobs().is_empty(), "{:?}", app.blobs());
-}
-
-/// Polls `done` until it holds (at most 10 s): cleanup runs in the
-/// upload's own task, after the response.
-async fn wait_for<F, Fut>(done: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !done().await {
-        assert!(tokio::time::Instant::now() < deadline, "not within 10 s");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
 }
 
 /// 100 uploads by one user fired at once at two instances over one

@@ -106,3 +106,38 @@ async fn a_turn_naming_a_file_it_may_not_read_is_refused_and_writes_nothing(back
         .unwrap();
     expect_problem(response, 422, "validation_failed").await;
 }
+
+/// A streamed turn's tool events are journaled like its deltas: the same
+/// turn resumed from its start on another instance (through Redis) shows
+/// the same events under the same ids. One process compiles the tool's
+/// schema once, however many servers and turns it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_events_resume_on_another_instance_with_the_same_ids() {
+    let database = pantheon_tests::TestDatabase::create(Backend::Postgres).await;
+    let clock = std::sync::Arc::new(pantheon_domain::SystemClock);
+    let apps = pantheon_tests::spawn_instances(2, &database, clock, |s| {
+        s.redis.url = Some(pantheon_tests::limiter::redis_url());
+        s.redis.timeout_ms = 2_000;
+    })
+    .await;
+    let (token, session) = user_with_session(&apps[0]).await;
+    let file = apps[0].upload_ok(&token, "notes.txt", NOTES.as_bytes(), None).await;
+    let response = apps[0]
+        .request(Method::POST, &format!("/api/v1/sessions/{session}/turns/stream"), &token)
+        .json(&json!({ "input": "Read my notes", "files": [file["id"]] }))
+        .send()
+        .await
+        .unwrap();
+    let original = read_with_parser(response).await;
+    let turn = &assert_contract(&original).data["turn"];
+    let path = format!("/api/v1/sessions/{session}/turns/{}/events", turn["id"].as_str().unwrap());
+    let resumed =
+        read_with_parser(apps[1].request(Method::GET, &path, &token).send().await.unwrap()).await;
+    let shape = |events: &[pantheon_tests::sse::SseEvent]| -> Vec<(String, String)> {
+        events.iter().map(|e| (e.id.clone(), e.event.clone())).collect()
+    };
+    assert_eq!(shape(&resumed), shape(&original));
+    assert_eq!(resumed[1].data, original[1].data, "the call, as the original stream sent it");
+    assert_eq!(resumed[2].data, original[2].data, "and its result");
+    assert_eq!(pantheon_infrastructure::tools::schema_compilations(), 1);
+}

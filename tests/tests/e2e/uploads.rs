@@ -358,3 +358,59 @@ async fn the_endpoints_work_on_an_s3_store() {
     assert_eq!(s3::unfinished_uploads(&endpoint, &bucket).await, 0);
     assert_eq!(storage_of(&app.db, &user).await, (0, 0));
 }
+
+/// What a hostile or broken client sends instead of a form: each is a
+/// clear 4xx, and nothing is kept or counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_forms_are_refused_and_change_nothing() {
+    let app = spawn_app_with(Backend::Sqlite, |s| s.rate_limit.uploads_per_minute = 100).await;
+    let (user, token) = app.new_user();
+    let (_, other) = app.new_user();
+    let theirs = app.create_session(&other).await["id"].as_str().unwrap().to_owned();
+    let post = |content_type: String, body: Vec<u8>| {
+        app.request(Method::POST, "/api/v1/files", &token)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    let json = post("application/json".into(), b"{}".to_vec()).await.unwrap();
+    expect_problem(json, 415, "unsupported_media_type").await;
+    let no_file = post(form_type(), form(&[Part::field("session_id", &theirs)])).await.unwrap();
+    expect_problem(no_file, 400, "malformed_upload").await;
+    let garbage = post(form_type(), b"not a form at all".to_vec()).await.unwrap();
+    assert_eq!(garbage.status(), 400, "{}", garbage.text().await.unwrap());
+    let unknown = form(&[Part::field("other", "x"), Part::file("a.txt", None, b"hi")]);
+    expect_problem(post(form_type(), unknown).await.unwrap(), 400, "malformed_upload").await;
+    let bad_session = form(&[Part::field("session_id", "nope"), Part::file("a.txt", None, b"hi")]);
+    let problem =
+        expect_problem(post(form_type(), bad_session).await.unwrap(), 422, "validation_failed")
+            .await;
+    assert_eq!(problem["errors"][0]["field"], "session_id");
+    let elsewhere = form(&[Part::field("session_id", &theirs), Part::file("a.txt", None, b"hi")]);
+    expect_problem(post(form_type(), elsewhere).await.unwrap(), 404, "session_not_found").await;
+    assert_eq!(file_rows(&app.db, &user).await, 0);
+    assert_eq!(storage_of(&app.db, &user).await, (0, 0));
+    assert!(app.blobs().is_empty());
+}
+
+/// A client that stops sending mid-file is answered `408` once the body
+/// has been silent for `server.body_read_timeout_ms`, and nothing is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_upload_is_a_408_and_leaves_nothing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with(Backend::Sqlite, |s| s.server.body_read_timeout_ms = 300).await;
+    let (user, token) = app.new_user();
+    let body = form(&[Part::file("slow.txt", Some("text/plain"), &vec![b's'; 200_000])]);
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
+    socket.write_all(upload_head(&address, &token, body.len()).as_bytes()).await.unwrap();
+    socket.write_all(&body[..50_000]).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(WAIT, socket.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the server answers and closes");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("upload_timeout"), "{answer}");
+    wait_for(WAIT, || async { file_rows(&app.db, &user).await == 0 }).await;
+    assert_eq!(storage_of(&app.db, &user).await, (0, 0));
+}

@@ -18,7 +18,8 @@ use pantheon_domain::limiter::{
     WindowUsage, limiter_channel,
 };
 use pantheon_domain::ports::{
-    Checkpoint, ModelProvider, ReplyEvent, ReplyRequest, ReplyStream, TurnRepository, TurnStart,
+    Checkpoint, Committed, ModelProvider, ReplyEvent, ReplyRequest, ReplyStream, TurnRepository,
+    TurnStart,
 };
 use pantheon_domain::turn::TurnEnd;
 use pantheon_domain::{
@@ -56,7 +57,7 @@ impl FakeTurns {
 
 #[async_trait]
 impl TurnRepository for FakeTurns {
-    async fn begin(&self, start: TurnStart<'_>) -> Result<Option<Turn>, StorageError> {
+    async fn begin(&self, start: TurnStart<'_>) -> Result<Option<Committed>, StorageError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let wait = *self.begin_wait.lock().unwrap();
         tokio::time::sleep(wait).await;
@@ -65,7 +66,7 @@ impl TurnRepository for FakeTurns {
         }
         let turn = start.begun(self.turns.lock().unwrap().len() as i64 + 1);
         self.turns.lock().unwrap().insert(turn.id, turn.clone());
-        Ok(Some(turn))
+        Ok(Some(Committed { turn, session_files: false }))
     }
 
     async fn finish(&self, id: TurnId, end: TurnEnd) -> Result<Turn, StorageError> {

@@ -102,6 +102,17 @@ impl TurnStart<'_> {
     }
 }
 
+/// A turn [`TurnRepository::begin`] committed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Committed {
+    /// The turn, `in_progress`.
+    pub turn: Turn,
+    /// Whether files are attached to its session (stored whole): only then
+    /// does the turn ask which. Told by the begin itself, so the many turns
+    /// of sessions without files cost no read more.
+    pub session_files: bool,
+}
+
 /// A generating turn's checkpoint: its heartbeat, and its output so far
 /// when that grew since the last one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,7 +139,7 @@ pub trait TurnRepository: Send + Sync + std::fmt::Debug {
     ///
     /// # Errors
     /// [`StorageError`] when the database fails; nothing is written then.
-    async fn begin(&self, start: TurnStart<'_>) -> Result<Option<Turn>, StorageError>;
+    async fn begin(&self, start: TurnStart<'_>) -> Result<Option<Committed>, StorageError>;
 
     /// Writes how a turn ended and returns it as persisted.
     ///

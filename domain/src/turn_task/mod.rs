@@ -30,7 +30,7 @@ use crate::ids::{SessionId, TurnId, UserId};
 use crate::limiter::Lease;
 use crate::live::LiveOutput;
 use crate::observe::Endpoint;
-use crate::ports::{ReplyRequest, TurnStart};
+use crate::ports::{Committed, ReplyRequest, TurnStart};
 use crate::tool::{FileRef, ToolRecord, ToolRound};
 use crate::turn::{FinishReason, NewTurn, Turn, Usage};
 use crate::turn_run::TurnEvent;
@@ -110,18 +110,18 @@ impl TurnTask {
         let begun = match named {
             Err(error) => Err(error),
             Ok(named) => match self.context.turns.begin(start).await {
-                Ok(Some(turn)) => Ok((turn, named)),
+                Ok(Some(committed)) => Ok((committed, named)),
                 Ok(None) => Err(TurnError::SessionNotFound),
                 Err(error) => Err(TurnError::from(error)),
             },
         };
         match begun {
-            Ok((turn, named)) => {
+            Ok((Committed { turn, session_files }, named)) => {
                 if let Some(lease) = self.lease.as_mut() {
                     lease.keep_claim();
                 }
                 let _ = committed.send(Ok(turn.clone()));
-                self.drive(turn, live, named).await;
+                self.drive(turn, live, named, session_files).await;
             }
             Err(error) => {
                 if let Some(mut lease) = self.lease.take() {
@@ -160,7 +160,13 @@ impl TurnTask {
     /// back to it in another request. Each round's prompt is paid out of
     /// the reservation before it is sent; a round that would not fit ends
     /// the turn (`length`). The usage is the sum over the rounds.
-    async fn drive(mut self, turn: Turn, live: LiveOutput, named: Option<Vec<FileRef>>) {
+    async fn drive(
+        mut self,
+        turn: Turn,
+        live: LiveOutput,
+        named: Option<Vec<FileRef>>,
+        session_files: bool,
+    ) {
         let context = Arc::clone(&self.context);
         let streamed = self.measured.endpoint == Endpoint::Stream;
         let outbox =
@@ -173,7 +179,7 @@ impl TurnTask {
         };
         let reservation = self.lease.as_ref().and_then(Lease::reservation);
         let prepared = tokio::select! {
-            prepared = context.prepare(&self.user, &turn, named, reservation) => Ok(prepared),
+            prepared = context.prepare(&self.user, &turn, named, session_files, reservation) => Ok(prepared),
             ending = watch.stopped() => Err(ending),
         };
         // The sum of the rounds' usage; `None` while nothing reached the

@@ -59,20 +59,22 @@ impl TurnContext {
     }
 
     /// The history, the readable files (`named`, when they were resolved
-    /// before the commit, else the session's), and the first round's cap.
-    /// The two reads run at once; a failed one leaves its part empty
-    /// (logged): a reply without them beats no reply.
+    /// before the commit, else the session's when it has any), and the
+    /// first round's cap. The two reads run at once; a failed one leaves
+    /// its part empty (logged): a reply without them beats no reply.
     pub(super) async fn prepare(
         &self,
         user: &UserId,
         turn: &Turn,
         named: Option<Vec<FileRef>>,
+        session_files: bool,
         reservation: Option<Reservation>,
     ) -> Prepared {
         let files = async {
             match (named, &self.files) {
                 (Some(named), _) => named,
                 (None, None) => Vec::new(),
+                (None, Some(_)) if !session_files => Vec::new(),
                 (None, Some(files)) => match files.readable(user, turn.session_id, &[]).await {
                     Ok(readable) => readable.into_iter().map(file_ref).collect(),
                     Err(error) => {

@@ -19,7 +19,7 @@ use crate::live::LiveOutputs;
 use crate::observe::{Endpoint, Unobserved};
 use crate::page::{Page, PageRequest};
 use crate::ports::ReplyEvent;
-use crate::ports::{Checkpoint, ModelProvider, ReplyStream, TurnRepository};
+use crate::ports::{Checkpoint, Committed, ModelProvider, ReplyStream, TurnRepository};
 use crate::tokens::TokenCounter;
 use crate::turn::{TurnEnd, TurnStatus, Usage};
 
@@ -36,13 +36,13 @@ struct Repository {
 
 #[async_trait]
 impl TurnRepository for Repository {
-    async fn begin(&self, start: TurnStart<'_>) -> Result<Option<Turn>, StorageError> {
+    async fn begin(&self, start: TurnStart<'_>) -> Result<Option<Committed>, StorageError> {
         if *self.session.lock().unwrap() != Some(start.session_id) {
             return Ok(None);
         }
         let turn = start.begun(1);
         self.turns.lock().unwrap().push(turn.clone());
-        Ok(Some(turn))
+        Ok(Some(Committed { turn, session_files: false }))
     }
 
     async fn finish(&self, id: TurnId, end: TurnEnd) -> Result<Turn, StorageError> {

@@ -84,7 +84,9 @@ SELECT i.turn_id, i.session_id,
        i.idempotency_key, i.request_hash
 FROM input AS i JOIN bumped AS b ON b.id = i.session_id AND b.user_id = i.user_id
 CROSS JOIN stamp AS t
-RETURNING id, seq";
+RETURNING id, seq, EXISTS (
+    SELECT 1 FROM uploaded_files AS f WHERE f.session_id = turns.session_id AND f.status = 'ready'
+) AS session_files";
 
 /// Writes each turn's outcome and returns the rows as persisted.
 const FINISH_SQL: &str = "\
@@ -184,7 +186,9 @@ impl FinishRow {
 }
 
 /// The seq of a begun turn; `None`: not the caller's session.
-pub(super) type Begun = Result<Option<i64>, StorageError>;
+/// The turn's `seq` and whether its session has files; `None`: not the
+/// caller's session.
+pub(super) type Begun = Result<Option<(i64, bool)>, StorageError>;
 /// The turn as persisted; `None`: no such turn (its session was deleted).
 pub(super) type Finished = Result<Option<turn::Model>, StorageError>;
 
@@ -196,7 +200,7 @@ pub type WriterTask = BoxFuture<'static, ()>;
 /// Handles to the writer tasks' queues.
 #[derive(Debug)]
 pub(super) struct TurnBatcher {
-    begins: Writers<BeginRow, Option<i64>>,
+    begins: Writers<BeginRow, Option<(i64, bool)>>,
     finishes: Writers<FinishRow, Option<turn::Model>>,
 }
 
@@ -347,12 +351,13 @@ where
 async fn write_begins(
     db: &DatabaseConnection,
     rows: &[BeginRow],
-) -> Result<Vec<Option<i64>>, StorageError> {
+) -> Result<Vec<Option<(i64, bool)>>, StorageError> {
     let mut seqs = HashMap::with_capacity(rows.len());
     for row in run_rows(db, BEGIN_SQL, rows).await? {
         let id: Uuid = row.try_get("", "id").map_err(storage)?;
         let seq: i64 = row.try_get("", "seq").map_err(storage)?;
-        seqs.insert(id, seq);
+        let files: bool = row.try_get("", "session_files").map_err(storage)?;
+        seqs.insert(id, (seq, files));
     }
     Ok(rows.iter().map(|row| seqs.get(&row.turn_id).copied()).collect())
 }

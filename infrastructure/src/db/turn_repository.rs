@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use pantheon_domain::ports::{Checkpoint, TurnRepository, TurnStart};
+use pantheon_domain::ports::{Checkpoint, Committed, TurnRepository, TurnStart};
 use pantheon_domain::turn::TurnEnd;
 use pantheon_domain::{Clock, SystemClock};
 use pantheon_domain::{
@@ -25,7 +25,7 @@ use sea_orm::{
     EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
 };
 
-use super::entity::{session, turn};
+use super::entity::{session, turn, uploaded_file};
 use super::error::storage;
 use super::turn_batch::{
     BeginRow, CHECKPOINT_SQL, FinishRow, TurnBatcher, WriterTask, rows_statement,
@@ -126,7 +126,10 @@ fn turn_from_row(row: turn::Model) -> Result<Turn, StorageError> {
 impl SeaOrmTurnRepository {
     /// SQLite (no DML in a `WITH`): the bump, whose write lock serializes
     /// concurrent turns of one session, then the insert, in one transaction.
-    async fn bump_then_insert(&self, start: &TurnStart<'_>) -> Result<Option<i64>, StorageError> {
+    async fn bump_then_insert(
+        &self,
+        start: &TurnStart<'_>,
+    ) -> Result<Option<(i64, bool)>, StorageError> {
         let txn = self.db.begin().await.map_err(storage)?;
         let bumped = session::Entity::update_many()
             .col_expr(session::Column::TurnCount, Expr::col(session::Column::TurnCount).add(1))
@@ -157,15 +160,25 @@ impl SeaOrmTurnRepository {
             ..Default::default()
         };
         turn::Entity::insert(row).exec_without_returning(&txn).await.map_err(storage)?;
+        let session_files = uploaded_file::Entity::find()
+            .select_only()
+            .column(uploaded_file::Column::Id)
+            .filter(uploaded_file::Column::SessionId.eq(start.session_id.as_uuid()))
+            .filter(uploaded_file::Column::Status.eq(uploaded_file::READY))
+            .into_tuple::<uuid::Uuid>()
+            .one(&txn)
+            .await
+            .map_err(storage)?
+            .is_some();
         txn.commit().await.map_err(storage)?;
-        Ok(Some(session.turn_count))
+        Ok(Some((session.turn_count, session_files)))
     }
 }
 
 #[async_trait]
 impl TurnRepository for SeaOrmTurnRepository {
-    async fn begin(&self, start: TurnStart<'_>) -> Result<Option<Turn>, StorageError> {
-        let seq = match &self.batcher {
+    async fn begin(&self, start: TurnStart<'_>) -> Result<Option<Committed>, StorageError> {
+        let begun = match &self.batcher {
             Some(batcher) => {
                 let row = BeginRow::new(
                     start.turn_id,
@@ -179,7 +192,7 @@ impl TurnRepository for SeaOrmTurnRepository {
             }
             None => self.bump_then_insert(&start).await?,
         };
-        Ok(seq.map(|seq| start.begun(seq)))
+        Ok(begun.map(|(seq, session_files)| Committed { turn: start.begun(seq), session_files }))
     }
 
     async fn finish(&self, id: TurnId, end: TurnEnd) -> Result<Turn, StorageError> {

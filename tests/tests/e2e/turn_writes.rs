@@ -103,7 +103,7 @@ fn begin(
             input: &input,
             now: Utc::now(),
         };
-        turns.begin(start).await
+        turns.begin(start).await.map(|begun| begun.map(|c| c.turn))
     })
 }
 

@@ -25,8 +25,16 @@
 # COMPARE_AFTER_KEYED=1 sends every JSON turn of AFTER's servers with an
 # `Idempotency-Key` of its own (what a key costs a first attempt), e.g.
 #   COMPARE_AFTER_KEYED=1 bench/compare.sh target/release/pantheon target/release/pantheon json
+# COMPARE_AFTER_FILE=1 has every JSON turn of AFTER's servers name a small
+# text file of its user's (COMPARE_FILE_BYTES, default 4096; uploaded once
+# per user at setup, not attached to the session): the builtin model reads
+# it with one `file_read` round, then answers (what a turn's tool round
+# costs), e.g.
+#   COMPARE_AFTER_FILE=1 bench/compare.sh target/release/pantheon target/release/pantheon json
+# AFTER must be a build with files (BEFORE's turns name none).
 # Each line also gives the Redis commands per request (or per stream), so
-# a change that adds a round trip shows.
+# a change that adds a round trip shows; json ends with each server's p50
+# and p99 over all its rounds.
 # Environment: COMPARE_ROUNDS (default 4), COMPARE_SECS (seconds per round,
 # default 5), COMPARE_REFUSAL_INPUT (the refused turn's input, plain text
 # without quotes or backslashes; e.g. 32,000 characters of words, with
@@ -77,19 +85,28 @@ per() { awk -v t="$1" -v n="$2" 'BEGIN { printf "%.2f", (n > 0 ? t / n : 0) }'; 
 us_per() { awk -v t="$1" -v n="$2" 'BEGIN { printf "%.0f", (n > 0 ? t * 10000 / n : 0) }'; }
 
 # measure LABEL SERVER SCRIPT ARGS...: one wrk round, one line, and its
-# rate appended to $WORK/rate-LABEL.
+# rate appended to $WORK/rate-LABEL (its RESULT and QUANTILES lines to
+# $WORK/wrk-LABEL, for the latencies over all rounds).
 measure() {
   local label=$1 server=$2 script=$3 out n rps s0 p0 r0 c0 s1 p1 r1 c1
   shift 3
   s0=$(ticks "${SPID[$server]}"); p0=$(pg_ticks); r0=$(redis_ticks); c0=$(redis_commands)
-  out=$(wrk -t2 -c64 -d"${SECS}s" -s "bench/wrk/$script" "${SBASE[$server]}" -- "$@" | grep '^RESULT ')
+  wrk -t2 -c64 -d"${SECS}s" -s "bench/wrk/$script" "${SBASE[$server]}" -- "$@" \
+    | grep -E '^(RESULT|QUANTILES) ' >>"$WORK/wrk-$label"
+  out=$(grep '^RESULT ' "$WORK/wrk-$label" | tail -n 1)
   s1=$(ticks "${SPID[$server]}"); p1=$(pg_ticks); r1=$(redis_ticks); c1=$(redis_commands)
   n=$(sed -E 's/.* requests=([0-9]+).*/\1/' <<<"$out")
   rps=$(sed -E 's/.* rps=([0-9.]+).*/\1/' <<<"$out")
   echo "$rps" >>"$WORK/rate-$label"
   printf '%-10s %9s /s  server %4s µs  postgres %4s µs  redis %3s µs  %s cmds  %s\n' "$label" "$rps" \
     "$(us_per $((s1 - s0)) "$n")" "$(us_per $((p1 - p0)) "$n")" "$(us_per $((r1 - r0)) "$n")" \
-    "$(per $((c1 - c0)) "$n")" "$(grep -oE 'statuses=[^ ]*' <<<"$out" || true)"
+    "$(per $((c1 - c0)) "$n")" \
+    "$(grep -oE 'statuses=[^ ]*|(status|socket)_errors=[1-9][0-9]*' <<<"$out" | tr '\n' ' ' || true)"
+}
+# latency LABEL: p50 / p99 in ms of all LABEL's rounds together.
+latency() {
+  awk -v a="$(merged_quantile "$WORK/wrk-$1" 0.5)" -v b="$(merged_quantile "$WORK/wrk-$1" 0.99)" \
+    'BEGIN { printf "%.1f / %.1f ms", a / 1000, b / 1000 }'
 }
 total() { awk '{ s += $1 } END { printf "%.0f", s }' "$WORK/rate-$1"; }
 ratio() { awk -v a="$(total "$1")" -v b="$(total "$2")" 'BEGIN { printf "%.3f", a / b }'; }
@@ -114,6 +131,16 @@ start_build setup "$AFTER" "${HIGH_ENV[@]}"
 "$LOADGEN" setup --base "${SBASE[setup]}" --users 1 --prefix cmp-c --out "$WORK/users-c.txt" >&2
 [[ " ${SCENARIOS[*]} " == *" sse "* ]] &&
   "$LOADGEN" setup --base "${SBASE[setup]}" --users 2000 --prefix cmp-e --out "$WORK/users-e.txt" >&2
+# AFTER's JSON turns: the same users and sessions, with a file each to name
+# (`token session file_id` lines). One upload per user stays within the
+# default uploads window; the bytes go to $WORK/files (lib.sh), which every
+# server on this database shares.
+AFTER_USERS="$WORK/users-a.txt"
+if [ "${COMPARE_AFTER_FILE:-0}" = 1 ]; then
+  "$LOADGEN" upload --base "${SBASE[setup]}" --users "$WORK/users-a.txt" --concurrency 16 \
+    --bytes "${COMPARE_FILE_BYTES:-4096}" --out "$WORK/users-a-file.txt" >&2
+  AFTER_USERS="$WORK/users-a-file.txt"
+fi
 stop_server setup
 echo "before: $BEFORE"
 echo "after:  $AFTER"
@@ -125,14 +152,17 @@ for scenario in "${SCENARIOS[@]}"; do
       start_build B-before "$BEFORE" "${HIGH_ENV[@]}" "${BEFORE_ENV[@]}" PANTHEON__RATE_LIMIT__ENABLED=false
       start_build A-after "$AFTER" "${HIGH_ENV[@]}" "${AFTER_ENV[@]}"
       start_build B-after "$AFTER" "${HIGH_ENV[@]}" "${AFTER_ENV[@]}" PANTHEON__RATE_LIMIT__ENABLED=false
-      for s in A-before B-before A-after B-after; do
+      for s in A-before B-before; do
         wrk -t2 -c64 -d2s -s bench/wrk/turns.lua "${SBASE[$s]}" -- "$WORK/users-a.txt" >/dev/null
+      done
+      for s in A-after B-after; do
+        wrk -t2 -c64 -d2s -s bench/wrk/turns.lua "${SBASE[$s]}" -- "$AFTER_USERS" >/dev/null
       done
       keyed=()
       [ "${COMPARE_AFTER_KEYED:-0}" = 1 ] && keyed=("Hello, Pantheon benchmark" keyed)
       for r in $(seq 1 "$ROUNDS"); do
         for s in A-before B-before; do measure "$s" "$s" turns.lua "$WORK/users-a.txt"; done
-        for s in A-after B-after; do measure "$s" "$s" turns.lua "$WORK/users-a.txt" "${keyed[@]}"; done
+        for s in A-after B-after; do measure "$s" "$s" turns.lua "$AFTER_USERS" "${keyed[@]}"; done
       done
       echo "json: A after/before $(ratio A-after A-before); limiter overhead 1 − A/B:" \
         "before $(awk -v x="$(ratio A-before B-before)" 'BEGIN { printf "%.1f", (1 - x) * 100 }') %," \
@@ -141,6 +171,8 @@ for scenario in "${SCENARIOS[@]}"; do
         "limiter overhead 1 − A/B: before" \
         "$(awk -v x="$(median_ratio A-before B-before)" 'BEGIN { printf "%.1f", (1 - x) * 100 }') %," \
         "after $(awk -v x="$(median_ratio A-after B-after)" 'BEGIN { printf "%.1f", (1 - x) * 100 }') %"
+      echo "json latency p50 / p99 over all rounds: A-before $(latency A-before), B-before $(latency B-before)," \
+        "A-after $(latency A-after), B-after $(latency B-after)"
       for s in A-before B-before A-after B-after; do stop_server "$s"; done
       ;;
     refusal)

@@ -64,6 +64,19 @@ start_redis() {
   echo "$port"
 }
 
+# merged_quantile FILE Q: the Q-quantile (0–1) of all rounds of FILE
+# together, in µs: each round's QUANTILES points (bench/wrk/quantiles.lua),
+# weighted by the share of that round's requests they stand for, form one
+# distribution.
+merged_quantile() {
+  awk '/^RESULT / { for (i = 2; i <= NF; i++) { split($i, kv, "="); if (kv[1] == "requests") req = kv[2] } }
+       /^QUANTILES / { prev = 0
+         for (i = 2; i <= NF; i++) { split($i, pv, ":"); print pv[2], (pv[1] - prev) / 100 * req; prev = pv[1] } }' "$1" \
+    | sort -g \
+    | awk -v q="$2" '{ v[NR] = $1; m[NR] = $2; t += $2 }
+        END { for (i = 1; i <= NR; i++) { c += m[i]; if (c >= q * t * (1 - 1e-9)) { print v[i]; exit } } }'
+}
+
 psql_admin() { psql -h 127.0.0.1 -U postgres -d postgres -v ON_ERROR_STOP=1 -qAt "$@"; }
 
 # start_server NAME [VAR=value ...]: a fresh Pantheon on a free port,
@@ -84,12 +97,20 @@ start_build() {
   # 127.0.0.1:9464) gets a free port for it, so servers side by side do not
   # collide; older builds refuse the key, so only a binary that names it
   # gets it.
-  local metrics=()
+  local extra=()
   if grep -qa 'server.metrics_addr' "$binary"; then
-    metrics=(PANTHEON__SERVER__METRICS_ADDR="127.0.0.1:$("$LOADGEN" free-port)")
+    extra=(PANTHEON__SERVER__METRICS_ADDR="127.0.0.1:$("$LOADGEN" free-port)")
+  fi
+  # A build with files keeps their bytes in files.local_dir, which on
+  # PostgreSQL defaults to ./pantheon-files, created at start: in the
+  # repository. The bench's servers share $WORK/files instead (servers on
+  # one database must share its files); a caller's own setting comes after
+  # and wins. Only a build that names the key gets it, as above.
+  if grep -qa 'files.local_dir' "$binary"; then
+    extra+=(PANTHEON__FILES__LOCAL_DIR="$WORK/files")
   fi
   env PANTHEON__SERVER__ADDR="127.0.0.1:$port" PANTHEON__PROVIDER__KIND=builtin \
-    "${metrics[@]}" "$@" ${START_WRAP[@]+"${START_WRAP[@]}"} "$binary" >"$WORK/server-$name.log" 2>&1 &
+    "${extra[@]}" "$@" ${START_WRAP[@]+"${START_WRAP[@]}"} "$binary" >"$WORK/server-$name.log" 2>&1 &
   pid=$!
   SPID[$name]=$pid
   SBASE[$name]="http://127.0.0.1:$port"

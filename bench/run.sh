@@ -152,17 +152,7 @@ field() { grep '^RESULT ' "$1" | tail -n 1 | tr ' ' '\n' | sed -n "s/^$2=//p"; }
 fields() { grep '^RESULT ' "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
 calc() { awk "BEGIN { printf \"$1\", $2 }"; }
 sum() { awk '{ s += $1 } END { printf "%.3f", s }'; }
-# merged_quantile FILE Q: the Q-quantile (0–1) of all rounds of FILE
-# together, in µs: each round's QUANTILES points, weighted by the share of
-# that round's requests they stand for, form one distribution.
-merged_quantile() {
-  awk '/^RESULT / { for (i = 2; i <= NF; i++) { split($i, kv, "="); if (kv[1] == "requests") req = kv[2] } }
-       /^QUANTILES / { prev = 0
-         for (i = 2; i <= NF; i++) { split($i, pv, ":"); print pv[2], (pv[1] - prev) / 100 * req; prev = pv[1] } }' "$1" \
-    | sort -g \
-    | awk -v q="$2" '{ v[NR] = $1; m[NR] = $2; t += $2 }
-        END { for (i = 1; i <= NR; i++) { c += m[i]; if (c >= q * t * (1 - 1e-9)) { print v[i]; exit } } }'
-}
+# merged_quantile FILE Q: in lib.sh.
 
 # wrk_once KEY SERVER SECONDS SCRIPT ARGS...: one wrk run, its output
 # appended to wrk-KEY.txt (the warm-up, KEY "warmup", is thrown away).

@@ -6,6 +6,9 @@
 -- wrk -t2 -c64 -d20s --latency -s bench/wrk/turns.lua http://127.0.0.1:PORT -- USERS_FILE [INPUT [keyed]]
 -- With `keyed`, every request carries an `Idempotency-Key` of its own (a
 -- first attempt each time: what a key costs when it is not a retry).
+-- A line with a third field, `token session file_id` (what
+-- `pantheon-loadgen upload --users … --out` writes), names that file in its
+-- turns (`"files": ["<id>"]`): the model reads it with `file_read` first.
 -- Ends with two machine-readable lines: RESULT requests=… rps=… p50_us=… …
 -- and QUANTILES (the latency distribution).
 
@@ -25,11 +28,12 @@ local next_index = 1
 function init(args)
   local file = args[1] or error("usage: -- USERS_FILE [INPUT]")
   local input = args[2] or "Hello, Pantheon benchmark"
-  local body = '{"input":"' .. input .. '"}'
   keyed = args[3] == "keyed"
   for line in io.lines(file) do
-    local token, session = line:match("^(%S+)%s+(%S+)")
+    local token, session, file_id = line:match("^(%S+)%s+(%S+)%s*(%S*)")
     if token then
+      local body = '{"input":"' .. input .. '"}'
+      if file_id ~= "" then body = '{"input":"' .. input .. '","files":["' .. file_id .. '"]}' end
       local headers = { ["Authorization"] = "Bearer " .. token, ["Content-Type"] = "application/json" }
       lines[#lines + 1] = { "/api/v1/sessions/" .. session .. "/turns", headers, body }
       requests[#requests + 1] = wrk.format("POST", lines[#lines][1], headers, body)

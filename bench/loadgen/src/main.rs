@@ -9,7 +9,10 @@
 //! - `sse`: one streaming turn per line of the users file, all at once,
 //!   counting events to each stream's terminal one;
 //! - `resume`, `cancel`: streams resumed, and turns cancelled, across two
-//!   instances (`bench/follow.sh`).
+//!   instances (`bench/follow.sh`);
+//! - `upload`: files streamed to `POST /api/v1/files`, N at a time, from a
+//!   fresh user or one per line of a users file (`bench/uploads.sh`,
+//!   `COMPARE_AFTER_FILE=1 bench/compare.sh`).
 //!
 //! Every loop is bounded in count, every request in time, and all traffic
 //! goes to the `--base` URL (127.0.0.1 in `bench/run.sh`).
@@ -33,6 +36,7 @@ use serde_json::{Value, json};
 
 mod follow;
 mod sse;
+mod upload;
 
 /// The load generator of `bench/run.sh`.
 #[derive(Debug, Parser)]
@@ -121,6 +125,40 @@ enum Command {
         #[arg(long)]
         input: String,
     },
+    /// Upload text files of `bytes` each, `concurrency` at a time, each
+    /// body streamed in `chunk-bytes` pieces; every one must answer `201`.
+    Upload {
+        #[arg(long)]
+        base: String,
+        /// Mint a token for this user id and make `count` uploads as it.
+        #[arg(long, conflicts_with = "users", required_unless_present = "users")]
+        user: Option<String>,
+        /// Or one upload per line of this `token session` file.
+        #[arg(long)]
+        users: Option<PathBuf>,
+        /// With `--user`: how many uploads.
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        /// The size of each file.
+        #[arg(long)]
+        bytes: u64,
+        /// The size of each piece of the body as it is sent.
+        #[arg(long, default_value_t = 64 * 1024)]
+        chunk_bytes: usize,
+        /// With `--users`: send the line's session as the form's
+        /// `session_id` (its turns then read the file unnamed).
+        #[arg(long)]
+        attach: bool,
+        /// Write `token session file_id` lines (`-` for no session) of the
+        /// files stored.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The longest one upload may take.
+        #[arg(long, default_value_t = 900)]
+        timeout_secs: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -144,6 +182,40 @@ fn main() -> ExitCode {
             }
             Command::Cancel { bases, users, count, input } => {
                 follow::cancel(&bases, &read_users(&users)?, count, &input).await
+            }
+            Command::Upload {
+                base,
+                user,
+                users,
+                count,
+                concurrency,
+                bytes,
+                chunk_bytes,
+                attach,
+                out,
+                timeout_secs,
+            } => {
+                let jobs = match (user, users) {
+                    (Some(user), _) => {
+                        let token = mint(&user)?;
+                        (0..count)
+                            .map(|_| upload::Job { token: token.clone(), session: None })
+                            .collect()
+                    }
+                    (None, Some(users)) => read_users(&users)?
+                        .into_iter()
+                        .map(|(token, session)| upload::Job { token, session: Some(session) })
+                        .collect(),
+                    (None, None) => return Err("--user or --users is required".to_owned()),
+                };
+                let options = upload::Options {
+                    attach,
+                    concurrency,
+                    bytes,
+                    chunk_bytes,
+                    timeout: Duration::from_secs(timeout_secs),
+                };
+                upload::upload(&base, jobs, options, out.as_ref()).await
             }
         }
     });
@@ -176,6 +248,13 @@ fn read_users(path: &PathBuf) -> Result<Vec<(String, String)>, String> {
         return Err(format!("{}: no `token session` lines", path.display()));
     }
     Ok(users)
+}
+
+/// A token for `user`, minted as `setup` mints them.
+fn mint(user: &str) -> Result<String, String> {
+    let settings = Settings::load().map_err(|e| e.to_string())?;
+    let minter = TokenMinter::new(&settings.auth)?;
+    minter.mint(user, None, Duration::from_secs(3 * 3600))
 }
 
 fn client(max_idle: usize, timeout: Duration) -> Client {

@@ -20,7 +20,7 @@ use super::error::{CALL_TIMEOUT, bounded, store_error, timed_out};
 pub const PART_BYTES: usize = 5 * 1024 * 1024;
 
 /// Parts being sent at once; a write waits for one to end beyond this.
-const PARTS_IN_FLIGHT: usize = 2;
+const PARTS_IN_FLIGHT: usize = 1;
 
 enum State {
     /// Less than a part so far, and its length.

@@ -44,31 +44,22 @@ pub fn settings(endpoint: &str, bucket: &str) -> S3Settings {
     }
 }
 
+/// The XML `bucket` answers `query` with.
+async fn listing(endpoint: &str, bucket: &str, query: &str) -> String {
+    let response = reqwest::Client::new().get(format!("{endpoint}/{bucket}?{query}")).send();
+    response.await.unwrap().text().await.unwrap()
+}
+
 /// The multipart uploads started in `bucket` and neither completed nor
 /// aborted.
 pub async fn unfinished_uploads(endpoint: &str, bucket: &str) -> usize {
-    let listing = reqwest::Client::new()
-        .get(format!("{endpoint}/{bucket}?uploads"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    listing.matches("<UploadId>").count()
+    listing(endpoint, bucket, "uploads").await.matches("<UploadId>").count()
 }
 
 /// The keys of the objects in `bucket`.
 pub async fn objects(endpoint: &str, bucket: &str) -> Vec<String> {
-    let listing = reqwest::Client::new()
-        .get(format!("{endpoint}/{bucket}?list-type=2"))
-        .send()
+    listing(endpoint, bucket, "list-type=2")
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    listing
         .split("<Key>")
         .skip(1)
         .filter_map(|rest| rest.split_once("</Key>").map(|(key, _)| key.to_owned()))

@@ -79,6 +79,11 @@ pub async fn open(
             };
             return Ok(Form { meta, file: field, rest: form });
         }
+        if session_id.is_some() {
+            // One field at most before the file: a form of endless fields
+            // must not keep the handler reading.
+            return Err(fault(UploadFault::Malformed("`session_id` is sent twice".into())));
+        }
         let text = within(read_timeout, field.text()).await?;
         let id = uuid::Uuid::parse_str(text.trim()).map_err(|_| {
             ApiError::from(ValidationError::new("session_id", "must be a session's id (a UUID)"))

@@ -386,6 +386,13 @@ async fn malformed_forms_are_refused_and_change_nothing() {
         expect_problem(post(form_type(), bad_session).await.unwrap(), 422, "validation_failed")
             .await;
     assert_eq!(problem["errors"][0]["field"], "session_id");
+    let mine = app.create_session(&token).await["id"].as_str().unwrap().to_owned();
+    let twice = form(&[
+        Part::field("session_id", &mine),
+        Part::field("session_id", &mine),
+        Part::file("a.txt", None, b"hi"),
+    ]);
+    expect_problem(post(form_type(), twice).await.unwrap(), 400, "malformed_upload").await;
     let elsewhere = form(&[Part::field("session_id", &theirs), Part::file("a.txt", None, b"hi")]);
     expect_problem(post(form_type(), elsewhere).await.unwrap(), 404, "session_not_found").await;
     assert_eq!(file_rows(&app.db, &user).await, 0);

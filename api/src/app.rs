@@ -8,7 +8,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pantheon_domain::observe::Unobserved;
+use pantheon_domain::capacity::{GatePolicy, ProviderGate};
+use pantheon_domain::observe::{CapacityObserver, Unobserved};
 use pantheon_domain::ports::{FileRepository, ModelProvider, Quota};
 use pantheon_domain::{
     Clock, FilePolicy, FileService, LimiterObserver, SessionService, SystemClock, TokenCounter,
@@ -16,6 +17,7 @@ use pantheon_domain::{
 };
 use pantheon_infrastructure::auth::TokenVerifier;
 use pantheon_infrastructure::bus;
+use pantheon_infrastructure::capacity::{Capacity, capacity_store};
 use pantheon_infrastructure::db::{
     self, DatabaseProbe, SeaOrmFileRepository, SeaOrmSessionRepository, SeaOrmTurnRepository,
 };
@@ -212,6 +214,9 @@ pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> Result<Built, 
         TurnService::new(Arc::new(repository), provider, tokens, clock.clone(), policy, limiter)
             .with_bus(bus.bus)
             .with_files(file_rows, Arc::new(tools));
+    if let Some(gate) = provider_gate(settings, &clock, metrics.as_ref(), &background)? {
+        turns = turns.with_gate(gate);
+    }
     if let Some(writer) = bus.writer {
         // Ends on its own once the last turn's end is appended and the
         // service is gone.
@@ -253,6 +258,45 @@ pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> Result<Built, 
         shutdown_grace: Duration::from_secs(settings.server.shutdown_grace_secs),
         background,
     })
+}
+
+/// The gate of the provider's shared capacity, when `provider.*` sets
+/// one, with its task (and, over Redis, the listener for other instances'
+/// grants). The task ends on its own at shutdown, once it has sent the
+/// last slots back.
+fn provider_gate(
+    settings: &Settings,
+    clock: &Arc<dyn Clock>,
+    metrics: Option<&Metrics>,
+    background: &Background,
+) -> Result<Option<ProviderGate>, StartError> {
+    let store = capacity_store(settings)
+        .map_err(|e| StartError::Settings(format!("configuration error: redis: {e}")))?;
+    let Some(Capacity { store, grants }) = store else {
+        return Ok(None);
+    };
+    let ttl = Duration::from_secs(settings.rate_limit.lease_ttl_secs);
+    let policy = GatePolicy {
+        queue_timeout: Duration::from_secs(settings.provider.queue_timeout_secs),
+        weights: settings
+            .rate_limit
+            .tiers
+            .iter()
+            .map(|(name, t)| (name.clone(), t.weight))
+            .collect(),
+        renew_every: ttl / 3,
+    };
+    let observer: Arc<dyn CapacityObserver> = match metrics {
+        Some(metrics) => Arc::new(metrics.capacity.clone()),
+        None => Arc::new(Unobserved),
+    };
+    let gate = ProviderGate::new(store, clock.clone(), policy, observer);
+    background.spawn_ending(gate.clone().run(background.stopping()));
+    if let Some(grants) = grants {
+        let waking = gate.clone();
+        background.spawn(grants.listen(move |granted| waking.wake(&granted)));
+    }
+    Ok(Some(gate))
 }
 
 /// The router's path templates, the values of the metrics' `route` label.

@@ -53,6 +53,12 @@ impl Background {
         });
     }
 
+    /// A token cancelled when the tasks are stopped: for a task run by
+    /// [`Background::spawn_ending`] that must finish its work then.
+    pub fn stopping(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
     /// Runs `tick` every `period` (the first at once), a tick at a time,
     /// until the tasks are stopped. A tick that overruns delays the next
     /// rather than piling ticks up.

@@ -69,12 +69,19 @@ impl From<StorageError> for ApiError {
     }
 }
 
+/// The `Retry-After` of `503 upstream_saturated`: the queue was full for
+/// its whole timeout, so an immediate retry would only wait again; a few
+/// seconds spread the retries of many clients.
+const SATURATED_RETRY_AFTER_SECS: u64 = 5;
+
 /// The status of a provider failure's kind: also the `status` of the
 /// `error` member of a turn that failed so.
 pub fn failure_status(kind: FailureKind) -> StatusCode {
     match kind {
         FailureKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-        FailureKind::UpstreamUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        FailureKind::UpstreamUnavailable | FailureKind::UpstreamSaturated => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         FailureKind::UpstreamError => StatusCode::BAD_GATEWAY,
     }
 }
@@ -135,8 +142,12 @@ pub fn failure(error: TurnError) -> Failure {
             let kind = source.kind();
             let detail = turn.error.as_ref().map(|e| e.detail.clone()).unwrap_or_default();
             let mut f = Failure::new(failure_status(kind), kind.as_str(), detail);
-            if let ProviderError::Unavailable { retry_after: Some(wait), .. } = &source {
-                f = f.retry_after(wait.as_secs());
+            match &source {
+                ProviderError::Unavailable { retry_after: Some(wait), .. } => {
+                    f = f.retry_after(wait.as_secs());
+                }
+                ProviderError::Saturated { .. } => f = f.retry_after(SATURATED_RETRY_AFTER_SECS),
+                _ => {}
             }
             f.turn = Some(*turn);
             f

@@ -13,7 +13,7 @@ use pantheon_domain::tool::ToolEvent;
 use pantheon_domain::turn_service::Followed;
 use pantheon_domain::{Turn, TurnError, TurnEvent, TurnId, TurnRun};
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::dto::TurnBody;
@@ -114,6 +114,15 @@ impl Events {
     }
 }
 
+/// `turn.queued`: the turn waits for the provider's shared capacity. A
+/// notice of the moment, not part of the turn's record: it carries no
+/// `id` (a resumed stream neither replays it nor counts it), so the
+/// numbers of the events around it are the journal's.
+fn queued(turn_id: TurnId, place: Option<u64>) -> Event {
+    let data = json!({ "type": "turn.queued", "turn_id": turn_id, "place": place });
+    Event::default().event("turn.queued").data(data.to_string())
+}
+
 /// The terminal event for how the turn ended: `turn.completed`, or
 /// `turn.failed` with the problem the JSON endpoint would have answered.
 fn terminal(events: &mut Events, started: &Turn, outcome: Result<Turn, TurnError>) -> Event {
@@ -165,6 +174,7 @@ pub fn turn_events(
                     let kind = ToolFields::kind(&event);
                     yield Ok(events.next(kind, ToolFields { turn_id: started.id, event: &event }));
                 }
+                Some(TurnEvent::Queued { place }) => yield Ok(queued(started.id, place)),
                 Some(TurnEvent::Finished(outcome)) => {
                     guard.disarm();
                     yield Ok(terminal(&mut events, &started, *outcome));

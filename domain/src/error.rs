@@ -63,6 +63,13 @@ pub enum ProviderError {
         /// What it answered, for the log.
         cause: String,
     },
+    /// The turn waited `provider.queue_timeout_secs` for the provider's
+    /// shared capacity and none came: nothing was sent upstream.
+    #[error("the provider's capacity stayed taken for {}s", waited.as_secs())]
+    Saturated {
+        /// How long it waited.
+        waited: Duration,
+    },
 }
 
 impl ProviderError {
@@ -72,6 +79,7 @@ impl ProviderError {
             Self::Failed(_) => FailureKind::UpstreamError,
             Self::Timeout => FailureKind::UpstreamTimeout,
             Self::Unavailable { .. } => FailureKind::UpstreamUnavailable,
+            Self::Saturated { .. } => FailureKind::UpstreamSaturated,
         }
     }
 }

@@ -7,6 +7,7 @@
 //! input, what a failed reply leaves behind) live in one place and are tested
 //! without a server.
 
+pub mod capacity;
 pub mod clock;
 pub mod error;
 pub mod file;

@@ -7,6 +7,7 @@
 use std::fmt::Debug;
 use std::time::Duration;
 
+use crate::capacity::CapacityStats;
 use crate::limiter::Decision;
 use crate::turn::{TurnStatus, Usage};
 
@@ -52,6 +53,20 @@ pub trait LimiterObserver: Send + Sync + Debug {
     fn pipeline(&self, items: usize, elapsed: Duration);
 }
 
+/// Receives what the provider's queue measures. Called on the turns' tasks
+/// and the gate's: it must not block.
+pub trait CapacityObserver: Send + Sync + Debug {
+    /// A turn waited `wait` in the queue, then got its slot (`granted`) or
+    /// gave up at the timeout. A turn let through at once waited zero.
+    fn waited(&self, wait: Duration, granted: bool);
+
+    /// A slot of a turn of `tier` was given back, having used `tokens`.
+    fn served(&self, tier: &str, tokens: u64);
+
+    /// The queue's figures, read every second.
+    fn stats(&self, stats: &CapacityStats);
+}
+
 /// The observer of a service nobody measures.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Unobserved;
@@ -62,6 +77,14 @@ impl TurnObserver for Unobserved {
     fn first_delta(&self, _: Endpoint, _: Duration) {}
 
     fn ended(&self, _: Endpoint, _: TurnStatus, _: Duration, _: Option<&Usage>) {}
+}
+
+impl CapacityObserver for Unobserved {
+    fn waited(&self, _: Duration, _: bool) {}
+
+    fn served(&self, _: &str, _: u64) {}
+
+    fn stats(&self, _: &CapacityStats) {}
 }
 
 impl LimiterObserver for Unobserved {

@@ -127,6 +127,9 @@ pub enum FailureKind {
     UpstreamTimeout,
     /// The provider is temporarily out of capacity.
     UpstreamUnavailable,
+    /// The provider's shared capacity stayed taken for the whole queue
+    /// timeout.
+    UpstreamSaturated,
 }
 
 impl FailureKind {
@@ -136,14 +139,20 @@ impl FailureKind {
             Self::UpstreamError => "upstream_error",
             Self::UpstreamTimeout => "upstream_timeout",
             Self::UpstreamUnavailable => "upstream_unavailable",
+            Self::UpstreamSaturated => "upstream_saturated",
         }
     }
 
     /// Parses a stored name.
     pub fn parse(raw: &str) -> Option<Self> {
-        [Self::UpstreamError, Self::UpstreamTimeout, Self::UpstreamUnavailable]
-            .into_iter()
-            .find(|k| k.as_str() == raw)
+        [
+            Self::UpstreamError,
+            Self::UpstreamTimeout,
+            Self::UpstreamUnavailable,
+            Self::UpstreamSaturated,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == raw)
     }
 }
 

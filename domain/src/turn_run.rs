@@ -14,6 +14,12 @@ use crate::turn::Turn;
 pub enum TurnEvent {
     /// A chunk of the reply.
     Delta(String),
+    /// The turn waits for the provider's shared capacity: its place in
+    /// line (1: next), when known. Sent once, before any delta.
+    Queued {
+        /// Its place.
+        place: Option<u64>,
+    },
     /// The model called a tool, or a call's result went back to it.
     Tool(ToolEvent),
     /// The end: the turn as persisted, or why it did not complete

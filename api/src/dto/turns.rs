@@ -52,8 +52,9 @@ pub struct TurnErrorBody {
     status: u16,
     /// Public explanation.
     pub detail: String,
-    /// `upstream_error`, `upstream_unavailable` or `upstream_timeout`.
-    #[schema(pattern = "^upstream_(error|unavailable|timeout)$")]
+    /// `upstream_error`, `upstream_unavailable`, `upstream_saturated` or
+    /// `upstream_timeout`.
+    #[schema(pattern = "^upstream_(error|unavailable|saturated|timeout)$")]
     code: String,
 }
 

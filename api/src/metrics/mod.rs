@@ -8,6 +8,7 @@
 //! when someone looks (states, pool sizes, turns in progress) are read at
 //! scrape time ([`scrape`]).
 
+mod capacity;
 mod histogram;
 mod http;
 mod scrape;
@@ -21,6 +22,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+pub use capacity::CapacityMetrics;
 pub use histogram::LimiterMetrics;
 pub use http::{HttpMetrics, HttpMetricsLayer};
 pub use scrape::ConnectionPool;
@@ -40,6 +42,8 @@ pub struct Metrics {
     pub limiter: LimiterMetrics,
     /// `pantheon_sse_streams_open`.
     pub sse_streams: Gauge,
+    /// `pantheon_provider_*`: the provider's shared capacity.
+    pub capacity: CapacityMetrics,
 }
 
 impl Metrics {
@@ -59,6 +63,7 @@ impl Metrics {
             "Items per pipeline sent to Redis: checks, peeks, per-user lease releases and renewals",
             limiter.batch_size.clone(),
         );
+        let capacity = CapacityMetrics::new(&mut registry);
         let sse_streams = Gauge::default();
         registry.register(
             "pantheon_sse_streams_open",
@@ -68,7 +73,7 @@ impl Metrics {
         let build_info = Family::<[(&'static str, &'static str); 1], Gauge>::default();
         build_info.get_or_create(&[("version", env!("CARGO_PKG_VERSION"))]).set(1);
         registry.register("pantheon_build_info", "The running build; always 1", build_info);
-        Self { registry, http, turns, limiter, sse_streams }
+        Self { registry, http, turns, limiter, sse_streams, capacity }
     }
 
     /// Adds what is read at scrape time from the services and `pool`.

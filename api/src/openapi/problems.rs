@@ -135,6 +135,13 @@ pub const upstream_unavailable: Code = retried(
     503,
     "the provider answered 429/503; `Retry-After` when it sent one; the turn is persisted `failed`",
 );
+pub const upstream_saturated: Code = retried(
+    "upstream_saturated",
+    503,
+    "the provider's shared capacity (`provider.max_concurrent`, `provider.tokens_per_minute`) \
+     stayed taken for `provider.queue_timeout_secs`; `Retry-After: 5`; the turn is persisted \
+     `failed`, charged nothing",
+);
 pub const shutting_down: Code =
     retried("shutting_down", 503, "the server is draining for shutdown; `Retry-After: 1`");
 pub const turn_interrupted: Code = code(

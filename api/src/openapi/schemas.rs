@@ -181,6 +181,21 @@ pub struct RateLimitBody {
     /// when disabled.
     #[schema(required = false)]
     concurrency: Option<ConcurrencyBody>,
+    /// The caller's place in the provider's queue when a turn of theirs
+    /// waits for the provider's shared capacity; `null` when none waits
+    /// (or no capacity is configured).
+    #[schema(required = true)]
+    provider_queue: Option<ProviderQueueBody>,
+}
+
+/// Where the caller's first waiting turn stands in the provider's queue.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = ProviderQueuePlace)]
+pub struct ProviderQueueBody {
+    /// 1: dispatched next. In fair order: one more than the users with a
+    /// smaller virtual counter (plus the caller's own turns ahead), so it
+    /// can move back as well as forward when others arrive.
+    place: u64,
 }
 
 /// The caller's concurrent turns.
@@ -222,6 +237,11 @@ pub enum TurnStreamEvent {
     /// The turn was committed `in_progress`: always the first event.
     #[serde(rename = "turn.created")]
     Created(TurnEventWithTurn),
+    /// The turn waits for the provider's shared capacity (at most once,
+    /// before any delta). It has no `seq` and its SSE event no `id`: it is
+    /// not replayed on resume.
+    #[serde(rename = "turn.queued")]
+    Queued(TurnQueued),
     /// A chunk of the reply.
     #[serde(rename = "turn.delta")]
     Delta(TurnDelta),
@@ -256,6 +276,15 @@ pub struct TurnDelta {
     turn_id: String,
     /// The chunk, to append to the output so far.
     delta: String,
+}
+
+/// `turn.queued`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TurnQueued {
+    #[schema(format = Uuid)]
+    turn_id: String,
+    /// Its place in line (1: next); `null` when unknown.
+    place: Option<u64>,
 }
 
 /// `turn.tool_call`.
@@ -299,7 +328,8 @@ pub struct TurnFailure {
     /// The turn with its partial output.
     turn: TurnBody,
     /// The problem the JSON endpoint would have answered (no `request_id`):
-    /// `upstream_error` 502, `upstream_unavailable` 503, `upstream_timeout`
-    /// 504, `turn_interrupted` 503 at shutdown, `storage_unavailable` 503.
+    /// `upstream_error` 502, `upstream_unavailable` 503, `upstream_saturated`
+    /// 503, `upstream_timeout` 504, `turn_interrupted` 503 at shutdown,
+    /// `storage_unavailable` 503.
     error: ProblemSchema,
 }

@@ -32,8 +32,11 @@ pub async fn rate_limit_status(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
 ) -> (HeaderMap, Json<Value>) {
+    let place = state.turns.queue_place(&caller).await;
+    let queue = place.map(|place| json!({ "place": place }));
     let Some(limiter) = state.turns.limiter_state() else {
-        return (HeaderMap::new(), Json(json!({ "enabled": false, "windows": [] })));
+        let body = json!({ "enabled": false, "windows": [], "provider_queue": queue });
+        return (HeaderMap::new(), Json(body));
     };
     let status = state.turns.rate_limit_status(&caller).await;
     let window = |name: &str, u: &WindowUsage| {
@@ -63,6 +66,7 @@ pub async fn rate_limit_status(
         "tokens": tokens,
         "active": status.as_ref().map(|s| s.active),
         "concurrency": concurrency,
+        "provider_queue": queue,
     });
     (rate_limit::admitted_headers(&state.turns, &caller, status.as_ref()), Json(body))
 }

@@ -17,7 +17,7 @@ problems!(SubmitTurnProblems: malformed_json, bad_request, invalid_path,
     invalid_idempotency_key, unauthenticated, session_not_found, idempotency_key_in_use,
     request_timeout, payload_too_large, unsupported_media_type, validation_failed,
     input_exceeds_token_budget, idempotency_key_reused, rate_limited, internal_error,
-    upstream_error, storage_unavailable, limiter_unavailable, upstream_unavailable, shutting_down,
+    upstream_error, storage_unavailable, limiter_unavailable, upstream_unavailable, upstream_saturated, shutting_down,
     turn_interrupted, upstream_timeout);
 
 /// `Idempotent-Replayed: true`, on every answer to a retry.

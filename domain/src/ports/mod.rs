@@ -3,11 +3,13 @@
 //! `infrastructure` and are named by technology.
 
 mod bus;
+mod capacity;
 mod files;
 
 pub use bus::{
     ENDED_JSON_KEPT, JournalEntry, JournalReader, MAX_JOURNAL_ENTRIES, NoBus, Numbered, TurnBus,
 };
+pub use capacity::CapacityStore;
 pub use files::{BlobStore, BlobWriter, Deleting, FileRepository, Quota, Tools};
 
 use async_trait::async_trait;

@@ -231,6 +231,9 @@ pub(crate) fn outcome_of(turn: Turn) -> Result<Turn, TurnError> {
                 FailureKind::UpstreamUnavailable => {
                     ProviderError::Unavailable { retry_after: None, cause: detail }
                 }
+                FailureKind::UpstreamSaturated => {
+                    ProviderError::Saturated { waited: std::time::Duration::ZERO }
+                }
             };
             Err(TurnError::Provider { turn: Box::new(turn), source })
         }

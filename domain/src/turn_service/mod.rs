@@ -19,6 +19,7 @@ pub use answers::{Answered, Followed, Started, Submitted};
 
 use answers::{Admitted, ended};
 
+use crate::capacity::ProviderGate;
 use crate::clock::Clock;
 use crate::error::TurnError;
 use crate::idempotency::{IdempotencyKey, KeyClaim, fingerprint};
@@ -67,6 +68,7 @@ impl TurnService {
             bus: Arc::new(NoBus),
             files: None,
             tools: None,
+            gate: None,
         };
         Self { context: Arc::new(context), limiter }
     }
@@ -96,6 +98,21 @@ impl TurnService {
         context.files = Some(files);
         context.tools = Some(tools);
         Self { context: Arc::new(context), ..self }
+    }
+
+    /// The same service, holding turns to the provider's shared capacity
+    /// through `gate` (they wait their turn in fair order when it is taken).
+    #[must_use]
+    pub fn with_gate(self, gate: ProviderGate) -> Self {
+        let mut context = Arc::unwrap_or_clone(self.context);
+        context.gate = Some(gate);
+        Self { context: Arc::new(context), ..self }
+    }
+
+    /// The place in line of `caller`'s first turn waiting for the
+    /// provider; `None` when none waits (or no capacity is configured).
+    pub async fn queue_place(&self, caller: &Caller) -> Option<u64> {
+        self.context.gate.as_ref()?.place(&caller.user).await
     }
 
     /// The caller's current usage, counting nothing; `None` when the limiter
@@ -214,6 +231,7 @@ impl TurnService {
         let task = TurnTask {
             context: Arc::clone(&self.context),
             user: caller.user.clone(),
+            tier: caller.tier.clone(),
             session_id,
             turn_id,
             new,

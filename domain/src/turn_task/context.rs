@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::capacity::ProviderGate;
 use crate::clock::Clock;
 use crate::lifecycle::Lifecycle;
 use crate::live::LiveOutputs;
@@ -70,6 +71,8 @@ pub(crate) struct TurnContext {
     pub(crate) files: Option<Arc<dyn FileRepository>>,
     /// The tools offered to a turn that has files.
     pub(crate) tools: Option<Arc<dyn Tools>>,
+    /// The provider's shared capacity; `None`: turns go upstream at once.
+    pub(crate) gate: Option<ProviderGate>,
 }
 
 /// Which endpoint a turn came from and when it was admitted, for the

@@ -128,6 +128,9 @@ fn failure_detail(error: &ProviderError) -> String {
         ProviderError::Failed(_) => "The model provider failed to complete the reply.",
         ProviderError::Timeout => "The model provider did not complete the reply in time.",
         ProviderError::Unavailable { .. } => "The model provider is temporarily unavailable.",
+        ProviderError::Saturated { .. } => {
+            "The model provider's capacity stayed taken for the whole queue timeout."
+        }
     }
     .to_owned()
 }

@@ -11,6 +11,7 @@ mod context;
 mod ending;
 mod outbox;
 mod prepare;
+mod queue;
 mod round;
 mod usage;
 mod watch;
@@ -68,6 +69,8 @@ const FINISHED_GRACE: Duration = Duration::from_secs(5);
 pub(crate) struct TurnTask {
     pub(crate) context: Arc<TurnContext>,
     pub(crate) user: UserId,
+    /// The caller's tier: its share of the provider when it is saturated.
+    pub(crate) tier: Option<String>,
     pub(crate) session_id: SessionId,
     /// The id the turn is committed with (its key's claim names it).
     pub(crate) turn_id: TurnId,
@@ -188,7 +191,7 @@ impl TurnTask {
         let mut records = Vec::new();
         let ending = match prepared {
             Err(ending) => ending,
-            Ok(prepared) => {
+            Ok(prepared) => 'turn: {
                 let tools = match (&context.tools, prepared.files.is_empty()) {
                     (Some(tools), false) => tools.specs(),
                     _ => Vec::new(),
@@ -196,7 +199,22 @@ impl TurnTask {
                 let mut rounds: Vec<ToolRound> = Vec::new();
                 let mut cap = prepared.cap;
                 let mut prompt = prepared.prompt;
-                loop {
+                // The provider's shared capacity, when one is configured:
+                // the turn waits its turn (its user's slot held meanwhile).
+                let mut cost = 0;
+                let mut slot = None;
+                if context.gate.is_some() {
+                    let first = *prompt.get_or_insert_with(|| {
+                        let tokens = context.tokens.as_ref();
+                        context.provider.prompt_tokens(tokens, &turn.input, &prepared.history)
+                    });
+                    cost = first.saturating_add(cap);
+                    match self.provider_slot(cost, &mut watch).await {
+                        Ok(got) => slot = got,
+                        Err(ending) => break 'turn ending,
+                    }
+                }
+                let ending = loop {
                     let request = ReplyRequest {
                         session_id: turn.session_id,
                         input: turn.input.clone(),
@@ -210,6 +228,16 @@ impl TurnTask {
                         opened = context.provider.reply(request) => opened.map_err(Ending::Failed),
                         ending = watch.stopped() => Err(ending),
                     };
+                    if let Err(ending) = &opened
+                        && queue::requeue(ending, slot.as_ref(), rounds.is_empty())
+                    {
+                        queue::release(slot.take(), None, ending);
+                        match self.provider_slot(cost, &mut watch).await {
+                            Ok(got) => slot = got,
+                            Err(ending) => break ending,
+                        }
+                        continue;
+                    }
                     // Charged once sent, whatever ends the round.
                     let round_prompt = *prompt.get_or_insert_with(|| {
                         let tokens = context.tokens.as_ref();
@@ -263,7 +291,9 @@ impl TurnTask {
                         }
                     }
                     prompt = Some(next);
-                }
+                };
+                queue::release(slot, usage.as_ref(), &ending);
+                ending
             }
         };
         // What was still gathering is output too: it goes out before the end.

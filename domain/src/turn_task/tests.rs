@@ -158,6 +158,7 @@ fn task(
         bus: Arc::new(crate::ports::NoBus),
         files: None,
         tools: None,
+        gate: None,
     };
     let user = UserId::parse("alice").unwrap();
     let lease =
@@ -167,6 +168,7 @@ fn task(
     let task = TurnTask {
         context: Arc::new(context),
         user,
+        tier: None,
         session_id: session,
         turn_id: TurnId::new(),
         new: NewTurn::parse("hello".into(), 100).unwrap(),
@@ -194,7 +196,7 @@ async fn drain(
         match event {
             TurnEvent::Delta(delta) => text.push_str(&delta),
             TurnEvent::Finished(end) => outcome = Some(*end),
-            TurnEvent::Tool(_) => {}
+            TurnEvent::Tool(_) | TurnEvent::Queued { .. } => {}
         }
     }
     (text, outcome)

@@ -17,7 +17,7 @@ use std::time::Duration;
 use pantheon_domain::TurnId;
 use pantheon_domain::ports::{NoBus, TurnBus};
 
-pub use link::Target;
+pub use link::{Conn, Link, Target, timed_out};
 pub use memory::MemoryBus;
 pub use redis_bus::{CANCEL_CHANNEL, Lifetimes, RedisBus, journal_key};
 
@@ -49,23 +49,34 @@ impl std::fmt::Debug for Bus {
 /// A Redis URL that does not parse.
 pub fn turn_bus(settings: &Settings) -> Result<Bus, redis::RedisError> {
     let ttl = Duration::from_secs(settings.turns.resume_ttl_secs);
-    let redis = &settings.redis;
-    if !redis.is_configured() {
+    let Some(target) = redis_target(settings)? else {
         let bus: Arc<dyn TurnBus> =
             if ttl.is_zero() { Arc::new(NoBus) } else { Arc::new(MemoryBus::new(ttl)) };
         return Ok(Bus { bus, writer: None, cancels: None });
-    }
-    let (urls, cluster) = match &redis.url {
-        Some(url) => (vec![url.clone()], false),
-        None => (redis.cluster_urls.clone(), true),
     };
-    let target = Target::new(&urls, cluster, Duration::from_millis(redis.timeout_ms))?;
     if ttl.is_zero() {
         let bus = Arc::new(CancelsOnly(RedisBus::new(target.clone(), lifetimes(settings)).0));
         return Ok(Bus { bus, writer: None, cancels: Some(target) });
     }
     let (bus, writer) = RedisBus::new(target.clone(), lifetimes(settings));
     Ok(Bus { bus: Arc::new(bus), writer: Some(Box::pin(writer)), cancels: Some(target) })
+}
+
+/// The Redis `redis.*` configures (one node, or a cluster's seeds);
+/// `None` when none is.
+///
+/// # Errors
+/// A Redis URL that does not parse.
+pub fn redis_target(settings: &Settings) -> Result<Option<Target>, redis::RedisError> {
+    let redis = &settings.redis;
+    if !redis.is_configured() {
+        return Ok(None);
+    }
+    let (urls, cluster) = match &redis.url {
+        Some(url) => (vec![url.clone()], false),
+        None => (redis.cluster_urls.clone(), true),
+    };
+    Target::new(&urls, cluster, Duration::from_millis(redis.timeout_ms)).map(Some)
 }
 
 fn lifetimes(settings: &Settings) -> Lifetimes {

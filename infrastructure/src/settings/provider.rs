@@ -109,7 +109,7 @@ impl std::fmt::Debug for OpenAiProviderSettings {
 }
 
 /// `provider.*`
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProviderSettings {
     /// `provider.kind`
@@ -118,6 +118,68 @@ pub struct ProviderSettings {
     pub builtin: BuiltinProviderSettings,
     /// `provider.openai.*`
     pub openai: OpenAiProviderSettings,
+    /// `provider.max_concurrent`: turns in flight upstream at once, over
+    /// all instances; unset, no limit (and no queue).
+    pub max_concurrent: Option<u32>,
+    /// `provider.tokens_per_minute`: prompt and output tokens sent
+    /// upstream in any sliding minute, over all instances; unset, none.
+    pub tokens_per_minute: Option<u32>,
+    /// `provider.queue_timeout_secs`: the longest a turn waits for the
+    /// provider's capacity before it fails `503 upstream_saturated`.
+    pub queue_timeout_secs: u64,
+    /// `provider.queue_order`
+    pub queue_order: QueueOrderSetting,
+}
+
+impl Default for ProviderSettings {
+    fn default() -> Self {
+        Self {
+            kind: ProviderKind::default(),
+            builtin: BuiltinProviderSettings::default(),
+            openai: OpenAiProviderSettings::default(),
+            max_concurrent: None,
+            tokens_per_minute: None,
+            queue_timeout_secs: 30,
+            queue_order: QueueOrderSetting::default(),
+        }
+    }
+}
+
+impl ProviderSettings {
+    /// Whether turns pass the provider's shared capacity (and may queue).
+    pub fn is_capped(&self) -> bool {
+        self.max_concurrent.is_some() || self.tokens_per_minute.is_some()
+    }
+
+    /// Checks the capacity keys.
+    ///
+    /// # Errors
+    /// `(key, message)` for the first bad key.
+    pub(super) fn check_capacity(&self) -> Result<(), (&'static str, String)> {
+        if self.max_concurrent == Some(0) {
+            return Err(("provider.max_concurrent", "must be at least 1 (or unset)".into()));
+        }
+        if self.tokens_per_minute == Some(0) {
+            return Err(("provider.tokens_per_minute", "must be at least 1 (or unset)".into()));
+        }
+        if self.queue_timeout_secs == 0 || self.queue_timeout_secs > 3_600 {
+            return Err(("provider.queue_timeout_secs", "must be between 1 and 3600".into()));
+        }
+        Ok(())
+    }
+}
+
+/// `provider.queue_order`: how turns waiting for the provider are
+/// dispatched.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueOrderSetting {
+    /// Weighted fair queuing on tokens served (a virtual counter per user).
+    #[default]
+    Fair,
+    /// First come, first served (the baseline fair order is measured
+    /// against).
+    Fifo,
 }
 
 /// `provider.openai.context_turns` above this is surely a typo: every turn

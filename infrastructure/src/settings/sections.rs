@@ -219,6 +219,14 @@ pub struct TierLimits {
     /// Tokens per hour; the top-level `rate_limit.tokens_per_hour` when unset.
     #[serde(default)]
     pub tokens_per_hour: Option<u32>,
+    /// The tier's share of a saturated provider: its users' counters grow
+    /// by tokens served divided by this (default 1).
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// `rate_limit.*`

@@ -69,6 +69,7 @@ impl Settings {
             if limits.per_minute == 0
                 || limits.per_hour == 0
                 || limits.max_concurrent_turns == Some(0)
+                || limits.weight == 0
             {
                 return Err(SettingsError::invalid(
                     &format!("rate_limit.tiers.{tier}"),
@@ -95,6 +96,9 @@ impl Settings {
             return Err(SettingsError::invalid("database.max_connections", "must be at least 1"));
         }
         self.files.check()?;
+        self.provider
+            .check_capacity()
+            .map_err(|(key, message)| SettingsError::invalid(key, message))?;
         if self.provider.kind == ProviderKind::Openai {
             self.provider
                 .openai

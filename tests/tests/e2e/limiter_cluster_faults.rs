@@ -135,6 +135,7 @@ async fn a_killed_master_fails_over_without_failing_a_turn() {
                         max_concurrent_turns: None,
                         tokens_per_minute: None,
                         tokens_per_hour: None,
+                        weight: 1,
                     },
                 );
             },

@@ -178,6 +178,7 @@ async fn a_higher_tier_token_is_admitted_on_its_very_next_request(store: Store) 
                 max_concurrent_turns: None,
                 tokens_per_minute: None,
                 tokens_per_hour: None,
+                weight: 1,
             },
         );
     })

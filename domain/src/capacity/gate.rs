@@ -1,0 +1,252 @@
+//! The gate: what this process holds of the shared queue, and the task
+//! that sends its slots back.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{Notify, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::slot::{ProviderSlot, Waiting};
+use super::ticket::{Finished, Ticket, TicketId};
+use crate::clock::Clock;
+use crate::ids::{TurnId, UserId};
+use crate::observe::CapacityObserver;
+use crate::ports::CapacityStore;
+
+/// How the gate waits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatePolicy {
+    /// `provider.queue_timeout_secs`: the longest a turn waits.
+    pub queue_timeout: Duration,
+    /// `rate_limit.tiers.<name>.weight`: a tier's share (default 1).
+    pub weights: HashMap<String, u32>,
+    /// How often held slots are renewed: a third of the store's ttl, so
+    /// one late renewal loses none.
+    pub renew_every: Duration,
+}
+
+/// While a ticket waits, how often the process makes the store look
+/// again: tokens leave the minute and dead instances' slots expire with
+/// nobody's call to notice, and a grant published while the subscription
+/// was down is missed. One call per process, not per waiter.
+const WAITING_TICK: Duration = Duration::from_millis(100);
+
+/// How often the queue's figures are read for the metrics.
+const STATS_EVERY: Duration = Duration::from_secs(1);
+
+/// What a turn got from [`ProviderGate::enter`].
+#[derive(Debug)]
+pub enum Entry {
+    /// A slot, at once.
+    Granted(ProviderSlot),
+    /// A place in the queue.
+    Queued(Waiting),
+    /// The store cannot be reached: go without a slot.
+    Open,
+}
+
+/// The process's side of the provider's queue; clones share it.
+#[derive(Debug, Clone)]
+pub struct ProviderGate {
+    pub(super) shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+pub(super) struct Shared {
+    pub(super) store: Arc<dyn CapacityStore>,
+    pub(super) clock: Arc<dyn Clock>,
+    pub(super) policy: GatePolicy,
+    pub(super) observer: Arc<dyn CapacityObserver>,
+    /// The tickets waiting here, and how to wake each.
+    pub(super) waiters: Mutex<HashMap<TicketId, oneshot::Sender<()>>>,
+    /// The slots held here, renewed by the task.
+    pub(super) held: Mutex<HashSet<TicketId>>,
+    /// Slots given back and tickets withdrawn, for the task to send.
+    pub(super) pending: Mutex<Vec<Finished>>,
+    pub(super) wake_task: Notify,
+    /// Whether the store is failing (logged once per outage).
+    pub(super) failing: AtomicBool,
+}
+
+fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    pub(super) fn waiters(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<TicketId, oneshot::Sender<()>>> {
+        locked(&self.waiters)
+    }
+
+    pub(super) fn held(&self) -> std::sync::MutexGuard<'_, HashSet<TicketId>> {
+        locked(&self.held)
+    }
+
+    /// Queues `done` for the task (a drop cannot await).
+    pub(super) fn give_back(&self, done: Finished) {
+        locked(&self.pending).push(done);
+        self.wake_task.notify_one();
+    }
+
+    /// Notes a failed call to the store: logged once per outage.
+    pub(super) fn failed(&self, what: &str, error: &dyn std::fmt::Display) {
+        if !self.failing.swap(true, Ordering::Relaxed) {
+            tracing::warn!(%error, "the provider's queue cannot be reached ({what}); turns go upstream unqueued until it can");
+        }
+    }
+
+    pub(super) fn answered(&self) {
+        if self.failing.swap(false, Ordering::Relaxed) {
+            tracing::info!("the provider's queue answers again");
+        }
+    }
+
+    /// Wakes the waiters here of `granted` (others' are someone else's).
+    pub(super) fn wake(&self, granted: &[TicketId]) {
+        if granted.is_empty() {
+            return;
+        }
+        let mut waiters = self.waiters();
+        for id in granted {
+            if let Some(waiter) = waiters.remove(id) {
+                let _ = waiter.send(());
+            }
+        }
+    }
+}
+
+impl ProviderGate {
+    /// A gate over `store`.
+    pub fn new(
+        store: Arc<dyn CapacityStore>,
+        clock: Arc<dyn Clock>,
+        policy: GatePolicy,
+        observer: Arc<dyn CapacityObserver>,
+    ) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                store,
+                clock,
+                policy,
+                observer,
+                waiters: Mutex::default(),
+                held: Mutex::default(),
+                pending: Mutex::default(),
+                wake_task: Notify::new(),
+                failing: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// The weight of `tier`.
+    pub fn weight(&self, tier: Option<&str>) -> u32 {
+        tier.and_then(|t| self.shared.policy.weights.get(t)).copied().unwrap_or(1).max(1)
+    }
+
+    /// Asks for a slot for `turn` of `user`, which may use `cost` tokens.
+    pub async fn enter(&self, turn: TurnId, user: &UserId, tier: Option<&str>, cost: u64) -> Entry {
+        let shared = &self.shared;
+        let now = shared.clock.now_ms();
+        let timeout = shared.policy.queue_timeout;
+        let ticket = Ticket {
+            id: TicketId(turn),
+            user: user.clone(),
+            weight: self.weight(tier),
+            cost,
+            deadline_ms: now.saturating_add(i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX)),
+        };
+        // Listening before asking: a grant can be published before the
+        // store's answer arrives.
+        let (tx, rx) = oneshot::channel();
+        shared.waiters().insert(ticket.id, tx);
+        let enqueued = match shared.store.enqueue(&ticket, now).await {
+            Ok(enqueued) => {
+                shared.answered();
+                enqueued
+            }
+            Err(error) => {
+                shared.waiters().remove(&ticket.id);
+                shared.failed("enqueue", &error);
+                return Entry::Open;
+            }
+        };
+        shared.wake(&enqueued.granted);
+        if enqueued.granted.contains(&ticket.id) {
+            shared.observer.waited(Duration::ZERO, true);
+            return Entry::Granted(ProviderSlot::new(Arc::clone(shared), &ticket, tier));
+        }
+        shared.wake_task.notify_one();
+        Entry::Queued(Waiting::new(Arc::clone(shared), ticket, tier, rx, enqueued.place))
+    }
+
+    /// Wakes the waiters here of tickets another instance's call
+    /// dispatched (the grants it published).
+    pub fn wake(&self, granted: &[TicketId]) {
+        self.shared.wake(granted);
+    }
+
+    /// The place in line of `user`'s first waiting turn; `None` when none
+    /// waits, or the store cannot tell.
+    pub async fn place(&self, user: &UserId) -> Option<u64> {
+        self.shared.store.place(user).await.ok().flatten()
+    }
+
+    /// The gate's task, until `stop`: sends the slots given back (and
+    /// wakes what they let through), renews the slots held here, makes the
+    /// store look again while tickets wait here, and reports the queue's
+    /// figures. On `stop` it sends what is pending, so a clean shutdown
+    /// frees its slots at once.
+    pub async fn run(self, stop: CancellationToken) {
+        let shared = &self.shared;
+        let mut last_renew = tokio::time::Instant::now();
+        let mut last_stats = last_renew;
+        loop {
+            let waiting = !shared.waiters().is_empty();
+            let tick =
+                if waiting { WAITING_TICK } else { shared.policy.renew_every.min(STATS_EVERY) };
+            let stopping = tokio::select! {
+                () = shared.wake_task.notified() => false,
+                () = tokio::time::sleep(tick) => false,
+                () = stop.cancelled() => true,
+            };
+            let done = std::mem::take(&mut *locked(&shared.pending));
+            let now = shared.clock.now_ms();
+            if !done.is_empty() {
+                match shared.store.finish(&done, now).await {
+                    Ok(granted) => {
+                        shared.answered();
+                        shared.wake(&granted);
+                    }
+                    // Left to expire in the store, after its ttl.
+                    Err(error) => shared.failed("give back", &error),
+                }
+            }
+            if stopping {
+                return;
+            }
+            let at = tokio::time::Instant::now();
+            if waiting || at.duration_since(last_renew) >= shared.policy.renew_every {
+                last_renew = at;
+                let mut held: Vec<TicketId> = shared.held().iter().copied().collect();
+                held.extend(shared.waiters().keys().copied());
+                match shared.store.renew(&held, now).await {
+                    Ok(granted) => {
+                        shared.answered();
+                        shared.wake(&granted);
+                    }
+                    Err(error) => shared.failed("renew", &error),
+                }
+            }
+            if at.duration_since(last_stats) >= STATS_EVERY {
+                last_stats = at;
+                if let Ok(stats) = shared.store.stats(now).await {
+                    shared.observer.stats(&stats);
+                }
+            }
+        }
+    }
+}

@@ -15,7 +15,8 @@ pub enum TurnEvent {
     /// A chunk of the reply.
     Delta(String),
     /// The turn waits for the provider's shared capacity: its place in
-    /// line (1: next), when known. Sent once, before any delta.
+    /// line (1: next), when known. Sent before any delta (again when a
+    /// refusal of the upstream sent the turn back in the queue).
     Queued {
         /// Its place.
         place: Option<u64>,

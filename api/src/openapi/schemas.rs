@@ -237,8 +237,8 @@ pub enum TurnStreamEvent {
     /// The turn was committed `in_progress`: always the first event.
     #[serde(rename = "turn.created")]
     Created(TurnEventWithTurn),
-    /// The turn waits for the provider's shared capacity (at most once,
-    /// before any delta). It has no `seq` and its SSE event no `id`: it is
+    /// The turn waits for the provider's shared capacity (before any
+    /// delta). It has no `seq` and its SSE event no `id`: it is
     /// not replayed on resume.
     #[serde(rename = "turn.queued")]
     Queued(TurnQueued),

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::slot::{ProviderSlot, Waiting};
 use super::ticket::{Finished, Ticket, TicketId};
 use crate::clock::Clock;
-use crate::ids::{TurnId, UserId};
+use crate::ids::UserId;
 use crate::observe::CapacityObserver;
 use crate::ports::CapacityStore;
 
@@ -147,13 +147,13 @@ impl ProviderGate {
         tier.and_then(|t| self.shared.policy.weights.get(t)).copied().unwrap_or(1).max(1)
     }
 
-    /// Asks for a slot for `turn` of `user`, which may use `cost` tokens.
-    pub async fn enter(&self, turn: TurnId, user: &UserId, tier: Option<&str>, cost: u64) -> Entry {
+    /// Asks for a slot for a turn of `user`, which may use `cost` tokens.
+    pub async fn enter(&self, user: &UserId, tier: Option<&str>, cost: u64) -> Entry {
         let shared = &self.shared;
         let now = shared.clock.now_ms();
         let timeout = shared.policy.queue_timeout;
         let ticket = Ticket {
-            id: TicketId(turn),
+            id: TicketId::new(),
             user: user.clone(),
             weight: self.weight(tier),
             cost,

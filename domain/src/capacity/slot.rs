@@ -106,22 +106,42 @@ impl Waiting {
         self.place
     }
 
-    /// Waits for the slot until the queue's timeout.
+    /// Waits for the slot until the queue's timeout; `None` when the store
+    /// stopped answering meanwhile (the turn goes without a slot, as it
+    /// would have had the store been down when it asked).
     ///
     /// # Errors
     /// [`Saturated`] when none came in time; the ticket is withdrawn.
-    pub async fn granted(mut self) -> Result<ProviderSlot, Saturated> {
+    pub async fn granted(mut self) -> Result<Option<ProviderSlot>, Saturated> {
         let deadline = self.since + self.shared.policy.queue_timeout;
+        // Set once the wake-up channel closed unsent (never polled again).
+        let mut deaf = false;
         loop {
             let check = Instant::now() + CHECK_EVERY;
+            let woken = async {
+                if deaf {
+                    std::future::pending::<bool>().await
+                } else {
+                    (&mut self.woken).await.is_ok()
+                }
+            };
             let granted = tokio::select! {
-                woken = &mut self.woken => woken.is_ok(),
+                woken = woken => {
+                    deaf = !woken;
+                    woken
+                }
                 () = tokio::time::sleep_until(check.min(deadline)) => {
-                    self.shared.store.granted(self.ticket.id).await.unwrap_or(false)
+                    match self.shared.store.granted(self.ticket.id).await {
+                        Ok(granted) => granted,
+                        Err(error) => {
+                            self.shared.failed("a waiting turn's check", &error);
+                            return Ok(None);
+                        }
+                    }
                 }
             };
             if granted {
-                return Ok(self.into_slot());
+                return Ok(Some(self.into_slot()));
             }
             if Instant::now() >= deadline {
                 let waited = self.since.elapsed();

@@ -4,12 +4,27 @@
 
 use std::fmt;
 
-use crate::ids::{TurnId, UserId};
+use crate::ids::UserId;
 
-/// A turn's place in the provider's queue, then its slot: the turn's id,
-/// so a ticket is unique across instances and names its turn in logs.
+/// A turn's place in the provider's queue, then its slot: a UUIDv7 of
+/// its own per attempt, unique across instances. Not the turn's id: a turn
+/// the upstream refused goes back in the queue with a new ticket while its
+/// old slot's release may still be on its way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct TicketId(pub TurnId);
+pub struct TicketId(pub uuid::Uuid);
+
+impl TicketId {
+    /// A new ticket id.
+    pub fn new() -> Self {
+        Self(uuid::Uuid::now_v7())
+    }
+}
+
+impl Default for TicketId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl fmt::Display for TicketId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

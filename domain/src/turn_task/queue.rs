@@ -31,7 +31,7 @@ impl TurnTask {
         };
         // One store call, bounded by its timeout: not raced with the
         // watch, so a ticket is never left queued by a dropped call.
-        let waiting = match gate.enter(self.turn_id, &self.user, self.tier.as_deref(), cost).await {
+        let waiting = match gate.enter(&self.user, self.tier.as_deref(), cost).await {
             Entry::Granted(slot) => return Ok(Some(slot)),
             Entry::Open => return Ok(None),
             Entry::Queued(waiting) => waiting,
@@ -41,7 +41,7 @@ impl TurnTask {
         }
         tokio::select! {
             granted = waiting.granted() => match granted {
-                Ok(slot) => Ok(Some(slot)),
+                Ok(slot) => Ok(slot),
                 Err(saturated) => Err(Ending::Failed(ProviderError::Saturated { waited: saturated.waited })),
             },
             ending = watch.stopped() => Err(ending),

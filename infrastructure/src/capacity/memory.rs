@@ -13,7 +13,8 @@ use std::sync::{Mutex, PoisonError};
 use async_trait::async_trait;
 use pantheon_domain::capacity::{CapacityStats, Enqueued, Finished, Outcome, Ticket, TicketId};
 use pantheon_domain::ports::CapacityStore;
-use pantheon_domain::{StorageError, TurnId, UserId};
+use pantheon_domain::{StorageError, UserId};
+use uuid::Uuid;
 
 use super::{CapacityConfig, MINUTE_MS, QueueOrder, ttl_ms};
 
@@ -160,16 +161,16 @@ struct Rec {
 /// The script's keys, in memory (see `dispatch.lua` for what each holds).
 #[derive(Debug, Default)]
 struct State {
-    flight: ZSet<TurnId, i64>,
-    held: HashMap<TurnId, Rec>,
-    waiting: ZSet<TurnId, i64>,
-    tickets: HashMap<TurnId, Rec>,
-    queues: HashMap<String, ZSet<TurnId, u64>>,
+    flight: ZSet<Uuid, i64>,
+    held: HashMap<Uuid, Rec>,
+    waiting: ZSet<Uuid, i64>,
+    tickets: HashMap<Uuid, Rec>,
+    queues: HashMap<String, ZSet<Uuid, u64>>,
     backlog: ZSet<String, Score>,
     counters: HashMap<String, f64>,
-    minute: ZSet<TurnId, i64>,
-    costs: HashMap<TurnId, u64>,
-    fifo: ZSet<TurnId, u64>,
+    minute: ZSet<Uuid, i64>,
+    costs: HashMap<Uuid, u64>,
+    fifo: ZSet<Uuid, u64>,
     eff: Option<f64>,
     decreased: Option<i64>,
     floor: f64,
@@ -191,7 +192,7 @@ impl State {
         }
     }
 
-    fn drop_waiting(&mut self, id: TurnId) -> Option<Rec> {
+    fn drop_waiting(&mut self, id: Uuid) -> Option<Rec> {
         let rec = self.tickets.remove(&id)?;
         self.waiting.remove(&id);
         self.fifo.remove(&id);
@@ -292,7 +293,7 @@ impl State {
     }
 
     /// The next waiting ticket in the order `rules` keep.
-    fn next(&self, rules: &Rules) -> Option<TurnId> {
+    fn next(&self, rules: &Rules) -> Option<Uuid> {
         if rules.fifo {
             return self.fifo.first().map(|(_, id)| *id);
         }
@@ -336,7 +337,7 @@ impl State {
     /// The place of waiting ticket `id` of `user`: users ahead in the fair
     /// order, then the user's own tickets ahead (or, in Fifo, every ticket
     /// ahead).
-    fn place_of(&self, rules: &Rules, id: TurnId, user: &str) -> Option<u64> {
+    fn place_of(&self, rules: &Rules, id: Uuid, user: &str) -> Option<u64> {
         if rules.fifo {
             return self.fifo.rank(&id).map(|rank| rank + 1);
         }

@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use pantheon_domain::capacity::{CapacityStats, Enqueued, Finished, Outcome, Ticket, TicketId};
 use pantheon_domain::ports::CapacityStore;
-use pantheon_domain::{StorageError, TurnId, UserId};
+use pantheon_domain::{StorageError, UserId};
 use redis::{FromRedisValue, Script, ScriptInvocation};
 
 use super::{CapacityConfig, QueueOrder, ttl_ms};
@@ -140,12 +140,9 @@ impl RedisCapacity {
 }
 
 /// The ids a script returned; one that does not parse is skipped (it
-/// could only be another writer's junk: the script writes turn ids).
+/// could only be another writer's junk: the script writes ticket ids).
 fn ticket_ids<'a>(ids: impl IntoIterator<Item = &'a str>) -> Vec<TicketId> {
-    ids.into_iter()
-        .filter_map(|id| id.trim().parse::<uuid::Uuid>().ok())
-        .map(|id| TicketId(TurnId::from(id)))
-        .collect()
+    ids.into_iter().filter_map(|id| id.trim().parse::<uuid::Uuid>().ok()).map(TicketId).collect()
 }
 
 fn place(raw: i64) -> Option<u64> {

@@ -47,6 +47,10 @@ pub enum Answer {
     },
     /// Nothing for this long (no response head), then the answer.
     Delayed(Duration, Box<Answer>),
+    /// The answer, holding `Held` (a request counted in flight by a
+    /// [`HardCapacity`]) until its streamed body ends or is dropped (or,
+    /// for any other answer, until it is sent).
+    Holding(Held, Box<Answer>),
 }
 
 /// A piece of a streamed body.
@@ -250,9 +254,19 @@ async fn completions(
         shared.queue.lock().unwrap().next()
     };
     let mut answer = queued.unwrap_or_else(|| (shared.script)(&seen));
-    while let Answer::Delayed(wait, then) = answer {
-        tokio::time::sleep(wait).await;
-        answer = *then;
+    let mut held = None;
+    loop {
+        match answer {
+            Answer::Delayed(wait, then) => {
+                tokio::time::sleep(wait).await;
+                answer = *then;
+            }
+            Answer::Holding(hold, then) => {
+                held = Some(hold);
+                answer = *then;
+            }
+            _ => break,
+        }
     }
     match answer {
         Answer::Status { status, headers, body } => {
@@ -268,11 +282,11 @@ async fn completions(
             response
         }
         Answer::Stream(steps) => {
-            let guard = CutShort { counter: shared.cut_short.clone(), finished: false };
+            let guard = CutShort { counter: shared.cut_short.clone(), finished: false, held };
             let body = futures::stream::unfold((VecDeque::from(steps), guard), next_chunk);
             ([(header::CONTENT_TYPE, "text/event-stream")], Body::from_stream(body)).into_response()
         }
-        Answer::Delayed(..) => unreachable!("unwrapped above"),
+        Answer::Delayed(..) | Answer::Holding(..) => unreachable!("unwrapped above"),
     }
 }
 
@@ -285,7 +299,14 @@ async fn next_chunk(
                 guard.finished = true;
                 return None;
             }
-            Some(Step::Send(text)) => return Some((Ok(Bytes::from(text)), (steps, guard))),
+            Some(Step::Send(text)) => {
+                if steps.is_empty() {
+                    // The last chunk: out of flight before the client can
+                    // read the end of the reply (and send the next request).
+                    guard.held = None;
+                }
+                return Some((Ok(Bytes::from(text)), (steps, guard)));
+            }
             Some(Step::Pause(wait)) => tokio::time::sleep(wait).await,
             Some(Step::PingForever(every)) => {
                 tokio::time::sleep(every).await;
@@ -301,10 +322,11 @@ async fn next_chunk(
     }
 }
 
-/// Counts a body dropped before its end.
+/// Counts a body dropped before its end; holds what the answer held.
 struct CutShort {
     counter: Arc<AtomicUsize>,
     finished: bool,
+    held: Option<Held>,
 }
 
 impl Drop for CutShort {
@@ -313,4 +335,105 @@ impl Drop for CutShort {
             self.counter.fetch_add(1, Ordering::SeqCst);
         }
     }
+}
+
+/// An upstream with a hard capacity, as a real provider has: at most
+/// `limit` requests in flight (from their arrival to the end of their
+/// streamed reply, or its drop), and `429` with `Retry-After: 1` for any
+/// request past it. It counts what it served and refused, and the most
+/// requests it ever saw in flight at once (refused ones included: what
+/// the callers tried).
+#[derive(Debug, Clone)]
+pub struct HardCapacity {
+    counts: Arc<CapacityCounts>,
+}
+
+#[derive(Debug, Default)]
+struct CapacityCounts {
+    limit: usize,
+    in_flight: AtomicUsize,
+    most_tried: AtomicUsize,
+    most_served: AtomicUsize,
+    served: AtomicUsize,
+    refused: AtomicUsize,
+}
+
+/// A request counted in flight by a [`HardCapacity`]; it leaves when the
+/// last clone is dropped.
+#[derive(Debug, Clone)]
+pub struct Held(#[allow(dead_code)] Arc<HeldSlot>);
+
+#[derive(Debug)]
+struct HeldSlot {
+    counts: Arc<CapacityCounts>,
+}
+
+impl Drop for HeldSlot {
+    fn drop(&mut self) {
+        self.counts.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl HardCapacity {
+    /// A capacity of `limit` requests at once.
+    pub fn new(limit: usize) -> Self {
+        Self { counts: Arc::new(CapacityCounts { limit, ..CapacityCounts::default() }) }
+    }
+
+    /// Answers one request: `answer` (held in flight until its body ends)
+    /// while there is room, else `429` with `Retry-After: 1`.
+    pub fn admit(&self, answer: Answer) -> Answer {
+        let counts = &self.counts;
+        let now = counts.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        counts.most_tried.fetch_max(now, Ordering::SeqCst);
+        if now > counts.limit {
+            counts.in_flight.fetch_sub(1, Ordering::SeqCst);
+            counts.refused.fetch_add(1, Ordering::SeqCst);
+            return status(
+                429,
+                "Rate limit reached: too many requests in flight",
+                vec![("retry-after", "1".to_owned())],
+            );
+        }
+        counts.most_served.fetch_max(now, Ordering::SeqCst);
+        counts.served.fetch_add(1, Ordering::SeqCst);
+        Answer::Holding(Held(Arc::new(HeldSlot { counts: counts.clone() })), Box::new(answer))
+    }
+
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.counts.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// The most requests in flight at once, counting refused ones.
+    pub fn most_tried(&self) -> usize {
+        self.counts.most_tried.load(Ordering::SeqCst)
+    }
+
+    /// The most requests served at once (at most the limit).
+    pub fn most_served(&self) -> usize {
+        self.counts.most_served.load(Ordering::SeqCst)
+    }
+
+    /// Requests served (let in).
+    pub fn served(&self) -> usize {
+        self.counts.served.load(Ordering::SeqCst)
+    }
+
+    /// Requests refused with `429`.
+    pub fn refused(&self) -> usize {
+        self.counts.refused.load(Ordering::SeqCst)
+    }
+}
+
+/// A well-formed reply of `words`, a pause of `pause` before each word
+/// (1 prompt token): a slow upstream.
+pub fn slow_reply(words: &[&str], pause: Duration) -> Answer {
+    let mut steps = Vec::new();
+    for word in words {
+        steps.push(Step::Pause(pause));
+        steps.push(delta(word));
+    }
+    steps.extend([finish("stop"), usage(1, words.len() as i64), done()]);
+    Answer::Stream(steps)
 }

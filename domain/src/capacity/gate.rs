@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::slot::{ProviderSlot, Waiting};
@@ -147,17 +148,30 @@ impl ProviderGate {
         tier.and_then(|t| self.shared.policy.weights.get(t)).copied().unwrap_or(1).max(1)
     }
 
-    /// Asks for a slot for a turn of `user`, which may use `cost` tokens.
-    pub async fn enter(&self, user: &UserId, tier: Option<&str>, cost: u64) -> Entry {
+    /// `provider.queue_timeout_secs`: how long a turn may wait in all.
+    pub fn queue_timeout(&self) -> Duration {
+        self.shared.policy.queue_timeout
+    }
+
+    /// Asks for a slot for a turn of `user`, which may use `cost` tokens,
+    /// waiting at most until `until` (a turn sent back to the queue keeps
+    /// the deadline of its first wait).
+    pub async fn enter(
+        &self,
+        user: &UserId,
+        tier: Option<&str>,
+        cost: u64,
+        until: Instant,
+    ) -> Entry {
         let shared = &self.shared;
         let now = shared.clock.now_ms();
-        let timeout = shared.policy.queue_timeout;
+        let left = until.saturating_duration_since(Instant::now());
         let ticket = Ticket {
             id: TicketId::new(),
             user: user.clone(),
             weight: self.weight(tier),
             cost,
-            deadline_ms: now.saturating_add(i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX)),
+            deadline_ms: now.saturating_add(i64::try_from(left.as_millis()).unwrap_or(i64::MAX)),
         };
         // Listening before asking: a grant can be published before the
         // store's answer arrives.
@@ -180,7 +194,7 @@ impl ProviderGate {
             return Entry::Granted(ProviderSlot::new(Arc::clone(shared), &ticket, tier));
         }
         shared.wake_task.notify_one();
-        Entry::Queued(Waiting::new(Arc::clone(shared), ticket, tier, rx, enqueued.place))
+        Entry::Queued(Waiting::new(Arc::clone(shared), ticket, tier, rx, enqueued.place, until))
     }
 
     /// Wakes the waiters here of tickets another instance's call
@@ -202,8 +216,12 @@ impl ProviderGate {
     /// frees its slots at once.
     pub async fn run(self, stop: CancellationToken) {
         let shared = &self.shared;
-        let mut last_renew = tokio::time::Instant::now();
+        let mut last_renew = Instant::now();
         let mut last_stats = last_renew;
+        // The figures from the start, not a second later.
+        if let Ok(stats) = shared.store.stats(shared.clock.now_ms()).await {
+            shared.observer.stats(&stats);
+        }
         loop {
             let waiting = !shared.waiters().is_empty();
             let tick =
@@ -228,8 +246,9 @@ impl ProviderGate {
             if stopping {
                 return;
             }
-            let at = tokio::time::Instant::now();
-            if waiting || at.duration_since(last_renew) >= shared.policy.renew_every {
+            let at = Instant::now();
+            let renew_due = if waiting { WAITING_TICK } else { shared.policy.renew_every };
+            if at.duration_since(last_renew) >= renew_due {
                 last_renew = at;
                 let mut held: Vec<TicketId> = shared.held().iter().copied().collect();
                 held.extend(shared.waiters().keys().copied());

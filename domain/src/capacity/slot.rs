@@ -78,6 +78,7 @@ pub struct Waiting {
     woken: oneshot::Receiver<()>,
     place: Option<u64>,
     since: Instant,
+    deadline: Instant,
     /// Still in the queue: a drop withdraws it.
     queued: bool,
 }
@@ -89,6 +90,7 @@ impl Waiting {
         tier: Option<&str>,
         woken: oneshot::Receiver<()>,
         place: Option<u64>,
+        deadline: Instant,
     ) -> Self {
         Self {
             shared,
@@ -97,6 +99,7 @@ impl Waiting {
             woken,
             place,
             since: Instant::now(),
+            deadline,
             queued: true,
         }
     }
@@ -113,7 +116,7 @@ impl Waiting {
     /// # Errors
     /// [`Saturated`] when none came in time; the ticket is withdrawn.
     pub async fn granted(mut self) -> Result<Option<ProviderSlot>, Saturated> {
-        let deadline = self.since + self.shared.policy.queue_timeout;
+        let deadline = self.deadline;
         // Set once the wake-up channel closed unsent (never polled again).
         let mut deaf = false;
         loop {

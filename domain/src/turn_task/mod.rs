@@ -40,6 +40,7 @@ pub use context::TurnPolicy;
 pub(crate) use context::{Measured, TurnContext};
 use ending::Ending;
 use outbox::Outbox;
+use queue::QueueWait;
 use usage::settle;
 use watch::{Reply, Watch};
 
@@ -203,13 +204,14 @@ impl TurnTask {
                 // the turn waits its turn (its user's slot held meanwhile).
                 let mut cost = 0;
                 let mut slot = None;
+                let mut wait = QueueWait::default();
                 if context.gate.is_some() {
                     let first = *prompt.get_or_insert_with(|| {
                         let tokens = context.tokens.as_ref();
                         context.provider.prompt_tokens(tokens, &turn.input, &prepared.history)
                     });
                     cost = first.saturating_add(cap);
-                    match self.provider_slot(cost, &mut watch).await {
+                    match self.provider_slot(cost, &mut wait, &mut watch).await {
                         Ok(got) => slot = got,
                         Err(ending) => break 'turn ending,
                     }
@@ -232,7 +234,8 @@ impl TurnTask {
                         && queue::requeue(ending, slot.as_ref(), rounds.is_empty())
                     {
                         queue::release(slot.take(), None, ending);
-                        match self.provider_slot(cost, &mut watch).await {
+                        wait.refused(ending);
+                        match self.provider_slot(cost, &mut wait, &mut watch).await {
                             Ok(got) => slot = got,
                             Err(ending) => break ending,
                         }

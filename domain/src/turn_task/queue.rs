@@ -2,6 +2,10 @@
 //! [`crate::capacity`]): its slot, at once or after its place in the
 //! queue, under the turn's [`Watch`], and how the slot is given back.
 
+use std::time::Duration;
+
+use tokio::time::Instant;
+
 use crate::capacity::{Entry, Outcome, ProviderSlot};
 use crate::error::ProviderError;
 use crate::turn::Usage;
@@ -24,14 +28,26 @@ impl TurnTask {
     pub(super) async fn provider_slot(
         &self,
         cost: u64,
+        wait: &mut QueueWait,
         watch: &mut Watch,
     ) -> Result<Option<ProviderSlot>, Ending> {
         let Some(gate) = &self.context.gate else {
             return Ok(None);
         };
+        let until = *wait.until.get_or_insert_with(|| Instant::now() + gate.queue_timeout());
+        if let Some(pause) = wait.pause.take() {
+            // The upstream's own `Retry-After`, or the queue's deadline.
+            tokio::select! {
+                () = tokio::time::sleep_until((Instant::now() + pause).min(until)) => {}
+                ending = watch.stopped() => return Err(ending),
+            }
+        }
+        if Instant::now() >= until {
+            return Err(Ending::Failed(ProviderError::Saturated { waited: gate.queue_timeout() }));
+        }
         // One store call, bounded by its timeout: not raced with the
         // watch, so a ticket is never left queued by a dropped call.
-        let waiting = match gate.enter(&self.user, self.tier.as_deref(), cost).await {
+        let waiting = match gate.enter(&self.user, self.tier.as_deref(), cost, until).await {
             Entry::Granted(slot) => return Ok(Some(slot)),
             Entry::Open => return Ok(None),
             Entry::Queued(waiting) => waiting,
@@ -46,6 +62,37 @@ impl TurnTask {
             },
             ending = watch.stopped() => Err(ending),
         }
+    }
+}
+
+/// A turn's wait in the queue across its attempts.
+#[derive(Debug, Default)]
+pub(super) struct QueueWait {
+    /// When it stops waiting: set at its first wait, kept when the
+    /// upstream sends it back, so one turn waits at most
+    /// `provider.queue_timeout_secs` in all.
+    until: Option<Instant>,
+    /// How long to hold off before queuing again.
+    pause: Option<Duration>,
+}
+
+/// The longest a refused turn holds off before queuing again, whatever
+/// the upstream's `Retry-After` says (the queue's deadline bounds it too).
+const MAX_PAUSE: Duration = Duration::from_secs(5);
+
+/// The hold-off when the upstream refused without saying how long.
+const DEFAULT_PAUSE: Duration = Duration::from_secs(1);
+
+impl QueueWait {
+    /// After the upstream refused the turn for its capacity: wait what it
+    /// asked (or a second) before queuing again, so a turn is not
+    /// dispatched straight back into the refusal it just had.
+    pub(super) fn refused(&mut self, ending: &Ending) {
+        let asked = match ending {
+            Ending::Failed(ProviderError::Unavailable { retry_after, .. }) => *retry_after,
+            _ => None,
+        };
+        self.pause = Some(asked.unwrap_or(DEFAULT_PAUSE).min(MAX_PAUSE));
     }
 }
 

@@ -193,9 +193,13 @@ if op == 'finish' then
         redis.call('HSET', costs, id, num(corrected))
       end
       if max >= 0 then
-        if outcome == 't' and (not decreased or now - decreased >= 1000) then
-          eff = math.max(1, eff / 2)
-          decreased = now
+        if outcome == 't' then
+          if not decreased or now - decreased >= 1000 then
+            eff = eff / 2
+            decreased = now
+          end
+          -- The upstream refused one more than those still in flight.
+          eff = math.max(1, math.min(eff, redis.call('ZCARD', flight)))
         elseif outcome == 's' then
           eff = math.min(max, eff + 1 / eff)
         end

@@ -6,8 +6,7 @@
 //! One lock over the whole state: each call is one short critical section
 //! with no `.await` inside, and dispatch needs every part of it at once.
 
-use std::collections::{BTreeSet, HashMap};
-use std::hash::Hash;
+use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
 use async_trait::async_trait;
@@ -16,6 +15,7 @@ use pantheon_domain::ports::CapacityStore;
 use pantheon_domain::{StorageError, UserId};
 use uuid::Uuid;
 
+use super::zset::{Score, ZSet};
 use super::{CapacityConfig, MINUTE_MS, QueueOrder, ttl_ms};
 
 /// The in-process [`CapacityStore`].
@@ -58,94 +58,6 @@ impl Rules {
             ttl_ms: ttl_ms(config),
             fifo: config.order == QueueOrder::Fifo,
         }
-    }
-}
-
-/// A counter as a sorted set's score: ordered totally, as Redis orders
-/// doubles (counters are never NaN).
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Score(f64);
-
-impl Eq for Score {}
-
-impl PartialOrd for Score {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Score {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.0.total_cmp(&other.0)
-    }
-}
-
-/// A Redis sorted set: each member's score, and the members in order.
-#[derive(Debug)]
-struct ZSet<M, S> {
-    scores: HashMap<M, S>,
-    order: BTreeSet<(S, M)>,
-}
-
-impl<M, S> Default for ZSet<M, S> {
-    fn default() -> Self {
-        Self { scores: HashMap::new(), order: BTreeSet::new() }
-    }
-}
-
-impl<M: Ord + Hash + Clone, S: Ord + Copy> ZSet<M, S> {
-    fn add(&mut self, member: M, score: S) {
-        if let Some(old) = self.scores.insert(member.clone(), score) {
-            self.order.remove(&(old, member.clone()));
-        }
-        self.order.insert((score, member));
-    }
-
-    fn remove(&mut self, member: &M) -> bool {
-        let Some(score) = self.scores.remove(member) else { return false };
-        self.order.remove(&(score, member.clone()));
-        true
-    }
-
-    fn score(&self, member: &M) -> Option<S> {
-        self.scores.get(member).copied()
-    }
-
-    fn first(&self) -> Option<&(S, M)> {
-        self.order.first()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.scores.is_empty()
-    }
-
-    fn len(&self) -> usize {
-        self.scores.len()
-    }
-
-    /// `ZRANK`: how many members come before `member`.
-    fn rank(&self, member: &M) -> Option<u64> {
-        let score = self.score(member)?;
-        Some(self.order.range(..(score, member.clone())).count() as u64)
-    }
-
-    /// Removes and returns the members scored at most `max`.
-    fn pop_upto(&mut self, max: S) -> Vec<M> {
-        let mut gone = Vec::new();
-        while let Some((score, member)) = self.order.first().cloned() {
-            if score > max {
-                break;
-            }
-            self.order.pop_first();
-            self.scores.remove(&member);
-            gone.push(member);
-        }
-        gone
-    }
-
-    /// The members scored above `min`.
-    fn above(&self, min: S) -> impl Iterator<Item = &M> {
-        self.order.iter().filter(move |(score, _)| *score > min).map(|(_, member)| member)
     }
 }
 
@@ -269,13 +181,16 @@ impl State {
             }
             let Some(max) = rules.max else { continue };
             let eff = self.eff.unwrap_or(max).min(max);
+            let halve = self.decreased.is_none_or(|at| now - at >= 1_000);
             match finished.outcome {
-                Outcome::Throttled if self.decreased.is_none_or(|at| now - at >= 1_000) => {
-                    self.eff = Some((eff / 2.0).max(1.0));
-                    self.decreased = Some(now);
+                Outcome::Throttled => {
+                    let eff = if halve { eff / 2.0 } else { eff };
+                    self.decreased = if halve { Some(now) } else { self.decreased };
+                    // The upstream refused one more than those still in flight.
+                    self.eff = Some(eff.min(self.flight.len() as f64).max(1.0));
                 }
                 Outcome::Served => self.eff = Some((eff + 1.0 / eff).min(max)),
-                Outcome::Throttled | Outcome::Unused => {}
+                Outcome::Unused => {}
             }
         }
     }

@@ -27,6 +27,7 @@
 mod build;
 mod memory;
 mod redis_store;
+mod zset;
 
 use std::time::Duration;
 

@@ -35,28 +35,37 @@ pub struct RawStream {
 pub fn parse_raw(text: &str) -> RawStream {
     let mut stream = RawStream::default();
     for block in text.split("\n\n").filter(|b| !b.trim().is_empty()) {
-        let (mut event, mut id, mut data) = (None, None, Vec::new());
-        for line in block.lines() {
-            if line.starts_with(':') {
-                stream.comments += 1;
-            } else if let Some(v) = line.strip_prefix("event: ") {
-                event = Some(v.to_owned());
-            } else if let Some(v) = line.strip_prefix("id: ") {
-                id = Some(v.to_owned());
-            } else if let Some(v) = line.strip_prefix("data: ") {
-                data.push(v.to_owned());
-            } else {
-                panic!("unexpected line {line:?}");
-            }
-        }
-        if let Some(event) = event {
-            assert_eq!(data.len(), 1, "data is one line of JSON: {block}");
-            let data = serde_json::from_str(&data[0]).expect("data is JSON");
-            crate::contract::check_event(&event, &data);
+        if let Some((event, id, data)) = parse_block(block, &mut stream.comments) {
             stream.events.push(SseEvent { event, id: id.expect("every event has an id"), data });
         }
     }
     stream
+}
+
+/// One block of a stream: its event, its `id:` (`turn.queued` has none)
+/// and its one `data:` line as JSON, checked against the document; `None`
+/// for a block of comments only, which are counted into `comments`.
+pub fn parse_block(block: &str, comments: &mut usize) -> Option<(String, Option<String>, Value)> {
+    let (mut event, mut id, mut data) = (None, None, Vec::new());
+    for line in block.lines() {
+        if line.starts_with(':') {
+            *comments += 1;
+        } else if line.is_empty() {
+        } else if let Some(v) = line.strip_prefix("event: ") {
+            event = Some(v.to_owned());
+        } else if let Some(v) = line.strip_prefix("id: ") {
+            id = Some(v.to_owned());
+        } else if let Some(v) = line.strip_prefix("data: ") {
+            data.push(v.to_owned());
+        } else {
+            panic!("unexpected line {line:?}");
+        }
+    }
+    let event = event?;
+    assert_eq!(data.len(), 1, "data is one line of JSON: {block}");
+    let data = serde_json::from_str(&data[0]).expect("data is JSON");
+    crate::contract::check_event(&event, &data);
+    Some((event, id, data))
 }
 
 /// Reads a whole stream with `eventsource-stream`.

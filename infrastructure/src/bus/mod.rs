@@ -8,6 +8,7 @@ mod cancels;
 mod link;
 mod memory;
 mod redis_bus;
+mod subscription;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -20,6 +21,7 @@ use pantheon_domain::ports::{NoBus, TurnBus};
 pub use link::{Conn, Link, Target, timed_out};
 pub use memory::MemoryBus;
 pub use redis_bus::{CANCEL_CHANNEL, Lifetimes, RedisBus, journal_key};
+pub use subscription::{Topic, listen};
 
 use crate::settings::Settings;
 

@@ -19,14 +19,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::StreamExt;
 use pantheon_domain::capacity::{CapacityStats, Enqueued, Finished, Outcome, Ticket, TicketId};
 use pantheon_domain::ports::CapacityStore;
 use pantheon_domain::{StorageError, UserId};
 use redis::{FromRedisValue, Script, ScriptInvocation};
 
 use super::{CapacityConfig, QueueOrder, ttl_ms};
-use crate::bus::{Conn, Link, Target, timed_out};
+use crate::bus::{Conn, Link, Target, Topic, timed_out};
 
 /// The script of every operation.
 const SCRIPT: &str = include_str!("dispatch.lua");
@@ -36,9 +35,6 @@ const KEYS: [&str; 10] = [
     "flight", "held", "waiting", "tickets", "backlog", "counters", "minute", "costs", "state",
     "fifo",
 ];
-
-const RETRY_FIRST: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// The channel the grants of the queue under `prefix` are published on.
 pub fn grants_channel(prefix: &str) -> String {
@@ -236,51 +232,22 @@ impl CapacityStore for RedisCapacity {
 }
 
 /// Listens for grants on `channel` until the task is stopped, calling
-/// `wake` with the ids of each message. Subscribes again after a lost
-/// connection, over the seeds in turn, with a growing pause; logs once per
-/// outage.
+/// `wake` with the ids of each message.
 pub async fn listen_grants(
     target: Target,
     channel: String,
     wake: impl Fn(Vec<TicketId>) + Send + 'static,
 ) {
-    let mut pause = RETRY_FIRST;
-    let mut attempt = 0;
-    let mut failing = false;
-    loop {
-        let subscribed = async {
-            let mut pubsub = target.subscriber(attempt).await?;
-            pubsub.subscribe(&channel).await?;
-            Ok::<_, redis::RedisError>(pubsub)
-        };
-        match subscribed.await {
-            Ok(mut pubsub) => {
-                if std::mem::take(&mut failing) {
-                    tracing::info!("listening for capacity grants again");
-                }
-                pause = RETRY_FIRST;
-                let mut messages = pubsub.on_message();
-                while let Some(message) = messages.next().await {
-                    let Ok(payload) = message.get_payload::<String>() else {
-                        tracing::warn!("ignored a malformed capacity grant");
-                        continue;
-                    };
-                    let ids = ticket_ids(payload.split(','));
-                    if !ids.is_empty() {
-                        wake(ids);
-                    }
-                }
-                failing = true;
-                tracing::warn!("lost the capacity-grant subscription; subscribing again");
-            }
-            Err(error) => {
-                if !std::mem::replace(&mut failing, true) {
-                    tracing::warn!(%error, "cannot subscribe to capacity grants; waiters here learn of other instances' grants only when they ask");
-                }
-            }
+    let topic = Topic {
+        channel: &channel,
+        what: "capacity grants",
+        missed: "waiters here learn of other instances' grants only when they ask",
+    };
+    crate::bus::listen(target, topic, move |payload| {
+        let ids = ticket_ids(payload.split(','));
+        if !ids.is_empty() {
+            wake(ids);
         }
-        attempt += 1;
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(RETRY_MAX);
-    }
+    })
+    .await;
 }

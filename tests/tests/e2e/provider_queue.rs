@@ -162,24 +162,7 @@ impl Events {
 }
 
 fn parse_block(block: &str) -> Option<Event> {
-    let (mut event, mut id, mut data) = (None, None, Vec::new());
-    for line in block.lines() {
-        if line.starts_with(':') || line.is_empty() {
-            continue;
-        } else if let Some(v) = line.strip_prefix("event: ") {
-            event = Some(v.to_owned());
-        } else if let Some(v) = line.strip_prefix("id: ") {
-            id = Some(v.to_owned());
-        } else if let Some(v) = line.strip_prefix("data: ") {
-            data.push(v.to_owned());
-        } else {
-            panic!("unexpected line {line:?}");
-        }
-    }
-    let event = event?;
-    assert_eq!(data.len(), 1, "data is one line of JSON: {block}");
-    let data: Value = serde_json::from_str(&data[0]).expect("data is JSON");
-    pantheon_tests::contract::check_event(&event, &data);
+    let (event, id, data) = pantheon_tests::sse::parse_block(block, &mut 0)?;
     Some(Event { event, id, data })
 }
 

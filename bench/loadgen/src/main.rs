@@ -10,6 +10,9 @@
 //!   counting events to each stream's terminal one;
 //! - `resume`, `cancel`: streams resumed, and turns cancelled, across two
 //!   instances (`bench/follow.sh`);
+//! - `upstream`, `fair`: a fake OpenAI-compatible upstream with a hard
+//!   capacity, and open-loop turns of heavy and light users over several
+//!   instances (`bench/fairness.sh`);
 //! - `upload`: files streamed to `POST /api/v1/files`, N at a time, from a
 //!   fresh user or one per line of a users file (`bench/uploads.sh`,
 //!   `COMPARE_AFTER_FILE=1 bench/compare.sh`).
@@ -34,9 +37,11 @@ use pantheon_infrastructure::auth::TokenMinter;
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 
+mod fair;
 mod follow;
 mod sse;
 mod upload;
+mod upstream;
 
 /// The load generator of `bench/run.sh`.
 #[derive(Debug, Parser)]
@@ -125,6 +130,30 @@ enum Command {
         #[arg(long)]
         input: String,
     },
+    /// A fake OpenAI-compatible `/v1/chat/completions` on 127.0.0.1 that
+    /// serves `capacity` requests at once (`429` beyond) at a fixed rate.
+    Upstream {
+        #[arg(long)]
+        port: u16,
+        #[command(flatten)]
+        config: upstream::Config,
+        /// One JSON line per request.
+        #[arg(long)]
+        log: Option<PathBuf>,
+    },
+    /// Open-loop streaming turns of heavy and light users, round-robin
+    /// over the instances; one JSON line per turn.
+    Fair {
+        /// The instances, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        bases: Vec<String>,
+        #[arg(long)]
+        users: PathBuf,
+        #[command(flatten)]
+        options: fair::Options,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Upload text files of `bytes` each, `concurrency` at a time, each
     /// body streamed in `chunk-bytes` pieces; every one must answer `201`.
     Upload {
@@ -182,6 +211,10 @@ fn main() -> ExitCode {
             }
             Command::Cancel { bases, users, count, input } => {
                 follow::cancel(&bases, &read_users(&users)?, count, &input).await
+            }
+            Command::Upstream { port, config, log } => upstream::upstream(port, config, log).await,
+            Command::Fair { bases, users, options, out } => {
+                fair::fair(&bases, read_users(&users)?, options, &out).await
             }
             Command::Upload {
                 base,

@@ -99,9 +99,21 @@ end
 -- The next waiting ticket's id, or nil.
 local function next_ticket()
   if fifo then return redis.call('ZRANGE', fifo_key, 0, 0)[1] end
-  local user = redis.call('ZRANGE', backlog, 0, 0)[1]
-  if not user then return nil end
-  return redis.call('ZRANGE', queue(user), 0, 0)[1]
+  local head = redis.call('ZRANGE', backlog, 0, 0, 'WITHSCORES')
+  if not head[1] then return nil end
+  -- Among the users tied at the smallest counter (a user who starts
+  -- waiting is lifted to it), the one whose next ticket costs least; then
+  -- the first by user id. At most 16 are weighed.
+  local best, least
+  for _, user in ipairs(redis.call('ZRANGEBYSCORE', backlog, head[2], head[2], 'LIMIT', 0, 16)) do
+    local id = redis.call('ZRANGE', queue(user), 0, 0)[1]
+    local rec = id and redis.call('HGET', tickets, id)
+    if rec then
+      local _, c = parse(rec)
+      if not least or c < least then best, least = id, c end
+    end
+  end
+  return best
 end
 
 local function dispatch()

@@ -16,6 +16,10 @@ use pantheon_domain::{StorageError, UserId};
 use uuid::Uuid;
 
 use super::zset::{Score, ZSet};
+
+/// How many users tied at the smallest counter are weighed against each
+/// other (the script's bound too: a dispatch stays a bounded amount of work).
+const TIES: usize = 16;
 use super::{CapacityConfig, MINUTE_MS, QueueOrder, ttl_ms};
 
 /// The in-process [`CapacityStore`].
@@ -212,8 +216,12 @@ impl State {
         if rules.fifo {
             return self.fifo.first().map(|(_, id)| *id);
         }
-        let (_, user) = self.backlog.first()?;
-        self.queues.get(user)?.first().map(|(_, id)| *id)
+        // Among the users tied at the smallest counter (a user who starts
+        // waiting is lifted to it), the one whose next ticket costs least.
+        let (least, _) = *self.backlog.first()?;
+        let heads = self.backlog.iter().take_while(|(score, _)| *score == least).take(TIES);
+        let heads = heads.filter_map(|(_, user)| self.queues.get(user)?.first().map(|(_, id)| *id));
+        heads.min_by_key(|id| self.tickets.get(id).map_or(u64::MAX, |rec| rec.cost))
     }
 
     fn dispatch(&mut self, rules: &Rules, now: i64) -> Vec<TicketId> {

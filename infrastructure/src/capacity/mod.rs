@@ -9,7 +9,8 @@
 //! waiting tickets past their deadline or not renewed, minute entries older
 //! than 60 s), then does its work, then dispatches. Dispatch is weighted
 //! fair queuing after VTC (Virtual Token Counter, OSDI 2024): the backlogged
-//! user with the smallest counter (ties: the smaller user id) sends its
+//! user with the smallest counter (ties, as when a user has just been lifted
+//! to it: the cheaper next ticket, then the smaller user id) sends its
 //! oldest ticket, and its counter grows by `cost / weight`; a user who
 //! becomes backlogged is lifted to the smallest counter among the
 //! backlogged, or to the counter the last dispatched user had when nobody

@@ -58,6 +58,11 @@ impl<M: Ord + Hash + Clone, S: Ord + Copy> ZSet<M, S> {
         self.order.first()
     }
 
+    /// The members in order, with their scores.
+    pub(super) fn iter(&self) -> impl Iterator<Item = &(S, M)> {
+        self.order.iter()
+    }
+
     pub(super) fn is_empty(&self) -> bool {
         self.scores.is_empty()
     }

@@ -102,6 +102,7 @@ on_every_store! {
     light_users_go_before_the_heavy_users_second_ticket: config(Some(1), None, QueueOrder::Fair);
     weights_share_the_capacity: config(Some(1), None, QueueOrder::Fair);
     an_idle_user_banks_no_credit: config(Some(1), None, QueueOrder::Fair);
+    a_tie_goes_to_the_cheaper_ticket: config(Some(1), None, QueueOrder::Fair);
     deadlines_and_liveness: config(Some(1), None, QueueOrder::Fair);
     tokens_per_minute_hold_the_head_of_the_line: config(None, Some(1_000), QueueOrder::Fair);
     throttling_halves_and_serving_grows_the_capacity: config(Some(8), None, QueueOrder::Fair);
@@ -284,6 +285,22 @@ async fn an_idle_user_banks_no_credit(store: &dyn CapacityStore) {
     let late_count = order.iter().filter(|id| book.user(**id) == &late).count();
     assert_eq!(late_count, 4, "the late user alternates with the early one");
     assert_eq!(book.user(order[0]), &late, "lifted to the floor, not above it");
+}
+
+/// A light user who starts waiting while a heavy one is backlogged is
+/// lifted to the heavy one's counter: the tie goes to the cheaper next
+/// ticket, whatever the ids' order (the heavy user's id sorts first here),
+/// and the heavy user's next ticket follows it.
+async fn a_tie_goes_to_the_cheaper_ticket(store: &dyn CapacityStore) {
+    let [heavy, light] = users(['a', 'b']);
+    let mut book = Book::default();
+    let held = book.enqueue(store, &heavy, 1, 8_000, 1, T0).await;
+    assert_eq!(held.len(), 1, "the heavy user's first ticket goes at once");
+    assert!(book.enqueue(store, &heavy, 1, 8_000, 3, T0 + 1).await.is_empty());
+    assert!(book.enqueue(store, &light, 1, 200, 1, T0 + 2).await.is_empty());
+    let order = book.serve(store, held[0], 2, T0 + 3).await;
+    assert_eq!(book.user(order[0]), &light, "the tie goes to the 200-token ticket");
+    assert_eq!(book.user(order[1]), &heavy, "then the heavy user's next");
 }
 
 /// A ticket past its deadline never goes; a slot not renewed frees itself

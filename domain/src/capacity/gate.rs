@@ -1,33 +1,21 @@
 //! The gate: what this process holds of the shared queue, and the task
 //! that sends its slots back.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::shared::{GatePolicy, Shared, locked};
 use super::slot::{ProviderSlot, Waiting};
-use super::ticket::{Finished, Ticket, TicketId};
+use super::ticket::{Ticket, TicketId};
 use crate::clock::Clock;
 use crate::ids::UserId;
 use crate::observe::CapacityObserver;
 use crate::ports::CapacityStore;
-
-/// How the gate waits.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GatePolicy {
-    /// `provider.queue_timeout_secs`: the longest a turn waits.
-    pub queue_timeout: Duration,
-    /// `rate_limit.tiers.<name>.weight`: a tier's share (default 1).
-    pub weights: HashMap<String, u32>,
-    /// How often held slots are renewed: a third of the store's ttl, so
-    /// one late renewal loses none.
-    pub renew_every: Duration,
-}
 
 /// While a ticket waits, how often the process makes the store look
 /// again: tokens leave the minute and dead instances' slots expire with
@@ -53,71 +41,6 @@ pub enum Entry {
 #[derive(Debug, Clone)]
 pub struct ProviderGate {
     pub(super) shared: Arc<Shared>,
-}
-
-#[derive(Debug)]
-pub(super) struct Shared {
-    pub(super) store: Arc<dyn CapacityStore>,
-    pub(super) clock: Arc<dyn Clock>,
-    pub(super) policy: GatePolicy,
-    pub(super) observer: Arc<dyn CapacityObserver>,
-    /// The tickets waiting here, and how to wake each.
-    pub(super) waiters: Mutex<HashMap<TicketId, oneshot::Sender<()>>>,
-    /// The slots held here, renewed by the task.
-    pub(super) held: Mutex<HashSet<TicketId>>,
-    /// Slots given back and tickets withdrawn, for the task to send.
-    pub(super) pending: Mutex<Vec<Finished>>,
-    pub(super) wake_task: Notify,
-    /// Whether the store is failing (logged once per outage).
-    pub(super) failing: AtomicBool,
-}
-
-fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-impl Shared {
-    pub(super) fn waiters(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<TicketId, oneshot::Sender<()>>> {
-        locked(&self.waiters)
-    }
-
-    pub(super) fn held(&self) -> std::sync::MutexGuard<'_, HashSet<TicketId>> {
-        locked(&self.held)
-    }
-
-    /// Queues `done` for the task (a drop cannot await).
-    pub(super) fn give_back(&self, done: Finished) {
-        locked(&self.pending).push(done);
-        self.wake_task.notify_one();
-    }
-
-    /// Notes a failed call to the store: logged once per outage.
-    pub(super) fn failed(&self, what: &str, error: &dyn std::fmt::Display) {
-        if !self.failing.swap(true, Ordering::Relaxed) {
-            tracing::warn!(%error, "the provider's queue cannot be reached ({what}); turns go upstream unqueued until it can");
-        }
-    }
-
-    pub(super) fn answered(&self) {
-        if self.failing.swap(false, Ordering::Relaxed) {
-            tracing::info!("the provider's queue answers again");
-        }
-    }
-
-    /// Wakes the waiters here of `granted` (others' are someone else's).
-    pub(super) fn wake(&self, granted: &[TicketId]) {
-        if granted.is_empty() {
-            return;
-        }
-        let mut waiters = self.waiters();
-        for id in granted {
-            if let Some(waiter) = waiters.remove(id) {
-                let _ = waiter.send(());
-            }
-        }
-    }
 }
 
 impl ProviderGate {

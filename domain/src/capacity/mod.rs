@@ -22,9 +22,11 @@
 //! limiter's "warn and allow"): an outage of Redis fails no turn.
 
 mod gate;
+mod shared;
 mod slot;
 mod ticket;
 
-pub use gate::{Entry, GatePolicy, ProviderGate};
+pub use gate::{Entry, ProviderGate};
+pub use shared::GatePolicy;
 pub use slot::{ProviderSlot, Saturated, Waiting};
 pub use ticket::{CapacityStats, Enqueued, Finished, Outcome, Ticket, TicketId};

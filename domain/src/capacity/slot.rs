@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::gate::Shared;
+use super::shared::Shared;
 use super::ticket::{Finished, Outcome, Ticket, TicketId};
 
 /// While a ticket waits, how often it asks the store whether it was

@@ -12,6 +12,7 @@ mod ending;
 mod outbox;
 mod prepare;
 mod queue;
+mod queue_wait;
 mod round;
 mod usage;
 mod watch;
@@ -40,7 +41,7 @@ pub use context::TurnPolicy;
 pub(crate) use context::{Measured, TurnContext};
 use ending::Ending;
 use outbox::Outbox;
-use queue::QueueWait;
+use queue_wait::QueueWait;
 use usage::settle;
 use watch::{Reply, Watch};
 
@@ -231,9 +232,9 @@ impl TurnTask {
                         ending = watch.stopped() => Err(ending),
                     };
                     if let Err(ending) = &opened
-                        && queue::requeue(ending, slot.as_ref(), rounds.is_empty())
+                        && queue_wait::requeue(ending, slot.as_ref(), rounds.is_empty())
                     {
-                        queue::release(slot.take(), None, ending);
+                        queue_wait::release(slot.take(), None, ending);
                         wait.refused(ending);
                         match self.provider_slot(cost, &mut wait, &mut watch).await {
                             Ok(got) => slot = got,
@@ -295,7 +296,7 @@ impl TurnTask {
                     }
                     prompt = Some(next);
                 };
-                queue::release(slot, usage.as_ref(), &ending);
+                queue_wait::release(slot, usage.as_ref(), &ending);
                 ending
             }
         };

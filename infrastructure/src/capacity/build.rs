@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use pantheon_domain::ports::CapacityStore;
 
-use super::{CapacityConfig, Grants, MemoryCapacity, QueueOrder, RedisCapacity};
+use super::config::{CapacityConfig, QueueOrder};
+use super::memory::MemoryCapacity;
+use super::redis_store::{Grants, RedisCapacity};
 use crate::bus::redis_target;
 use crate::settings::{QueueOrderSetting, Settings};
 

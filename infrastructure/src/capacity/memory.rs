@@ -20,7 +20,7 @@ use super::zset::{Score, ZSet};
 /// How many users tied at the smallest counter are weighed against each
 /// other (the script's bound too: a dispatch stays a bounded amount of work).
 const TIES: usize = 16;
-use super::{CapacityConfig, MINUTE_MS, QueueOrder, ttl_ms};
+use super::config::{CapacityConfig, MINUTE_MS, QueueOrder, ttl_ms};
 
 /// The in-process [`CapacityStore`].
 #[derive(Debug)]

@@ -26,45 +26,12 @@
 //! must not restart from below the others); counters are never pruned.
 
 mod build;
+mod config;
 mod memory;
 mod redis_store;
 mod zset;
 
-use std::time::Duration;
-
 pub use build::{CAPACITY_PREFIX, Capacity, capacity_store};
+pub use config::{CapacityConfig, QueueOrder};
 pub use memory::MemoryCapacity;
 pub use redis_store::{Grants, RedisCapacity, grants_channel, listen_grants};
-
-/// What bounds the provider, shared by every instance.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CapacityConfig {
-    /// `provider.max_concurrent`: turns in flight upstream at once.
-    pub max_concurrent: Option<u32>,
-    /// `provider.tokens_per_minute`: tokens dispatched per sliding minute.
-    pub tokens_per_minute: Option<u64>,
-    /// How long a slot or a waiting ticket lives without a renewal: what a
-    /// dead instance leaves behind frees itself after this.
-    pub ttl: Duration,
-    /// Which waiting ticket goes next.
-    pub order: QueueOrder,
-}
-
-/// Which waiting ticket goes next.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum QueueOrder {
-    /// The backlogged user with the smallest virtual counter (VTC).
-    #[default]
-    Fair,
-    /// First come, first served across all users: the baseline the
-    /// benchmark compares fairness with (counters are still kept).
-    Fifo,
-}
-
-/// The minute the tokens are counted over.
-const MINUTE_MS: i64 = 60_000;
-
-/// The ttl in ms, as the stores' clocks count.
-fn ttl_ms(config: &CapacityConfig) -> i64 {
-    i64::try_from(config.ttl.as_millis()).unwrap_or(i64::MAX / 4)
-}

@@ -24,7 +24,7 @@ use pantheon_domain::ports::CapacityStore;
 use pantheon_domain::{StorageError, UserId};
 use redis::{FromRedisValue, Script, ScriptInvocation};
 
-use super::{CapacityConfig, QueueOrder, ttl_ms};
+use super::config::{CapacityConfig, QueueOrder, ttl_ms};
 use crate::bus::{Conn, Link, Target, Topic, timed_out};
 
 /// The script of every operation.

@@ -67,7 +67,7 @@ impl ProviderGate {
     }
 
     /// The weight of `tier`.
-    pub fn weight(&self, tier: Option<&str>) -> u32 {
+    fn weight(&self, tier: Option<&str>) -> u32 {
         tier.and_then(|t| self.shared.policy.weights.get(t)).copied().unwrap_or(1).max(1)
     }
 

@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::shared::Shared;
-use super::ticket::{Finished, Outcome, Ticket, TicketId};
+use super::ticket::{Finished, Outcome, Ticket};
 
 /// While a ticket waits, how often it asks the store whether it was
 /// dispatched: only a grant whose published message was lost (the
@@ -159,11 +159,6 @@ impl Waiting {
         self.shared.waiters().remove(&self.ticket.id);
         self.shared.observer.waited(self.since.elapsed(), true);
         ProviderSlot::new(Arc::clone(&self.shared), &self.ticket, self.tier.as_deref())
-    }
-
-    /// The ticket's id.
-    pub fn id(&self) -> TicketId {
-        self.ticket.id
     }
 }
 
